@@ -1,0 +1,2 @@
+#![no_std]
+//! Record types shared by `agent-ebpf` and the userspace agent.

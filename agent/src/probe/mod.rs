@@ -1,0 +1,3 @@
+//! Network probes: every source turns what it sees into [`sample::ProbeEvent`]s.
+
+pub mod sample;

@@ -1,0 +1,1 @@
+//! Jitter lab and benchmarks.

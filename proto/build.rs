@@ -1,0 +1,8 @@
+// Compiles edge_ai.proto with protox (a pure-Rust protobuf compiler), so no
+// protoc has to be installed or downloaded.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=edge_ai.proto");
+    let fds = protox::compile(["edge_ai.proto"], ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! `cargo xtask demo`: builds the agent and runs `agent demo`, which starts
+//! the cloud service and the edge agent on this machine and drives the
+//! bundled digits workload through them.
+
+use crate::util::{self, cargo, project_root};
+use anyhow::Result;
+
+pub fn run(seconds: Option<u64>, json: bool) -> Result<()> {
+    util::run(cargo().args(["build", "--release", "--quiet", "-p", "agent"]))?;
+    let mut agent = std::process::Command::new(project_root().join("target/release/agent"));
+    agent.current_dir(project_root()).arg("demo");
+    if let Some(s) = seconds {
+        agent.args(["--seconds", &s.to_string()]);
+    }
+    if json {
+        agent.arg("--json");
+    }
+    util::run(&mut agent)
+}
+

@@ -1,0 +1,54 @@
+//! `cargo xtask <command>`: the developer's front door.
+//!
+//! Every command first makes sure what it needs is installed (idempotently),
+//! so a fresh machine needs nothing but this repository and rustup.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, demo, test and benchmark the edge offloading agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build and the tests need (apt packages, libtorch, bpf-linker).
+    Setup,
+    /// Set up, build, start the cloud service and the edge agent here, and drive a digits workload.
+    Demo {
+        /// Stop after this many seconds (default: the full demo workload).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::all(),
+        Cmd::Demo { seconds, json } => {
+            setup::all()?;
+            demo::run(seconds, json)
+        }
+        Cmd::Test { args } => {
+            setup::all()?;
+            test::run(&args)
+        }
+    }
+}
