@@ -4,6 +4,7 @@
 //! so a fresh machine needs nothing but this repository and rustup.
 
 mod demo;
+mod ebpf;
 mod setup;
 mod test;
 mod util;
@@ -21,6 +22,8 @@ struct Cli {
 enum Cmd {
     /// Install everything the build and the tests need (apt packages, libtorch, bpf-linker).
     Setup,
+    /// Build the eBPF object (agent-ebpf) and install it at target/bpf/agent-ebpf.o.
+    BuildEbpf,
     /// Set up, build, start the cloud service and the edge agent here, and drive a digits workload.
     Demo {
         /// Stop after this many seconds (default: the full demo workload).
@@ -42,6 +45,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup => setup::all(),
+        Cmd::BuildEbpf => {
+            setup::apt_packages()?;
+            setup::bpf_linker()?;
+            let object = ebpf::build()?;
+            println!("{}", object.display());
+            Ok(())
+        }
         Cmd::Demo { seconds, json } => {
             setup::all()?;
             demo::run(seconds, json)

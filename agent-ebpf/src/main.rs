@@ -1,0 +1,386 @@
+//! Kernel side of the passive network probe.
+//!
+//! - `sockops_rtt` (cgroup sock_ops): turns on the kernel's per-ACK RTT
+//!   callback for local TCP sockets to watched endpoints and forwards every
+//!   sample (measured RTT, smoothed RTT, segment counters).
+//! - `tc_egress` / `tc_ingress` (sched_cls): TCP timestamp matching (a TSval
+//!   seen leaving is timed until a TSecr echoing it comes back) and QUIC
+//!   spin-bit edges on short-header packets, for local and forwarded flows.
+//! - `tp_tcp_retransmit_skb`, `tp_inet_sock_set_state`: loss and flow
+//!   start/end signals.
+//!
+//! Everything leaves through the one `EVENTS` ring buffer as an
+//! `agent_common::Record`. The `FILTER` map, written by userspace, says which
+//! remote endpoints matter; other traffic costs one or two hash lookups.
+#![no_std]
+#![no_main]
+
+mod quic;
+mod tcp_ts;
+
+use agent_common::{
+    FilterKey, Flow, Record, RecordBody, RetransmitBody, RttBody, StateBody, TracepointLayout,
+    AF_INET, AF_INET6, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP, KIND_RETRANSMIT, KIND_RTT,
+    KIND_STATE, RING_BUF_BYTES, SOURCE_SOCKOPS, SOURCE_TRACEPOINT,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, TC_ACT_UNSPEC,
+    },
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, sock_ops, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{SockOpsContext, TcContext, TracePointContext},
+    Global,
+};
+use aya_log_ebpf::{debug, warn};
+
+/// Tracepoint field offsets of the running kernel, filled in by the loader.
+#[no_mangle]
+static TP_LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout::DEFAULT);
+
+/// Bytes before the IP header on the tc interface: 14 on Ethernet, 0 on
+/// layer-3 devices (TUN, WireGuard). Filled in by the loader.
+#[no_mangle]
+static L2_LEN: Global<u32> = Global::new(14);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+
+#[map]
+static FILTER: HashMap<FilterKey, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+/// Records lost because the ring buffer was full (index 0), read by userspace.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// True when `remote` (four network-order words, IPv4 in word 0) is watched.
+#[inline(always)]
+fn watched(family: u8, remote: &[u32; 4]) -> bool {
+    let key = if family == AF_INET {
+        FilterKey::v4(remote[0])
+    } else {
+        FilterKey::v6(*remote)
+    };
+    FILTER.get_ptr(&key).is_some() || FILTER.get_ptr(&FilterKey::WATCH_ALL).is_some()
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn emit(rec: &Record) {
+    if EVENTS.output::<Record>(rec, 0).is_err() {
+        if let Some(n) = DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *n += 1 };
+        }
+    }
+}
+
+#[inline(always)]
+fn emit_rtt(source: u8, ts_ns: u64, flow: Flow, rtt: RttBody) {
+    let mut rec = Record::new(KIND_RTT, source, ts_ns, flow);
+    rec.body = RecordBody { rtt };
+    emit(&rec);
+}
+
+// ---------------------------------------------------------------- sock_ops
+
+#[sock_ops]
+pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let flow = sockops_flow(&ctx);
+            if flow.family != 0 && watched(flow.family, &flow.remote) {
+                let flags = ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG;
+                match ctx.set_cb_flags(flags as i32) {
+                    Ok(()) => debug!(
+                        &ctx,
+                        "sock_ops: RTT callbacks on, local port {} remote port {}",
+                        flow.local_port,
+                        flow.remote_port
+                    ),
+                    Err(e) => warn!(&ctx, "sock_ops: cannot enable RTT callbacks: {}", e),
+                }
+            }
+        }
+        BPF_SOCK_OPS_RTT_CB => {
+            let flow = sockops_flow(&ctx);
+            // The filter may have shrunk since the socket was established.
+            if flow.family != 0 && watched(flow.family, &flow.remote) {
+                // args[0]: this sample in us; args[1]: new srtt in us << 3.
+                let rtt_us = ctx.arg(0) as u64;
+                let srtt_us = (ctx.arg(1) >> 3) as u64;
+                // SAFETY: the RTT callback runs on a full socket, so these fields are readable.
+                let (segs, retrans) =
+                    unsafe { ((*ctx.ops).data_segs_out, (*ctx.ops).total_retrans) };
+                let body = RttBody {
+                    rtt_ns: rtt_us * 1000,
+                    srtt_ns: srtt_us * 1000,
+                    data_segs_out: segs,
+                    total_retrans: retrans,
+                };
+                emit_rtt(SOURCE_SOCKOPS, now_ns(), flow, body);
+            }
+        }
+        _ => {}
+    }
+    // 1 = carry on; sock_ops results are otherwise ignored for these ops.
+    1
+}
+
+/// The socket's flow; `family` is 0 for anything but IPv4/IPv6.
+#[inline(always)]
+fn sockops_flow(ctx: &SockOpsContext) -> Flow {
+    let mut flow = Flow {
+        proto: IPPROTO_TCP,
+        // local_port is host order; remote_port holds the network-order port in its upper half.
+        local_port: ctx.local_port() as u16,
+        remote_port: u32::from_be(ctx.remote_port()) as u16,
+        ..Flow::default()
+    };
+    let family = ctx.family();
+    if family == AF_INET as u32 {
+        flow.family = AF_INET;
+        flow.local[0] = ctx.local_ip4();
+        flow.remote[0] = ctx.remote_ip4();
+    } else if family == AF_INET6 as u32 {
+        flow.family = AF_INET6;
+        flow.local = ctx.local_ip6();
+        flow.remote = ctx.remote_ip6();
+    }
+    flow
+}
+
+// ---------------------------------------------------------------------- tc
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    let _ = observe_packet(&ctx, true);
+    // Never drop or redirect: TC_ACT_UNSPEC is "next" for tcx and cls_bpf alike,
+    // so later programs and the qdisc still see the packet.
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    let _ = observe_packet(&ctx, false);
+    TC_ACT_UNSPEC
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    ver_tc_flow: u32,
+    payload_len: u16,
+    nexthdr: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Parses IP and dispatches TCP to timestamp matching, UDP to the spin-bit
+/// tracker. Errors only mean "not a packet we measure".
+#[inline(always)]
+fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
+    let l3 = L2_LEN.load() as usize;
+    // SAFETY: reading a field of the context the program was called with.
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let (mut flow, l4) = if proto == ETH_P_IP {
+        let ip: Ipv4Hdr = ctx.load(l3)?;
+        // Later fragments carry no transport header.
+        if u16::from_be(ip.frag_off) & 0x1fff != 0 {
+            return Ok(());
+        }
+        let mut flow = Flow {
+            family: AF_INET,
+            proto: ip.protocol,
+            ..Flow::default()
+        };
+        (flow.local[0], flow.remote[0]) = if egress {
+            (ip.saddr, ip.daddr)
+        } else {
+            (ip.daddr, ip.saddr)
+        };
+        (flow, l3 + ((ip.ver_ihl & 0x0f) as usize) * 4)
+    } else if proto == ETH_P_IPV6 {
+        let ip: Ipv6Hdr = ctx.load(l3)?;
+        let mut flow = Flow {
+            family: AF_INET6,
+            proto: ip.nexthdr,
+            ..Flow::default()
+        };
+        (flow.local, flow.remote) = if egress {
+            (ip.saddr, ip.daddr)
+        } else {
+            (ip.daddr, ip.saddr)
+        };
+        (flow, l3 + 40)
+    } else {
+        return Ok(());
+    };
+    if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    if !watched(flow.family, &flow.remote) {
+        return Ok(());
+    }
+    let ports: [u16; 2] = ctx.load(l4)?;
+    let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
+    (flow.local_port, flow.remote_port) = if egress {
+        (sport, dport)
+    } else {
+        (dport, sport)
+    };
+    if flow.proto == IPPROTO_TCP {
+        tcp_ts::observe(ctx, &flow, l4, egress)
+    } else {
+        quic::observe(ctx, &flow, l4, egress)
+    }
+}
+
+// ------------------------------------------------------------- tracepoints
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i64> {
+    // SAFETY: offsets come from the kernel's own format description of this tracepoint.
+    unsafe { ctx.read_at::<T>(offset as usize).map_err(|e| e as i64) }
+}
+
+/// Reads the (family, local, remote) addresses of a tracepoint record.
+#[inline(always)]
+fn tp_addrs(
+    ctx: &TracePointContext,
+    family: u16,
+    saddr: u16,
+    daddr: u16,
+    saddr_v6: u16,
+    daddr_v6: u16,
+) -> Result<Flow, i64> {
+    let mut flow = Flow {
+        proto: IPPROTO_TCP,
+        ..Flow::default()
+    };
+    let fam: u16 = read(ctx, family)?;
+    if fam == AF_INET as u16 {
+        flow.family = AF_INET;
+        flow.local[0] = u32::from_ne_bytes(read::<[u8; 4]>(ctx, saddr)?);
+        flow.remote[0] = u32::from_ne_bytes(read::<[u8; 4]>(ctx, daddr)?);
+    } else if fam == AF_INET6 as u16 {
+        flow.family = AF_INET6;
+        flow.local = read::<[u32; 4]>(ctx, saddr_v6)?;
+        flow.remote = read::<[u32; 4]>(ctx, daddr_v6)?;
+    } else {
+        return Err(0);
+    }
+    Ok(flow)
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_retransmit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
+    let l = TP_LAYOUT.load();
+    let mut flow = tp_addrs(
+        ctx,
+        l.rt_family,
+        l.rt_saddr,
+        l.rt_daddr,
+        l.rt_saddr_v6,
+        l.rt_daddr_v6,
+    )?;
+    if !watched(flow.family, &flow.remote) {
+        return Ok(());
+    }
+    // The tracepoint stores ports in host order.
+    flow.local_port = read(ctx, l.rt_sport)?;
+    flow.remote_port = read(ctx, l.rt_dport)?;
+    let state: i32 = read(ctx, l.rt_state)?;
+    let mut rec = Record::new(KIND_RETRANSMIT, SOURCE_TRACEPOINT, now_ns(), flow);
+    rec.body = RecordBody {
+        retransmit: RetransmitBody {
+            state: state as u32,
+            _pad: [0; 5],
+        },
+    };
+    emit(&rec);
+    Ok(())
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let l = TP_LAYOUT.load();
+    let protocol: u16 = read(ctx, l.ss_protocol)?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let mut flow = tp_addrs(
+        ctx,
+        l.ss_family,
+        l.ss_saddr,
+        l.ss_daddr,
+        l.ss_saddr_v6,
+        l.ss_daddr_v6,
+    )?;
+    if !watched(flow.family, &flow.remote) {
+        return Ok(());
+    }
+    flow.local_port = read(ctx, l.ss_sport)?;
+    flow.remote_port = read(ctx, l.ss_dport)?;
+    let old_state: i32 = read(ctx, l.ss_oldstate)?;
+    let new_state: i32 = read(ctx, l.ss_newstate)?;
+    let mut rec = Record::new(KIND_STATE, SOURCE_TRACEPOINT, now_ns(), flow);
+    rec.body = RecordBody {
+        state: StateBody {
+            old_state: old_state as u32,
+            new_state: new_state as u32,
+            _pad: [0; 4],
+        },
+    };
+    emit(&rec);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

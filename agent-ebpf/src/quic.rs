@@ -1,0 +1,149 @@
+//! QUIC spin-bit RTT in the tc programs (RFC 9000 17.4, RFC 9312).
+//!
+//! Short-header packets (first byte 0b01xx_xxxx) carry the spin bit (0x20)
+//! outside header protection. One endpoint inverts the value it last
+//! received, the other reflects it, so the value seen in each direction flips
+//! once per round trip and edges alternate between the two directions.
+//! We time each egress edge to the ingress edge that answers it: the RTT from
+//! this observation point to the remote endpoint and back (for a gateway, the
+//! upstream part of the path).
+//!
+//! Endpoints that disable spinning send a random bit per packet (quinn does
+//! so on 1 connection in 8) or a constant one. A constant bit yields no edges
+//! and so no samples. Random bits break the strict alternation, so each
+//! out-of-turn edge adds a penalty, each in-turn edge removes one unit, and
+//! samples are only emitted while the penalty is zero; a new flow starts with
+//! a small penalty, so it must alternate correctly a few times first.
+
+use agent_common::{Flow, RttBody, SOURCE_QUIC_SPIN};
+use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
+use aya_log_ebpf::debug;
+
+use crate::{emit_rtt, now_ns};
+
+const SPIN_BIT: u8 = 0x20;
+/// Penalty a new flow starts with: four in-turn edges (two round trips) before the first sample.
+const INITIAL_PENALTY: u8 = 4;
+/// Penalty per out-of-turn edge.
+const VIOLATION_PENALTY: u8 = 16;
+const MAX_PENALTY: u8 = 128;
+
+const DIR_NONE: u8 = 0;
+const DIR_EGRESS: u8 = 1;
+const DIR_INGRESS: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SpinState {
+    /// Last spin value seen leaving / arriving (0 or 1).
+    egress_val: u8,
+    ingress_val: u8,
+    /// Bit 0: egress value known; bit 1: ingress value known.
+    seen: u8,
+    /// Direction of the last edge (DIR_*).
+    last_edge: u8,
+    penalty: u8,
+    /// Set once the flow has produced a sample (for the one log line).
+    validated: u8,
+    _pad: [u8; 2],
+    /// Time of the last egress edge.
+    egress_edge_ns: u64,
+}
+
+/// Per-flow spin tracking, keyed by the flow in egress orientation.
+#[map]
+static SPIN: LruHashMap<Flow, SpinState> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<(), i64> {
+    // UDP header (8 bytes), then the first byte of the QUIC packet.
+    let first: u8 = ctx.load(l4 + 8)?;
+    // Short header: header form 0, fixed bit 1.
+    if first & 0xc0 != 0x40 {
+        return Ok(());
+    }
+    let val = u8::from(first & SPIN_BIT != 0);
+    let now = now_ns();
+    let (dir, bit) = if egress {
+        (DIR_EGRESS, 1u8)
+    } else {
+        (DIR_INGRESS, 2u8)
+    };
+    let Some(st) = SPIN.get_ptr_mut(flow) else {
+        let mut st = SpinState {
+            egress_val: 0,
+            ingress_val: 0,
+            seen: bit,
+            last_edge: DIR_NONE,
+            penalty: INITIAL_PENALTY,
+            validated: 0,
+            _pad: [0; 2],
+            egress_edge_ns: 0,
+        };
+        if egress {
+            st.egress_val = val;
+        } else {
+            st.ingress_val = val;
+        }
+        let _ = SPIN.insert(flow, &st, 0);
+        return Ok(());
+    };
+    // SAFETY: LRU value pointer from a successful lookup; egress and ingress
+    // may race on it, which at worst costs or skews one sample.
+    let st = unsafe { &mut *st };
+    let last = if egress {
+        &mut st.egress_val
+    } else {
+        &mut st.ingress_val
+    };
+    if st.seen & bit == 0 {
+        st.seen |= bit;
+        *last = val;
+        return Ok(());
+    }
+    if *last == val {
+        return Ok(());
+    }
+    *last = val;
+    // An edge. In turn means the other direction had the previous edge.
+    let in_turn = st.last_edge != dir;
+    st.last_edge = dir;
+    if !in_turn {
+        st.penalty = if st.penalty > MAX_PENALTY - VIOLATION_PENALTY {
+            MAX_PENALTY
+        } else {
+            st.penalty + VIOLATION_PENALTY
+        };
+        return Ok(());
+    }
+    if egress {
+        st.egress_edge_ns = now;
+        if st.penalty > 0 {
+            st.penalty -= 1;
+        }
+        return Ok(());
+    }
+    // An ingress edge answering the egress edge before it.
+    let ready = st.penalty == 0 && st.egress_edge_ns != 0 && now > st.egress_edge_ns;
+    if st.penalty > 0 {
+        st.penalty -= 1;
+    }
+    if !ready {
+        return Ok(());
+    }
+    if st.validated == 0 {
+        st.validated = 1;
+        debug!(
+            ctx,
+            "quic: spin bit validated on flow local port {} remote port {}",
+            flow.local_port,
+            flow.remote_port
+        );
+    }
+    let body = RttBody {
+        rtt_ns: now - st.egress_edge_ns,
+        ..RttBody::default()
+    };
+    emit_rtt(SOURCE_QUIC_SPIN, now, *flow, body);
+    Ok(())
+}
