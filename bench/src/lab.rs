@@ -1,0 +1,357 @@
+//! The lab: two network namespaces, edge and cloud, joined by an emulated
+//! link. Backends: `tun` (a TUN device in each namespace and the userspace
+//! relay) or `netem` (a veth pair with tc netem on each end, where the
+//! kernel has sch_netem). Everything it creates is removed by `teardown`,
+//! which also runs on drop.
+
+use crate::model::Direction;
+use crate::params::{Dir, LinkParams};
+use crate::relay::{self, Clock, RelaySpec};
+use crate::sys::{self, netns, tun};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub const EDGE_ADDR: &str = "198.18.0.1";
+pub const CLOUD_ADDR: &str = "198.18.0.2";
+pub const PREFIX_LEN: u8 = 30;
+/// Interface name of the link inside both namespaces.
+pub const DEV: &str = "jlab0";
+const TXQUEUELEN: &str = "5000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Userspace relay between TUN devices.
+    Tun,
+    /// veth pair with tc netem (needs sch_netem).
+    Netem,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Tun => "tun",
+            Backend::Netem => "netem",
+        }
+    }
+}
+
+/// Whether the kernel has sch_netem: tries it on the loopback device of a
+/// throwaway namespace. Needs root.
+pub fn netem_available() -> bool {
+    let ns = format!("jlab-probe-{}", std::process::id());
+    if netns::create(&ns).is_err() {
+        return false;
+    }
+    let ok = sys::run(
+        "tc",
+        &[
+            "-n", &ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+        ],
+    )
+    .is_ok();
+    let _ = netns::delete(&ns);
+    ok
+}
+
+/// Picks the backend for `auto`, with the sentence saying why.
+pub fn detect_backend() -> (Backend, &'static str) {
+    if netem_available() {
+        (
+            Backend::Netem,
+            "the kernel has sch_netem: using tc netem on a veth pair",
+        )
+    } else {
+        (
+            Backend::Tun,
+            "the kernel has no sch_netem: using the userspace TUN emulator",
+        )
+    }
+}
+
+/// Removes namespaces and lock files of accuracy checks (`jchk<pid>-*`)
+/// whose process is gone.
+pub fn sweep_stale_check_namespaces() {
+    let dead = |name: &str| -> bool {
+        let digits: String = name
+            .trim_start_matches("jchk")
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        name.starts_with("jchk") && digits.parse::<i32>().is_ok_and(|pid| !sys::pid_alive(pid))
+    };
+    for ns in netns::list().into_iter().filter(|n| dead(n)) {
+        eprintln!("netem-tun: removing namespace {ns} left by an earlier check");
+        let _ = netns::delete(&ns);
+    }
+    if let Ok(dir) = std::fs::read_dir(netns::RUN_DIR) {
+        for e in dir.flatten() {
+            if e.file_name().to_str().is_some_and(dead) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub prefix: String,
+    pub backend: Backend,
+    pub seed: u64,
+    pub uplink: LinkParams,
+    pub downlink: LinkParams,
+}
+
+enum Link {
+    None,
+    Tun {
+        models: [Arc<Mutex<Direction>>; 2],
+        stop: Arc<AtomicBool>,
+        threads: Vec<JoinHandle<()>>,
+        realtime: Arc<AtomicBool>,
+    },
+    Netem {
+        params: [LinkParams; 2],
+    },
+}
+
+pub struct Lab {
+    pub edge_ns: String,
+    pub cloud_ns: String,
+    pub backend: Backend,
+    link: Mutex<Link>,
+    torn_down: Mutex<bool>,
+    lock: Mutex<Option<netns::PrefixLock>>,
+}
+
+fn idx(d: Dir) -> usize {
+    match d {
+        Dir::Uplink => 0,
+        Dir::Downlink => 1,
+    }
+}
+
+impl Lab {
+    /// Builds the lab. Leftovers of a crashed run with the same prefix are
+    /// removed first; on failure everything built so far is removed again.
+    pub fn create(cfg: &LabConfig, fatal: Option<Sender<String>>) -> Result<Lab> {
+        sys::require_root("netem-tun")?;
+        netns::check_prefix(&cfg.prefix)?;
+        cfg.uplink.validate().context("uplink")?;
+        cfg.downlink.validate().context("downlink")?;
+        let lock = netns::PrefixLock::acquire(&cfg.prefix)?;
+        let lab = Lab {
+            edge_ns: format!("{}-edge", cfg.prefix),
+            cloud_ns: format!("{}-cloud", cfg.prefix),
+            backend: cfg.backend,
+            link: Mutex::new(Link::None),
+            torn_down: Mutex::new(false),
+            lock: Mutex::new(Some(lock)),
+        };
+        for ns in [&lab.edge_ns, &lab.cloud_ns] {
+            if netns::exists(ns) {
+                eprintln!("netem-tun: removing namespace {ns} left by an earlier run");
+                netns::delete(ns)?;
+            }
+        }
+        for ns in [&lab.edge_ns, &lab.cloud_ns] {
+            netns::create(ns)?;
+            sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // Only the IPv4 test traffic should cross the link.
+            let _ = sys::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                ],
+            );
+        }
+        let link = match cfg.backend {
+            Backend::Tun => lab.build_tun(cfg, fatal)?,
+            Backend::Netem => lab.build_netem(cfg)?,
+        };
+        *lab.link.lock().expect("link lock") = link;
+        Ok(lab)
+    }
+
+    fn address(&self, ns: &str, addr: &str) -> Result<()> {
+        let cidr = format!("{addr}/{PREFIX_LEN}");
+        sys::ip(&["-n", ns, "addr", "add", &cidr, "dev", DEV])?;
+        sys::ip(&["-n", ns, "link", "set", DEV, "txqueuelen", TXQUEUELEN, "up"]).map(drop)
+    }
+
+    fn build_tun(&self, cfg: &LabConfig, fatal: Option<Sender<String>>) -> Result<Link> {
+        let edge = Arc::new(netns::run_in(&self.edge_ns, || tun::open(DEV))?);
+        let cloud = Arc::new(netns::run_in(&self.cloud_ns, || tun::open(DEV))?);
+        self.address(&self.edge_ns, EDGE_ADDR)?;
+        self.address(&self.cloud_ns, CLOUD_ADDR)?;
+        let models = [
+            Arc::new(Mutex::new(Direction::new(cfg.uplink.clone(), cfg.seed))),
+            Arc::new(Mutex::new(Direction::new(
+                cfg.downlink.clone(),
+                cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
+            ))),
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let realtime = Arc::new(AtomicBool::new(false));
+        let clock = Clock::start();
+        let mut threads = Vec::new();
+        for (dir, input, output) in [(Dir::Uplink, &edge, &cloud), (Dir::Downlink, &cloud, &edge)] {
+            threads.push(relay::spawn(RelaySpec {
+                name: dir.as_str().into(),
+                input: input.clone(),
+                output: output.clone(),
+                model: models[idx(dir)].clone(),
+                clock,
+                stop: stop.clone(),
+                realtime: realtime.clone(),
+                fatal: fatal.clone(),
+            })?);
+        }
+        Ok(Link::Tun {
+            models,
+            stop,
+            threads,
+            realtime,
+        })
+    }
+
+    fn build_netem(&self, cfg: &LabConfig) -> Result<Link> {
+        sys::ip(&[
+            "-n",
+            &self.edge_ns,
+            "link",
+            "add",
+            DEV,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            DEV,
+            "netns",
+            &self.cloud_ns,
+        ])?;
+        self.address(&self.edge_ns, EDGE_ADDR)?;
+        self.address(&self.cloud_ns, CLOUD_ADDR)?;
+        for (ns, p) in [
+            (&self.edge_ns, &cfg.uplink),
+            (&self.cloud_ns, &cfg.downlink),
+        ] {
+            crate::netem::apply(ns, DEV, p)?;
+        }
+        Ok(Link::Netem {
+            params: [cfg.uplink.clone(), cfg.downlink.clone()],
+        })
+    }
+
+    /// Changes the conditions of one direction, for packets from now on.
+    pub fn set(&self, dir: Dir, params: LinkParams) -> Result<()> {
+        params.validate()?;
+        let mut link = self.link.lock().expect("link lock");
+        match &mut *link {
+            Link::Tun { models, .. } => {
+                models[idx(dir)]
+                    .lock()
+                    .expect("model lock")
+                    .set_params(params);
+            }
+            Link::Netem { params: current } => {
+                let ns = match dir {
+                    Dir::Uplink => &self.edge_ns,
+                    Dir::Downlink => &self.cloud_ns,
+                };
+                crate::netem::apply(ns, DEV, &params)?;
+                current[idx(dir)] = params;
+            }
+            Link::None => bail!("the lab is torn down"),
+        }
+        Ok(())
+    }
+
+    pub fn params(&self, dir: Dir) -> LinkParams {
+        match &*self.link.lock().expect("link lock") {
+            Link::Tun { models, .. } => models[idx(dir)]
+                .lock()
+                .expect("model lock")
+                .params()
+                .clone(),
+            Link::Netem { params } => params[idx(dir)].clone(),
+            Link::None => LinkParams::default(),
+        }
+    }
+
+    /// Packet counters per direction (tun), or tc's statistics (netem).
+    pub fn stats(&self) -> serde_json::Value {
+        match &*self.link.lock().expect("link lock") {
+            Link::Tun { models, .. } => {
+                let s = |d: Dir| models[idx(d)].lock().expect("model lock").stats().clone();
+                serde_json::json!({"uplink": s(Dir::Uplink), "downlink": s(Dir::Downlink)})
+            }
+            Link::Netem { .. } => serde_json::json!({
+                "uplink": crate::netem::stats(&self.edge_ns, DEV),
+                "downlink": crate::netem::stats(&self.cloud_ns, DEV),
+            }),
+            Link::None => serde_json::Value::Null,
+        }
+    }
+
+    /// Whether the relay threads run under SCHED_FIFO (tun backend).
+    pub fn realtime(&self) -> bool {
+        match &*self.link.lock().expect("link lock") {
+            Link::Tun { realtime, .. } => realtime.load(Ordering::Relaxed),
+            _ => false,
+        }
+    }
+
+    /// The machine-readable line printed once the link is up.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "ready backend={} edge_ns={} cloud_ns={} edge_addr={EDGE_ADDR} cloud_addr={CLOUD_ADDR} \
+             prefix_len={PREFIX_LEN} dev={DEV}",
+            self.backend.as_str(),
+            self.edge_ns,
+            self.cloud_ns
+        )
+    }
+
+    /// Stops the link, kills processes left in the namespaces and deletes
+    /// them. Safe to call more than once and from any thread.
+    pub fn teardown(&self) {
+        let mut done = self.torn_down.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return;
+        }
+        *done = true;
+        let link = std::mem::replace(
+            &mut *self.link.lock().unwrap_or_else(|e| e.into_inner()),
+            Link::None,
+        );
+        if let Link::Tun { stop, threads, .. } = link {
+            stop.store(true, Ordering::Relaxed);
+            for t in threads {
+                let _ = t.join();
+            }
+            // The TUN files close with the last Arc (held by the threads).
+        }
+        for ns in [&self.edge_ns, &self.cloud_ns] {
+            if let Err(e) = netns::delete(ns) {
+                eprintln!("netem-tun: removing {ns}: {e:#}");
+            }
+        }
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
