@@ -17,7 +17,10 @@ use crate::params::{Dir, LinkPatch};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Set { dirs: Vec<Dir>, patch: LinkPatch },
+    Set {
+        dirs: Vec<Dir>,
+        patch: Box<LinkPatch>,
+    },
     Show,
     Stats,
     ScheduleStart,
@@ -49,7 +52,10 @@ impl Command {
                     return Err("set: no key=value given".into());
                 }
                 let patch = LinkPatch::from_words(kv.iter().copied()).map_err(|e| e.to_string())?;
-                Ok(Command::Set { dirs, patch })
+                Ok(Command::Set {
+                    dirs,
+                    patch: Box::new(patch),
+                })
             }
             "up" | "down" => {
                 if rest.len() > 1 {
@@ -57,10 +63,10 @@ impl Command {
                 }
                 let dirs = dirs_of(rest.first().copied())
                     .ok_or_else(|| format!("{verb}: direction is both, uplink or downlink"))?;
-                let patch = LinkPatch {
+                let patch = Box::new(LinkPatch {
                     up: Some(verb == "up"),
                     ..Default::default()
-                };
+                });
                 Ok(Command::Set { dirs, patch })
             }
             "show" => Ok(Command::Show),

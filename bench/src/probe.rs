@@ -98,12 +98,14 @@ fn total_retrans(s: &TcpStream) -> u32 {
 }
 
 /// A TCP flow from `edge_ns` to a server in `cloud_ns`: 64-byte requests,
-/// each sent when the previous answer arrived, for `seconds`.
+/// each sent when the previous answer arrived but no sooner than
+/// `min_spacing` after the previous request, for `seconds`.
 pub fn tcp_pingpong(
     edge_ns: &str,
     cloud_ns: &str,
     addr: &str,
     seconds: f64,
+    min_spacing: Duration,
 ) -> Result<PingPongResult> {
     let bind: SocketAddr = format!("{addr}:0").parse()?;
     let listener = netns::run_in(cloud_ns, move || Ok(TcpListener::bind(bind)?))?;
@@ -140,7 +142,13 @@ pub fn tcp_pingpong(
             let mut r = PingPongResult::default();
             let mut buf = [0u8; MSG];
             let end = Instant::now() + Duration::from_secs_f64(seconds);
+            let mut next = Instant::now();
             while Instant::now() < end {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep(next - now);
+                }
+                next = Instant::now() + min_spacing;
                 buf[..8].copy_from_slice(&r.exchanges.to_be_bytes());
                 let before = total_retrans(&s);
                 let t0 = Instant::now();

@@ -108,7 +108,7 @@ pub fn gateway_script(s: &Scenario, source: &str) -> String {
         "#\n# Applies the scenario with tc netem on a gateway interface DEV:\n\
          #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its\n\
          #   ingress, redirected through the IFB device (default ifb-jlab).\n\
-         # Usage: {name}.sh setup|apply [T]|run|teardown DEV [IFB]   (DRY_RUN=1 prints, runs nothing)\n\
+         # Usage: {name}.sh setup|apply|run|teardown DEV [IFB]  (AT_S=T for apply; DRY_RUN=1 prints only)\n\
          # Differences to netem-tun: no jitter hold; order is kept through `rate`;\n\
          # `limit` counts packets, so the byte buffer is approximate.\nset -eu\n\
          . \"$(dirname \"$0\")/lib.sh\"\n",

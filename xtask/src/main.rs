@@ -5,6 +5,7 @@
 
 mod demo;
 mod ebpf;
+mod netem_check;
 mod setup;
 mod test;
 mod util;
@@ -33,6 +34,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Jitter lab emulator accuracy check (20 ms +- 5 ms, 1 % loss, one way; needs root).
+    NetemCheck {
+        /// Print the result as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -55,6 +62,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { seconds, json } => {
             setup::all()?;
             demo::run(seconds, json)
+        }
+        Cmd::NetemCheck { json } => {
+            setup::all()?;
+            netem_check::run(json)
         }
         Cmd::Test { args } => {
             setup::all()?;
