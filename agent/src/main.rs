@@ -1,1 +1,126 @@
-fn main() {}
+//! `agent`: the operator's front door (edge, cloud, submit, demo).
+
+use agent::config::Config;
+use agent::decide::Policy;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "agent", version, about = "Kernel-assisted edge AI offloading agent")]
+struct Cli {
+    /// TOML configuration file (every field optional; see `agent print-config`).
+    #[arg(long, global = true, env = "EDGE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, global = true, default_value = "info", env = "EDGE_AGENT_LOG")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the edge agent: probes, decisions, local inference, offload, task API.
+    Edge {
+        /// Task-submission API address.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The cloud service's gRPC address.
+        #[arg(long)]
+        cloud_grpc: Option<String>,
+        /// always-local, always-offload, threshold or cost-model.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Local inference workers.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Run the cloud offload service.
+    Cloud {
+        #[arg(long)]
+        listen_grpc: Option<String>,
+        /// Inferences run at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Send images to a running edge agent and print the results.
+    Submit(agent::submit::SubmitArgs),
+    /// Start the cloud service and the edge agent here and drive the digits workload.
+    Demo(agent::demo::DemoArgs),
+    /// Print the effective configuration as TOML.
+    PrintConfig,
+}
+
+fn parse_policy(name: &str) -> Result<Policy> {
+    Policy::from_name(name).with_context(|| {
+        format!("unknown policy {name:?} (always-local, always-offload, threshold, cost-model)")
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    match cli.cmd {
+        Cmd::Edge {
+            listen,
+            cloud_grpc,
+            policy,
+            workers,
+        } => {
+            if let Some(v) = listen {
+                cfg.edge.listen = v;
+            }
+            if let Some(v) = cloud_grpc {
+                cfg.edge.cloud_grpc = v;
+            }
+            if let Some(v) = policy {
+                cfg.edge.policy = parse_policy(&v)?;
+            }
+            if let Some(v) = workers {
+                cfg.edge.workers = v;
+            }
+            let edge = agent::edge::Edge::start(&cfg.edge, None).await?;
+            println!("edge listening api={} policy={}", edge.api_addr, cfg.edge.policy.name());
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining accepted tasks");
+            edge.shutdown().await
+        }
+        Cmd::Cloud {
+            listen_grpc,
+            concurrency,
+        } => {
+            if let Some(v) = listen_grpc {
+                cfg.cloud.listen_grpc = v;
+            }
+            if let Some(v) = concurrency {
+                cfg.cloud.concurrency = v;
+            }
+            let cloud = agent::server::CloudService::start(&cfg.cloud).await?;
+            // One machine-readable line: scripts and the demo wait for it.
+            println!("cloud listening grpc={}", cloud.grpc_addr);
+            shutdown_signal().await;
+            cloud.shutdown().await
+        }
+        Cmd::Submit(args) => agent::submit::run(args).await,
+        Cmd::Demo(args) => agent::demo::run(cfg, args).await,
+        Cmd::PrintConfig => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,3 +1,5 @@
 //! Network probes: every source turns what it sees into [`sample::ProbeEvent`]s.
 
+pub mod active;
+pub mod ebpf;
 pub mod sample;

@@ -1,0 +1,202 @@
+//! Configuration: a TOML file (every field optional) with CLI overrides.
+//! `agent print-config` shows the defaults.
+
+use crate::decide::Policy;
+use crate::infer::ModelSpec;
+use crate::task::TaskType;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub edge: EdgeConfig,
+    pub cloud: CloudConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Task-submission API (gRPC EdgeAIService) address.
+    pub listen: String,
+    /// The cloud service's gRPC endpoint.
+    pub cloud_grpc: String,
+    /// Local inference workers (each owns a model instance).
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_concurrent_offloads: usize,
+    /// "auto", "cpu" or "cuda".
+    pub device: String,
+    /// libtorch intra-op threads; 1 keeps workers from oversubscribing cores.
+    pub intra_op_threads: i32,
+    pub policy: Policy,
+    /// Expected size of a response on the wire, for the download cost.
+    pub response_bytes: usize,
+    /// Cloud-side time assumed until offloads have been measured (ms).
+    pub cloud_expected_ms: f64,
+    pub probe: ProbeConfig,
+    pub models: HashMap<TaskType, ModelSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Active probe period (TCP connect to the cloud endpoint).
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// RTT samples kept per source (the jitter window).
+    pub window: usize,
+    /// Samples older than this are stale.
+    pub stale_after_ms: u64,
+    /// Throughput assumed until offload transfers have been measured.
+    pub default_bandwidth_mbit: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudConfig {
+    pub listen_grpc: String,
+    /// Inferences run at once (one model instance each).
+    pub concurrency: usize,
+    /// Requests allowed to wait for a model; more are refused as overloaded.
+    pub max_pending: usize,
+    pub max_payload_bytes: usize,
+    pub device: String,
+    pub intra_op_threads: i32,
+    pub models: HashMap<TaskType, ModelSpec>,
+}
+
+fn model(path: &str, name: &str, expected_ms: f64) -> ModelSpec {
+    ModelSpec {
+        path: PathBuf::from(path),
+        name: name.into(),
+        version: "1".into(),
+        height: 8,
+        width: 8,
+        expected_ms,
+    }
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50061".into(),
+            cloud_grpc: "127.0.0.1:50051".into(),
+            workers: 1,
+            queue_capacity: 512,
+            max_concurrent_offloads: 64,
+            device: "auto".into(),
+            intra_op_threads: 1,
+            policy: Policy::default(),
+            response_bytes: 128,
+            cloud_expected_ms: 2.0,
+            probe: ProbeConfig::default(),
+            models: HashMap::from([(
+                TaskType::ImageClassification,
+                model("models/digits_edge.pt", "digits_edge", 0.2),
+            )]),
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 100,
+            timeout_ms: 1000,
+            window: 60,
+            stale_after_ms: 3000,
+            default_bandwidth_mbit: 100.0,
+        }
+    }
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            listen_grpc: "127.0.0.1:50051".into(),
+            concurrency: 2,
+            max_pending: 256,
+            max_payload_bytes: 1 << 20,
+            device: "auto".into(),
+            intra_op_threads: 1,
+            models: HashMap::from([(
+                TaskType::ImageClassification,
+                model("models/digits_cloud.pt", "digits_cloud", 1.0),
+            )]),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when `None`; model paths are resolved.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let (mut cfg, base) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                let cfg: Config = toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", p.display()))?;
+                (cfg, p.parent().map(Path::to_path_buf))
+            }
+            None => (Config::default(), None),
+        };
+        for spec in cfg.edge.models.values_mut().chain(cfg.cloud.models.values_mut()) {
+            spec.path = resolve(&spec.path, base.as_deref());
+        }
+        Ok(cfg)
+    }
+}
+
+/// Resolves a relative path against the config file's folder, the current
+/// folder, and the folders above the executable (so `target/release/agent`
+/// finds the repository's `models/`).
+pub fn resolve(path: &Path, base: Option<&Path>) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(b) = base {
+        candidates.push(b.join(path));
+    }
+    candidates.push(path.to_path_buf());
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|d| d.join(path)));
+    }
+    candidates
+        .iter()
+        .find(|c| c.exists())
+        .cloned()
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_file_keeps_defaults_and_rejects_unknown_keys() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [edge]
+            workers = 3
+            policy = { kind = "threshold", max_rtt_ms = 30.0, max_jitter_ms = 5.0, min_local_wait_ms = 2.0 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.edge.workers, 3);
+        assert_eq!(cfg.edge.queue_capacity, EdgeConfig::default().queue_capacity);
+        assert_eq!(cfg.edge.policy.name(), "threshold");
+        assert!(toml::from_str::<Config>("[edge]\nworkerz = 3\n").is_err());
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.edge.listen, "127.0.0.1:50061");
+        assert!(back.cloud.models.contains_key(&TaskType::ImageClassification));
+    }
+}

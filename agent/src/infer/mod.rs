@@ -1,0 +1,41 @@
+//! Inference engines. The manager and the cloud service see only [`Engine`];
+//! [`torch::TorchEngine`] runs TorchScript models through libtorch.
+
+pub mod torch;
+
+use crate::estimate::ExecTimeModel;
+use crate::task::{Output, TaskError, TaskType};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use torch::{ModelSpec, TorchEngine};
+
+/// Execution-time estimates shared by all engines of one process.
+pub type SharedExecTimes = Arc<Mutex<ExecTimeModel<TaskType>>>;
+
+pub fn shared_exec_times(alpha: f64, fallback: Duration) -> SharedExecTimes {
+    Arc::new(Mutex::new(ExecTimeModel::new(alpha, fallback)))
+}
+
+/// A loaded set of models, one per supported task type. Not `Sync`: each
+/// worker owns its own engine.
+pub trait Engine: Send {
+    fn supports(&self, task_type: TaskType) -> bool;
+    /// Checks a payload without running the model.
+    fn validate(&self, task_type: TaskType, payload: &[u8]) -> Result<(), TaskError>;
+    /// Runs the model; the measured latency feeds the execution-time estimate.
+    fn process(&mut self, task_type: TaskType, payload: &[u8]) -> Result<Inference, TaskError>;
+    /// Expected execution time for the task type (self-calibrating).
+    fn estimate(&self, task_type: TaskType) -> Duration;
+}
+
+/// A model's answer and how long the model itself took.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    pub output: Output,
+    pub model_version: String,
+    pub elapsed: Duration,
+}
+
+/// Builds one engine per worker.
+pub type EngineFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn Engine>> + Send + Sync>;

@@ -1,0 +1,167 @@
+//! TorchScript inference through libtorch (`tch`), on CPU or CUDA.
+
+use super::{Engine, Inference, SharedExecTimes};
+use crate::task::{Output, TaskError, TaskType};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tch::{CModule, Device, Kind, Tensor};
+
+/// One model and the input it expects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    pub name: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Input image height and width: the payload is `height * width` bytes
+    /// of 8-bit grayscale.
+    #[serde(default = "default_side")]
+    pub height: usize,
+    #[serde(default = "default_side")]
+    pub width: usize,
+    /// Execution time assumed until measured, in milliseconds.
+    #[serde(default = "default_expected_ms")]
+    pub expected_ms: f64,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+fn default_side() -> usize {
+    8
+}
+fn default_expected_ms() -> f64 {
+    1.0
+}
+
+/// Checks that a payload is an image of the model's input size.
+pub fn validate_payload(spec: &ModelSpec, payload: &[u8]) -> Result<(), TaskError> {
+    let want = spec.height * spec.width;
+    if payload.len() != want {
+        return Err(TaskError::InvalidInput(format!(
+            "{} expects a {}x{} grayscale image ({want} bytes), got {} bytes",
+            spec.name,
+            spec.height,
+            spec.width,
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `auto` picks CUDA when libtorch sees a GPU.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("device cuda requested but libtorch sees no CUDA device");
+            }
+            Device::Cuda(0)
+        }
+        other => bail!("unknown device {other:?} (auto, cpu, cuda)"),
+    })
+}
+
+struct Loaded {
+    spec: ModelSpec,
+    module: CModule,
+}
+
+pub struct TorchEngine {
+    models: HashMap<TaskType, Loaded>,
+    device: Device,
+    times: SharedExecTimes,
+}
+
+impl TorchEngine {
+    pub fn load(
+        specs: &HashMap<TaskType, ModelSpec>,
+        device: Device,
+        times: SharedExecTimes,
+    ) -> anyhow::Result<Self> {
+        let mut models = HashMap::new();
+        for (&task_type, spec) in specs {
+            let mut module = CModule::load_on_device(&spec.path, device)
+                .with_context(|| format!("loading TorchScript model {}", spec.path.display()))?;
+            module.set_eval();
+            times
+                .lock()
+                .expect("exec-time lock")
+                .seed(task_type, Duration::from_secs_f64(spec.expected_ms / 1e3));
+            models.insert(
+                task_type,
+                Loaded {
+                    spec: spec.clone(),
+                    module,
+                },
+            );
+        }
+        Ok(Self {
+            models,
+            device,
+            times,
+        })
+    }
+
+    fn model(&self, task_type: TaskType) -> Result<&Loaded, TaskError> {
+        self.models.get(&task_type).ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("no model loaded for {}", task_type.as_str()))
+        })
+    }
+}
+
+impl Engine for TorchEngine {
+    fn supports(&self, task_type: TaskType) -> bool {
+        self.models.contains_key(&task_type)
+    }
+
+    fn validate(&self, task_type: TaskType, payload: &[u8]) -> Result<(), TaskError> {
+        validate_payload(&self.model(task_type)?.spec, payload)
+    }
+
+    fn process(&mut self, task_type: TaskType, payload: &[u8]) -> Result<Inference, TaskError> {
+        self.validate(task_type, payload)?;
+        let m = self.model(task_type)?;
+        let started = Instant::now();
+        let (class, confidence) = tch::no_grad(|| -> Result<(i64, f32), TaskError> {
+            let input = Tensor::from_slice(payload)
+                .to_kind(Kind::Float)
+                .divide_scalar(255.0)
+                .view([1, 1, m.spec.height as i64, m.spec.width as i64])
+                .to_device(self.device);
+            let logits = m
+                .module
+                .forward_ts(&[input])
+                .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)))?;
+            let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
+            let (p, idx) = probs.max_dim(-1, false);
+            let class = idx
+                .int64_value(&[0]);
+            let confidence = p.double_value(&[0]) as f32;
+            Ok((class, confidence))
+        })?;
+        let elapsed = started.elapsed();
+        self.times
+            .lock()
+            .expect("exec-time lock")
+            .observe(task_type, elapsed);
+        Ok(Inference {
+            output: Output {
+                class,
+                confidence,
+                model: m.spec.name.clone(),
+            },
+            model_version: m.spec.version.clone(),
+            elapsed,
+        })
+    }
+
+    fn estimate(&self, task_type: TaskType) -> Duration {
+        self.times.lock().expect("exec-time lock").estimate(task_type)
+    }
+}

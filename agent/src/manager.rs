@@ -1,0 +1,507 @@
+//! The task manager: admission, decision, the local queue and worker pool,
+//! concurrent offloads, and exactly one result per accepted task.
+//!
+//! Local workers are OS threads, each owning an inference engine (libtorch
+//! calls block); offloads are tokio tasks bounded by a semaphore.
+
+use crate::decide::{self, CloudStatus, Decision, DecisionInput, LocalStatus, Policy};
+use crate::estimate::{ExecTimeModel, NetworkStatus};
+use crate::infer::{EngineFactory, ModelSpec, SharedExecTimes};
+use crate::offload::{OffloadError, OffloadRequest, Offloader};
+use crate::probe::sample::{ProbeEvent, ProbeEventKind, SampleSource};
+use crate::queue::TaskQueue;
+use crate::task::{
+    deadline_to_unix_nanos, ExecPath, Output, Task, TaskError, TaskResult, TaskType, Transport,
+};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_concurrent_offloads: usize,
+    pub policy: Policy,
+    pub response_bytes: usize,
+    pub cloud_expected: Duration,
+}
+
+/// Counters of what happened to tasks, for logs, the demo and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub completed_local: AtomicU64,
+    pub completed_quic: AtomicU64,
+    pub completed_grpc: AtomicU64,
+    pub fell_back: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub completed_local: u64,
+    pub completed_quic: u64,
+    pub completed_grpc: u64,
+    pub fell_back: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+struct Job {
+    task: Task,
+    decision: Option<Decision>,
+    reply: oneshot::Sender<TaskResult>,
+    fell_back: bool,
+}
+
+struct LocalState {
+    queue: TaskQueue<Job>,
+    /// Per worker: when the running task started and how long it should take.
+    in_flight: Vec<Option<(Instant, Duration)>>,
+    stopping: bool,
+}
+
+struct Inner {
+    cfg: ManagerConfig,
+    local_specs: HashMap<TaskType, ModelSpec>,
+    local_times: SharedExecTimes,
+    cloud_times: Mutex<ExecTimeModel<TaskType>>,
+    state: Mutex<LocalState>,
+    work_ready: Condvar,
+    offloader: Option<Arc<dyn Offloader>>,
+    offload_permits: Semaphore,
+    net: watch::Receiver<NetworkStatus>,
+    probe_events: mpsc::Sender<ProbeEvent>,
+    cloud_dest: IpAddr,
+    accepting: AtomicBool,
+    outstanding: AtomicU64,
+    drained: Notify,
+    stats: Stats,
+}
+
+pub struct Manager {
+    inner: Arc<Inner>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the manager needs from its surroundings.
+pub struct ManagerParts {
+    pub local_specs: HashMap<TaskType, ModelSpec>,
+    pub engine_factory: EngineFactory,
+    pub local_times: SharedExecTimes,
+    pub offloader: Option<Arc<dyn Offloader>>,
+    pub net: watch::Receiver<NetworkStatus>,
+    pub probe_events: mpsc::Sender<ProbeEvent>,
+    pub cloud_dest: IpAddr,
+}
+
+impl Manager {
+    /// Loads one engine per worker (failing fast if a model is broken) and
+    /// starts the workers.
+    pub fn start(cfg: ManagerConfig, parts: ManagerParts) -> anyhow::Result<Manager> {
+        let n = cfg.workers.max(1);
+        let engines = (0..n)
+            .map(|_| (parts.engine_factory)())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut cloud_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
+        for t in TaskType::ALL {
+            cloud_times.seed(t, cfg.cloud_expected);
+        }
+        let inner = Arc::new(Inner {
+            local_specs: parts.local_specs,
+            local_times: parts.local_times,
+            cloud_times: Mutex::new(cloud_times),
+            state: Mutex::new(LocalState {
+                queue: TaskQueue::new(cfg.queue_capacity),
+                in_flight: vec![None; n],
+                stopping: false,
+            }),
+            work_ready: Condvar::new(),
+            offloader: parts.offloader,
+            offload_permits: Semaphore::new(cfg.max_concurrent_offloads.max(1)),
+            net: parts.net,
+            probe_events: parts.probe_events,
+            cloud_dest: parts.cloud_dest,
+            accepting: AtomicBool::new(true),
+            outstanding: AtomicU64::new(0),
+            drained: Notify::new(),
+            stats: Stats::default(),
+            cfg,
+        });
+        let workers = engines
+            .into_iter()
+            .enumerate()
+            .map(|(i, engine)| {
+                let inner = inner.clone();
+                std::thread::Builder::new()
+                    .name(format!("infer-{i}"))
+                    .spawn(move || worker_loop(inner, i, engine))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Manager {
+            inner,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            accepted: g(&s.accepted),
+            rejected: g(&s.rejected),
+            completed_local: g(&s.completed_local),
+            completed_quic: g(&s.completed_quic),
+            completed_grpc: g(&s.completed_grpc),
+            fell_back: g(&s.fell_back),
+            failed: g(&s.failed),
+            cancelled: g(&s.cancelled),
+        }
+    }
+
+    pub fn network_status(&self) -> NetworkStatus {
+        self.inner.net.borrow().clone()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.inner.state.lock().expect("state lock").queue.len()
+    }
+
+    /// Accepts a task, or rejects it with a clear error (bad input, full
+    /// queue, shutting down). An accepted task's one result arrives on the
+    /// returned channel, also when it fails.
+    pub fn submit(&self, task: Task) -> Result<oneshot::Receiver<TaskResult>, TaskError> {
+        let inner = &self.inner;
+        let rejected = |e: TaskError| {
+            inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        };
+        if !inner.accepting.load(Ordering::SeqCst) {
+            return rejected(TaskError::Unavailable("agent is shutting down".into()));
+        }
+        if let Some(spec) = inner.local_specs.get(&task.task_type) {
+            if let Err(e) = crate::infer::torch::validate_payload(spec, &task.payload) {
+                return rejected(e);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let decision = {
+            let mut state = inner.state.lock().expect("state lock");
+            let decision = inner.decide(&state, &task, now);
+            match decision {
+                Ok(d) if d.path == ExecPath::Local => {
+                    let expected = inner.local_estimate(task.task_type);
+                    let (priority, deadline) = (task.priority, task.deadline);
+                    let job = Job {
+                        task,
+                        decision: Some(d),
+                        reply: tx,
+                        fell_back: false,
+                    };
+                    if state.queue.push(job, priority, deadline, expected).is_err() {
+                        drop(state);
+                        return rejected(TaskError::Overloaded(format!(
+                            "local queue full ({} tasks)",
+                            inner.cfg.queue_capacity
+                        )));
+                    }
+                    inner.accept();
+                    drop(state);
+                    inner.work_ready.notify_one();
+                    return Ok(rx);
+                }
+                other => other,
+            }
+        };
+        inner.accept();
+        match decision {
+            Ok(d) => {
+                let job = Job {
+                    task,
+                    decision: Some(d),
+                    reply: tx,
+                    fell_back: false,
+                };
+                tokio::spawn(run_offload(self.inner.clone(), job));
+            }
+            // No path can work: the task fails early, with the reason.
+            Err(e) => inner.finish(
+                Job {
+                    task,
+                    decision: None,
+                    reply: tx,
+                    fell_back: false,
+                },
+                Err(e),
+                None,
+                None,
+            ),
+        }
+        Ok(rx)
+    }
+
+    /// Submits and waits; a rejection comes back as a failed result.
+    pub async fn execute(&self, task: Task) -> TaskResult {
+        let id = task.id.clone();
+        let started = Instant::now();
+        match self.submit(task) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| TaskResult {
+                task_id: id,
+                outcome: Err(TaskError::Internal("result channel closed".into())),
+                processed_by: None,
+                transport: None,
+                fell_back: false,
+                duration: started.elapsed(),
+                decision: None,
+            }),
+            Err(e) => TaskResult {
+                task_id: id,
+                outcome: Err(e),
+                processed_by: None,
+                transport: None,
+                fell_back: false,
+                duration: started.elapsed(),
+                decision: None,
+            },
+        }
+    }
+
+    /// Stops accepting, lets every accepted task finish, then stops workers.
+    pub async fn shutdown(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        loop {
+            let notified = self.inner.drained.notified();
+            if self.inner.outstanding.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        self.inner.state.lock().expect("state lock").stopping = true;
+        self.inner.work_ready.notify_all();
+        let handles: Vec<_> = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Inner {
+    fn accept(&self) {
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn local_estimate(&self, t: TaskType) -> Duration {
+        self.local_times.lock().expect("exec-time lock").estimate(t)
+    }
+
+    fn decide(&self, state: &LocalState, task: &Task, now: Instant) -> Result<Decision, TaskError> {
+        let busy: Vec<Duration> = state
+            .in_flight
+            .iter()
+            .flatten()
+            .map(|(start, expected)| expected.saturating_sub(now.duration_since(*start)))
+            .collect();
+        let net = self.net.borrow().clone();
+        let cloud_usable = self.offloader.is_some();
+        let net = if cloud_usable { net } else { NetworkStatus::default() };
+        let input = DecisionInput {
+            task_type: task.task_type,
+            priority: task.priority,
+            payload_bytes: task.payload.len(),
+            response_bytes: self.cfg.response_bytes,
+            time_left: task.time_left(now),
+            net: &net,
+            local: LocalStatus {
+                queue_wait: state
+                    .queue
+                    .wait_estimate(task.priority, &busy, self.cfg.workers.max(1)),
+                inference: self.local_estimate(task.task_type),
+                supported: self.local_specs.contains_key(&task.task_type),
+            },
+            cloud: CloudStatus {
+                inference: self.cloud_times.lock().expect("cloud times").estimate(task.task_type),
+            },
+        };
+        decide::decide(&input, &self.cfg.policy)
+    }
+
+    /// Sends the task's one result and updates the counters.
+    fn finish(
+        &self,
+        job: Job,
+        outcome: Result<Output, TaskError>,
+        processed_by: Option<ExecPath>,
+        transport: Option<Transport>,
+    ) {
+        let s = &self.stats;
+        match (&outcome, processed_by, transport) {
+            (Err(_), _, _) => s.failed.fetch_add(1, Ordering::Relaxed),
+            (Ok(_), Some(ExecPath::Cloud), Some(Transport::Quic)) => {
+                s.completed_quic.fetch_add(1, Ordering::Relaxed)
+            }
+            (Ok(_), Some(ExecPath::Cloud), _) => s.completed_grpc.fetch_add(1, Ordering::Relaxed),
+            (Ok(_), _, _) => s.completed_local.fetch_add(1, Ordering::Relaxed),
+        };
+        if job.fell_back {
+            s.fell_back.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = TaskResult {
+            task_id: job.task.id,
+            outcome,
+            processed_by,
+            transport,
+            fell_back: job.fell_back,
+            duration: job.task.created_at.elapsed(),
+            decision: job.decision,
+        };
+        if job.reply.send(result).is_err() {
+            s.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// After a failed offload: run locally if that can still meet the
+    /// deadline, else fail with the offload's error.
+    fn fall_back_or_fail(&self, mut job: Job, err: OffloadError, transport: Option<Transport>) {
+        let task_error = err.into_task_error();
+        let retry_locally = !matches!(task_error, TaskError::InvalidInput(_))
+            && self.local_specs.contains_key(&job.task.task_type);
+        if retry_locally {
+            let expected = self.local_estimate(job.task.task_type);
+            let now = Instant::now();
+            let in_time = job.task.time_left(now).is_none_or(|left| left >= expected);
+            if in_time {
+                job.fell_back = true;
+                let mut state = self.state.lock().expect("state lock");
+                if !state.stopping {
+                    let (p, d) = (job.task.priority, job.task.deadline);
+                    match state.queue.push(job, p, d, expected) {
+                        Ok(()) => {
+                            drop(state);
+                            self.work_ready.notify_one();
+                            return;
+                        }
+                        Err(j) => job = j,
+                    }
+                }
+            }
+        }
+        self.finish(job, Err(task_error), None, transport);
+    }
+}
+
+async fn run_offload(inner: Arc<Inner>, job: Job) {
+    let Some(offloader) = inner.offloader.clone() else {
+        let e = OffloadError::Transport {
+            transport: "none",
+            message: "no cloud endpoint configured".into(),
+        };
+        inner.fall_back_or_fail(job, e, None);
+        return;
+    };
+    let _permit = inner.offload_permits.acquire().await;
+    if job.reply.is_closed() {
+        inner.finish(job, Err(TaskError::Internal("submitter went away".into())), None, None);
+        return;
+    }
+    let now = Instant::now();
+    let t = &job.task;
+    let req = OffloadRequest {
+        request: proto::TaskRequest {
+            id: t.id.clone(),
+            r#type: t.task_type.to_proto() as i32,
+            payload: t.payload.clone(),
+            priority: t.priority.to_proto() as i32,
+            deadline_unix_nano: deadline_to_unix_nanos(t.deadline, now),
+            context: t.context.clone(),
+        },
+        deadline: t.deadline,
+    };
+    match offloader.offload(&req).await {
+        Ok(reply) if reply.response.success => {
+            let r = &reply.response;
+            let server = Duration::from_nanos(r.duration_nano.max(0) as u64);
+            inner
+                .cloud_times
+                .lock()
+                .expect("cloud times")
+                .observe(job.task.task_type, server);
+            let srtt = Duration::from_secs_f64(inner.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
+            let _ = inner.probe_events.try_send(ProbeEvent {
+                dest: inner.cloud_dest,
+                source: SampleSource::QuinnPath,
+                at: Instant::now(),
+                kind: ProbeEventKind::Transfer {
+                    bytes: (reply.bytes_up + reply.bytes_down) as u64,
+                    elapsed: reply.network_time().saturating_sub(srtt),
+                },
+            });
+            let output = Output {
+                class: i64::from(r.predicted_class),
+                confidence: r.confidence,
+                model: r.model_name.clone(),
+            };
+            inner.finish(job, Ok(output), Some(ExecPath::Cloud), Some(reply.transport));
+        }
+        Ok(reply) => {
+            let e = crate::wire::error_from_kind(
+                reply.response.error_kind,
+                reply.response.error_message.clone(),
+            );
+            inner.fall_back_or_fail(job, OffloadError::Rejected(e), Some(reply.transport));
+        }
+        Err(e) => {
+            tracing::debug!(task = %job.task.id, error = %e, "offload failed");
+            inner.fall_back_or_fail(job, e, None);
+        }
+    }
+}
+
+fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn crate::infer::Engine>) {
+    loop {
+        let job = {
+            let mut state = inner.state.lock().expect("state lock");
+            loop {
+                if let Some((job, expected)) = state.queue.pop() {
+                    state.in_flight[index] = Some((Instant::now(), expected));
+                    break job;
+                }
+                if state.stopping {
+                    return;
+                }
+                state = inner.work_ready.wait(state).expect("state lock");
+            }
+        };
+        let now = Instant::now();
+        let outcome = if job.reply.is_closed() {
+            Err(TaskError::Internal("submitter went away".into()))
+        } else if job.task.deadline.is_some_and(|d| d <= now) {
+            Err(TaskError::DeadlineExceeded("expired while queued locally".into()))
+        } else {
+            let t = &job.task;
+            std::panic::catch_unwind(AssertUnwindSafe(|| engine.process(t.task_type, &t.payload)))
+                .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())))
+                .map(|inf| inf.output)
+        };
+        inner.state.lock().expect("state lock").in_flight[index] = None;
+        let ran = outcome.is_ok().then_some(ExecPath::Local);
+        inner.finish(job, outcome, ran, None);
+    }
+}

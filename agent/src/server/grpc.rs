@@ -1,0 +1,48 @@
+//! gRPC listener of the cloud service.
+
+use super::CloudHandler;
+use crate::wire::error_to_status;
+use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+pub struct GrpcCloud {
+    handler: Arc<CloudHandler>,
+}
+
+#[tonic::async_trait]
+impl EdgeAiService for GrpcCloud {
+    async fn offload_task(
+        &self,
+        request: Request<proto::TaskRequest>,
+    ) -> Result<Response<proto::TaskResponse>, Status> {
+        self.handler
+            .handle(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| error_to_status(&e))
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    handler: Arc<CloudHandler>,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    // Room for the payload plus the request's other fields.
+    let max_msg = handler.max_payload_bytes() + 64 * 1024;
+    let svc = EdgeAiServiceServer::new(GrpcCloud { handler }).max_decoding_message_size(max_msg);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_service(svc)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The cloud service: one [`CloudHandler`] behind every listener.
+
+pub mod grpc;
+
+use crate::infer::{Engine, EngineFactory, ModelSpec};
+use crate::task::{deadline_from_unix_nanos, TaskError, TaskType};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+pub struct CloudLimits {
+    pub concurrency: usize,
+    pub max_pending: usize,
+    pub max_payload_bytes: usize,
+}
+
+/// Validates requests, bounds concurrency and runs the cloud models.
+pub struct CloudHandler {
+    specs: HashMap<TaskType, ModelSpec>,
+    pool: Mutex<Vec<Box<dyn Engine>>>,
+    permits: Semaphore,
+    pending: AtomicUsize,
+    limits: CloudLimits,
+}
+
+impl CloudHandler {
+    pub fn new(
+        specs: HashMap<TaskType, ModelSpec>,
+        factory: &EngineFactory,
+        limits: CloudLimits,
+    ) -> anyhow::Result<Self> {
+        let n = limits.concurrency.max(1);
+        let pool = (0..n).map(|_| factory()).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            specs,
+            pool: Mutex::new(pool),
+            permits: Semaphore::new(n),
+            pending: AtomicUsize::new(0),
+            limits,
+        })
+    }
+
+    pub fn max_payload_bytes(&self) -> usize {
+        self.limits.max_payload_bytes
+    }
+
+    fn validate(&self, req: &proto::TaskRequest, now: Instant) -> Result<TaskType, TaskError> {
+        if req.id.is_empty() {
+            return Err(TaskError::InvalidInput("task id is empty".into()));
+        }
+        if req.payload.len() > self.limits.max_payload_bytes {
+            return Err(TaskError::InvalidInput(format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                req.payload.len(),
+                self.limits.max_payload_bytes
+            )));
+        }
+        let task_type = TaskType::from_proto(req.r#type)
+            .ok_or_else(|| TaskError::UnsupportedTaskType(format!("unknown task type {}", req.r#type)))?;
+        let spec = self.specs.get(&task_type).ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("no cloud model for {}", task_type.as_str()))
+        })?;
+        crate::infer::torch::validate_payload(spec, &req.payload)?;
+        if let Some(d) = deadline_from_unix_nanos(req.deadline_unix_nano, now) {
+            if d <= now {
+                return Err(TaskError::DeadlineExceeded("deadline already passed on arrival".into()));
+            }
+        }
+        Ok(task_type)
+    }
+
+    /// Answers one request; bad input and overload become clear errors.
+    pub async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        let received = Instant::now();
+        let task_type = self.validate(&req, received)?;
+        let deadline = deadline_from_unix_nanos(req.deadline_unix_nano, received);
+
+        if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limits.max_pending {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(TaskError::Overloaded(format!(
+                "{} requests already waiting",
+                self.limits.max_pending
+            )));
+        }
+        let permit = self.permits.acquire().await;
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
+        let started = Instant::now();
+        if deadline.is_some_and(|d| d <= started) {
+            return Err(TaskError::DeadlineExceeded("expired while queued in the cloud".into()));
+        }
+        let mut engine = self
+            .pool
+            .lock()
+            .expect("engine pool lock")
+            .pop()
+            .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
+        let payload = req.payload;
+        let (engine, result) = tokio::task::spawn_blocking(move || {
+            let r = engine.process(task_type, &payload);
+            (engine, r)
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))?;
+        self.pool.lock().expect("engine pool lock").push(engine);
+        let inf = result?;
+        Ok(proto::TaskResponse {
+            task_id: req.id,
+            success: true,
+            output: serde_json::to_vec(&inf.output).unwrap_or_default(),
+            processed_by: "cloud".into(),
+            duration_nano: received.elapsed().as_nanos() as i64,
+            model_name: inf.output.model.clone(),
+            model_version: inf.model_version,
+            queue_nano: started.duration_since(received).as_nanos() as i64,
+            inference_nano: inf.elapsed.as_nanos() as i64,
+            predicted_class: inf.output.class as i32,
+            confidence: inf.output.confidence,
+            ..Default::default()
+        })
+    }
+}
+
+/// Builds the handler from the cloud section of the configuration.
+pub fn handler_from_config(cfg: &crate::config::CloudConfig) -> anyhow::Result<CloudHandler> {
+    tch::set_num_threads(cfg.intra_op_threads.max(1));
+    let times = crate::infer::shared_exec_times(0.2, std::time::Duration::from_millis(1));
+    let factory = crate::edge::engine_factory(cfg.models.clone(), &cfg.device, times)?;
+    CloudHandler::new(
+        cfg.models.clone(),
+        &factory,
+        CloudLimits {
+            concurrency: cfg.concurrency,
+            max_pending: cfg.max_pending,
+            max_payload_bytes: cfg.max_payload_bytes,
+        },
+    )
+}
+
+/// The running cloud service: every listener over one handler.
+pub struct CloudService {
+    pub grpc_addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl CloudService {
+    pub async fn start(cfg: &crate::config::CloudConfig) -> anyhow::Result<CloudService> {
+        use anyhow::Context;
+        let handler = std::sync::Arc::new(handler_from_config(cfg)?);
+        let listener = tokio::net::TcpListener::bind(&cfg.listen_grpc)
+            .await
+            .with_context(|| format!("binding gRPC on {}", cfg.listen_grpc))?;
+        let grpc_addr = listener.local_addr()?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut rx = stop_rx.clone();
+        let grpc = tokio::spawn(grpc::serve(handler, listener, None, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        Ok(CloudService {
+            grpc_addr,
+            stop,
+            tasks: vec![grpc],
+        })
+    }
+
+    /// Stops accepting and lets in-flight requests finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+}

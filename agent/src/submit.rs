@@ -1,0 +1,148 @@
+//! `agent submit`: a client of the edge agent's task API.
+
+use crate::dataset;
+use crate::task::{deadline_to_unix_nanos, Priority, TaskType};
+use anyhow::{Context, Result};
+use proto::edge_ai_service_client::EdgeAiServiceClient;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// The edge agent's task API.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub edge: String,
+    /// 8x8 binary PGM images; without any, images from the bundled test set.
+    pub images: Vec<PathBuf>,
+    /// How many test-set images to send when no files are given.
+    #[arg(long, default_value_t = 20)]
+    pub count: usize,
+    /// low, medium, high or critical.
+    #[arg(long, default_value = "medium")]
+    pub priority: String,
+    /// Deadline relative to sending, in milliseconds.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+pub async fn connect(addr: &str) -> Result<EdgeAiServiceClient<Channel>> {
+    let ch = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the edge agent at {addr}"))?;
+    Ok(EdgeAiServiceClient::new(ch))
+}
+
+/// Sends one image classification task; returns the answer and the latency
+/// the submitter saw.
+pub async fn send_image(
+    client: &mut EdgeAiServiceClient<Channel>,
+    id: String,
+    payload: Vec<u8>,
+    priority: Priority,
+    deadline: Option<Duration>,
+) -> (Result<proto::TaskResponse, tonic::Status>, Duration) {
+    let started = Instant::now();
+    let req = proto::TaskRequest {
+        id,
+        r#type: TaskType::ImageClassification.to_proto() as i32,
+        payload,
+        priority: priority.to_proto() as i32,
+        deadline_unix_nano: deadline_to_unix_nanos(deadline.map(|d| started + d), started),
+        context: Default::default(),
+    };
+    let r = client.offload_task(req).await.map(|r| r.into_inner());
+    (r, started.elapsed())
+}
+
+pub fn parse_priority(s: &str) -> Result<Priority> {
+    Ok(match s {
+        "low" => Priority::Low,
+        "medium" => Priority::Medium,
+        "high" => Priority::High,
+        "critical" => Priority::Critical,
+        _ => anyhow::bail!("unknown priority {s:?} (low, medium, high, critical)"),
+    })
+}
+
+/// One line describing a response and its decision.
+pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration) -> String {
+    let ms = latency.as_secs_f64() * 1e3;
+    let mut line = if resp.success {
+        let verdict = match label {
+            Some(l) if l as i32 == resp.predicted_class => format!(" label={l} ok"),
+            Some(l) => format!(" label={l} WRONG"),
+            None => String::new(),
+        };
+        format!(
+            "{:<10} {:<11} class={} conf={:.2}{verdict} {ms:.2}ms",
+            resp.task_id, resp.processed_by, resp.predicted_class, resp.confidence
+        )
+    } else {
+        format!("{:<10} failed: {} ({ms:.2}ms)", resp.task_id, resp.error_message)
+    };
+    if resp.fell_back {
+        line.push_str(" [offload failed, ran locally]");
+    }
+    if let Some(d) = &resp.decision {
+        line.push_str(&format!(
+            " | {} -> {} ({}): local {:.2} [q {:.2} + inf {:.2}] vs offload {:.2} [up {:.2} + rtt {:.2} + jit {:.2} + cloud {:.2} + down {:.2}] src={}",
+            d.policy,
+            d.path,
+            d.reason,
+            d.local_total_ms,
+            d.local_queue_ms,
+            d.local_inference_ms,
+            d.offload_total_ms,
+            d.upload_ms,
+            d.rtt_ms,
+            d.jitter_penalty_ms,
+            d.cloud_inference_ms,
+            d.download_ms,
+            d.network_source
+        ));
+    }
+    line
+}
+
+pub async fn run(args: SubmitArgs) -> Result<()> {
+    let priority = parse_priority(&args.priority)?;
+    let items: Vec<(String, Vec<u8>, Option<u8>)> = if args.images.is_empty() {
+        dataset::load_default()?
+            .into_iter()
+            .take(args.count)
+            .enumerate()
+            .map(|(i, s)| (format!("test-{i}"), s.pixels, Some(s.label)))
+            .collect()
+    } else {
+        args.images
+            .iter()
+            .map(|p| Ok((p.display().to_string(), dataset::read_pgm(p)?, None)))
+            .collect::<Result<_>>()?
+    };
+    let client = connect(&args.edge).await?;
+    let deadline = args.deadline_ms.map(Duration::from_millis);
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut handles = Vec::new();
+    for (id, payload, label) in items {
+        let mut c = client.clone();
+        let permit = sem.clone().acquire_owned().await?;
+        handles.push(tokio::spawn(async move {
+            let (r, lat) = send_image(&mut c, id.clone(), payload, priority, deadline).await;
+            drop(permit);
+            match r {
+                Ok(resp) => println!("{}", describe(&resp, label, lat)),
+                Err(s) => println!("{id:<10} rejected: {} ({:?})", s.message(), s.code()),
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    Ok(())
+}

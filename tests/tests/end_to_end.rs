@@ -1,0 +1,204 @@
+//! The whole path with real parts: gRPC on loopback, libtorch models, the
+//! real queue and workers.
+
+use agent::decide::Policy;
+use agent::submit::send_image;
+use agent::task::Priority;
+use futures::future::join_all;
+use std::collections::HashSet;
+use std::time::Duration;
+use tests::*;
+
+/// Sends `n` test images at once; returns (responses, rejections).
+async fn burst(edge: &agent::edge::Edge, n: usize, tag: &str) -> (Vec<(proto::TaskResponse, u8)>, Vec<tonic::Status>) {
+    let set = test_set();
+    let c = client(edge).await;
+    let futs = (0..n).map(|i| {
+        let mut c = c.clone();
+        let s = set[i % set.len()].clone();
+        let id = format!("{tag}-{i}");
+        async move {
+            let (r, _) = send_image(&mut c, id, s.pixels, Priority::Medium, None).await;
+            (r, s.label)
+        }
+    });
+    let mut ok = Vec::new();
+    let mut rejected = Vec::new();
+    for (r, label) in join_all(futs).await {
+        match r {
+            Ok(resp) => ok.push((resp, label)),
+            Err(s) => rejected.push(s),
+        }
+    }
+    (ok, rejected)
+}
+
+fn accuracy(rs: &[(proto::TaskResponse, u8)]) -> f64 {
+    let good = rs.iter().filter(|(r, l)| r.success && r.predicted_class == i32::from(*l)).count();
+    good as f64 / rs.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn n_tasks_in_n_results_out_across_both_paths() {
+    let cfg = defaults();
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let edge = start_edge(cfg.edge.clone(), cloud.grpc_addr.to_string()).await;
+    wait_reachable(&edge).await;
+
+    let (rs, rejected) = burst(&edge, 150, "e2e").await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(rs.len(), 150);
+    let ids: HashSet<_> = rs.iter().map(|(r, _)| r.task_id.clone()).collect();
+    assert_eq!(ids.len(), 150, "every task answered exactly once");
+    assert!(rs.iter().all(|(r, _)| r.success), "all succeed");
+    assert!(accuracy(&rs) >= 0.95, "accuracy {}", accuracy(&rs));
+    // A burst of 150 on one worker builds a queue: both paths are used.
+    let local = rs.iter().filter(|(r, _)| r.processed_by == "local").count();
+    let cloud_n = rs.iter().filter(|(r, _)| r.processed_by.starts_with("cloud")).count();
+    assert!(local > 0 && cloud_n > 0, "local {local} cloud {cloud_n}");
+    for (r, _) in &rs {
+        let d = r.decision.as_ref().expect("decision travels with the result");
+        assert_eq!(d.policy, "cost-model");
+        assert!(r.processed_by.starts_with(&d.path), "{} vs {}", r.processed_by, d.path);
+        assert!(d.local_total_ms >= d.local_inference_ms);
+    }
+    let stats = edge.manager.stats();
+    assert_eq!(stats.accepted, 150);
+    assert_eq!(stats.completed_local + stats.completed_grpc + stats.completed_quic, 150);
+    edge.shutdown().await.unwrap();
+    cloud.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloud_down_everything_runs_locally_and_nothing_is_lost() {
+    let cfg = defaults();
+    let edge = start_edge(cfg.edge.clone(), dead_address()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!edge.manager.network_status().reachable);
+    let (rs, rejected) = burst(&edge, 120, "down").await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(rs.len(), 120);
+    assert!(rs.iter().all(|(r, _)| r.success && r.processed_by == "local"));
+    assert!(accuracy(&rs) >= 0.9);
+    let reasons: HashSet<_> = rs.iter().map(|(r, _)| r.decision.clone().unwrap().reason).collect();
+    assert!(reasons.contains("cloud unreachable") || reasons.contains("no usable network estimate"), "{reasons:?}");
+    edge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn always_offload_to_a_dead_cloud_falls_back_locally() {
+    let mut cfg = defaults();
+    cfg.edge.policy = Policy::AlwaysOffload;
+    let edge = start_edge(cfg.edge.clone(), dead_address()).await;
+    let (rs, rejected) = burst(&edge, 40, "fb").await;
+    assert!(rejected.is_empty());
+    assert_eq!(rs.len(), 40);
+    assert!(rs.iter().all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
+    assert_eq!(edge.manager.stats().fell_back, 40);
+    edge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloud_stopped_mid_run_loses_no_task() {
+    let mut cfg = defaults();
+    cfg.edge.policy = Policy::AlwaysOffload;
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let edge = start_edge(cfg.edge.clone(), cloud.grpc_addr.to_string()).await;
+    wait_reachable(&edge).await;
+    let before = burst(&edge, 30, "pre");
+    let (first, _) = before.await;
+    assert!(first.iter().all(|(r, _)| r.success && r.processed_by.starts_with("cloud")));
+    let stopper = tokio::spawn(async move { cloud.shutdown().await });
+    let (rs, rejected) = burst(&edge, 60, "mid").await;
+    stopper.await.unwrap().unwrap();
+    let (after, rejected2) = burst(&edge, 30, "post").await;
+    assert!(rejected.is_empty() && rejected2.is_empty());
+    assert_eq!(rs.len() + after.len(), 90);
+    // Every task ended in success (cloud or local re-run) or an explicit error.
+    for (r, _) in rs.iter().chain(after.iter()) {
+        assert!(r.success || !r.error_message.is_empty(), "{r:?}");
+    }
+    assert!(after.iter().all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
+    edge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saturated_local_queue_offloads() {
+    let mut cfg = defaults();
+    cfg.edge.workers = 1;
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    // A slow local model estimate stands for a weak device: the queue wait
+    // grows fast, and the cost model moves work to the cloud.
+    for spec in cfg.edge.models.values_mut() {
+        spec.expected_ms = 5.0;
+    }
+    let edge = start_edge(cfg.edge.clone(), cloud.grpc_addr.to_string()).await;
+    wait_reachable(&edge).await;
+    let (rs, _) = burst(&edge, 100, "sat").await;
+    let offloaded: Vec<_> = rs.iter().filter(|(r, _)| r.processed_by.starts_with("cloud")).collect();
+    assert!(!offloaded.is_empty());
+    for (r, _) in offloaded {
+        let d = r.decision.as_ref().unwrap();
+        assert!(d.local_queue_ms > 0.0, "offloaded with an empty queue: {d:?}");
+        assert!(d.offload_total_ms < d.local_total_ms, "{d:?}");
+    }
+    edge.shutdown().await.unwrap();
+    cloud.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_queue_rejects_clearly_and_accepted_tasks_all_finish() {
+    let mut cfg = defaults();
+    cfg.edge.policy = Policy::AlwaysLocal;
+    cfg.edge.queue_capacity = 4;
+    let edge = start_edge(cfg.edge.clone(), dead_address()).await;
+    let (rs, rejected) = burst(&edge, 80, "full").await;
+    assert!(!rejected.is_empty(), "a 4-slot queue must overflow under 80 at once");
+    for s in &rejected {
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("queue full"), "{}", s.message());
+    }
+    assert_eq!(rs.len() + rejected.len(), 80);
+    assert!(rs.iter().all(|(r, _)| r.success));
+    let st = edge.manager.stats();
+    assert_eq!(st.accepted as usize, rs.len());
+    assert_eq!(st.rejected as usize, rejected.len());
+    edge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_every_accepted_task() {
+    let mut cfg = defaults();
+    cfg.edge.policy = Policy::AlwaysLocal;
+    let edge = start_edge(cfg.edge.clone(), dead_address()).await;
+    let set = test_set();
+    let mut rxs = Vec::new();
+    for (i, s) in set.iter().take(200).enumerate() {
+        let task = agent::task::Task {
+            id: format!("d{i}"),
+            task_type: agent::task::TaskType::ImageClassification,
+            payload: s.pixels.clone(),
+            priority: Priority::Low,
+            deadline: None,
+            created_at: std::time::Instant::now(),
+            context: Default::default(),
+        };
+        rxs.push(edge.manager.submit(task).expect("accepted"));
+    }
+    let manager = edge.manager.clone();
+    edge.shutdown().await.unwrap();
+    let late = agent::task::Task {
+        id: "late".into(),
+        task_type: agent::task::TaskType::ImageClassification,
+        payload: set[0].pixels.clone(),
+        priority: Priority::Low,
+        deadline: None,
+        created_at: std::time::Instant::now(),
+        context: Default::default(),
+    };
+    assert!(manager.submit(late).is_err(), "no task accepted after shutdown");
+    for rx in rxs {
+        let r = rx.await.expect("one result per accepted task");
+        assert!(r.outcome.is_ok());
+    }
+}
