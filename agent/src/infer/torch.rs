@@ -67,6 +67,23 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
     })
 }
 
+/// TorchScript's first forward passes profile and optimise the graph and
+/// take tens of milliseconds; run them at load time so the first real task
+/// (and the execution-time estimate) does not pay for them.
+fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<()> {
+    tch::no_grad(|| {
+        let input = Tensor::zeros([1, 1, spec.height as i64, spec.width as i64], (Kind::Float, device));
+        for _ in 0..3 {
+            let out = module.forward_ts(&[&input])?;
+            // A classifier answers one row of class scores per image.
+            if out.dim() != 2 || out.size()[0] != 1 {
+                bail!("expected [1, classes] scores, got shape {:?}", out.size());
+            }
+        }
+        Ok(())
+    })
+}
+
 struct Loaded {
     spec: ModelSpec,
     module: CModule,
@@ -89,6 +106,8 @@ impl TorchEngine {
             let mut module = CModule::load_on_device(&spec.path, device)
                 .with_context(|| format!("loading TorchScript model {}", spec.path.display()))?;
             module.set_eval();
+            warm_up(&module, spec, device)
+                .with_context(|| format!("first inference with {}", spec.path.display()))?;
             times
                 .lock()
                 .expect("exec-time lock")
