@@ -8,12 +8,17 @@
 //! this observation point to the remote endpoint and back (for a gateway, the
 //! upstream part of the path).
 //!
-//! Endpoints that disable spinning send a random bit per packet (quinn does
-//! so on 1 connection in 8) or a constant one. A constant bit yields no edges
-//! and so no samples. Random bits break the strict alternation, so each
-//! out-of-turn edge adds a penalty, each in-turn edge removes one unit, and
-//! samples are only emitted while the penalty is zero; a new flow starts with
-//! a small penalty, so it must alternate correctly a few times first.
+//! Endpoints that disable spinning send a constant bit (no edges, so no
+//! samples) or a random bit per packet (quinn does so on 1 connection in 8).
+//! A real spin bit holds each value for half a round trip, so with traffic
+//! flowing every run of equal values spans several packets and edges
+//! alternate strictly between the directions; a random bit breaks both half
+//! the time. An edge is good when it is in turn and ends a run of at least
+//! `MIN_RUN` packets; any other edge adds a penalty, each good edge removes
+//! one unit, and samples are only emitted while the penalty is zero. A new
+//! flow starts with a penalty, so it must spin cleanly for a few round trips
+//! first. The price: a flow sending one packet per half round trip
+//! (strict ping-pong) is never trusted.
 
 use agent_common::{Flow, RttBody, SOURCE_QUIC_SPIN};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
@@ -22,9 +27,11 @@ use aya_log_ebpf::debug;
 use crate::{emit_rtt, now_ns};
 
 const SPIN_BIT: u8 = 0x20;
-/// Penalty a new flow starts with: four in-turn edges (two round trips) before the first sample.
-const INITIAL_PENALTY: u8 = 4;
-/// Penalty per out-of-turn edge.
+/// Penalty a new flow starts with: eight good edges (four round trips) before the first sample.
+const INITIAL_PENALTY: u8 = 8;
+/// Shortest run of equal values (packets) that ends a good edge.
+const MIN_RUN: u16 = 2;
+/// Penalty per bad edge.
 const VIOLATION_PENALTY: u8 = 16;
 const MAX_PENALTY: u8 = 128;
 
@@ -45,7 +52,10 @@ struct SpinState {
     penalty: u8,
     /// Set once the flow has produced a sample (for the one log line).
     validated: u8,
-    _pad: [u8; 2],
+    /// Packets carrying the current value, per direction.
+    egress_run: u16,
+    ingress_run: u16,
+    _pad: [u16; 3],
     /// Time of the last egress edge.
     egress_edge_ns: u64,
 }
@@ -77,7 +87,9 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
             last_edge: DIR_NONE,
             penalty: INITIAL_PENALTY,
             validated: 0,
-            _pad: [0; 2],
+            egress_run: 1,
+            ingress_run: 1,
+            _pad: [0; 3],
             egress_edge_ns: 0,
         };
         if egress {
@@ -91,24 +103,28 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
     // SAFETY: LRU value pointer from a successful lookup; egress and ingress
     // may race on it, which at worst costs or skews one sample.
     let st = unsafe { &mut *st };
-    let last = if egress {
-        &mut st.egress_val
+    let (last, run) = if egress {
+        (&mut st.egress_val, &mut st.egress_run)
     } else {
-        &mut st.ingress_val
+        (&mut st.ingress_val, &mut st.ingress_run)
     };
     if st.seen & bit == 0 {
         st.seen |= bit;
         *last = val;
+        *run = 1;
         return Ok(());
     }
     if *last == val {
+        *run = run.saturating_add(1);
         return Ok(());
     }
+    // An edge: good when in turn (the other direction had the previous edge)
+    // and it ends a run of several packets.
     *last = val;
-    // An edge. In turn means the other direction had the previous edge.
-    let in_turn = st.last_edge != dir;
+    let good = st.last_edge != dir && *run >= MIN_RUN;
+    *run = 1;
     st.last_edge = dir;
-    if !in_turn {
+    if !good {
         st.penalty = if st.penalty > MAX_PENALTY - VIOLATION_PENALTY {
             MAX_PENALTY
         } else {

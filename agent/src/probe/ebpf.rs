@@ -43,7 +43,6 @@ use leftovers::{RecordFile, TcRecord};
 use netlink::Netns;
 use records::{Converter, Counters, MonoClock};
 use std::collections::HashSet;
-use std::error::Error as _;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -253,7 +252,12 @@ fn tracefs() -> Result<PathBuf, String> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| format!("tracefs is not mounted and mounting it at {} failed: {e}", target.display()))?;
+    .map_err(|e| {
+        format!(
+            "tracefs is not mounted and mounting it at {} failed: {e}",
+            target.display()
+        )
+    })?;
     info!("mounted tracefs at {}", target.display());
     Ok(target.to_path_buf())
 }
@@ -269,8 +273,8 @@ fn l2_len(iface: &str) -> Result<u32, EbpfUnavailable> {
     const ARPHRD_SIT: u16 = 776;
     const ARPHRD_IPGRE: u16 = 778;
     const ARPHRD_NONE: u16 = 0xfffe;
-    let ty = netlink::link_type(iface)
-        .map_err(|e| setup_error(format!("tc interface {iface}"), e))?;
+    let ty =
+        netlink::link_type(iface).map_err(|e| setup_error(format!("tc interface {iface}"), e))?;
     match ty {
         ARPHRD_ETHER | ARPHRD_LOOPBACK => Ok(14),
         ARPHRD_NONE | ARPHRD_RAWIP | ARPHRD_TUNNEL | ARPHRD_TUNNEL6 | ARPHRD_SIT | ARPHRD_IPGRE => {
@@ -395,7 +399,9 @@ impl EbpfProbe {
         let logger = aya_log::EbpfLogger::init(&mut bpf)
             .map_err(|e| setup_error("eBPF log buffer", chain(&e)))?;
         let spawn_logger: SpawnLogger = Box::new(move || {
-            let mut fd = AsyncFd::with_interest(logger, Interest::READABLE)?;
+            // SAFETY: the logger owns its ring buffer's fd and keeps it open
+            // and unchanged for as long as the AsyncFd holds it.
+            let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }?;
             Ok(tokio::spawn(async move {
                 // Records arrive through the `log` facade; tracing-subscriber's
                 // log bridge turns them into tracing events.
@@ -417,9 +423,13 @@ impl EbpfProbe {
             let prog: &mut SockOps = program(&mut bpf, PROG_SOCKOPS)?;
             prog.load()
                 .map_err(|e| kernel_error("loading the sock_ops program", &e))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single).map_err(|e| {
-                kernel_error(&format!("attaching sock_ops to {}", cgroup_path.display()), &e)
-            })?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| {
+                    kernel_error(
+                        &format!("attaching sock_ops to {}", cgroup_path.display()),
+                        &e,
+                    )
+                })?;
             program_ids.extend(prog.info().ok().map(|i| i.id()));
             attachments.push(format!("sock_ops on cgroup {}", cgroup_path.display()));
         }
@@ -451,7 +461,10 @@ impl EbpfProbe {
                             retransmit_tracepoint = true;
                         }
                     }
-                    Err(e) => warn!("eBPF probe: tracepoint {category}:{event} unavailable: {}", chain(&e)),
+                    Err(e) => warn!(
+                        "eBPF probe: tracepoint {category}:{event} unavailable: {}",
+                        chain(&e)
+                    ),
                 }
             }
         }
@@ -459,8 +472,8 @@ impl EbpfProbe {
         let filter_map = bpf
             .take_map(FILTER_MAP)
             .ok_or_else(|| setup_error("eBPF object", "no FILTER map"))?;
-        let mut filter: BpfHashMap<MapData, FilterKey, u8> = BpfHashMap::try_from(filter_map)
-            .map_err(|e| setup_error("FILTER map", chain(&e)))?;
+        let mut filter: BpfHashMap<MapData, FilterKey, u8> =
+            BpfHashMap::try_from(filter_map).map_err(|e| setup_error("FILTER map", chain(&e)))?;
         for ip in &cfg.endpoints {
             filter
                 .insert(filter_key(*ip), 1, 0)
@@ -487,7 +500,11 @@ impl EbpfProbe {
             object.display(),
             attachments.join(", "),
             cfg.endpoints.len(),
-            if cfg.watch_all { " and everything else" } else { "" }
+            if cfg.watch_all {
+                " and everything else"
+            } else {
+                ""
+            }
         );
         Ok(EbpfProbe {
             bpf: Some(bpf),
@@ -522,8 +539,10 @@ impl EbpfProbe {
                 Err(e) => warn!("eBPF probe: kernel log records will not be shown: {e}"),
             }
         }
-        let mut fd = AsyncFd::with_interest(ring, Interest::READABLE)
-            .map_err(|e| setup_error("polling the ring buffer", e))?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open and unchanged
+        // for as long as the AsyncFd holds it.
+        let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| setup_error("polling the ring buffer", std::io::Error::from(e)))?;
         let (tx, rx) = mpsc::channel(self.channel_capacity);
         let counters = Arc::clone(&self.counters);
         let mut conv = Converter::new(self.clock, self.retransmit_tracepoint);
@@ -542,7 +561,8 @@ impl EbpfProbe {
                     if item.len() >= size_of::<Record>() {
                         // SAFETY: the kernel side writes whole Records; read_unaligned
                         // copes with the ring buffer's 8-byte alignment.
-                        let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) };
+                        let rec =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) };
                         conv.convert(&rec, &counters, &mut batch);
                     }
                 }
@@ -592,11 +612,7 @@ impl EbpfProbe {
 
     pub fn stats(&self) -> EbpfStats {
         let c = &self.counters;
-        let kernel_drops = self
-            .drops
-            .get(&0, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
+        let kernel_drops = self.drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
         EbpfStats {
             records: c.records.load(Ordering::Relaxed),
             sockops_rtt: c.sockops_rtt.load(Ordering::Relaxed),
@@ -636,7 +652,11 @@ impl EbpfProbe {
         let dropped = privileges::drop_all_except(&self.capabilities_to_keep())?;
         info!(
             "dropped capabilities after attaching: {}; kept: {:?}",
-            dropped.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "),
+            dropped
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
             self.capabilities_to_keep()
         );
         Ok(dropped)
@@ -649,7 +669,12 @@ where
 {
     bpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| setup_error("eBPF object", format!("no program {name} of the expected type")))
+        .ok_or_else(|| {
+            setup_error(
+                "eBPF object",
+                format!("no program {name} of the expected type"),
+            )
+        })
 }
 
 fn attach_tc(
@@ -676,20 +701,25 @@ fn attach_tc(
             iface: iface.to_string(),
             clsact_added: false,
         };
-        let mut record = RecordFile::create(&cfg.state_dir, rec.clone()).map_err(|e| {
-            setup_error(format!("writing to {}", cfg.state_dir.display()), e)
-        })?;
+        let mut record = RecordFile::create(&cfg.state_dir, rec.clone())
+            .map_err(|e| setup_error(format!("writing to {}", cfg.state_dir.display()), e))?;
         match tc::qdisc_add_clsact(iface) {
             Ok(()) => {
                 rec.clsact_added = true;
                 if let Err(e) = record.update(rec) {
-                    warn!("eBPF probe: could not update {}: {e}", record.path.display());
+                    warn!(
+                        "eBPF probe: could not update {}: {e}",
+                        record.path.display()
+                    );
                 }
             }
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
             Err(e) => {
                 record.remove();
-                return Err(kernel_error(&format!("adding a clsact qdisc to {iface}"), &e));
+                return Err(kernel_error(
+                    &format!("adding a clsact qdisc to {iface}"),
+                    &e,
+                ));
             }
         }
         netlink = Some(NetlinkTc { ifindex, record });
@@ -737,7 +767,11 @@ fn attach_tc(
     }
     attachments.push(format!(
         "tc ingress+egress on {iface} ({})",
-        if use_netlink { "netlink filters" } else { "tcx links" }
+        if use_netlink {
+            "netlink filters"
+        } else {
+            "tcx links"
+        }
     ));
     Ok(tc)
 }
@@ -759,7 +793,10 @@ fn detach_netlink_extras(tc: &mut TcAttachment) {
         match res {
             Ok(Ok(())) => debug!("eBPF probe: removed the clsact qdisc on {}", tc.iface),
             Ok(Err(e)) | Err(e) => {
-                warn!("eBPF probe: could not remove the clsact qdisc on {}: {e}", tc.iface);
+                warn!(
+                    "eBPF probe: could not remove the clsact qdisc on {}: {e}",
+                    tc.iface
+                );
                 // Keep the record: the next start retries.
                 return;
             }
@@ -822,9 +859,15 @@ mod tests {
     #[test]
     fn errors_are_sorted_by_errno() {
         let denied = std::io::Error::from_raw_os_error(nix::libc::EPERM);
-        assert!(matches!(kernel_error("x", &denied), EbpfUnavailable::Denied { .. }));
+        assert!(matches!(
+            kernel_error("x", &denied),
+            EbpfUnavailable::Denied { .. }
+        ));
         let inval = std::io::Error::from_raw_os_error(nix::libc::EINVAL);
-        assert!(matches!(kernel_error("x", &inval), EbpfUnavailable::Kernel { .. }));
+        assert!(matches!(
+            kernel_error("x", &inval),
+            EbpfUnavailable::Kernel { .. }
+        ));
     }
 
     #[test]

@@ -147,7 +147,10 @@ pub fn clean(dir: &Path) -> Vec<String> {
             Some(ns) if in_use(dir, rec.netns, &rec.iface) => {
                 // A live probe shares the interface; remove nothing of its.
                 drop(ns);
-                format!("pid {} left tc on {}, now used by a running probe", rec.pid, rec.iface)
+                format!(
+                    "pid {} left tc on {}, now used by a running probe",
+                    rec.pid, rec.iface
+                )
             }
             Some(ns) => match ns.run(|| undo(&rec)) {
                 Ok(Ok(what)) => format!("removed {what} left on {} by pid {}", rec.iface, rec.pid),

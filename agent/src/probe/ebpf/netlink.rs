@@ -30,14 +30,21 @@ const CLSACT_HANDLE: u32 = 0xffff_0000;
 const CLSACT_INGRESS: u32 = 0xffff_fff2;
 const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
-fn tc_request(ty: u16, flags: u16, ifindex: u32, handle: u32, parent: u32, kind: Option<&str>) -> Vec<u8> {
+fn tc_request(
+    ty: u16,
+    flags: u16,
+    ifindex: u32,
+    handle: u32,
+    parent: u32,
+    kind: Option<&str>,
+) -> Vec<u8> {
     let mut msg = Vec::with_capacity(64);
     msg.extend_from_slice(&0u32.to_ne_bytes()); // length, patched below
     msg.extend_from_slice(&ty.to_ne_bytes());
     msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    // struct tcmsg: family, 3 pad bytes, ifindex, handle, parent, info
+                                                // struct tcmsg: family, 3 pad bytes, ifindex, handle, parent, info
     msg.extend_from_slice(&[0u8; 4]);
     msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     msg.extend_from_slice(&handle.to_ne_bytes());
@@ -84,7 +91,10 @@ fn transact(req: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
             let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
             if len < NLMSG_HDRLEN || off + len > n {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink reply"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink reply",
+                ));
             }
             let payload = &buf[off + NLMSG_HDRLEN..off + len];
             match ty {
@@ -134,7 +144,8 @@ pub fn clsact_filter_count(ifindex: u32) -> io::Result<usize> {
         count += replies
             .iter()
             .filter(|p| {
-                p.len() >= TCMSG_LEN && u32::from_ne_bytes(p[8..12].try_into().expect("4 bytes")) != 0
+                p.len() >= TCMSG_LEN
+                    && u32::from_ne_bytes(p[8..12].try_into().expect("4 bytes")) != 0
             })
             .count();
     }
@@ -152,7 +163,10 @@ pub fn link_type(iface: &str) -> io::Result<u16> {
     // SAFETY: ifreq is plain data; the name is NUL-terminated within IFNAMSIZ.
     let mut ifr: nix::libc::ifreq = unsafe { std::mem::zeroed() };
     if iface.len() >= ifr.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
         *dst = src as nix::libc::c_char;
@@ -223,15 +237,31 @@ mod tests {
 
     #[test]
     fn clsact_delete_request_layout() {
-        let req = tc_request(RTM_DELQDISC, NLM_F_ACK, 7, CLSACT_HANDLE, TC_H_CLSACT, Some("clsact"));
+        let req = tc_request(
+            RTM_DELQDISC,
+            NLM_F_ACK,
+            7,
+            CLSACT_HANDLE,
+            TC_H_CLSACT,
+            Some("clsact"),
+        );
         // header 16 + tcmsg 20 + attribute (4 + "clsact\0" = 11, padded to 12)
         assert_eq!(req.len(), 48);
         assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 48);
         assert_eq!(u16::from_ne_bytes([req[4], req[5]]), RTM_DELQDISC);
-        assert_eq!(u16::from_ne_bytes([req[6], req[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(
+            u16::from_ne_bytes([req[6], req[7]]),
+            NLM_F_REQUEST | NLM_F_ACK
+        );
         assert_eq!(i32::from_ne_bytes(req[20..24].try_into().unwrap()), 7);
-        assert_eq!(u32::from_ne_bytes(req[24..28].try_into().unwrap()), CLSACT_HANDLE);
-        assert_eq!(u32::from_ne_bytes(req[28..32].try_into().unwrap()), TC_H_CLSACT);
+        assert_eq!(
+            u32::from_ne_bytes(req[24..28].try_into().unwrap()),
+            CLSACT_HANDLE
+        );
+        assert_eq!(
+            u32::from_ne_bytes(req[28..32].try_into().unwrap()),
+            TC_H_CLSACT
+        );
         assert_eq!(u16::from_ne_bytes([req[36], req[37]]), 11);
         assert_eq!(&req[40..47], b"clsact\0");
     }

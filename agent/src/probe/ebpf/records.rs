@@ -69,6 +69,7 @@ pub fn remote_ip(flow: &Flow) -> Option<IpAddr> {
 }
 
 /// The flow's local (near) endpoint as an address.
+#[cfg(test)]
 pub fn local_ip(flow: &Flow) -> Option<IpAddr> {
     addr(flow.family, &flow.local)
 }
@@ -140,7 +141,10 @@ impl Converter {
                     SampleSource::TcTimestamp => &counters.tc_tcp_ts_rtt,
                     _ => &counters.quic_spin_rtt,
                 });
-                out.push(event(source, ProbeEventKind::Rtt(Duration::from_nanos(body.rtt_ns))));
+                out.push(event(
+                    source,
+                    ProbeEventKind::Rtt(Duration::from_nanos(body.rtt_ns)),
+                ));
                 if source == SampleSource::SockOps {
                     self.socket_counters(&rec.flow, body.data_segs_out, body.total_retrans, |k| {
                         out.push(event(SampleSource::SockOps, k))
@@ -233,13 +237,16 @@ pub fn tracepoint_layout(tracefs: &Path) -> Result<TracepointLayout, String> {
     };
     let rt = read("tcp/tcp_retransmit_skb")?;
     let ss = read("sock/inet_sock_set_state")?;
-    let field = |fields: &HashMap<String, (u16, u16)>, event: &str, name: &str, size: u16| {
-        match fields.get(name) {
+    let field =
+        |fields: &HashMap<String, (u16, u16)>, event: &str, name: &str, size: u16| match fields
+            .get(name)
+        {
             Some(&(offset, s)) if s == size => Ok(offset),
-            Some(&(_, s)) => Err(format!("{event}: field {name} has size {s}, expected {size}")),
+            Some(&(_, s)) => Err(format!(
+                "{event}: field {name} has size {s}, expected {size}"
+            )),
             None => Err(format!("{event}: no field {name}")),
-        }
-    };
+        };
     let r = |name, size| field(&rt, "tcp_retransmit_skb", name, size);
     let s = |name, size| field(&ss, "inet_sock_set_state", name, size);
     Ok(TracepointLayout {
@@ -299,7 +306,10 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
     #[test]
     fn running_kernel_layout_parses_when_tracefs_is_mounted() {
         let tracefs = Path::new("/sys/kernel/tracing");
-        if !tracefs.join("events/tcp/tcp_retransmit_skb/format").exists() {
+        if !tracefs
+            .join("events/tcp/tcp_retransmit_skb/format")
+            .exists()
+        {
             return; // tracefs not mounted here; the eBPF integration tests cover it
         }
         let layout = tracepoint_layout(tracefs).unwrap();
@@ -379,8 +389,16 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         let mut conv = Converter::new(MonoClock::now(), true);
         let flow = v4_flow([192, 0, 2, 7], 40000);
         let mut out = Vec::new();
-        conv.convert(&rtt_record(SOURCE_SOCKOPS, flow, 1500, 10, 0), &counters, &mut out);
-        conv.convert(&rtt_record(SOURCE_SOCKOPS, flow, 1700, 25, 1), &counters, &mut out);
+        conv.convert(
+            &rtt_record(SOURCE_SOCKOPS, flow, 1500, 10, 0),
+            &counters,
+            &mut out,
+        );
+        conv.convert(
+            &rtt_record(SOURCE_SOCKOPS, flow, 1700, 25, 1),
+            &counters,
+            &mut out,
+        );
         let kinds: Vec<_> = out.iter().map(|e| e.kind.clone()).collect();
         assert_eq!(
             kinds,
@@ -392,7 +410,9 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
             ]
         );
         assert!(out.iter().all(|e| e.source == SampleSource::SockOps));
-        assert!(out.iter().all(|e| e.dest == "192.0.2.7".parse::<IpAddr>().unwrap()));
+        assert!(out
+            .iter()
+            .all(|e| e.dest == "192.0.2.7".parse::<IpAddr>().unwrap()));
         assert_eq!(counters.sockops_rtt.load(Ordering::Relaxed), 2);
     }
 
@@ -414,7 +434,11 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
 
         let mut without_tp = Converter::new(MonoClock::now(), false);
         let mut out = Vec::new();
-        without_tp.convert(&rtt_record(SOURCE_SOCKOPS, flow, 900, 50, 3), &counters, &mut out);
+        without_tp.convert(
+            &rtt_record(SOURCE_SOCKOPS, flow, 900, 50, 3),
+            &counters,
+            &mut out,
+        );
         assert!(out.contains(&ProbeEvent {
             kind: ProbeEventKind::Retransmits(3),
             ..out[0].clone()
@@ -427,7 +451,11 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         let mut conv = Converter::new(MonoClock::now(), true);
         let flow = v4_flow([192, 0, 2, 7], 40001);
         let mut out = Vec::new();
-        conv.convert(&rtt_record(SOURCE_SOCKOPS, flow, 100, 7, 0), &counters, &mut out);
+        conv.convert(
+            &rtt_record(SOURCE_SOCKOPS, flow, 100, 7, 0),
+            &counters,
+            &mut out,
+        );
         let mut st = Record::new(KIND_STATE, SOURCE_TRACEPOINT, 2_000, flow);
         st.body = RecordBody {
             state: StateBody {
@@ -441,7 +469,11 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         assert_eq!(counters.flows_ended.load(Ordering::Relaxed), 1);
         // tc sources carry no counters.
         let mut out = Vec::new();
-        conv.convert(&rtt_record(SOURCE_TC_TCP_TS, flow, 100, 0, 0), &counters, &mut out);
+        conv.convert(
+            &rtt_record(SOURCE_TC_TCP_TS, flow, 100, 0, 0),
+            &counters,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].source, SampleSource::TcTimestamp);
     }
