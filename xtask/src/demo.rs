@@ -6,6 +6,8 @@ use crate::util::{self, cargo, project_root};
 use anyhow::Result;
 
 pub fn run(seconds: Option<u64>, json: bool) -> Result<()> {
+    // The edge agent measures the link passively when the object is there.
+    crate::ebpf::build()?;
     util::run(cargo().args(["build", "--release", "--quiet", "-p", "agent"]))?;
     let mut agent = std::process::Command::new(project_root().join("target/release/agent"));
     agent.current_dir(project_root()).arg("demo");

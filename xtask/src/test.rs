@@ -6,7 +6,9 @@ use crate::util::{self, cargo};
 use anyhow::Result;
 
 pub fn run(extra: &[String]) -> Result<()> {
-    util::run(cargo().args(["build", "--release", "--quiet", "-p", "agent"]))?;
+    let object = crate::ebpf::build()?;
+    eprintln!("test: eBPF object at {}", object.display());
+    util::run(cargo().args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
     util::run(cargo().args(["test", "--release", "--workspace"]).args(extra))
 }
 
