@@ -23,6 +23,14 @@ pub struct EdgeConfig {
     pub listen: String,
     /// The cloud service's gRPC endpoint.
     pub cloud_grpc: String,
+    /// The cloud service's QUIC endpoint, tried first; empty disables QUIC.
+    pub cloud_quic: String,
+    /// Name the cloud's certificate must carry (SNI and verification).
+    pub cloud_server_name: String,
+    /// Mutual TLS towards the cloud: CA, this gateway's certificate and key.
+    pub tls: crate::tls::TlsConfig,
+    /// Timeouts, retries, circuit breaker and QUIC failover.
+    pub offload: crate::offload::OffloadConfig,
     /// Local inference workers (each owns a model instance).
     pub workers: usize,
     pub queue_capacity: usize,
@@ -37,6 +45,8 @@ pub struct EdgeConfig {
     /// Cloud-side time assumed until offloads have been measured (ms).
     pub cloud_expected_ms: f64,
     pub probe: ProbeConfig,
+    /// Prometheus exporter address (`GET /metrics`); unset means none.
+    pub metrics_listen: Option<String>,
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
@@ -58,6 +68,12 @@ pub struct ProbeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CloudConfig {
     pub listen_grpc: String,
+    /// QUIC listener (UDP); empty disables it.
+    pub listen_quic: String,
+    /// Concurrent streams per connection (QUIC bidirectional streams, HTTP/2 streams).
+    pub max_concurrent_streams: u32,
+    /// Mutual TLS: CA that signed the gateways' certificates, our certificate and key.
+    pub tls: crate::tls::TlsConfig,
     /// Inferences run at once (one model instance each).
     pub concurrency: usize,
     /// Requests allowed to wait for a model; more are refused as overloaded.
@@ -84,6 +100,10 @@ impl Default for EdgeConfig {
         Self {
             listen: "127.0.0.1:50061".into(),
             cloud_grpc: "127.0.0.1:50051".into(),
+            cloud_quic: "127.0.0.1:50052".into(),
+            cloud_server_name: "localhost".into(),
+            tls: crate::tls::TlsConfig::default(),
+            offload: crate::offload::OffloadConfig::default(),
             workers: 1,
             queue_capacity: 512,
             max_concurrent_offloads: 64,
@@ -93,6 +113,7 @@ impl Default for EdgeConfig {
             response_bytes: 128,
             cloud_expected_ms: 2.0,
             probe: ProbeConfig::default(),
+            metrics_listen: None,
             models: HashMap::from([(
                 TaskType::ImageClassification,
                 model("models/digits_edge.pt", "digits_edge", 0.2),
@@ -117,6 +138,9 @@ impl Default for CloudConfig {
     fn default() -> Self {
         Self {
             listen_grpc: "127.0.0.1:50051".into(),
+            listen_quic: "127.0.0.1:50052".into(),
+            max_concurrent_streams: 256,
+            tls: crate::tls::TlsConfig::default(),
             concurrency: 2,
             max_pending: 256,
             max_payload_bytes: 1 << 20,
@@ -146,6 +170,8 @@ impl Config {
         for spec in cfg.edge.models.values_mut().chain(cfg.cloud.models.values_mut()) {
             spec.path = resolve(&spec.path, base.as_deref());
         }
+        cfg.edge.tls.resolve_paths(base.as_deref());
+        cfg.cloud.tls.resolve_paths(base.as_deref());
         Ok(cfg)
     }
 }

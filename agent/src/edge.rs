@@ -91,6 +91,14 @@ impl Edge {
             },
         )?);
 
+        let mut background = vec![probe_task];
+        if let Some(addr) = &cfg.metrics_listen {
+            let addr = resolve(addr).await?;
+            crate::metrics::install(addr).with_context(|| format!("metrics listener on {addr}"))?;
+            background.push(crate::metrics::spawn_gauges(manager.clone(), Duration::from_secs(1)));
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&cfg.listen)
@@ -119,7 +127,7 @@ impl Edge {
             api_addr,
             api,
             api_stop,
-            background: vec![probe_task],
+            background,
         })
     }
 

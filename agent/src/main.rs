@@ -35,6 +35,9 @@ enum Cmd {
         /// Local inference workers.
         #[arg(long)]
         workers: Option<usize>,
+        /// Serve Prometheus metrics at this address (GET /metrics).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Run the cloud offload service.
     Cloud {
@@ -72,7 +75,11 @@ async fn main() -> Result<()> {
             cloud_grpc,
             policy,
             workers,
+            metrics_listen,
         } => {
+            if metrics_listen.is_some() {
+                cfg.edge.metrics_listen = metrics_listen;
+            }
             if let Some(v) = listen {
                 cfg.edge.listen = v;
             }

@@ -184,6 +184,7 @@ impl Manager {
         let inner = &self.inner;
         let rejected = |e: TaskError| {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::record_rejection(&e);
             Err(e)
         };
         if !inner.accepting.load(Ordering::SeqCst) {
@@ -369,6 +370,7 @@ impl Inner {
             duration: job.task.created_at.elapsed(),
             decision: job.decision,
         };
+        crate::metrics::record_result(&result);
         if job.reply.send(result).is_err() {
             s.cancelled.fetch_add(1, Ordering::Relaxed);
         }

@@ -18,6 +18,9 @@ pub struct LinkConfig {
     pub unreachable_after: u32,
     /// Throughput assumed until a transfer has been measured (bits/s).
     pub default_bandwidth_bps: f64,
+    /// Transfers smaller than this say more about scheduling than about
+    /// the link's capacity and are not used for the bandwidth estimate.
+    pub min_transfer_bytes: u64,
 }
 
 impl Default for LinkConfig {
@@ -28,6 +31,7 @@ impl Default for LinkConfig {
             loss_window: 100,
             unreachable_after: 3,
             default_bandwidth_bps: 100e6,
+            min_transfer_bytes: 16 * 1024,
         }
     }
 }
@@ -92,6 +96,10 @@ impl LinkEstimator {
             ProbeEventKind::Retransmits(n) => self.retransmits += u64::from(n),
             ProbeEventKind::SegmentsSent(n) => self.segments += u64::from(n),
             ProbeEventKind::Transfer { bytes, elapsed } => {
+                self.consecutive_failures = 0;
+                if bytes < self.cfg.min_transfer_bytes {
+                    return;
+                }
                 // `elapsed` is the transfer's time on the wire beyond one RTT and
                 // the server's own time, as measured by the offload client.
                 let secs = elapsed.as_secs_f64().max(1e-5);
@@ -100,7 +108,6 @@ impl LinkEstimator {
                     None => bps,
                     Some(b) => b + (bps - b) * 0.2,
                 });
-                self.consecutive_failures = 0;
             }
         }
     }
@@ -274,5 +281,15 @@ mod tests {
         let s = est.snapshot(t0);
         assert!(!s.bandwidth_assumed);
         assert!((s.bandwidth_bps - 100e6).abs() < 1.0);
+        // A tiny transfer slowed by scheduling does not drag the estimate down.
+        est.on_event(&ev(
+            t0,
+            SampleSource::QuinnPath,
+            ProbeEventKind::Transfer {
+                bytes: 100,
+                elapsed: Duration::from_millis(5),
+            },
+        ));
+        assert!((est.snapshot(t0).bandwidth_bps - 100e6).abs() < 1.0);
     }
 }

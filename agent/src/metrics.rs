@@ -1,0 +1,87 @@
+//! Prometheus metrics: per-task counters and latency histograms recorded
+//! where results are produced, and gauges sampled from the manager and the
+//! network monitor. Exposed over HTTP at `edge.metrics_listen`.
+
+use crate::estimate::NetworkStatus;
+use crate::manager::Manager;
+use crate::task::{TaskError, TaskResult};
+use metrics::{counter, gauge, histogram};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts the exporter's HTTP listener (`GET /metrics`).
+pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ],
+        )?
+        .install()?;
+    Ok(())
+}
+
+fn error_label(e: &TaskError) -> &'static str {
+    match e {
+        TaskError::InvalidInput(_) => "invalid_input",
+        TaskError::UnsupportedTaskType(_) => "unsupported",
+        TaskError::DeadlineExceeded(_) => "deadline",
+        TaskError::Overloaded(_) => "overloaded",
+        TaskError::Unavailable(_) => "unavailable",
+        TaskError::Internal(_) => "internal",
+    }
+}
+
+/// Records one finished task (a no-op when no exporter is installed).
+pub fn record_result(r: &TaskResult) {
+    let path = r.processed_by.map_or("none", |p| p.as_str());
+    let transport = r.transport.map_or("none", |t| t.as_str());
+    let outcome = match &r.outcome {
+        Ok(_) => "ok",
+        Err(e) => error_label(e),
+    };
+    counter!("edge_tasks_total", "path" => path, "transport" => transport, "outcome" => outcome)
+        .increment(1);
+    if r.fell_back {
+        counter!("edge_offload_fallbacks_total").increment(1);
+    }
+    if r.outcome.is_ok() {
+        histogram!("edge_task_latency_seconds", "path" => path).record(r.duration.as_secs_f64());
+    }
+    if let Some(d) = &r.decision {
+        counter!("edge_decisions_total", "policy" => d.policy, "path" => d.path.as_str()).increment(1);
+    }
+}
+
+pub fn record_rejection(e: &TaskError) {
+    counter!("edge_tasks_rejected_total", "reason" => error_label(e)).increment(1);
+}
+
+fn record_network(s: &NetworkStatus) {
+    gauge!("edge_cloud_reachable").set(if s.reachable { 1.0 } else { 0.0 });
+    gauge!("edge_rtt_srtt_seconds").set(s.rtt.srtt_ms / 1e3);
+    gauge!("edge_rtt_p99_seconds").set(s.rtt.p99_ms / 1e3);
+    gauge!("edge_jitter_stddev_seconds").set(s.rtt.stddev_ms / 1e3);
+    gauge!("edge_jitter_rfc3550_seconds").set(s.rtt.rfc3550_ms / 1e3);
+    gauge!("edge_loss_ratio").set(s.loss_rate);
+    gauge!("edge_bandwidth_bits_per_second").set(s.bandwidth_bps);
+    for src in ["active-tcp", "sockops", "tc-tcp-ts", "quic-spin", "quinn-path"] {
+        let v = if s.source.map(|x| x.as_str()) == Some(src) { 1.0 } else { 0.0 };
+        gauge!("edge_rtt_source", "source" => src).set(v);
+    }
+}
+
+/// Samples the queue and the network figures every `period`.
+pub fn spawn_gauges(manager: Arc<Manager>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            gauge!("edge_local_queue_length").set(manager.queue_len() as f64);
+            record_network(&manager.network_status());
+        }
+    })
+}
