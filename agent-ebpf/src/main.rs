@@ -113,12 +113,23 @@ pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
             let flow = sockops_flow(&ctx);
             // The filter may have shrunk since the socket was established.
             if flow.family != 0 && watched(flow.family, &flow.remote) {
+                let ops = ctx.ops;
+                // SAFETY: fields of our context, read in place (see sockops_flow);
+                // the RTT callback runs on a full socket, so all are readable.
+                let (rtt_us, srtt_x8, segs, retrans) = unsafe {
+                    (
+                        core::ptr::read_volatile(core::ptr::addr_of!(
+                            (*ops).__bindgen_anon_1.args[0]
+                        )),
+                        core::ptr::read_volatile(core::ptr::addr_of!(
+                            (*ops).__bindgen_anon_1.args[1]
+                        )),
+                        core::ptr::read_volatile(core::ptr::addr_of!((*ops).data_segs_out)),
+                        core::ptr::read_volatile(core::ptr::addr_of!((*ops).total_retrans)),
+                    )
+                };
                 // args[0]: this sample in us; args[1]: new srtt in us << 3.
-                let rtt_us = ctx.arg(0) as u64;
-                let srtt_us = (ctx.arg(1) >> 3) as u64;
-                // SAFETY: the RTT callback runs on a full socket, so these fields are readable.
-                let (segs, retrans) =
-                    unsafe { ((*ctx.ops).data_segs_out, (*ctx.ops).total_retrans) };
+                let (rtt_us, srtt_us) = (rtt_us as u64, (srtt_x8 >> 3) as u64);
                 let body = RttBody {
                     rtt_ns: rtt_us * 1000,
                     srtt_ns: srtt_us * 1000,
@@ -137,22 +148,47 @@ pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
 /// The socket's flow; `family` is 0 for anything but IPv4/IPv6.
 #[inline(always)]
 fn sockops_flow(ctx: &SockOpsContext) -> Flow {
+    let ops = ctx.ops;
+    // The verifier only accepts context loads at constant offsets from the
+    // context pointer itself: read each word volatile, in place, so the
+    // compiler cannot turn an array copy into a derived pointer.
+    macro_rules! field {
+        ($($f:tt)+) => {
+            // SAFETY: a field of the context the program was called with.
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).$($f)+)) }
+        };
+    }
     let mut flow = Flow {
         proto: IPPROTO_TCP,
         // local_port is host order; remote_port holds the network-order port in its upper half.
-        local_port: ctx.local_port() as u16,
-        remote_port: u32::from_be(ctx.remote_port()) as u16,
+        local_port: field!(local_port) as u16,
+        remote_port: u32::from_be(field!(remote_port)) as u16,
         ..Flow::default()
     };
-    let family = ctx.family();
+    // Read every address word unconditionally: loads in both arms of a
+    // branch get merged into one load from a computed address otherwise.
+    let family = field!(family);
+    let (local4, remote4) = (field!(local_ip4), field!(remote_ip4));
+    let local6 = [
+        field!(local_ip6[0]),
+        field!(local_ip6[1]),
+        field!(local_ip6[2]),
+        field!(local_ip6[3]),
+    ];
+    let remote6 = [
+        field!(remote_ip6[0]),
+        field!(remote_ip6[1]),
+        field!(remote_ip6[2]),
+        field!(remote_ip6[3]),
+    ];
     if family == AF_INET as u32 {
         flow.family = AF_INET;
-        flow.local[0] = ctx.local_ip4();
-        flow.remote[0] = ctx.remote_ip4();
+        flow.local[0] = local4;
+        flow.remote[0] = remote4;
     } else if family == AF_INET6 as u32 {
         flow.family = AF_INET6;
-        flow.local = ctx.local_ip6();
-        flow.remote = ctx.remote_ip6();
+        flow.local = local6;
+        flow.remote = remote6;
     }
     flow
 }
