@@ -15,7 +15,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sched::CloneFlags;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,7 +75,8 @@ fn unique() -> u32 {
 }
 
 /// Two namespaces, `a` (the agent's side) and `b` (the remote endpoints),
-/// joined by veth `va` <-> `vb`; b holds addresses .2 to .(1 + hosts).
+/// joined by veth `va` <-> `vb`; a holds host 1, b hosts 2 to 1 + `hosts`,
+/// each with an IPv4 and an IPv6 address.
 struct TestNet {
     a: String,
     b: String,
@@ -100,19 +101,15 @@ impl TestNet {
             "ip", "-n", &net.a, "link", "add", &net.va, "type", "veth", "peer", "name", &vb,
             "netns", &net.b,
         ]);
-        run(&[
-            "ip",
-            "-n",
-            &net.a,
-            "addr",
-            "add",
-            &format!("{}/24", net.ip(1)),
-            "dev",
-            &net.va,
-        ]);
+        let add = |ns: &str, dev: &str, host: u8| {
+            let v4 = format!("{}/24", net.ip(host));
+            let v6 = format!("{}/64", net.ip6(host));
+            run(&["ip", "-n", ns, "addr", "add", &v4, "dev", dev]);
+            run(&["ip", "-n", ns, "addr", "add", &v6, "dev", dev, "nodad"]);
+        };
+        add(&net.a, &net.va, 1);
         for h in 0..hosts {
-            let addr = format!("{}/24", net.ip(2 + h));
-            run(&["ip", "-n", &net.b, "addr", "add", &addr, "dev", &vb]);
+            add(&net.b, &vb, 2 + h);
         }
         for (ns, dev) in [(&net.a, &net.va), (&net.b, &vb)] {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -123,6 +120,11 @@ impl TestNet {
 
     fn ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, self.subnet.0, self.subnet.1, host)
+    }
+
+    fn ip6(&self, host: u8) -> Ipv6Addr {
+        let (x, y) = (u16::from(self.subnet.0), u16::from(self.subnet.1));
+        Ipv6Addr::new(0xfd00, x, y, 0, 0, 0, 0, u16::from(host))
     }
 
     /// Output of a command run inside namespace a.
@@ -224,10 +226,11 @@ fn drain(rx: &mut mpsc::Receiver<ProbeEvent>, settle: Duration) -> Vec<ProbeEven
     out
 }
 
-fn rtts(events: &[ProbeEvent], dest: Ipv4Addr, source: SampleSource) -> Vec<Duration> {
+fn rtts(events: &[ProbeEvent], dest: impl Into<IpAddr>, source: SampleSource) -> Vec<Duration> {
+    let dest = dest.into();
     events
         .iter()
-        .filter(|e| e.dest == IpAddr::V4(dest) && e.source == source)
+        .filter(|e| e.dest == dest && e.source == source)
         .filter_map(|e| match e.kind {
             ProbeEventKind::Rtt(d) => Some(d),
             _ => None,
@@ -283,11 +286,11 @@ fn assert_no_tcx(net: &TestNet) {
 
 // ------------------------------------------------------------------ traffic
 
-/// TCP echo server in namespace b on every address it holds, port 5001.
+/// TCP echo server in namespace b on every address it holds (v4 and v6), port 5001.
 fn tcp_echo_server(net: &TestNet, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     let (ready_tx, ready_rx) = std_mpsc::channel();
     let handle = in_ns(&net.b, move || {
-        let listener = TcpListener::bind("0.0.0.0:5001").unwrap();
+        let listener = TcpListener::bind("[::]:5001").unwrap();
         listener.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
         let mut conns = Vec::new();
@@ -443,13 +446,14 @@ fn tcp_rtt_from_sockops_and_tc_timestamps_only_for_watched_endpoints() {
     let net = TestNet::new(2);
     let cgroup = TestCgroup::new();
     let state = TempDir::new();
-    let (watched, unwatched) = (net.ip(2), net.ip(3));
+    let watched: [IpAddr; 2] = [net.ip(2).into(), net.ip6(2).into()];
+    let unwatched: [IpAddr; 2] = [net.ip(3).into(), net.ip6(3).into()];
     let rt = runtime();
     let cfg = EbpfProbeConfig {
         object: Some(object),
         cgroup: Some(cgroup.0.clone()),
         tc_interface: Some(net.va.clone()),
-        endpoints: vec![IpAddr::V4(watched)],
+        endpoints: watched.to_vec(),
         state_dir: state.0.clone(),
         ..EbpfProbeConfig::default()
     };
@@ -464,13 +468,17 @@ fn tcp_rtt_from_sockops_and_tc_timestamps_only_for_watched_endpoints() {
     let server = tcp_echo_server(&net, Arc::clone(&stop));
     // The client runs in a helper process inside the test cgroup, so its
     // sockets are the ones sock_ops sees.
-    let targets = format!("{watched}:5001,{unwatched}:5001");
+    let targets: Vec<String> = watched
+        .iter()
+        .chain(&unwatched)
+        .map(|ip| SocketAddr::new(*ip, 5001).to_string())
+        .collect();
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "helper_process", "--ignored", "--nocapture"])
         .env(HELPER_ENV, "tcp-client")
         .env("EBPF_TEST_NS", &net.a)
         .env("EBPF_TEST_CGROUP", &cgroup.0)
-        .env("EBPF_TEST_TARGETS", &targets)
+        .env("EBPF_TEST_TARGETS", targets.join(","))
         .output()
         .unwrap();
     assert!(
@@ -483,61 +491,65 @@ fn tcp_rtt_from_sockops_and_tc_timestamps_only_for_watched_endpoints() {
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
 
-    let sockops = rtts(&events, watched, SampleSource::SockOps);
-    let tc_ts = rtts(&events, watched, SampleSource::TcTimestamp);
     let stats = probe.stats();
-    eprintln!(
-        "sock_ops: {} samples, median {:?}, max {:?}; tc timestamps: {} samples, median {:?}, max {:?}; {stats:?}",
-        sockops.len(),
-        median(&sockops),
-        sockops.iter().max(),
-        tc_ts.len(),
-        median(&tc_ts),
-        tc_ts.iter().max()
-    );
-    assert!(
-        sockops.len() >= 50,
-        "too few sock_ops samples: {}",
-        sockops.len()
-    );
-    assert!(
-        tc_ts.len() >= 50,
-        "too few tc timestamp samples: {}",
-        tc_ts.len()
-    );
-    for (name, v) in [("sock_ops", &sockops), ("tc timestamps", &tc_ts)] {
-        assert!(v.iter().all(|d| *d > Duration::ZERO), "{name}: zero RTT");
-        // veth: tens of microseconds; allow for a busy two-core machine.
-        assert!(
-            median(v) < Duration::from_millis(5),
-            "{name}: median {:?}",
-            median(v)
+    for dest in watched {
+        let sockops = rtts(&events, dest, SampleSource::SockOps);
+        let tc_ts = rtts(&events, dest, SampleSource::TcTimestamp);
+        eprintln!(
+            "{dest}: sock_ops {} samples, median {:?}, max {:?}; \
+             tc timestamps {} samples, median {:?}, max {:?}",
+            sockops.len(),
+            median(&sockops),
+            sockops.iter().max(),
+            tc_ts.len(),
+            median(&tc_ts),
+            tc_ts.iter().max()
         );
         assert!(
-            v.iter().all(|d| *d < Duration::from_millis(250)),
-            "{name}: {v:?}"
+            sockops.len() >= 50,
+            "{dest}: {} sock_ops samples",
+            sockops.len()
         );
+        assert!(
+            tc_ts.len() >= 50,
+            "{dest}: {} tc timestamp samples",
+            tc_ts.len()
+        );
+        for (name, v) in [("sock_ops", &sockops), ("tc timestamps", &tc_ts)] {
+            assert!(
+                v.iter().all(|d| *d > Duration::ZERO),
+                "{dest} {name}: zero RTT"
+            );
+            // veth: tens of microseconds; allow for a busy two-core machine.
+            let m = median(v);
+            assert!(m < Duration::from_millis(5), "{dest} {name}: median {m:?}");
+            assert!(
+                v.iter().all(|d| *d < Duration::from_millis(250)),
+                "{dest} {name}: {v:?}"
+            );
+        }
+        let segments: u32 = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                ProbeEventKind::SegmentsSent(n) if e.dest == dest => Some(n),
+                _ => None,
+            })
+            .sum();
+        // 100 requests, then 1 MiB in 16 KiB writes.
+        assert!(segments >= 100, "{dest}: segments sent: {segments}");
     }
-    let segments: u32 = events
-        .iter()
-        .filter_map(|e| match e.kind {
-            ProbeEventKind::SegmentsSent(n) if e.dest == IpAddr::V4(watched) => Some(n),
-            _ => None,
-        })
-        .sum();
-    // 100 requests and 1 MiB of bulk data at most a few dozen KB per segment.
-    assert!(segments >= 100, "segments sent: {segments}");
+    eprintln!("{stats:?}");
     let strays: Vec<_> = events
         .iter()
-        .filter(|e| e.dest != IpAddr::V4(watched))
+        .filter(|e| !watched.contains(&e.dest))
         .collect();
     assert!(
         strays.is_empty(),
         "events for unwatched endpoints: {strays:?}"
     );
     if probe.has_retransmit_tracepoint() {
-        assert!(stats.flows_started >= 1, "{stats:?}");
-        assert!(stats.flows_ended >= 1, "{stats:?}");
+        assert!(stats.flows_started >= 2, "{stats:?}");
+        assert!(stats.flows_ended >= 2, "{stats:?}");
     }
     assert_eq!(stats.kernel_drops, 0);
 
