@@ -49,13 +49,29 @@ struct Tally {
     grpc: u64,
 }
 
-async fn start_cloud(cfg_path: Option<&std::path::Path>) -> Result<(tokio::process::Child, String)> {
+/// The cloud child's addresses: gRPC, and QUIC unless it is off.
+async fn start_cloud(
+    cfg_path: Option<&std::path::Path>,
+    tls_dir: Option<&std::path::Path>,
+) -> Result<(tokio::process::Child, String, Option<String>)> {
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
     if let Some(p) = cfg_path {
         cmd.arg("--config").arg(p);
     }
-    cmd.args(["--log", "warn", "cloud", "--listen-grpc", "127.0.0.1:0"])
+    match tls_dir {
+        Some(d) => cmd.arg("--tls-dir").arg(d),
+        None => cmd.arg("--insecure"),
+    };
+    cmd.args([
+        "--log",
+        "warn",
+        "cloud",
+        "--listen-grpc",
+        "127.0.0.1:0",
+        "--listen-quic",
+        "127.0.0.1:0",
+    ])
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().context("starting the cloud service")?;
@@ -65,12 +81,10 @@ async fn start_cloud(cfg_path: Option<&std::path::Path>) -> Result<(tokio::proce
         .await
         .context("cloud service did not start within 30 s")??
         .context("cloud service exited before listening")?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .with_context(|| format!("unexpected cloud output {line:?}"))?
-        .to_string();
-    Ok((child, addr))
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
+    let addr = field("grpc=").with_context(|| format!("unexpected cloud output {line:?}"))?;
+    let quic = field("quic=").filter(|q| q != "off");
+    Ok((child, addr, quic))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -82,13 +96,41 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         cfg.edge.policy = Policy::from_name(p).with_context(|| format!("unknown policy {p:?}"))?;
     }
     let samples = Arc::new(dataset::load_default().context("the demo needs models/digits_test.bin")?);
-    let (mut cloud, cloud_addr) = start_cloud(std::env::var_os("EDGE_AGENT_CONFIG").as_deref().map(std::path::Path::new)).await?;
+    // Mutual TLS with a development CA made for this run, unless --insecure.
+    let certs = if cfg.edge.tls.insecure {
+        None
+    } else {
+        let dir = std::env::temp_dir().join(format!("edge-offload-demo-certs-{}", std::process::id()));
+        crate::tls::gen_certs(&dir, &[]).context("generating the demo's certificates")?;
+        cfg.edge.tls = crate::tls::TlsConfig::from_dir(&dir, crate::tls::Side::Client);
+        Some(dir)
+    };
+    let started_cloud = start_cloud(
+        std::env::var_os("EDGE_AGENT_CONFIG").as_deref().map(std::path::Path::new),
+        certs.as_deref(),
+    )
+    .await;
+    let (mut cloud, cloud_addr, quic_addr) = match started_cloud {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(d) = &certs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            return Err(e);
+        }
+    };
     cfg.edge.cloud_grpc = cloud_addr.clone();
+    cfg.edge.cloud_quic = quic_addr.clone().unwrap_or_default();
+    cfg.edge.cloud_server_name = "localhost".into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let edge = Edge::start(&cfg.edge, Some(listener)).await?;
     let api = edge.api_addr.to_string();
     if !args.json {
-        println!("cloud service: grpc={cloud_addr} (child process, model digits_cloud)");
+        println!(
+            "cloud service: quic={} grpc={cloud_addr} ({}; child process, model digits_cloud)",
+            quic_addr.as_deref().unwrap_or("off"),
+            if certs.is_some() { "mutual TLS, development CA" } else { "PLAINTEXT, --insecure" }
+        );
         println!(
             "edge agent:    api={api} policy={} local workers={} (model digits_edge)",
             cfg.edge.policy.name(),
@@ -182,6 +224,9 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     edge.shutdown().await?;
     let _ = cloud.start_kill();
     let _ = cloud.wait().await;
+    if let Some(d) = &certs {
+        let _ = std::fs::remove_dir_all(d);
+    }
 
     let mut t = Arc::try_unwrap(tally).expect("all tasks joined").into_inner();
     t.latencies_ms.sort_by(|a, b| a.total_cmp(b));

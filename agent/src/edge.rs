@@ -6,7 +6,6 @@ use crate::estimate::LinkConfig;
 use crate::infer::torch::parse_device;
 use crate::infer::{shared_exec_times, EngineFactory, TorchEngine};
 use crate::manager::{Manager, ManagerConfig, ManagerParts};
-use crate::offload::grpc::GrpcOffloader;
 use crate::offload::Offloader;
 use crate::probe::active::ActiveProbe;
 use crate::task::{deadline_from_unix_nanos, ExecPath, Priority, Task, TaskType};
@@ -23,6 +22,8 @@ use tonic::{Request, Response, Status};
 pub struct Edge {
     pub manager: Arc<Manager>,
     pub api_addr: SocketAddr,
+    /// QUIC <-> gRPC switches and probes; `None` when QUIC is not in use.
+    pub failover: Option<Arc<crate::offload::failover::FailoverStats>>,
     api: JoinHandle<anyhow::Result<()>>,
     api_stop: tokio::sync::oneshot::Sender<()>,
     background: Vec<JoinHandle<()>>,
@@ -68,7 +69,10 @@ impl Edge {
         };
         let probe_task = tokio::spawn(probe.run(monitor.events.clone(), monitor.status.clone()));
 
-        let offloader: Arc<dyn Offloader> = Arc::new(GrpcOffloader::new(&cfg.cloud_grpc, None, 16 << 20)?);
+        let tls = cfg.tls.load(crate::tls::Side::Client)?;
+        let stack = crate::offload::build_stack(cfg, tls.as_ref()).await?;
+        let offloader: Arc<dyn Offloader> = stack.offloader;
+        let failover = stack.failover;
         let times = shared_exec_times(0.2, Duration::from_millis(1));
         let factory = engine_factory(cfg.models.clone(), &cfg.device, times.clone())?;
         let manager = Arc::new(Manager::start(
@@ -125,6 +129,7 @@ impl Edge {
         Ok(Edge {
             manager,
             api_addr,
+            failover,
             api,
             api_stop,
             background,

@@ -2,6 +2,7 @@
 
 use agent::config::Config;
 use agent::decide::Policy;
+use agent::tls::{Side, TlsConfig};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -15,6 +16,13 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, global = true, default_value = "info", env = "EDGE_AGENT_LOG")]
     log: String,
+    /// TLS files from `agent gen-certs` (ca.pem and this side's certificate
+    /// and key); overrides the [tls] paths of the side that runs.
+    #[arg(long, global = true, env = "EDGE_AGENT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Plaintext gRPC and no QUIC, no authentication. Development only.
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -29,6 +37,9 @@ enum Cmd {
         /// The cloud service's gRPC address.
         #[arg(long)]
         cloud_grpc: Option<String>,
+        /// The cloud service's QUIC address ("" disables QUIC).
+        #[arg(long)]
+        cloud_quic: Option<String>,
         /// always-local, always-offload, threshold or cost-model.
         #[arg(long)]
         policy: Option<String>,
@@ -43,6 +54,9 @@ enum Cmd {
     Cloud {
         #[arg(long)]
         listen_grpc: Option<String>,
+        /// QUIC (UDP) address ("" disables QUIC).
+        #[arg(long)]
+        listen_quic: Option<String>,
         /// Inferences run at once.
         #[arg(long)]
         concurrency: Option<usize>,
@@ -53,6 +67,17 @@ enum Cmd {
     Demo(agent::demo::DemoArgs),
     /// Print the effective configuration as TOML.
     PrintConfig,
+    /// Write a development CA and server and client certificates signed by
+    /// it (ca.pem, server.pem/key, client.pem/key) for mutual TLS.
+    GenCerts {
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra names or IP addresses for the server certificate (repeatable);
+        /// localhost, 127.0.0.1 and ::1 are always included.
+        #[arg(long)]
+        san: Vec<String>,
+    },
 }
 
 fn parse_policy(name: &str) -> Result<Policy> {
@@ -69,10 +94,19 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.tls_dir {
+        cfg.edge.tls = TlsConfig::from_dir(dir, Side::Client);
+        cfg.cloud.tls = TlsConfig::from_dir(dir, Side::Server);
+    }
+    if cli.insecure {
+        cfg.edge.tls.insecure = true;
+        cfg.cloud.tls.insecure = true;
+    }
     match cli.cmd {
         Cmd::Edge {
             listen,
             cloud_grpc,
+            cloud_quic,
             policy,
             workers,
             metrics_listen,
@@ -85,6 +119,9 @@ async fn main() -> Result<()> {
             }
             if let Some(v) = cloud_grpc {
                 cfg.edge.cloud_grpc = v;
+            }
+            if let Some(v) = cloud_quic {
+                cfg.edge.cloud_quic = v;
             }
             if let Some(v) = policy {
                 cfg.edge.policy = parse_policy(&v)?;
@@ -100,22 +137,39 @@ async fn main() -> Result<()> {
         }
         Cmd::Cloud {
             listen_grpc,
+            listen_quic,
             concurrency,
         } => {
             if let Some(v) = listen_grpc {
                 cfg.cloud.listen_grpc = v;
+            }
+            if let Some(v) = listen_quic {
+                cfg.cloud.listen_quic = v;
             }
             if let Some(v) = concurrency {
                 cfg.cloud.concurrency = v;
             }
             let cloud = agent::server::CloudService::start(&cfg.cloud).await?;
             // One machine-readable line: scripts and the demo wait for it.
-            println!("cloud listening grpc={}", cloud.grpc_addr);
+            println!("{}", cloud.listening_line());
             shutdown_signal().await;
             cloud.shutdown().await
         }
         Cmd::Submit(args) => agent::submit::run(args).await,
         Cmd::Demo(args) => agent::demo::run(cfg, args).await,
+        Cmd::GenCerts { out, san } => {
+            agent::tls::gen_certs(&out, &san)?;
+            println!(
+                "wrote {} (CA), {}/{} (cloud), {}/{} (edge) to {}",
+                agent::tls::CA_FILE,
+                agent::tls::SERVER_CERT,
+                agent::tls::SERVER_KEY,
+                agent::tls::CLIENT_CERT,
+                agent::tls::CLIENT_KEY,
+                out.display()
+            );
+            Ok(())
+        }
         Cmd::PrintConfig => {
             print!("{}", toml::to_string_pretty(&cfg)?);
             Ok(())

@@ -409,7 +409,7 @@ impl Inner {
     }
 }
 
-async fn run_offload(inner: Arc<Inner>, job: Job) {
+async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     let Some(offloader) = inner.offloader.clone() else {
         let e = OffloadError::Transport {
             transport: "none",
@@ -436,7 +436,17 @@ async fn run_offload(inner: Arc<Inner>, job: Job) {
         },
         deadline: t.deadline,
     };
-    match offloader.offload(&req).await {
+    // A submitter that goes away cancels the offload: dropping it drops
+    // the stream, and the cloud drops the work.
+    let outcome = tokio::select! {
+        r = offloader.offload(&req) => Some(r),
+        _ = job.reply.closed() => None,
+    };
+    let Some(outcome) = outcome else {
+        inner.finish(job, Err(TaskError::Internal("submitter went away".into())), None, None);
+        return;
+    };
+    match outcome {
         Ok(reply) if reply.response.success => {
             let r = &reply.response;
             let server = Duration::from_nanos(r.duration_nano.max(0) as u64);

@@ -18,10 +18,15 @@ pub struct GrpcOffloader {
 impl GrpcOffloader {
     /// A lazily connecting client: the first offload opens the connection,
     /// and a lost connection is re-established by the next one.
-    pub fn new(endpoint: &str, tls: Option<ClientTlsConfig>, max_message: usize) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: &str,
+        tls: Option<ClientTlsConfig>,
+        max_message: usize,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))?
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);

@@ -2,7 +2,14 @@
 //! transports (gRPC, QUIC) implement it, and failover, retries and circuit
 //! breaking wrap it as layers.
 
+pub mod breaker;
+pub mod failover;
 pub mod grpc;
+pub mod quic;
+pub mod retry;
+pub mod stack;
+
+pub use stack::{build_stack, OffloadConfig};
 
 use crate::task::{TaskError, Transport};
 use async_trait::async_trait;
@@ -39,9 +46,16 @@ pub enum OffloadError {
     /// The cloud answered and refused the task; retrying will not help.
     #[error("cloud refused the task: {0}")]
     Rejected(TaskError),
+    /// No connection could be made (handshake failed or timed out, UDP
+    /// blocked, connection refused); nothing reached the cloud.
+    #[error("{transport} could not connect: {message}")]
+    Connect { transport: &'static str, message: String },
     /// The transport failed (connection, handshake, stream reset).
     #[error("{transport} transport failed: {message}")]
     Transport { transport: &'static str, message: String },
+    /// The endpoint's circuit breaker is open: recent calls failed.
+    #[error("{transport} circuit open after repeated failures")]
+    CircuitOpen { transport: &'static str },
     /// The deadline passed before the cloud answered.
     #[error("deadline passed before the cloud answered")]
     Timeout,
@@ -51,15 +65,33 @@ impl OffloadError {
     pub fn into_task_error(self) -> TaskError {
         match self {
             OffloadError::Rejected(e) => e,
-            OffloadError::Transport { .. } => TaskError::Unavailable(self.to_string()),
+            OffloadError::Connect { .. }
+            | OffloadError::Transport { .. }
+            | OffloadError::CircuitOpen { .. } => TaskError::Unavailable(self.to_string()),
             OffloadError::Timeout => TaskError::DeadlineExceeded(self.to_string()),
         }
+    }
+}
+
+impl OffloadError {
+    /// Whether sending the task again can help. Inference has no side
+    /// effects, so a task that may have reached the cloud before the
+    /// transport broke is safe to resend; a refusal or a passed deadline is
+    /// not worth resending.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, OffloadError::Connect { .. } | OffloadError::Transport { .. })
     }
 }
 
 #[async_trait]
 pub trait Offloader: Send + Sync {
     async fn offload(&self, req: &OffloadRequest) -> Result<OffloadReply, OffloadError>;
+
+    /// Makes sure a connection can be established (used to probe a
+    /// transport without a task). Connectionless layers have nothing to do.
+    async fn ready(&self) -> Result<(), OffloadError> {
+        Ok(())
+    }
 }
 
 /// Time left before `deadline`, or `None` for no deadline; `Err` if passed.

@@ -31,12 +31,16 @@ pub async fn serve(
     handler: Arc<CloudHandler>,
     listener: TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    max_streams: u32,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     // Room for the payload plus the request's other fields.
     let max_msg = handler.max_payload_bytes() + 64 * 1024;
     let svc = EdgeAiServiceServer::new(GrpcCloud { handler }).max_decoding_message_size(max_msg);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(max_streams))
+        .concurrency_limit_per_connection(max_streams as usize)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -1,12 +1,13 @@
 //! The cloud service: one [`CloudHandler`] behind every listener.
 
 pub mod grpc;
+pub mod quic;
 
 use crate::infer::{Engine, EngineFactory, ModelSpec};
 use crate::task::{deadline_from_unix_nanos, TaskError, TaskType};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
@@ -19,8 +20,10 @@ pub struct CloudLimits {
 /// Validates requests, bounds concurrency and runs the cloud models.
 pub struct CloudHandler {
     specs: HashMap<TaskType, ModelSpec>,
-    pool: Mutex<Vec<Box<dyn Engine>>>,
-    permits: Semaphore,
+    // Shared with the inference threads: a request whose client went away
+    // is dropped mid-inference, and the engine and permit still come back.
+    pool: Arc<Mutex<Vec<Box<dyn Engine>>>>,
+    permits: Arc<Semaphore>,
     pending: AtomicUsize,
     limits: CloudLimits,
 }
@@ -35,8 +38,8 @@ impl CloudHandler {
         let pool = (0..n).map(|_| factory()).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             specs,
-            pool: Mutex::new(pool),
-            permits: Semaphore::new(n),
+            pool: Arc::new(Mutex::new(pool)),
+            permits: Arc::new(Semaphore::new(n)),
             pending: AtomicUsize::new(0),
             limits,
         })
@@ -84,9 +87,9 @@ impl CloudHandler {
                 self.limits.max_pending
             )));
         }
-        let permit = self.permits.acquire().await;
+        let permit = self.permits.clone().acquire_owned().await;
         self.pending.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
+        let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
         let started = Instant::now();
         if deadline.is_some_and(|d| d <= started) {
             return Err(TaskError::DeadlineExceeded("expired while queued in the cloud".into()));
@@ -98,13 +101,15 @@ impl CloudHandler {
             .pop()
             .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
         let payload = req.payload;
-        let (engine, result) = tokio::task::spawn_blocking(move || {
+        let pool = self.pool.clone();
+        let result = tokio::task::spawn_blocking(move || {
             let r = engine.process(task_type, &payload);
-            (engine, r)
+            pool.lock().expect("engine pool lock").push(engine);
+            drop(permit);
+            r
         })
         .await
         .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))?;
-        self.pool.lock().expect("engine pool lock").push(engine);
         let inf = result?;
         Ok(proto::TaskResponse {
             task_id: req.id,
@@ -142,6 +147,8 @@ pub fn handler_from_config(cfg: &crate::config::CloudConfig) -> anyhow::Result<C
 /// The running cloud service: every listener over one handler.
 pub struct CloudService {
     pub grpc_addr: std::net::SocketAddr,
+    /// `None` when QUIC is off (`listen_quic` empty, or --insecure).
+    pub quic_addr: Option<std::net::SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -149,21 +156,50 @@ pub struct CloudService {
 impl CloudService {
     pub async fn start(cfg: &crate::config::CloudConfig) -> anyhow::Result<CloudService> {
         use anyhow::Context;
-        let handler = std::sync::Arc::new(handler_from_config(cfg)?);
+        let tls = cfg.tls.load(crate::tls::Side::Server)?;
+        let handler = Arc::new(handler_from_config(cfg)?);
         let listener = tokio::net::TcpListener::bind(&cfg.listen_grpc)
             .await
             .with_context(|| format!("binding gRPC on {}", cfg.listen_grpc))?;
         let grpc_addr = listener.local_addr()?;
+        let quic = match (&tls, cfg.listen_quic.is_empty()) {
+            (Some(tls), false) => {
+                let addr = crate::edge::resolve(&cfg.listen_quic).await?;
+                Some(quic::endpoint(addr, tls, cfg.max_concurrent_streams)?)
+            }
+            (None, false) => {
+                tracing::warn!("QUIC listener disabled: QUIC has no plaintext mode and --insecure is set");
+                None
+            }
+            _ => None,
+        };
+        let quic_addr = quic.as_ref().map(|e| e.local_addr()).transpose()?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut rx = stop_rx.clone();
-        let grpc = tokio::spawn(grpc::serve(handler, listener, None, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+        let mut tasks = vec![tokio::spawn(grpc::serve(
+            handler.clone(),
+            listener,
+            tls.as_ref().map(|t| t.grpc_server()),
+            cfg.max_concurrent_streams,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ))];
+        if let Some(endpoint) = quic {
+            tasks.push(tokio::spawn(quic::serve(handler, endpoint, stop_rx)));
+        }
         Ok(CloudService {
             grpc_addr,
+            quic_addr,
             stop,
-            tasks: vec![grpc],
+            tasks,
         })
+    }
+
+    /// The line `agent cloud` prints when it listens (the demo and scripts parse it).
+    pub fn listening_line(&self) -> String {
+        let quic = self.quic_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        format!("cloud listening grpc={} quic={quic}", self.grpc_addr)
     }
 
     /// Stops accepting and lets in-flight requests finish.

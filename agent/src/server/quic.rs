@@ -1,0 +1,149 @@
+//! QUIC listener of the cloud service: mutual TLS, ALPN `edge-offload/1`,
+//! one bidirectional stream per task (length-delimited prost messages),
+//! errors in-band as a failed `TaskResponse`. Streams per connection are
+//! limited by the transport (`max_concurrent_bidi_streams`), request size
+//! by the read limit.
+
+use super::CloudHandler;
+use crate::task::TaskError;
+use crate::tls::TlsMaterial;
+use crate::wire::error_response;
+use anyhow::Context;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Room for the payload plus the request's other fields.
+const ENVELOPE: usize = 64 * 1024;
+
+/// Binds the QUIC endpoint.
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    max_streams: u32,
+) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_server()?)
+        .context("TLS configuration unusable for QUIC")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(crate::offload::quic::transport_config(
+        None,
+        Duration::from_secs(30),
+        max_streams,
+    )));
+    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+}
+
+/// Serves until `stop` turns true, then lets in-flight streams finish.
+pub async fn serve(
+    handler: Arc<CloudHandler>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut conns = JoinSet::new();
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    conns.spawn(connection(handler.clone(), incoming, stop.clone()));
+                }
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+    endpoint.close(0u32.into(), b"shutting down");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+async fn connection(
+    handler: Arc<CloudHandler>,
+    incoming: quinn::Incoming,
+    mut stop: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Among others: a client certificate from another CA.
+            tracing::info!(%remote, error = %e, "QUIC handshake refused");
+            return;
+        }
+    };
+    let max_len = handler.max_payload_bytes() + ENVELOPE;
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    streams.spawn(stream(handler.clone(), send, recv, max_len));
+                }
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "QUIC connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    conn.close(0u32.into(), b"done");
+}
+
+async fn stream(
+    handler: Arc<CloudHandler>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    max_len: usize,
+) {
+    let response = match recv.read_to_end(max_len).await {
+        Ok(buf) => match proto::TaskRequest::decode_length_delimited(buf.as_slice()) {
+            Ok(req) => {
+                let id = req.id.clone();
+                // The client stopping its stream (cancelled, timed out)
+                // drops the work here too.
+                let stopped = send.stopped();
+                tokio::select! {
+                    r = handler.handle(req) => r.unwrap_or_else(|e| error_response(&id, &e)),
+                    _ = stopped => return,
+                }
+            }
+            Err(e) => error_response(
+                "",
+                &TaskError::InvalidInput(format!("malformed request: {e}")),
+            ),
+        },
+        Err(quinn::ReadToEndError::TooLong) => {
+            let _ = recv.stop(0u32.into());
+            error_response(
+                "",
+                &TaskError::InvalidInput(format!(
+                    "request exceeds the limit of {} bytes (payload limit {} bytes)",
+                    max_len,
+                    max_len - ENVELOPE
+                )),
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC stream broken before the request arrived");
+            return;
+        }
+    };
+    if send
+        .write_all(&response.encode_length_delimited_to_vec())
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        // Keep the stream until the peer has the data (or is gone), so a
+        // closing connection does not cut the answer off.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
