@@ -405,9 +405,11 @@ impl EbpfProbe {
             Ok(tokio::spawn(async move {
                 // Records arrive through the `log` facade; tracing-subscriber's
                 // log bridge turns them into tracing events.
+                // Readiness is cleared before draining, so a record that
+                // lands during the drain still wakes the next round.
                 while let Ok(mut guard) = fd.readable_mut().await {
-                    guard.get_inner_mut().flush();
                     guard.clear_ready();
+                    guard.get_inner_mut().flush();
                 }
             }))
         });
@@ -556,6 +558,9 @@ impl EbpfProbe {
                         return;
                     }
                 };
+                // Cleared before draining: a record that lands during the
+                // drain still wakes the next round.
+                guard.clear_ready();
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
                     if item.len() >= size_of::<Record>() {
@@ -566,7 +571,6 @@ impl EbpfProbe {
                         conv.convert(&rec, &counters, &mut batch);
                     }
                 }
-                guard.clear_ready();
                 for ev in batch.drain(..) {
                     match tx.try_send(ev) {
                         Ok(()) => {}
