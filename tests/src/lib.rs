@@ -6,6 +6,9 @@ use agent::dataset::Sample;
 use agent::edge::Edge;
 use agent::server::CloudService;
 use proto::edge_ai_service_client::EdgeAiServiceClient;
+use agent::tls::{Side, TlsConfig};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use tonic::transport::Channel;
 
 pub fn defaults() -> Config {
@@ -16,13 +19,56 @@ pub fn test_set() -> Vec<Sample> {
     agent::dataset::load_default().expect("models/digits_test.bin")
 }
 
+/// A development CA and certificates (`agent gen-certs`), made once per
+/// test process under the temp folder.
+pub fn certs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| gen_dir("ca"))
+}
+
+/// A second, unrelated CA with its own certificates.
+pub fn other_ca_certs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| gen_dir("other-ca"))
+}
+
+fn gen_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edge-offload-test-{name}-{}", std::process::id()));
+    agent::tls::gen_certs(&d, &[]).expect("generating test certificates");
+    d
+}
+
+/// Starts the cloud service on loopback (gRPC and QUIC on free ports),
+/// with mutual TLS from [`certs`] unless `cfg.tls` is set.
 pub async fn start_cloud(mut cfg: CloudConfig) -> CloudService {
     cfg.listen_grpc = "127.0.0.1:0".into();
+    if !cfg.listen_quic.is_empty() {
+        cfg.listen_quic = "127.0.0.1:0".into();
+    }
+    if cfg.tls == TlsConfig::default() {
+        cfg.tls = TlsConfig::from_dir(certs(), Side::Server);
+    }
     CloudService::start(&cfg).await.expect("cloud service starts")
 }
 
+/// An edge offloading over gRPC only (mutual TLS from [`certs`]).
 pub async fn start_edge(mut cfg: EdgeConfig, cloud_grpc: String) -> Edge {
+    cfg.cloud_quic = String::new();
+    start_edge_with(cfg, cloud_grpc).await
+}
+
+/// An edge offloading over QUIC first, gRPC as fallback.
+pub async fn start_edge_quic(cfg: EdgeConfig, cloud_grpc: String, cloud_quic: String) -> Edge {
+    let mut cfg = cfg;
+    cfg.cloud_quic = cloud_quic;
+    start_edge_with(cfg, cloud_grpc).await
+}
+
+async fn start_edge_with(mut cfg: EdgeConfig, cloud_grpc: String) -> Edge {
     cfg.cloud_grpc = cloud_grpc;
+    if cfg.tls == TlsConfig::default() {
+        cfg.tls = TlsConfig::from_dir(certs(), Side::Client);
+    }
     cfg.probe.interval_ms = 50;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Edge::start(&cfg, Some(listener)).await.expect("edge starts")
@@ -34,6 +80,51 @@ pub fn dead_address() -> String {
     let addr = l.local_addr().unwrap();
     drop(l);
     addr.to_string()
+}
+
+/// A gRPC client of the cloud service itself, with the test CA's client certificate.
+pub async fn cloud_client(cloud: &CloudService) -> EdgeAiServiceClient<Channel> {
+    let tls = TlsConfig::from_dir(certs(), Side::Client)
+        .load(Side::Client)
+        .unwrap()
+        .unwrap()
+        .grpc_client("localhost");
+    let ch = Channel::from_shared(format!("https://{}", cloud.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connection to the cloud service");
+    EdgeAiServiceClient::new(ch)
+}
+
+/// TLS material with the CA of `trust` and the client certificate of `identity`.
+pub fn client_material(trust: &Path, identity: &Path) -> agent::tls::TlsMaterial {
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    agent::tls::TlsMaterial::from_pem(
+        &read(trust.join(agent::tls::CA_FILE)),
+        &read(identity.join(agent::tls::CLIENT_CERT)),
+        &read(identity.join(agent::tls::CLIENT_KEY)),
+    )
+    .unwrap()
+}
+
+/// The `agent` binary next to this test's build (`cargo build --release
+/// -p agent` first; `cargo xtask test` does).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("agent"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --release -p agent` first",
+        bin.display()
+    );
+    bin
 }
 
 pub async fn client(edge: &Edge) -> EdgeAiServiceClient<Channel> {

@@ -28,7 +28,7 @@ async fn cloud_service_refuses_bad_input_clearly() {
     let mut cfg = defaults();
     cfg.cloud.max_payload_bytes = 4096;
     let cloud = start_cloud(cfg.cloud.clone()).await;
-    let mut c = agent::submit::connect(&cloud.grpc_addr.to_string()).await.unwrap();
+    let mut c = cloud_client(&cloud).await;
     expect_code(&mut c, image_request("a", vec![0; 10]), Code::InvalidArgument, "expects a 8x8").await;
     expect_code(&mut c, image_request("b", vec![0; 5000]), Code::InvalidArgument, "exceeds the limit").await;
     expect_code(&mut c, image_request("", vec![0; 64]), Code::InvalidArgument, "id is empty").await;
