@@ -4,9 +4,10 @@
 //! Each test builds its own pair of network namespaces joined by a veth
 //! pair (removed on drop, also when the test fails), attaches the probe's
 //! tc programs to the veth end in namespace A and sock_ops to a cgroup of
-//! its own, and runs real traffic between the namespaces: TCP, and UDP
-//! flows shaped like QUIC short-header packets whose spin bit follows the
-//! RFC 9000 rules (or does not, to check that those flows are ignored).
+//! its own, and runs real traffic between the namespaces: TCP (with loss
+//! from an nftables rule in one test), and UDP flows shaped like QUIC
+//! short-header packets whose spin bit follows the RFC 9000 rules (or does
+//! not, to check that those flows are ignored).
 
 use agent::privileges;
 use agent::probe::ebpf::{EbpfProbe, EbpfProbeConfig, EbpfUnavailable, TcAttach};
@@ -638,6 +639,98 @@ fn quic_spin_bit_rtt_only_from_spinning_watched_flows() {
     drop(probe);
     assert_unloaded(&ids);
     assert_no_tcx(&net);
+}
+
+#[test]
+fn retransmits_are_reported_under_packet_loss() {
+    require_root();
+    init_tracing();
+    let object = object();
+    let net = TestNet::new(1);
+    let cgroup = TestCgroup::new();
+    let state = TempDir::new();
+    let server_ip = net.ip(2);
+    // Namespace b drops 1 in 20 segments arriving for the server (nftables).
+    let nft = |args: &[&str]| {
+        let mut full = vec!["ip", "netns", "exec", &net.b, "nft"];
+        full.extend_from_slice(args);
+        run(&full);
+    };
+    nft(&["add", "table", "inet", "loss"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "loss",
+        "in",
+        "{ type filter hook input priority 0; }",
+    ]);
+    nft(&[
+        "add", "rule", "inet", "loss", "in", "tcp", "dport", "5001", "numgen", "random", "mod",
+        "20", "==", "0", "drop",
+    ]);
+    let rt = runtime();
+    let cfg = EbpfProbeConfig {
+        object: Some(object),
+        cgroup: Some(cgroup.0.clone()),
+        tc_interface: Some(net.va.clone()),
+        endpoints: vec![IpAddr::V4(server_ip)],
+        state_dir: state.0.clone(),
+        ..EbpfProbeConfig::default()
+    };
+    let (probe, mut rx) = start_probe(&rt, &net, cfg);
+    assert!(
+        probe.has_retransmit_tracepoint(),
+        "{:?}",
+        probe.attachments()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = tcp_echo_server(&net, Arc::clone(&stop));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_process", "--ignored", "--nocapture"])
+        .env(HELPER_ENV, "tcp-client")
+        .env("EBPF_TEST_NS", &net.a)
+        .env("EBPF_TEST_CGROUP", &cgroup.0)
+        .env(
+            "EBPF_TEST_TARGETS",
+            SocketAddr::from((server_ip, 5001)).to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = drain(&mut rx, Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+
+    let sum = |want: fn(&ProbeEventKind) -> Option<u32>| -> u32 {
+        events
+            .iter()
+            .filter(|e| e.dest == IpAddr::V4(server_ip) && e.source == SampleSource::SockOps)
+            .filter_map(|e| want(&e.kind))
+            .sum()
+    };
+    let retransmits = sum(|k| match k {
+        ProbeEventKind::Retransmits(n) => Some(*n),
+        _ => None,
+    });
+    let segments = sum(|k| match k {
+        ProbeEventKind::SegmentsSent(n) => Some(*n),
+        _ => None,
+    });
+    eprintln!(
+        "5 % loss: {retransmits} retransmits over {segments} segments sent; {:?}",
+        probe.stats()
+    );
+    assert!(retransmits >= 3, "retransmits seen: {retransmits}");
+    assert!(
+        segments > retransmits,
+        "segments {segments}, retransmits {retransmits}"
+    );
+    assert_eq!(u64::from(retransmits), probe.stats().retransmits);
 }
 
 #[test]
