@@ -263,6 +263,8 @@ fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
         };
         (flow, l3 + ((ip.ver_ihl & 0x0f) as usize) * 4)
     } else if proto == ETH_P_IPV6 {
+        // Transport header right after the fixed header; packets with
+        // extension headers are not measured.
         let ip: Ipv6Hdr = ctx.load(l3)?;
         let mut flow = Flow {
             family: AF_INET6,
