@@ -62,6 +62,15 @@ pub struct ProbeConfig {
     pub stale_after_ms: u64,
     /// Throughput assumed until offload transfers have been measured.
     pub default_bandwidth_mbit: f64,
+    /// Measure the path passively with the eBPF programs when possible.
+    pub passive: bool,
+    /// The eBPF object; unset searches `EDGE_AGENT_EBPF_OBJECT`, then
+    /// `target/bpf/agent-ebpf.o` near the working folder and the executable.
+    pub ebpf_object: Option<PathBuf>,
+    /// cgroup v2 folder whose TCP sockets sock_ops watches (default: the root).
+    pub cgroup: Option<PathBuf>,
+    /// Interface for the tc programs (TCP timestamps, QUIC spin bit); unset: none.
+    pub tc_interface: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +139,10 @@ impl Default for ProbeConfig {
             window: 60,
             stale_after_ms: 3000,
             default_bandwidth_mbit: 100.0,
+            passive: true,
+            ebpf_object: None,
+            cgroup: None,
+            tc_interface: None,
         }
     }
 }

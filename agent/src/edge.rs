@@ -24,9 +24,26 @@ pub struct Edge {
     pub api_addr: SocketAddr,
     /// QUIC <-> gRPC switches and probes; `None` when QUIC is not in use.
     pub failover: Option<Arc<crate::offload::failover::FailoverStats>>,
+    /// The attached eBPF probe; dropping it detaches the programs.
+    pub passive: Option<crate::probe::ebpf::EbpfProbe>,
     api: JoinHandle<anyhow::Result<()>>,
     api_stop: tokio::sync::oneshot::Sender<()>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// The addresses the passive probe watches: the cloud's endpoints.
+pub fn cloud_endpoints(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let mut ips: Vec<_> = [cfg.cloud_grpc.as_str(), cfg.cloud_quic.as_str()]
+        .into_iter()
+        .filter(|a| !a.is_empty())
+        .filter_map(|a| a.to_socket_addrs().ok())
+        .flatten()
+        .map(|a| a.ip())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// Engines for the edge's local models.
@@ -51,7 +68,19 @@ pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 
 impl Edge {
     /// Starts everything; `listener` overrides `cfg.listen` (tests pass port 0).
+    /// The passive probe is loaded here, in a running runtime, so capability
+    /// dropping is left to the `edge` command (see [`Edge::start_with_probe`]).
     pub async fn start(cfg: &EdgeConfig, listener: Option<TcpListener>) -> anyhow::Result<Edge> {
+        let probe = crate::probe::passive::load(&cfg.probe, &cloud_endpoints(cfg));
+        Self::start_with_probe(cfg, listener, probe).await
+    }
+
+    /// Starts everything around a probe loaded (or not) beforehand.
+    pub async fn start_with_probe(
+        cfg: &EdgeConfig,
+        listener: Option<TcpListener>,
+        mut passive: Option<crate::probe::ebpf::EbpfProbe>,
+    ) -> anyhow::Result<Edge> {
         tch::set_num_threads(cfg.intra_op_threads.max(1));
         let cloud = resolve(&cfg.cloud_grpc).await?;
         let link = LinkConfig {
@@ -68,6 +97,13 @@ impl Edge {
             passive_fresh_for: Duration::from_millis(cfg.probe.stale_after_ms / 2),
         };
         let probe_task = tokio::spawn(probe.run(monitor.events.clone(), monitor.status.clone()));
+        let passive_task = match passive.as_mut() {
+            Some(p) => crate::probe::passive::forward(p, monitor.events.clone()),
+            None => None,
+        };
+        if passive_task.is_none() {
+            passive = None;
+        }
 
         let tls = cfg.tls.load(crate::tls::Side::Client)?;
         let stack = crate::offload::build_stack(cfg, tls.as_ref()).await?;
@@ -95,7 +131,7 @@ impl Edge {
             },
         )?);
 
-        let mut background = vec![probe_task];
+        let mut background: Vec<JoinHandle<()>> = std::iter::once(probe_task).chain(passive_task).collect();
         if let Some(addr) = &cfg.metrics_listen {
             let addr = resolve(addr).await?;
             crate::metrics::install(addr).with_context(|| format!("metrics listener on {addr}"))?;
@@ -130,6 +166,7 @@ impl Edge {
             manager,
             api_addr,
             failover,
+            passive,
             api,
             api_stop,
             background,
@@ -143,6 +180,8 @@ impl Edge {
         for b in self.background {
             b.abort();
         }
+        // Detach the kernel programs.
+        drop(self.passive);
         self.api.await??;
         Ok(())
     }

@@ -86,8 +86,7 @@ fn parse_policy(name: &str) -> Result<Policy> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
@@ -102,7 +101,30 @@ async fn main() -> Result<()> {
         cfg.edge.tls.insecure = true;
         cfg.cloud.tls.insecure = true;
     }
-    match cli.cmd {
+    apply_overrides(&mut cfg, &cli.cmd)?;
+    // Attach the eBPF probe before any runtime thread exists: Linux keeps
+    // capabilities per thread, so dropping them now covers the whole process.
+    let probe = match cli.cmd {
+        Cmd::Edge { .. } => {
+            let probe = agent::probe::passive::load(&cfg.edge.probe, &agent::edge::cloud_endpoints(&cfg.edge));
+            if let Some(p) = &probe {
+                if let Err(e) = p.drop_privileges() {
+                    tracing::warn!("could not drop capabilities after attaching: {e}");
+                }
+            }
+            probe
+        }
+        _ => None,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli.cmd, cfg, probe))
+}
+
+/// Command-line settings override the configuration file.
+fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
+    match cmd {
         Cmd::Edge {
             listen,
             cloud_grpc,
@@ -112,28 +134,23 @@ async fn main() -> Result<()> {
             metrics_listen,
         } => {
             if metrics_listen.is_some() {
-                cfg.edge.metrics_listen = metrics_listen;
+                cfg.edge.metrics_listen = metrics_listen.clone();
             }
             if let Some(v) = listen {
-                cfg.edge.listen = v;
+                cfg.edge.listen = v.clone();
             }
             if let Some(v) = cloud_grpc {
-                cfg.edge.cloud_grpc = v;
+                cfg.edge.cloud_grpc = v.clone();
             }
             if let Some(v) = cloud_quic {
-                cfg.edge.cloud_quic = v;
+                cfg.edge.cloud_quic = v.clone();
             }
             if let Some(v) = policy {
-                cfg.edge.policy = parse_policy(&v)?;
+                cfg.edge.policy = parse_policy(v)?;
             }
             if let Some(v) = workers {
-                cfg.edge.workers = v;
+                cfg.edge.workers = *v;
             }
-            let edge = agent::edge::Edge::start(&cfg.edge, None).await?;
-            println!("edge listening api={} policy={}", edge.api_addr, cfg.edge.policy.name());
-            shutdown_signal().await;
-            tracing::info!("shutting down: draining accepted tasks");
-            edge.shutdown().await
         }
         Cmd::Cloud {
             listen_grpc,
@@ -141,14 +158,30 @@ async fn main() -> Result<()> {
             concurrency,
         } => {
             if let Some(v) = listen_grpc {
-                cfg.cloud.listen_grpc = v;
+                cfg.cloud.listen_grpc = v.clone();
             }
             if let Some(v) = listen_quic {
-                cfg.cloud.listen_quic = v;
+                cfg.cloud.listen_quic = v.clone();
             }
             if let Some(v) = concurrency {
-                cfg.cloud.concurrency = v;
+                cfg.cloud.concurrency = *v;
             }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn run(cmd: Cmd, cfg: Config, probe: Option<agent::probe::ebpf::EbpfProbe>) -> Result<()> {
+    match cmd {
+        Cmd::Edge { .. } => {
+            let edge = agent::edge::Edge::start_with_probe(&cfg.edge, None, probe).await?;
+            println!("edge listening api={} policy={}", edge.api_addr, cfg.edge.policy.name());
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining accepted tasks");
+            edge.shutdown().await
+        }
+        Cmd::Cloud { .. } => {
             let cloud = agent::server::CloudService::start(&cfg.cloud).await?;
             // One machine-readable line: scripts and the demo wait for it.
             println!("{}", cloud.listening_line());

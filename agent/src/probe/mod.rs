@@ -2,4 +2,5 @@
 
 pub mod active;
 pub mod ebpf;
+pub mod passive;
 pub mod sample;
