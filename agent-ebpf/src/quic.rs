@@ -1,7 +1,10 @@
 //! QUIC spin-bit RTT in the tc programs (RFC 9000 17.4, RFC 9312).
 //!
-//! Short-header packets (first byte 0b01xx_xxxx) carry the spin bit (0x20)
-//! outside header protection. One endpoint inverts the value it last
+//! Short-header packets (header form bit 0x80 clear) carry the spin bit
+//! (0x20) outside header protection. The fixed bit (0x40) is not checked:
+//! RFC 9287 lets peers grease it, and quinn clears it on a random half of
+//! its packets; skipping those loses each ingress edge half the time, and
+//! the client's answering egress edge then looks out of turn. One endpoint inverts the value it last
 //! received, the other reflects it, so the value seen in each direction flips
 //! once per round trip and edges alternate between the two directions.
 //! We time each egress edge to the ingress edge that answers it: the RTT from
@@ -68,8 +71,8 @@ static SPIN: LruHashMap<Flow, SpinState> = LruHashMap::with_max_entries(4096, 0)
 pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<(), i64> {
     // UDP header (8 bytes), then the first byte of the QUIC packet.
     let first: u8 = ctx.load(l4 + 8)?;
-    // Short header: header form 0, fixed bit 1.
-    if first & 0xc0 != 0x40 {
+    // Short header: header form 0 (the fixed bit may be greased).
+    if first & 0x80 != 0 {
         return Ok(());
     }
     let val = u8::from(first & SPIN_BIT != 0);

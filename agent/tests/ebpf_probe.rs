@@ -348,8 +348,10 @@ const QUIC_SERVER_DELAY: Duration = Duration::from_millis(5);
 
 fn short_header(spin: bool) -> [u8; 200] {
     let mut p = [0u8; 200];
-    // Header form 0, fixed bit 1, spin, then protected bits we fill at random.
-    p[0] = 0x40 | if spin { 0x20 } else { 0 } | (rand::random::<u8>() & 0x1f);
+    // Header form 0, spin, protected bits at random, and the fixed bit
+    // greased on half the packets (RFC 9287), as quinn does.
+    let fixed = if rand::random() { 0x40 } else { 0 };
+    p[0] = fixed | if spin { 0x20 } else { 0 } | (rand::random::<u8>() & 0x1f);
     p
 }
 
