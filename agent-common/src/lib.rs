@@ -220,7 +220,10 @@ pub struct TracepointLayout {
     pub ss_daddr: u16,
     pub ss_saddr_v6: u16,
     pub ss_daddr_v6: u16,
-    pub _pad: [u16; 2],
+    /// tcp:tcp_retransmit_skb's `err` (Linux 6.12+ traces failed attempts
+    /// too, with err != 0); 0 when the kernel has no such field.
+    pub rt_err: u16,
+    pub _pad: u16,
 }
 
 impl TracepointLayout {
@@ -243,7 +246,8 @@ impl TracepointLayout {
         ss_daddr: 36,
         ss_saddr_v6: 40,
         ss_daddr_v6: 56,
-        _pad: [0; 2],
+        rt_err: 0,
+        _pad: 0,
     };
 }
 

@@ -357,6 +357,11 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     if !watched(flow.family, &flow.remote) {
         return Ok(());
     }
+    // Linux 6.12+ also traces attempts that sent nothing (err != 0, e.g.
+    // the original still queued in the host): not retransmissions.
+    if l.rt_err != 0 && read::<i32>(ctx, l.rt_err)? != 0 {
+        return Ok(());
+    }
     // The tracepoint stores ports in host order.
     flow.local_port = read(ctx, l.rt_sport)?;
     flow.remote_port = read(ctx, l.rt_dport)?;

@@ -268,7 +268,9 @@ pub fn tracepoint_layout(tracefs: &Path) -> Result<TracepointLayout, String> {
         ss_daddr: s("daddr", 4)?,
         ss_saddr_v6: s("saddr_v6", 16)?,
         ss_daddr_v6: s("daddr_v6", 16)?,
-        _pad: [0; 2],
+        // Optional: older kernels trace successful retransmissions only.
+        rt_err: r("err", 4).unwrap_or(0),
+        _pad: 0,
     })
 }
 
@@ -314,6 +316,13 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         }
         let layout = tracepoint_layout(tracefs).unwrap();
         assert!(layout.rt_daddr_v6 > layout.rt_saddr_v6);
+        if parse_format(
+            &std::fs::read_to_string(tracefs.join("events/tcp/tcp_retransmit_skb/format")).unwrap(),
+        )
+        .contains_key("err")
+        {
+            assert!(layout.rt_err > layout.rt_daddr_v6, "{layout:?}");
+        }
         assert!(layout.ss_newstate > layout.ss_oldstate);
     }
 
