@@ -110,11 +110,12 @@ fn run_ctl_and_clean_teardown_on_sigterm() {
 
     let (got, avg) = ping(&edge, 20);
     assert_eq!(got, 20);
-    assert!((avg - 40.0).abs() < 3.0, "wan RTT {avg} ms");
+    // Coarse bounds: this test is about control, netem_accuracy about precision.
+    assert!((avg - 40.0).abs() < 8.0, "wan RTT {avg} ms");
 
     assert_eq!(ctl(&prefix, &["set", "uplink", "delay_ms=60"]), "ok");
     let (_, avg) = ping(&edge, 10);
-    assert!((avg - 80.0).abs() < 3.0, "RTT after set {avg} ms");
+    assert!((avg - 80.0).abs() < 15.0, "RTT after set {avg} ms");
     assert_eq!(ctl(&prefix, &["down"]), "ok");
     assert_eq!(ping(&edge, 5).0, 0, "link down drops everything");
     assert_eq!(ctl(&prefix, &["up"]), "ok");
@@ -186,7 +187,9 @@ fn held_schedule_starts_on_command_and_stdin_eof_stops() {
         "{show}"
     );
     let (_, avg) = ping(&format!("{prefix}-edge"), 5);
-    assert!((avg - 10.0).abs() < 2.0, "RTT before the schedule {avg}");
+    // Five pings on a loaded 2-core CI machine: the bounds only need to tell
+    // the 10 ms regime from the 80 ms one.
+    assert!((avg - 10.0).abs() < 8.0, "RTT before the schedule {avg}");
     {
         use std::io::Write;
         let stdin = child.stdin.as_mut().unwrap();
@@ -197,7 +200,7 @@ fn held_schedule_starts_on_command_and_stdin_eof_stops() {
     assert!(show.contains("\"delay_ms\":40.0"), "{show}");
     let (_, avg) = ping(&format!("{prefix}-edge"), 5);
     assert!(
-        (avg - 80.0).abs() < 3.0,
+        (avg - 80.0).abs() < 15.0,
         "RTT after the scheduled change {avg}"
     );
     drop(child.stdin.take());
