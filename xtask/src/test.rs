@@ -9,6 +9,10 @@ pub fn run(extra: &[String]) -> Result<()> {
     let object = crate::ebpf::build()?;
     eprintln!("test: eBPF object at {}", object.display());
     util::run(cargo().args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
-    util::run(cargo().args(["test", "--release", "--workspace"]).args(extra))
+    util::run(
+        cargo()
+            .args(["test", "--release", "--workspace", "--no-fail-fast"])
+            .args(extra),
+    )
 }
 
