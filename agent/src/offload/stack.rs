@@ -30,6 +30,11 @@ pub struct OffloadConfig {
     /// QUIC is probed again after this, doubling up to `quic_reprobe_max_ms`.
     pub quic_reprobe_min_ms: u64,
     pub quic_reprobe_max_ms: u64,
+    /// QUIC congestion controller: bbr (default), cubic or newreno. With
+    /// random loss (1 % on the jitter lab's link) quinn's cubic and newreno
+    /// read every loss as congestion and 64 KB-1 MB uploads take 10-30x
+    /// longer; bbr does not (bench/results/transport.md).
+    pub quic_congestion: String,
     /// Retries after the first attempt (transport failures only).
     pub retries: usize,
     pub retry_min_ms: u64,
@@ -50,6 +55,7 @@ impl Default for OffloadConfig {
             quic_stream_errors: 3,
             quic_reprobe_min_ms: 1000,
             quic_reprobe_max_ms: 30_000,
+            quic_congestion: "bbr".into(),
             retries: 2,
             retry_min_ms: 10,
             retry_max_ms: 200,

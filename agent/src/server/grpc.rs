@@ -1,6 +1,6 @@
 //! gRPC listener of the cloud service.
 
-use super::CloudHandler;
+use super::Handler;
 use crate::wire::error_to_status;
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
 use std::future::Future;
@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 pub struct GrpcCloud {
-    handler: Arc<CloudHandler>,
+    handler: Arc<dyn Handler>,
 }
 
 #[tonic::async_trait]
@@ -28,7 +28,7 @@ impl EdgeAiService for GrpcCloud {
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
-    handler: Arc<CloudHandler>,
+    handler: Arc<dyn Handler>,
     listener: TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
     max_streams: u32,
@@ -37,6 +37,13 @@ pub async fn serve(
     // Room for the payload plus the request's other fields.
     let max_msg = handler.max_payload_bytes() + 64 * 1024;
     let svc = EdgeAiServiceServer::new(GrpcCloud { handler }).max_decoding_message_size(max_msg);
+    // Answers go out at once (no Nagle delay behind the client's ACK).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
         .concurrency_limit_per_connection(max_streams as usize)
@@ -46,7 +53,7 @@ pub async fn serve(
     }
     builder
         .add_service(svc)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

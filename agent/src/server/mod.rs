@@ -17,6 +17,25 @@ pub struct CloudLimits {
     pub max_payload_bytes: usize,
 }
 
+/// What every listener serves: one request in, one answer (or error) out.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError>;
+    /// Largest payload accepted; listeners size their read limits from it.
+    fn max_payload_bytes(&self) -> usize;
+}
+
+#[async_trait::async_trait]
+impl Handler for CloudHandler {
+    async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        CloudHandler::handle(self, req).await
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        CloudHandler::max_payload_bytes(self)
+    }
+}
+
 /// Validates requests, bounds concurrency and runs the cloud models.
 pub struct CloudHandler {
     specs: HashMap<TaskType, ModelSpec>,
@@ -155,17 +174,36 @@ pub struct CloudService {
 
 impl CloudService {
     pub async fn start(cfg: &crate::config::CloudConfig) -> anyhow::Result<CloudService> {
-        use anyhow::Context;
         let tls = cfg.tls.load(crate::tls::Side::Server)?;
         let handler = Arc::new(handler_from_config(cfg)?);
-        let listener = tokio::net::TcpListener::bind(&cfg.listen_grpc)
+        Self::start_with(
+            handler,
+            &cfg.listen_grpc,
+            &cfg.listen_quic,
+            tls.as_ref(),
+            cfg.max_concurrent_streams,
+        )
+        .await
+    }
+
+    /// Serves `handler` on gRPC at `listen_grpc` and, with TLS, QUIC at
+    /// `listen_quic` (empty: none).
+    pub async fn start_with(
+        handler: Arc<dyn Handler>,
+        listen_grpc: &str,
+        listen_quic: &str,
+        tls: Option<&crate::tls::TlsMaterial>,
+        max_concurrent_streams: u32,
+    ) -> anyhow::Result<CloudService> {
+        use anyhow::Context;
+        let listener = tokio::net::TcpListener::bind(listen_grpc)
             .await
-            .with_context(|| format!("binding gRPC on {}", cfg.listen_grpc))?;
+            .with_context(|| format!("binding gRPC on {listen_grpc}"))?;
         let grpc_addr = listener.local_addr()?;
-        let quic = match (&tls, cfg.listen_quic.is_empty()) {
+        let quic = match (tls, listen_quic.is_empty()) {
             (Some(tls), false) => {
-                let addr = crate::edge::resolve(&cfg.listen_quic).await?;
-                Some(quic::endpoint(addr, tls, cfg.max_concurrent_streams)?)
+                let addr = crate::edge::resolve(listen_quic).await?;
+                Some(quic::endpoint(addr, tls, max_concurrent_streams)?)
             }
             (None, false) => {
                 tracing::warn!("QUIC listener disabled: QUIC has no plaintext mode and --insecure is set");
@@ -179,8 +217,8 @@ impl CloudService {
         let mut tasks = vec![tokio::spawn(grpc::serve(
             handler.clone(),
             listener,
-            tls.as_ref().map(|t| t.grpc_server()),
-            cfg.max_concurrent_streams,
+            tls.map(|t| t.grpc_server()),
+            max_concurrent_streams,
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },

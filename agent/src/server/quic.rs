@@ -4,7 +4,7 @@
 //! limited by the transport (`max_concurrent_bidi_streams`), request size
 //! by the read limit.
 
-use super::CloudHandler;
+use super::Handler;
 use crate::task::TaskError;
 use crate::tls::TlsMaterial;
 use crate::wire::error_response;
@@ -32,13 +32,14 @@ pub fn endpoint(
         None,
         Duration::from_secs(30),
         max_streams,
+        crate::offload::quic::congestion("cubic")?,
     )));
     quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
 }
 
 /// Serves until `stop` turns true, then lets in-flight streams finish.
 pub async fn serve(
-    handler: Arc<CloudHandler>,
+    handler: Arc<dyn Handler>,
     endpoint: quinn::Endpoint,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -63,7 +64,7 @@ pub async fn serve(
 }
 
 async fn connection(
-    handler: Arc<CloudHandler>,
+    handler: Arc<dyn Handler>,
     incoming: quinn::Incoming,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -98,7 +99,7 @@ async fn connection(
 }
 
 async fn stream(
-    handler: Arc<CloudHandler>,
+    handler: Arc<dyn Handler>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     max_len: usize,
