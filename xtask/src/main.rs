@@ -3,6 +3,7 @@
 //! Every command first makes sure what it needs is installed (idempotently),
 //! so a fresh machine needs nothing but this repository and rustup.
 
+mod bench_transport;
 mod demo;
 mod ebpf;
 mod netem_check;
@@ -40,6 +41,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// QUIC vs gRPC offload latency and throughput (1 KB, 64 KB, 1 MB) on loopback and a 1 %-loss link.
+    BenchTransport {
+        /// Fewer requests per row (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Print the rows as one JSON array on the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -66,6 +76,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::NetemCheck { json } => {
             setup::all()?;
             netem_check::run(json)
+        }
+        Cmd::BenchTransport { quick, json } => {
+            setup::all()?;
+            bench_transport::run(quick, json)
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -1,0 +1,39 @@
+//! `cargo xtask bench-transport [--quick] [--json]`: QUIC vs gRPC offload
+//! latency (p50/p99) and throughput for 1 KB, 64 KB and 1 MB payloads, on
+//! loopback and across the jitter lab's emulated link (RTT 10 ms, 1 %
+//! loss; needs root). Builds `bench-transport` and `netem-tun` (release)
+//! and runs `bench-transport run`; with --json the last line is one JSON
+//! array of `{transport, payload_bytes, link, p50_us, p99_us, rps}`.
+
+use crate::util::{self, cargo, project_root};
+use anyhow::Result;
+
+pub fn run(quick: bool, json: bool) -> Result<()> {
+    util::run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "bench-transport",
+        "-p",
+        "bench",
+        "--bin",
+        "bench-transport",
+        "--bin",
+        "netem-tun",
+    ]))?;
+    let mut c = util::cmd(
+        project_root()
+            .join("target/release/bench-transport")
+            .to_str()
+            .expect("UTF-8 path"),
+    );
+    c.arg("run");
+    if quick {
+        c.arg("--quick");
+    }
+    if json {
+        c.arg("--json");
+    }
+    util::run(&mut c)
+}
