@@ -85,11 +85,11 @@ impl LinkEstimator {
                     .entry(ev.source)
                     .or_insert_with(|| RttWindow::new(window))
                     .push(ev.at, rtt);
+                // Passive samples describe the path to the host, not whether
+                // our service on it answers: only a probe or an offload that
+                // reached the service clears a run of failures.
                 if ev.source == SampleSource::ActiveTcpConnect {
                     self.record_probe(true);
-                } else {
-                    // Passive traffic proves the path works.
-                    self.consecutive_failures = 0;
                 }
             }
             ProbeEventKind::ProbeLost => self.record_probe(false),
@@ -245,6 +245,25 @@ mod tests {
         assert!((s.loss_rate - 0.3).abs() < 1e-9);
         est.on_event(&rtt(t0 + Duration::from_millis(11), SampleSource::ActiveTcpConnect, 5));
         assert!(est.snapshot(t0 + Duration::from_millis(12)).reachable);
+    }
+
+    #[test]
+    fn passive_samples_do_not_hide_a_dead_service() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        for i in 0..3 {
+            est.on_event(&ev(
+                t0 + Duration::from_millis(i),
+                SampleSource::ActiveTcpConnect,
+                ProbeEventKind::ProbeLost,
+            ));
+        }
+        for i in 3..20 {
+            est.on_event(&rtt(t0 + Duration::from_millis(i), SampleSource::SockOps, 1));
+        }
+        let s = est.snapshot(t0 + Duration::from_millis(20));
+        assert_eq!(s.source, Some(SampleSource::SockOps));
+        assert!(!s.reachable, "the host answers TCP, the service does not");
     }
 
     #[test]

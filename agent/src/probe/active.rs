@@ -1,5 +1,6 @@
 //! Active probe: times TCP handshakes to the cloud endpoint. It is the
-//! fallback source: it stays quiet while a passive source is fresh.
+//! fallback source for RTT and jitter, and the check that the service
+//! itself (not just its host) answers.
 
 use super::sample::{ProbeEvent, ProbeEventKind, SampleSource};
 use crate::estimate::NetworkStatus;
@@ -30,10 +31,14 @@ pub async fn connect_rtt(target: SocketAddr, timeout: Duration) -> Option<Durati
 }
 
 impl ActiveProbe {
-    /// Probes until `events` is closed.
+    /// Probes until `events` is closed. While a passive source is fresh the
+    /// path's figures come from it, and the probe only checks, ten times less
+    /// often, that the service itself still accepts connections; after a
+    /// failure it probes at the full rate again.
     pub async fn run(self, events: mpsc::Sender<ProbeEvent>, status: watch::Receiver<NetworkStatus>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ok: Option<Instant> = None;
         loop {
             tick.tick().await;
             let passive_fresh = {
@@ -41,12 +46,18 @@ impl ActiveProbe {
                 s.source.is_some_and(|src| src.is_passive())
                     && s.age.is_some_and(|a| a < self.passive_fresh_for)
             };
-            if passive_fresh {
+            if passive_fresh && last_ok.is_some_and(|t| t.elapsed() < self.interval * 10) {
                 continue;
             }
             let kind = match connect_rtt(self.target, self.timeout).await {
-                Some(rtt) => ProbeEventKind::Rtt(rtt),
-                None => ProbeEventKind::ProbeLost,
+                Some(rtt) => {
+                    last_ok = Some(Instant::now());
+                    ProbeEventKind::Rtt(rtt)
+                }
+                None => {
+                    last_ok = None;
+                    ProbeEventKind::ProbeLost
+                }
             };
             let ev = ProbeEvent {
                 dest: self.target.ip(),
