@@ -3,10 +3,12 @@
 //! Every command first makes sure what it needs is installed (idempotently),
 //! so a fresh machine needs nothing but this repository and rustup.
 
+mod bench_ebpf;
 mod bench_transport;
 mod demo;
 mod ebpf;
 mod netem_check;
+mod probe_check;
 mod setup;
 mod test;
 mod util;
@@ -40,6 +42,24 @@ enum Cmd {
         /// Print the result as one JSON object on the last line.
         #[arg(long)]
         json: bool,
+    },
+    /// eBPF probe accuracy in the jitter lab: TCP and QUIC RTT vs the traffic's own timing, retransmits (needs root).
+    ProbeCheck {
+        /// Print the result as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// eBPF probe overhead: iperf3 on a veth pair with and without the probe; writes bench/results/ebpf-overhead.md (needs root).
+    BenchEbpf {
+        /// Pairs of rounds (one without the probe, one with).
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Where to write the Markdown report (default: bench/results/ebpf-overhead.md).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// QUIC vs gRPC offload latency and throughput (1 KB, 64 KB, 1 MB) on loopback and a 1 %-loss link.
     BenchTransport {
@@ -76,6 +96,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::NetemCheck { json } => {
             setup::all()?;
             netem_check::run(json)
+        }
+        Cmd::ProbeCheck { json } => {
+            setup::all()?;
+            probe_check::run(json)
+        }
+        Cmd::BenchEbpf {
+            rounds,
+            seconds,
+            out,
+        } => {
+            setup::all()?;
+            bench_ebpf::run(rounds, seconds, out)
         }
         Cmd::BenchTransport { quick, json } => {
             setup::all()?;
