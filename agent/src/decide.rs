@@ -52,6 +52,11 @@ impl Policy {
         }
     }
 
+    /// Every policy's command-line name; benchmarks iterate over it, so a
+    /// new policy belongs here as well as in [`Policy::from_name`].
+    pub const NAMES: [&'static str; 4] =
+        ["always-local", "always-offload", "threshold", "cost-model"];
+
     /// Parses the names used on the command line, with default parameters.
     pub fn from_name(name: &str) -> Option<Policy> {
         Some(match name {

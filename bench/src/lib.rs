@@ -5,10 +5,12 @@
 //! rendering) is free of I/O and unit-tested; `sys`, `relay`, `lab`,
 //! `control`, `probe` and `check` are the thin I/O shell around it.
 //! The `netem-tun` binary is the command-line front end (see README.md).
+//! [`harness`] is the scenario benchmark (`scenario-bench`, `scenario-driver`).
 
 pub mod check;
 pub mod command;
 pub mod control;
+pub mod harness;
 pub mod lab;
 pub mod model;
 pub mod netem;

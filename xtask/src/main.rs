@@ -3,6 +3,7 @@
 //! Every command first makes sure what it needs is installed (idempotently),
 //! so a fresh machine needs nothing but this repository and rustup.
 
+mod bench;
 mod bench_ebpf;
 mod bench_transport;
 mod demo;
@@ -70,6 +71,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Scenario benchmark: every scenario x policy with the real agents across the jitter lab; writes bench/results/scenarios.md and plots (needs root).
+    Bench {
+        /// Reduced matrix: each scenario cut to a 12 s window around its first change (under 10 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for scenario-bench (e.g. -- --only wan,lan --policies cost-model).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -112,6 +122,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchTransport { quick, json } => {
             setup::all()?;
             bench_transport::run(quick, json)
+        }
+        Cmd::Bench { quick, args } => {
+            setup::all()?;
+            bench::run(quick, &args)
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -248,3 +248,11 @@ fn breakdown_adds_up() {
     assert_eq!(p.path, "local");
     assert_eq!(p.network_source, "active-tcp");
 }
+
+#[test]
+fn every_listed_name_parses_to_itself() {
+    for name in Policy::NAMES {
+        let p = Policy::from_name(name).unwrap_or_else(|| panic!("{name} does not parse"));
+        assert_eq!(p.name(), name);
+    }
+}

@@ -1,0 +1,134 @@
+//! `scenario-bench`: every scenario x every policy with the real agents
+//! across the jitter lab; writes bench/results/scenarios.md, scenarios.json
+//! and PNG plots. Needs root. See bench/README.md.
+
+use anyhow::{bail, Context, Result};
+use bench::harness::{procs, run};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "scenario-bench",
+    about = "Scenario x policy benchmark of the edge offloading agent"
+)]
+struct Args {
+    /// Reduced matrix: every scenario cut to a window around its first change.
+    #[arg(long)]
+    quick: bool,
+    /// A scenario file or a folder of them.
+    #[arg(long, default_value = "bench/scenarios")]
+    scenarios: PathBuf,
+    /// Only these scenarios (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Policies to run (comma-separated; default: every policy the agent has).
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Seconds per run (quick: the window's length; full: a cut from 0).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Window length of a quick run.
+    #[arg(long, default_value_t = 12.0)]
+    quick_seconds: f64,
+    /// Report and plots.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Per-run records and logs.
+    #[arg(long, default_value = "target/scenario-bench")]
+    work: PathBuf,
+    /// Folder with agent, netem-tun and scenario-driver (default: this program's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// CFS period of the CPU quota (stretched where the quota would be under 1 ms).
+    #[arg(long, default_value_t = 4000)]
+    cpu_period_us: u64,
+    /// Seconds a fresh edge agent measures the link before the workload starts.
+    #[arg(long, default_value_t = 1.5)]
+    warmup: f64,
+    /// The command line to print in the report (default: this one).
+    #[arg(long)]
+    command: Option<String>,
+    #[arg(long)]
+    no_plots: bool,
+    /// Skip timing the CPU calibration jobs.
+    #[arg(long)]
+    no_calibrate: bool,
+}
+
+fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
+    let mut files = if a.scenarios.is_dir() {
+        bench::Scenario::load_dir(&a.scenarios)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    } else {
+        vec![a.scenarios.clone()]
+    };
+    if !a.only.is_empty() {
+        files.retain(|p| {
+            p.file_stem()
+                .is_some_and(|s| a.only.iter().any(|o| s.to_string_lossy() == *o))
+        });
+        if files.len() != a.only.len() {
+            bail!(
+                "--only {:?}: not every name is a scenario in {}",
+                a.only,
+                a.scenarios.display()
+            );
+        }
+    }
+    Ok(files)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    procs::install_signal_cleanup()?;
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the program's folder")?
+            .to_path_buf(),
+    };
+    // The agent's own list, through the driver (which links the agent).
+    let known = run::policy_names(&bin_dir)?;
+    let policies: Vec<String> = if a.policies.is_empty() {
+        known
+    } else {
+        for p in &a.policies {
+            if !known.contains(p) {
+                bail!("unknown policy {p:?} (one of {known:?})");
+            }
+        }
+        a.policies.clone()
+    };
+    let opts = run::Options {
+        scenario_files: scenario_files(&a)?,
+        policies,
+        quick: a.quick,
+        duration_s: a.duration,
+        quick_len_s: a.quick_seconds,
+        out_dir: a.out.clone(),
+        work_dir: a.work.clone(),
+        bin_dir,
+        period_us: a.cpu_period_us,
+        warmup: Duration::from_secs_f64(a.warmup),
+        command: a
+            .command
+            .clone()
+            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        plots: !a.no_plots,
+        calibrate: !a.no_calibrate,
+    };
+    let r = run::run(&opts)?;
+    println!(
+        "wrote {} ({} scenarios x {} policies, {:.1} min)",
+        opts.out_dir.join("scenarios.md").display(),
+        r.scenarios.len(),
+        opts.policies.len(),
+        r.wall_s / 60.0
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The scenario benchmark end to end, kept short for CI: one scenario (wan,
+//! 5 s) x two policies with the real emulator, agents, cgroup and driver.
+//! Every sent task must be accounted for, the oracle and plots must be
+//! there, and nothing (namespaces, cgroups, processes) may be left behind.
+//! Needs root and the release (or debug) agent and scenario-driver beside
+//! scenario-bench, as `cargo xtask test` builds them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_scenario-bench");
+
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(BIN).parent().unwrap().to_path_buf();
+    for b in ["agent", "scenario-driver", "netem-tun"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the agent and the driver first \
+             (cargo build --release -p agent -p bench-driver, or cargo xtask test)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("sb{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    for root in [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
+        let dir = Path::new(root).join("edge-offload-bench");
+        if let Ok(d) = std::fs::read_dir(&dir) {
+            found.extend(
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{pid}-"))),
+            );
+        }
+    }
+    found
+}
+
+#[test]
+fn one_scenario_two_policies_accounts_for_every_task() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the scenario benchmark test needs root (namespaces, TUN, cgroups); CI runs as root"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = std::env::temp_dir().join(format!("scenario-bench-test-{}", std::process::id()));
+    let out = tmp.join("results");
+    let child = Command::new(BIN)
+        .current_dir(root)
+        .args(["--only", "wan", "--policies", "always-local,always-offload"])
+        .args(["--duration", "5", "--no-calibrate"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--work")
+        .arg(tmp.join("work"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let res = child.wait_with_output().unwrap();
+    assert!(
+        res.status.success(),
+        "scenario-bench failed: {:?}",
+        res.status
+    );
+    assert!(
+        leftovers(pid).is_empty(),
+        "left behind: {:?}",
+        leftovers(pid)
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scenarios.json")).unwrap())
+            .unwrap();
+    let sc = &json["scenarios"][0];
+    assert_eq!(sc["name"], "wan");
+    let rows = sc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut sent = Vec::new();
+    for row in rows {
+        let s = &row["summary"];
+        let (tasks, completed, failed) = (
+            s["tasks"].as_u64().unwrap(),
+            s["completed"].as_u64().unwrap(),
+            s["failed"].as_u64().unwrap(),
+        );
+        // 20 tasks/s for 5 s (Poisson): far from 0, and all accounted for.
+        assert!(tasks > 50, "{row}");
+        assert_eq!(completed + failed, tasks, "{row}");
+        assert!(
+            completed * 10 >= tasks * 9,
+            "most tasks complete on a calm WAN: {row}"
+        );
+        assert!(s["p50_ms"].as_f64().unwrap() > 0.0);
+        sent.push(tasks);
+    }
+    // The same seeded stream for both policies.
+    assert_eq!(sent[0], sent[1]);
+    let by = |p: &str| rows.iter().find(|r| r["policy"] == p).unwrap()["summary"].clone();
+    assert_eq!(by("always-local")["offloaded"], 0);
+    let off = by("always-offload");
+    assert_eq!(off["offloaded"], off["completed"]);
+    // Offloading pays the 40 ms round trip; running locally does not.
+    assert!(off["p50_ms"].as_f64().unwrap() > 35.0, "{off}");
+    assert!(by("always-local")["p50_ms"].as_f64().unwrap() < 35.0);
+    let oracle = &sc["oracle"];
+    assert_eq!(oracle["tasks"].as_u64().unwrap(), sent[0]);
+    assert!(oracle["p50_ms"].as_f64().unwrap() <= by("always-local")["p50_ms"].as_f64().unwrap());
+
+    let md = std::fs::read_to_string(out.join("scenarios.md")).unwrap();
+    assert!(md.contains("| wan | always-local |") && md.contains("| wan | *oracle* |"));
+    for png in ["cdf-wan.png", "timeline-wan.png"] {
+        let bytes = std::fs::read(out.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{png}"
+        );
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
