@@ -63,14 +63,17 @@ async fn start_cloud(
         Some(d) => cmd.arg("--tls-dir").arg(d),
         None => cmd.arg("--insecure"),
     };
+    // The cloud gets its own loopback address: the passive probe watches the
+    // cloud's address, and on 127.0.0.1 it would also see the demo's own
+    // task-API traffic to the edge.
     cmd.args([
         "--log",
         "warn",
         "cloud",
         "--listen-grpc",
-        "127.0.0.1:0",
+        "127.0.0.2:0",
         "--listen-quic",
-        "127.0.0.1:0",
+        "127.0.0.2:0",
     ])
         .stdout(Stdio::piped())
         .kill_on_drop(true);
