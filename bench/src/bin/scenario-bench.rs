@@ -122,7 +122,15 @@ fn main() -> Result<()> {
         plots: !a.no_plots,
         calibrate: !a.no_calibrate,
     };
-    let r = run::run(&opts)?;
+    let r = match run::run(&opts) {
+        Ok(r) => r,
+        // Interrupted: the signal thread is stopping everything and exits
+        // with 130 when done; the children's errors it caused are noise.
+        Err(_) if procs::stopping() => loop {
+            std::thread::park();
+        },
+        Err(e) => return Err(e),
+    };
     println!(
         "wrote {} ({} scenarios x {} policies, {:.1} min)",
         opts.out_dir.join("scenarios.md").display(),

@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,6 +18,14 @@ use std::time::{Duration, Instant};
 /// Live children (pid, name) and cgroup folders, for the signal thread.
 static LIVE: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 static CGROUPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set once a termination signal arrived and the cleanup began.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a termination signal is being handled: the main thread then
+/// leaves the exit to the signal thread (see [`install_signal_cleanup`]).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -42,6 +51,7 @@ pub fn install_signal_cleanup() -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
+                STOPPING.store(true, Ordering::SeqCst);
                 eprintln!(
                     "scenario-bench: {}: stopping every process and cleaning up",
                     sig.as_str()
