@@ -240,7 +240,7 @@ fn local_cost(l: &LocalStatus) -> LocalCost {
 /// The offload cost, or `None` when the estimate is missing or malformed.
 fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     let net = input.net;
-    if net.rtt.samples == 0 || !(net.bandwidth_bps > 0.0) {
+    if net.rtt.samples == 0 || net.bandwidth_bps.is_nan() || net.bandwidth_bps <= 0.0 {
         return None;
     }
     let bits_ms = |bytes: usize| bytes as f64 * 8.0 / net.bandwidth_bps * 1e3;
