@@ -232,6 +232,29 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_offload_sections_parse_and_paths_resolve_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("edge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.toml");
+        std::fs::write(
+            &file,
+            "[edge]\ncloud_quic = \"\"\n[edge.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\n\
+             key = \"certs/client.key\"\n[edge.offload]\nretries = 4\nquic_congestion = \"cubic\"\n\
+             [cloud]\nlisten_quic = \"0.0.0.0:4433\"\n[cloud.tls]\ninsecure = true\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file)).unwrap();
+        assert_eq!(cfg.edge.tls.ca, dir.join("certs/ca.pem"));
+        assert_eq!(cfg.edge.offload.retries, 4);
+        assert_eq!(cfg.edge.offload.breaker_failures, crate::offload::OffloadConfig::default().breaker_failures);
+        assert!(cfg.edge.cloud_quic.is_empty() && cfg.cloud.tls.insecure);
+        assert_eq!(cfg.cloud.listen_quic, "0.0.0.0:4433");
+        assert!(toml::from_str::<Config>("[edge.tls]\ncert_file = \"x\"\n").is_err());
+        assert!(toml::from_str::<Config>("[edge.offload]\nretry = 1\n").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn defaults_round_trip_through_toml() {
         let text = toml::to_string(&Config::default()).unwrap();
         let back: Config = toml::from_str(&text).unwrap();

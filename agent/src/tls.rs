@@ -51,11 +51,12 @@ impl TlsConfig {
         }
     }
 
-    /// Resolves relative paths against the config file's folder.
+    /// Relative paths in a config file are relative to the file's folder.
     pub fn resolve_paths(&mut self, base: Option<&Path>) {
+        let Some(base) = base else { return };
         for p in [&mut self.ca, &mut self.cert, &mut self.key] {
-            if !p.as_os_str().is_empty() {
-                *p = crate::config::resolve(p, base);
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
             }
         }
     }

@@ -239,6 +239,98 @@ impl Offloader for Failover {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::Transport;
+    use std::sync::atomic::AtomicBool;
+
+    /// A transport that answers, or fails with a connect error while `down`.
+    struct Fake {
+        transport: Transport,
+        down: AtomicBool,
+        calls: AtomicU64,
+    }
+
+    impl Fake {
+        fn new(transport: Transport, down: bool) -> Arc<Fake> {
+            Arc::new(Fake {
+                transport,
+                down: AtomicBool::new(down),
+                calls: AtomicU64::new(0),
+            })
+        }
+
+        fn fail(&self) -> Option<OffloadError> {
+            self.down
+                .load(Ordering::SeqCst)
+                .then(|| OffloadError::Connect {
+                    transport: self.transport.as_str(),
+                    message: "no answer".into(),
+                })
+        }
+    }
+
+    #[async_trait]
+    impl Offloader for Fake {
+        async fn offload(&self, _: &OffloadRequest) -> Result<OffloadReply, OffloadError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.fail() {
+                Some(e) => Err(e),
+                None => Ok(OffloadReply {
+                    response: proto::TaskResponse::default(),
+                    transport: self.transport,
+                    elapsed: Duration::ZERO,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                }),
+            }
+        }
+
+        async fn ready(&self) -> Result<(), OffloadError> {
+            self.fail().map_or(Ok(()), Err)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_task_whose_quic_attempt_fails_goes_over_grpc_and_quic_returns_after_a_probe() {
+        let quic = Fake::new(Transport::Quic, true);
+        let grpc = Fake::new(Transport::Grpc, false);
+        let f = Failover::new(
+            quic.clone(),
+            grpc.clone(),
+            FailoverConfig {
+                stream_errors: 3,
+                reprobe_min: Duration::from_millis(30),
+                reprobe_max: Duration::from_millis(60),
+            },
+        );
+        let req = OffloadRequest {
+            request: proto::TaskRequest::default(),
+            deadline: None,
+        };
+        let r = f.offload(&req).await.unwrap();
+        assert_eq!(r.transport, Transport::Grpc, "same task, other transport");
+        assert_eq!(f.route(), Route::Grpc);
+        let r = f.offload(&req).await.unwrap();
+        assert_eq!(r.transport, Transport::Grpc);
+        assert_eq!(
+            quic.calls.load(Ordering::SeqCst),
+            1,
+            "no task waits on QUIC while it is down"
+        );
+
+        quic.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        f.offload(&req).await.unwrap(); // starts the probe
+        for _ in 0..100 {
+            if f.route() == Route::Quic {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(f.offload(&req).await.unwrap().transport, Transport::Quic);
+        let stats = f.stats();
+        assert_eq!(stats.to_grpc.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.to_quic.load(Ordering::Relaxed), 1);
+    }
 
     const CFG: FailoverConfig = FailoverConfig {
         stream_errors: 3,

@@ -63,6 +63,94 @@ impl Offloader for Retrying {
 mod tests {
     use super::*;
     use crate::task::TaskError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// Fails with the queued errors, then answers.
+    struct Scripted {
+        errors: Mutex<Vec<OffloadError>>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Offloader for Scripted {
+        async fn offload(&self, _: &OffloadRequest) -> Result<OffloadReply, OffloadError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.errors.lock().unwrap().pop() {
+                Some(e) => Err(e),
+                None => Ok(OffloadReply {
+                    response: proto::TaskResponse::default(),
+                    transport: crate::task::Transport::Grpc,
+                    elapsed: Duration::ZERO,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                }),
+            }
+        }
+    }
+
+    fn layer(errors: Vec<OffloadError>) -> (Arc<Scripted>, Retrying) {
+        let inner = Arc::new(Scripted {
+            errors: Mutex::new(errors),
+            calls: AtomicUsize::new(0),
+        });
+        let cfg = RetryConfig {
+            max_retries: 2,
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(40),
+        };
+        (inner.clone(), Retrying::new(inner, cfg))
+    }
+
+    fn reset() -> OffloadError {
+        OffloadError::Transport {
+            transport: "quic",
+            message: "reset".into(),
+        }
+    }
+
+    fn req(deadline: Option<Instant>) -> OffloadRequest {
+        OffloadRequest {
+            request: proto::TaskRequest::default(),
+            deadline,
+        }
+    }
+
+    #[tokio::test]
+    async fn transport_failures_are_retried_up_to_the_limit() {
+        let (inner, r) = layer(vec![reset(), reset()]);
+        assert!(r.offload(&req(None)).await.is_ok());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+
+        let (inner, r) = layer(vec![reset(), reset(), reset()]);
+        assert!(matches!(
+            r.offload(&req(None)).await,
+            Err(OffloadError::Transport { .. })
+        ));
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            3,
+            "first try + 2 retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_are_not_retried_nor_waits_past_the_deadline() {
+        let (inner, r) = layer(vec![OffloadError::Rejected(TaskError::Overloaded(
+            "busy".into(),
+        ))]);
+        assert!(matches!(
+            r.offload(&req(None)).await,
+            Err(OffloadError::Rejected(_))
+        ));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+
+        // 5 ms left, the first backoff is at least 20 ms: no retry.
+        let (inner, r) = layer(vec![reset()]);
+        let deadline = Instant::now() + Duration::from_millis(5);
+        assert!(r.offload(&req(Some(deadline))).await.is_err());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn only_transport_failures_are_retried_and_only_within_the_deadline() {
