@@ -180,7 +180,12 @@ impl Config {
             }
             None => (Config::default(), None),
         };
-        for spec in cfg.edge.models.values_mut().chain(cfg.cloud.models.values_mut()) {
+        for spec in cfg
+            .edge
+            .models
+            .values_mut()
+            .chain(cfg.cloud.models.values_mut())
+        {
             spec.path = resolve(&spec.path, base.as_deref());
         }
         cfg.edge.tls.resolve_paths(base.as_deref());
@@ -226,7 +231,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.edge.workers, 3);
-        assert_eq!(cfg.edge.queue_capacity, EdgeConfig::default().queue_capacity);
+        assert_eq!(
+            cfg.edge.queue_capacity,
+            EdgeConfig::default().queue_capacity
+        );
         assert_eq!(cfg.edge.policy.name(), "threshold");
         assert!(toml::from_str::<Config>("[edge]\nworkerz = 3\n").is_err());
     }
@@ -246,7 +254,10 @@ mod tests {
         let cfg = Config::load(Some(&file)).unwrap();
         assert_eq!(cfg.edge.tls.ca, dir.join("certs/ca.pem"));
         assert_eq!(cfg.edge.offload.retries, 4);
-        assert_eq!(cfg.edge.offload.breaker_failures, crate::offload::OffloadConfig::default().breaker_failures);
+        assert_eq!(
+            cfg.edge.offload.breaker_failures,
+            crate::offload::OffloadConfig::default().breaker_failures
+        );
         assert!(cfg.edge.cloud_quic.is_empty() && cfg.cloud.tls.insecure);
         assert_eq!(cfg.cloud.listen_quic, "0.0.0.0:4433");
         assert!(toml::from_str::<Config>("[edge.tls]\ncert_file = \"x\"\n").is_err());
@@ -259,6 +270,9 @@ mod tests {
         let text = toml::to_string(&Config::default()).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.edge.listen, "127.0.0.1:50061");
-        assert!(back.cloud.models.contains_key(&TaskType::ImageClassification));
+        assert!(back
+            .cloud
+            .models
+            .contains_key(&TaskType::ImageClassification));
     }
 }

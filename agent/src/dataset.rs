@@ -20,7 +20,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Sample>> {
     let body = &bytes[12..];
     let rec = 1 + IMAGE_BYTES;
     if body.len() != n * rec {
-        bail!("digits test set says {n} records but holds {} bytes", body.len());
+        bail!(
+            "digits test set says {n} records but holds {} bytes",
+            body.len()
+        );
     }
     body.chunks_exact(rec)
         .map(|r| {
@@ -42,7 +45,10 @@ pub fn load(path: &Path) -> Result<Vec<Sample>> {
 
 /// The bundled test set, found next to the models.
 pub fn load_default() -> Result<Vec<Sample>> {
-    load(&crate::config::resolve(Path::new("models/digits_test.bin"), None))
+    load(&crate::config::resolve(
+        Path::new("models/digits_test.bin"),
+        None,
+    ))
 }
 
 /// Reads an 8x8 binary PGM (P5, maxval 255) as a payload.
@@ -70,7 +76,8 @@ pub fn read_pgm(path: &Path) -> Result<Vec<u8>> {
     if fields.len() < 4 || fields[0] != "P5" {
         bail!("{}: not a binary PGM (P5)", path.display());
     }
-    let (w, h, max): (usize, usize, usize) = (fields[1].parse()?, fields[2].parse()?, fields[3].parse()?);
+    let (w, h, max): (usize, usize, usize) =
+        (fields[1].parse()?, fields[2].parse()?, fields[3].parse()?);
     if max != 255 {
         bail!("{}: maxval {max}, expected 255", path.display());
     }

@@ -187,7 +187,11 @@ impl Decision {
             cloud_inference_ms: o.cloud_inference_ms,
             download_ms: o.download_ms,
             offload_total_ms: o.total_ms,
-            network_source: self.network_source.map(|s| s.as_str()).unwrap_or("none").into(),
+            network_source: self
+                .network_source
+                .map(|s| s.as_str())
+                .unwrap_or("none")
+                .into(),
         }
     }
 
@@ -216,7 +220,12 @@ impl fmt::Display for Decision {
             Some(o) => write!(
                 f,
                 " offload={:.2}ms [up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}]",
-                o.total_ms, o.upload_ms, o.rtt_ms, o.jitter_penalty_ms, o.cloud_inference_ms, o.download_ms
+                o.total_ms,
+                o.upload_ms,
+                o.rtt_ms,
+                o.jitter_penalty_ms,
+                o.cloud_inference_ms,
+                o.download_ms
             ),
             None => write!(f, " offload=n/a"),
         }
@@ -361,7 +370,11 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
     }
 }
 
-fn deadline_error(input: &DecisionInput, local: &LocalCost, offload: Option<OffloadCost>) -> TaskError {
+fn deadline_error(
+    input: &DecisionInput,
+    local: &LocalCost,
+    offload: Option<OffloadCost>,
+) -> TaskError {
     let left = input.time_left.map_or(f64::INFINITY, ms);
     let offload = offload.map_or("n/a".to_string(), |o| format!("{:.2}ms", o.total_ms));
     TaskError::DeadlineExceeded(format!(

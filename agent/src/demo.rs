@@ -75,8 +75,8 @@ async fn start_cloud(
         "--listen-quic",
         "127.0.0.2:0",
     ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().context("starting the cloud service")?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
@@ -84,7 +84,11 @@ async fn start_cloud(
         .await
         .context("cloud service did not start within 30 s")??
         .context("cloud service exited before listening")?;
-    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_string)
+    };
     let addr = field("grpc=").with_context(|| format!("unexpected cloud output {line:?}"))?;
     let quic = field("quic=").filter(|q| q != "off");
     Ok((child, addr, quic))
@@ -98,18 +102,22 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     if let Some(p) = &args.policy {
         cfg.edge.policy = Policy::from_name(p).with_context(|| format!("unknown policy {p:?}"))?;
     }
-    let samples = Arc::new(dataset::load_default().context("the demo needs models/digits_test.bin")?);
+    let samples =
+        Arc::new(dataset::load_default().context("the demo needs models/digits_test.bin")?);
     // Mutual TLS with a development CA made for this run, unless --insecure.
     let certs = if cfg.edge.tls.insecure {
         None
     } else {
-        let dir = std::env::temp_dir().join(format!("edge-offload-demo-certs-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("edge-offload-demo-certs-{}", std::process::id()));
         crate::tls::gen_certs(&dir, &[]).context("generating the demo's certificates")?;
         cfg.edge.tls = crate::tls::TlsConfig::from_dir(&dir, crate::tls::Side::Client);
         Some(dir)
     };
     let started_cloud = start_cloud(
-        std::env::var_os("EDGE_AGENT_CONFIG").as_deref().map(std::path::Path::new),
+        std::env::var_os("EDGE_AGENT_CONFIG")
+            .as_deref()
+            .map(std::path::Path::new),
         certs.as_deref(),
     )
     .await;
@@ -132,7 +140,11 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         println!(
             "cloud service: quic={} grpc={cloud_addr} ({}; child process, model digits_cloud)",
             quic_addr.as_deref().unwrap_or("off"),
-            if certs.is_some() { "mutual TLS, development CA" } else { "PLAINTEXT, --insecure" }
+            if certs.is_some() {
+                "mutual TLS, development CA"
+            } else {
+                "PLAINTEXT, --insecure"
+            }
         );
         println!(
             "edge agent:    api={api} policy={} local workers={} (model digits_edge)",
@@ -231,7 +243,9 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(d);
     }
 
-    let mut t = Arc::try_unwrap(tally).expect("all tasks joined").into_inner();
+    let mut t = Arc::try_unwrap(tally)
+        .expect("all tasks joined")
+        .into_inner();
     t.latencies_ms.sort_by(|a, b| a.total_cmp(b));
     let tasks = t.answered + t.failed + t.rejected;
     let accuracy = if t.answered > 0 {

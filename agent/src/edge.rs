@@ -54,7 +54,8 @@ pub fn engine_factory(
 ) -> anyhow::Result<EngineFactory> {
     let device = parse_device(device)?;
     Ok(Arc::new(move || {
-        Ok(Box::new(TorchEngine::load(&specs, device, times.clone())?) as Box<dyn crate::infer::Engine>)
+        Ok(Box::new(TorchEngine::load(&specs, device, times.clone())?)
+            as Box<dyn crate::infer::Engine>)
     }))
 }
 
@@ -131,11 +132,15 @@ impl Edge {
             },
         )?);
 
-        let mut background: Vec<JoinHandle<()>> = std::iter::once(probe_task).chain(passive_task).collect();
+        let mut background: Vec<JoinHandle<()>> =
+            std::iter::once(probe_task).chain(passive_task).collect();
         if let Some(addr) = &cfg.metrics_listen {
             let addr = resolve(addr).await?;
             crate::metrics::install(addr).with_context(|| format!("metrics listener on {addr}"))?;
-            background.push(crate::metrics::spawn_gauges(manager.clone(), Duration::from_secs(1)));
+            background.push(crate::metrics::spawn_gauges(
+                manager.clone(),
+                Duration::from_secs(1),
+            ));
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
 
@@ -219,9 +224,7 @@ impl EdgeAiService for EdgeApi {
     ) -> Result<Response<proto::TaskResponse>, Status> {
         let task = task_from_request(request.into_inner(), Instant::now())?;
         let rx = self.manager.submit(task).map_err(|e| error_to_status(&e))?;
-        let result = rx
-            .await
-            .map_err(|_| Status::internal("task result lost"))?;
+        let result = rx.await.map_err(|_| Status::internal("task result lost"))?;
         let mut resp = match &result.outcome {
             Ok(o) => proto::TaskResponse {
                 task_id: result.task_id.clone(),
@@ -239,7 +242,10 @@ impl EdgeAiService for EdgeApi {
             (Some(p), _) => p.as_str().into(),
             (None, _) => String::new(),
         };
-        resp.transport = result.transport.map(|t| t.as_str().to_string()).unwrap_or_default();
+        resp.transport = result
+            .transport
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default();
         resp.fell_back = result.fell_back;
         resp.duration_nano = result.duration.as_nanos() as i64;
         resp.decision = result.decision.as_ref().map(|d| d.to_proto());

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "agent", version, about = "Kernel-assisted edge AI offloading agent")]
+#[command(
+    name = "agent",
+    version,
+    about = "Kernel-assisted edge AI offloading agent"
+)]
 struct Cli {
     /// TOML configuration file (every field optional; see `agent print-config`).
     #[arg(long, global = true, env = "EDGE_AGENT_CONFIG")]
@@ -106,7 +110,10 @@ fn main() -> Result<()> {
     // capabilities per thread, so dropping them now covers the whole process.
     let probe = match cli.cmd {
         Cmd::Edge { .. } => {
-            let probe = agent::probe::passive::load(&cfg.edge.probe, &agent::edge::cloud_endpoints(&cfg.edge));
+            let probe = agent::probe::passive::load(
+                &cfg.edge.probe,
+                &agent::edge::cloud_endpoints(&cfg.edge),
+            );
             if let Some(p) = &probe {
                 if let Err(e) = p.drop_privileges() {
                     tracing::warn!("could not drop capabilities after attaching: {e}");
@@ -176,7 +183,11 @@ async fn run(cmd: Cmd, cfg: Config, probe: Option<agent::probe::ebpf::EbpfProbe>
     match cmd {
         Cmd::Edge { .. } => {
             let edge = agent::edge::Edge::start_with_probe(&cfg.edge, None, probe).await?;
-            println!("edge listening api={} policy={}", edge.api_addr, cfg.edge.policy.name());
+            println!(
+                "edge listening api={} policy={}",
+                edge.api_addr,
+                cfg.edge.policy.name()
+            );
             shutdown_signal().await;
             tracing::info!("shutting down: draining accepted tasks");
             edge.shutdown().await

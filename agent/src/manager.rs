@@ -319,7 +319,11 @@ impl Inner {
             .collect();
         let net = self.net.borrow().clone();
         let cloud_usable = self.offloader.is_some();
-        let net = if cloud_usable { net } else { NetworkStatus::default() };
+        let net = if cloud_usable {
+            net
+        } else {
+            NetworkStatus::default()
+        };
         let input = DecisionInput {
             task_type: task.task_type,
             priority: task.priority,
@@ -328,14 +332,20 @@ impl Inner {
             time_left: task.time_left(now),
             net: &net,
             local: LocalStatus {
-                queue_wait: state
-                    .queue
-                    .wait_estimate(task.priority, &busy, self.cfg.workers.max(1)),
+                queue_wait: state.queue.wait_estimate(
+                    task.priority,
+                    &busy,
+                    self.cfg.workers.max(1),
+                ),
                 inference: self.local_estimate(task.task_type),
                 supported: self.local_specs.contains_key(&task.task_type),
             },
             cloud: CloudStatus {
-                inference: self.cloud_times.lock().expect("cloud times").estimate(task.task_type),
+                inference: self
+                    .cloud_times
+                    .lock()
+                    .expect("cloud times")
+                    .estimate(task.task_type),
             },
         };
         decide::decide(&input, &self.cfg.policy)
@@ -420,7 +430,12 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     };
     let _permit = inner.offload_permits.acquire().await;
     if job.reply.is_closed() {
-        inner.finish(job, Err(TaskError::Internal("submitter went away".into())), None, None);
+        inner.finish(
+            job,
+            Err(TaskError::Internal("submitter went away".into())),
+            None,
+            None,
+        );
         return;
     }
     let now = Instant::now();
@@ -443,7 +458,12 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         _ = job.reply.closed() => None,
     };
     let Some(outcome) = outcome else {
-        inner.finish(job, Err(TaskError::Internal("submitter went away".into())), None, None);
+        inner.finish(
+            job,
+            Err(TaskError::Internal("submitter went away".into())),
+            None,
+            None,
+        );
         return;
     };
     match outcome {
@@ -470,7 +490,12 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
                 confidence: r.confidence,
                 model: r.model_name.clone(),
             };
-            inner.finish(job, Ok(output), Some(ExecPath::Cloud), Some(reply.transport));
+            inner.finish(
+                job,
+                Ok(output),
+                Some(ExecPath::Cloud),
+                Some(reply.transport),
+            );
         }
         Ok(reply) => {
             let e = crate::wire::error_from_kind(
@@ -505,7 +530,9 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn crate::infer
         let outcome = if job.reply.is_closed() {
             Err(TaskError::Internal("submitter went away".into()))
         } else if job.task.deadline.is_some_and(|d| d <= now) {
-            Err(TaskError::DeadlineExceeded("expired while queued locally".into()))
+            Err(TaskError::DeadlineExceeded(
+                "expired while queued locally".into(),
+            ))
         } else {
             let t = &job.task;
             std::panic::catch_unwind(AssertUnwindSafe(|| engine.process(t.task_type, &t.payload)))

@@ -52,7 +52,8 @@ pub fn record_result(r: &TaskResult) {
         histogram!("edge_task_latency_seconds", "path" => path).record(r.duration.as_secs_f64());
     }
     if let Some(d) = &r.decision {
-        counter!("edge_decisions_total", "policy" => d.policy, "path" => d.path.as_str()).increment(1);
+        counter!("edge_decisions_total", "policy" => d.policy, "path" => d.path.as_str())
+            .increment(1);
     }
 }
 
@@ -68,8 +69,18 @@ fn record_network(s: &NetworkStatus) {
     gauge!("edge_jitter_rfc3550_seconds").set(s.rtt.rfc3550_ms / 1e3);
     gauge!("edge_loss_ratio").set(s.loss_rate);
     gauge!("edge_bandwidth_bits_per_second").set(s.bandwidth_bps);
-    for src in ["active-tcp", "sockops", "tc-tcp-ts", "quic-spin", "quinn-path"] {
-        let v = if s.source.map(|x| x.as_str()) == Some(src) { 1.0 } else { 0.0 };
+    for src in [
+        "active-tcp",
+        "sockops",
+        "tc-tcp-ts",
+        "quic-spin",
+        "quinn-path",
+    ] {
+        let v = if s.source.map(|x| x.as_str()) == Some(src) {
+            1.0
+        } else {
+            0.0
+        };
         gauge!("edge_rtt_source", "source" => src).set(v);
     }
 }

@@ -104,7 +104,11 @@ impl<T> TaskQueue<T> {
     pub fn wait_estimate(&self, priority: Priority, busy: &[Duration], workers: usize) -> Duration {
         let mut free: Vec<Duration> = busy.to_vec();
         free.resize(workers.max(busy.len()).max(1), Duration::ZERO);
-        let mut ahead: Vec<&Entry<T>> = self.heap.iter().filter(|e| e.priority >= priority).collect();
+        let mut ahead: Vec<&Entry<T>> = self
+            .heap
+            .iter()
+            .filter(|e| e.priority >= priority)
+            .collect();
         ahead.sort_by(|a, b| b.cmp(a));
         for e in ahead {
             let next = free.iter_mut().min().expect("at least one worker");
@@ -128,12 +132,17 @@ mod tests {
         let mut q = TaskQueue::new(10);
         q.push("low", Priority::Low, None, ms(1)).unwrap();
         q.push("med-a", Priority::Medium, None, ms(1)).unwrap();
-        q.push("med-late", Priority::Medium, Some(t0 + ms(50)), ms(1)).unwrap();
+        q.push("med-late", Priority::Medium, Some(t0 + ms(50)), ms(1))
+            .unwrap();
         q.push("med-b", Priority::Medium, None, ms(1)).unwrap();
-        q.push("med-early", Priority::Medium, Some(t0 + ms(10)), ms(1)).unwrap();
+        q.push("med-early", Priority::Medium, Some(t0 + ms(10)), ms(1))
+            .unwrap();
         q.push("crit", Priority::Critical, None, ms(1)).unwrap();
         let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect();
-        assert_eq!(order, ["crit", "med-early", "med-late", "med-a", "med-b", "low"]);
+        assert_eq!(
+            order,
+            ["crit", "med-early", "med-late", "med-a", "med-b", "low"]
+        );
     }
 
     #[test]
@@ -161,6 +170,9 @@ mod tests {
         assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(20));
         // An idle second worker means no wait at all for an empty queue.
         let empty: TaskQueue<u8> = TaskQueue::new(1);
-        assert_eq!(empty.wait_estimate(Priority::Low, &[ms(9)], 2), Duration::ZERO);
+        assert_eq!(
+            empty.wait_estimate(Priority::Low, &[ms(9)], 2),
+            Duration::ZERO
+        );
     }
 }

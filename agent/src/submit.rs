@@ -84,7 +84,10 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
             resp.task_id, resp.processed_by, resp.predicted_class, resp.confidence
         )
     } else {
-        format!("{:<10} failed: {} ({ms:.2}ms)", resp.task_id, resp.error_message)
+        format!(
+            "{:<10} failed: {} ({ms:.2}ms)",
+            resp.task_id, resp.error_message
+        )
     };
     if resp.fell_back {
         line.push_str(" [offload failed, ran locally]");

@@ -132,7 +132,10 @@ pub fn deadline_from_unix_nanos(nanos: i64, now: Instant) -> Option<Instant> {
     let left = nanos - wall_now;
     if left <= 0 {
         // Already expired: a deadline in the past stays in the past.
-        Some(now.checked_sub(Duration::from_nanos((-left) as u64)).unwrap_or(now))
+        Some(
+            now.checked_sub(Duration::from_nanos((-left) as u64))
+                .unwrap_or(now),
+        )
     } else {
         Some(now + Duration::from_nanos(left as u64))
     }

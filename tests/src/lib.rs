@@ -5,8 +5,8 @@ use agent::config::{CloudConfig, Config, EdgeConfig};
 use agent::dataset::Sample;
 use agent::edge::Edge;
 use agent::server::CloudService;
-use proto::edge_ai_service_client::EdgeAiServiceClient;
 use agent::tls::{Side, TlsConfig};
+use proto::edge_ai_service_client::EdgeAiServiceClient;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tonic::transport::Channel;
@@ -48,7 +48,9 @@ pub async fn start_cloud(mut cfg: CloudConfig) -> CloudService {
     if cfg.tls == TlsConfig::default() {
         cfg.tls = TlsConfig::from_dir(certs(), Side::Server);
     }
-    CloudService::start(&cfg).await.expect("cloud service starts")
+    CloudService::start(&cfg)
+        .await
+        .expect("cloud service starts")
 }
 
 /// An edge offloading over gRPC only (mutual TLS from [`certs`]).
@@ -71,7 +73,9 @@ async fn start_edge_with(mut cfg: EdgeConfig, cloud_grpc: String) -> Edge {
     }
     cfg.probe.interval_ms = 50;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Edge::start(&cfg, Some(listener)).await.expect("edge starts")
+    Edge::start(&cfg, Some(listener))
+        .await
+        .expect("edge starts")
 }
 
 /// An address on loopback where nothing listens.
@@ -128,7 +132,9 @@ pub fn agent_binary() -> PathBuf {
 }
 
 pub async fn client(edge: &Edge) -> EdgeAiServiceClient<Channel> {
-    agent::submit::connect(&edge.api_addr.to_string()).await.unwrap()
+    agent::submit::connect(&edge.api_addr.to_string())
+        .await
+        .unwrap()
 }
 
 pub async fn wait_reachable(edge: &Edge) {

@@ -10,7 +10,11 @@ use std::time::Duration;
 use tests::*;
 
 /// Sends `n` test images at once; returns (responses, rejections).
-async fn burst(edge: &agent::edge::Edge, n: usize, tag: &str) -> (Vec<(proto::TaskResponse, u8)>, Vec<tonic::Status>) {
+async fn burst(
+    edge: &agent::edge::Edge,
+    n: usize,
+    tag: &str,
+) -> (Vec<(proto::TaskResponse, u8)>, Vec<tonic::Status>) {
     let set = test_set();
     let c = client(edge).await;
     let futs = (0..n).map(|i| {
@@ -34,7 +38,10 @@ async fn burst(edge: &agent::edge::Edge, n: usize, tag: &str) -> (Vec<(proto::Ta
 }
 
 fn accuracy(rs: &[(proto::TaskResponse, u8)]) -> f64 {
-    let good = rs.iter().filter(|(r, l)| r.success && r.predicted_class == i32::from(*l)).count();
+    let good = rs
+        .iter()
+        .filter(|(r, l)| r.success && r.predicted_class == i32::from(*l))
+        .count();
     good as f64 / rs.len() as f64
 }
 
@@ -54,17 +61,31 @@ async fn n_tasks_in_n_results_out_across_both_paths() {
     assert!(accuracy(&rs) >= 0.95, "accuracy {}", accuracy(&rs));
     // A burst of 150 on one worker builds a queue: both paths are used.
     let local = rs.iter().filter(|(r, _)| r.processed_by == "local").count();
-    let cloud_n = rs.iter().filter(|(r, _)| r.processed_by.starts_with("cloud")).count();
+    let cloud_n = rs
+        .iter()
+        .filter(|(r, _)| r.processed_by.starts_with("cloud"))
+        .count();
     assert!(local > 0 && cloud_n > 0, "local {local} cloud {cloud_n}");
     for (r, _) in &rs {
-        let d = r.decision.as_ref().expect("decision travels with the result");
+        let d = r
+            .decision
+            .as_ref()
+            .expect("decision travels with the result");
         assert_eq!(d.policy, "cost-model");
-        assert!(r.processed_by.starts_with(&d.path), "{} vs {}", r.processed_by, d.path);
+        assert!(
+            r.processed_by.starts_with(&d.path),
+            "{} vs {}",
+            r.processed_by,
+            d.path
+        );
         assert!(d.local_total_ms >= d.local_inference_ms);
     }
     let stats = edge.manager.stats();
     assert_eq!(stats.accepted, 150);
-    assert_eq!(stats.completed_local + stats.completed_grpc + stats.completed_quic, 150);
+    assert_eq!(
+        stats.completed_local + stats.completed_grpc + stats.completed_quic,
+        150
+    );
     edge.shutdown().await.unwrap();
     cloud.shutdown().await.unwrap();
 }
@@ -78,10 +99,18 @@ async fn cloud_down_everything_runs_locally_and_nothing_is_lost() {
     let (rs, rejected) = burst(&edge, 120, "down").await;
     assert!(rejected.is_empty(), "{rejected:?}");
     assert_eq!(rs.len(), 120);
-    assert!(rs.iter().all(|(r, _)| r.success && r.processed_by == "local"));
+    assert!(rs
+        .iter()
+        .all(|(r, _)| r.success && r.processed_by == "local"));
     assert!(accuracy(&rs) >= 0.9);
-    let reasons: HashSet<_> = rs.iter().map(|(r, _)| r.decision.clone().unwrap().reason).collect();
-    assert!(reasons.contains("cloud unreachable") || reasons.contains("no usable network estimate"), "{reasons:?}");
+    let reasons: HashSet<_> = rs
+        .iter()
+        .map(|(r, _)| r.decision.clone().unwrap().reason)
+        .collect();
+    assert!(
+        reasons.contains("cloud unreachable") || reasons.contains("no usable network estimate"),
+        "{reasons:?}"
+    );
     edge.shutdown().await.unwrap();
 }
 
@@ -93,7 +122,9 @@ async fn always_offload_to_a_dead_cloud_falls_back_locally() {
     let (rs, rejected) = burst(&edge, 40, "fb").await;
     assert!(rejected.is_empty());
     assert_eq!(rs.len(), 40);
-    assert!(rs.iter().all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
+    assert!(rs
+        .iter()
+        .all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
     assert_eq!(edge.manager.stats().fell_back, 40);
     edge.shutdown().await.unwrap();
 }
@@ -107,7 +138,9 @@ async fn cloud_stopped_mid_run_loses_no_task() {
     wait_reachable(&edge).await;
     let before = burst(&edge, 30, "pre");
     let (first, _) = before.await;
-    assert!(first.iter().all(|(r, _)| r.success && r.processed_by.starts_with("cloud")));
+    assert!(first
+        .iter()
+        .all(|(r, _)| r.success && r.processed_by.starts_with("cloud")));
     let stopper = tokio::spawn(async move { cloud.shutdown().await });
     let (rs, rejected) = burst(&edge, 60, "mid").await;
     stopper.await.unwrap().unwrap();
@@ -118,7 +151,9 @@ async fn cloud_stopped_mid_run_loses_no_task() {
     for (r, _) in rs.iter().chain(after.iter()) {
         assert!(r.success || !r.error_message.is_empty(), "{r:?}");
     }
-    assert!(after.iter().all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
+    assert!(after
+        .iter()
+        .all(|(r, _)| r.success && r.processed_by == "local" && r.fell_back));
     edge.shutdown().await.unwrap();
 }
 
@@ -133,16 +168,25 @@ async fn saturated_local_queue_offloads() {
     // Local inference is far cheaper than a cloud round trip here, so only
     // the queue that a burst of 100 builds on one worker can make offloading
     // worth it.
-    let offloaded: Vec<_> = rs.iter().filter(|(r, _)| r.processed_by.starts_with("cloud")).collect();
+    let offloaded: Vec<_> = rs
+        .iter()
+        .filter(|(r, _)| r.processed_by.starts_with("cloud"))
+        .collect();
     assert!(!offloaded.is_empty());
     let idle: Vec<_> = rs
         .iter()
         .filter(|(r, _)| r.decision.as_ref().unwrap().local_queue_ms == 0.0)
         .collect();
-    assert!(idle.iter().all(|(r, _)| r.processed_by == "local"), "an idle worker wins");
+    assert!(
+        idle.iter().all(|(r, _)| r.processed_by == "local"),
+        "an idle worker wins"
+    );
     for (r, _) in offloaded {
         let d = r.decision.as_ref().unwrap();
-        assert!(d.local_queue_ms > 0.0, "offloaded with an empty queue: {d:?}");
+        assert!(
+            d.local_queue_ms > 0.0,
+            "offloaded with an empty queue: {d:?}"
+        );
         assert!(d.offload_total_ms < d.local_total_ms, "{d:?}");
     }
     edge.shutdown().await.unwrap();
@@ -156,7 +200,10 @@ async fn full_queue_rejects_clearly_and_accepted_tasks_all_finish() {
     cfg.edge.queue_capacity = 4;
     let edge = start_edge(cfg.edge.clone(), dead_address()).await;
     let (rs, rejected) = burst(&edge, 80, "full").await;
-    assert!(!rejected.is_empty(), "a 4-slot queue must overflow under 80 at once");
+    assert!(
+        !rejected.is_empty(),
+        "a 4-slot queue must overflow under 80 at once"
+    );
     for s in &rejected {
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("queue full"), "{}", s.message());
@@ -199,7 +246,10 @@ async fn shutdown_drains_every_accepted_task() {
         created_at: std::time::Instant::now(),
         context: Default::default(),
     };
-    assert!(manager.submit(late).is_err(), "no task accepted after shutdown");
+    assert!(
+        manager.submit(late).is_err(),
+        "no task accepted after shutdown"
+    );
     for rx in rxs {
         let r = rx.await.expect("one result per accepted task");
         assert!(r.outcome.is_ok());

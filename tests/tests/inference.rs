@@ -9,8 +9,17 @@ use tests::*;
 
 fn engine(cloud: bool, device: tch::Device) -> TorchEngine {
     let cfg = defaults();
-    let specs: HashMap<_, _> = if cloud { cfg.cloud.models } else { cfg.edge.models };
-    TorchEngine::load(&specs, device, shared_exec_times(0.2, Duration::from_millis(1))).unwrap()
+    let specs: HashMap<_, _> = if cloud {
+        cfg.cloud.models
+    } else {
+        cfg.edge.models
+    };
+    TorchEngine::load(
+        &specs,
+        device,
+        shared_exec_times(0.2, Duration::from_millis(1)),
+    )
+    .unwrap()
 }
 
 fn accuracy(e: &mut TorchEngine) -> f64 {
@@ -18,7 +27,10 @@ fn accuracy(e: &mut TorchEngine) -> f64 {
     let good = set
         .iter()
         .filter(|s| {
-            let out = e.process(TaskType::ImageClassification, &s.pixels).unwrap().output;
+            let out = e
+                .process(TaskType::ImageClassification, &s.pixels)
+                .unwrap()
+                .output;
             out.class == i64::from(s.label)
         })
         .count();
@@ -40,16 +52,26 @@ fn both_models_classify_the_held_out_set() {
 fn estimates_calibrate_from_measured_latency() {
     let mut e = engine(false, tch::Device::Cpu);
     let seeded = e.estimate(TaskType::ImageClassification);
-    assert_eq!(seeded, Duration::from_secs_f64(0.2e-3), "seeded from config");
+    assert_eq!(
+        seeded,
+        Duration::from_secs_f64(0.2e-3),
+        "seeded from config"
+    );
     let pixels = test_set()[0].pixels.clone();
     let mut last = Duration::ZERO;
     for _ in 0..50 {
-        last = e.process(TaskType::ImageClassification, &pixels).unwrap().elapsed;
+        last = e
+            .process(TaskType::ImageClassification, &pixels)
+            .unwrap()
+            .elapsed;
     }
     let est = e.estimate(TaskType::ImageClassification);
     assert_ne!(est, seeded, "the estimate moved to measurements");
     // An EWMA of recent measurements stays within the range they span.
-    assert!(est < last * 20 && est > Duration::ZERO, "estimate {est:?} last {last:?}");
+    assert!(
+        est < last * 20 && est > Duration::ZERO,
+        "estimate {est:?} last {last:?}"
+    );
 }
 
 #[test]
@@ -74,8 +96,14 @@ fn cuda_inference_matches_cpu_when_a_gpu_is_present() {
     let mut cpu = engine(false, tch::Device::Cpu);
     let mut gpu = engine(false, tch::Device::Cuda(0));
     for s in test_set().iter().take(50) {
-        let a = cpu.process(TaskType::ImageClassification, &s.pixels).unwrap().output;
-        let b = gpu.process(TaskType::ImageClassification, &s.pixels).unwrap().output;
+        let a = cpu
+            .process(TaskType::ImageClassification, &s.pixels)
+            .unwrap()
+            .output;
+        let b = gpu
+            .process(TaskType::ImageClassification, &s.pixels)
+            .unwrap()
+            .output;
         assert_eq!(a.class, b.class);
         assert!((a.confidence - b.confidence).abs() < 1e-3);
     }

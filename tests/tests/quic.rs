@@ -243,7 +243,9 @@ async fn cloud_killed_mid_stream_every_task_ends_once_none_lost() {
             other => panic!("unexpected result {other:?}"),
         }
     }
-    eprintln!("after the kill: {cloud} answered by the cloud, {rerun} re-run locally, {failed} failed");
+    eprintln!(
+        "after the kill: {cloud} answered by the cloud, {rerun} re-run locally, {failed} failed"
+    );
     assert_eq!(cloud + rerun + failed, n);
     assert!(cloud >= 20);
     assert!(

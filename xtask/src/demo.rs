@@ -19,4 +19,3 @@ pub fn run(seconds: Option<u64>, json: bool) -> Result<()> {
     }
     util::run(&mut agent)
 }
-

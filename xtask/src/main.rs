@@ -17,7 +17,10 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "Build, demo, test and benchmark the edge offloading agent")]
+#[command(
+    name = "xtask",
+    about = "Build, demo, test and benchmark the edge offloading agent"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -93,7 +93,10 @@ pub fn libtorch() -> Result<()> {
 }
 
 fn assemble_libtorch(dir: &Path) -> Result<()> {
-    eprintln!("setup: assembling libtorch {TORCH_VERSION} in {}", dir.display());
+    eprintln!(
+        "setup: assembling libtorch {TORCH_VERSION} in {}",
+        dir.display()
+    );
     let wheels = cache_dir().join("wheels");
     std::fs::create_dir_all(&wheels)?;
     run(cmd("python3")
@@ -156,7 +159,10 @@ pub fn bpf_linker_path() -> PathBuf {
 /// bpf-linker, built against Debian's LLVM 22 (the default LLVM 14 is too old).
 pub fn bpf_linker() -> Result<()> {
     let linker = bpf_linker_path();
-    if let Ok(out) = std::process::Command::new(&linker).arg("--version").output() {
+    if let Ok(out) = std::process::Command::new(&linker)
+        .arg("--version")
+        .output()
+    {
         if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
             return Ok(());
         }

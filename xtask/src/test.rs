@@ -15,4 +15,3 @@ pub fn run(extra: &[String]) -> Result<()> {
             .args(extra),
     )
 }
-

@@ -203,7 +203,12 @@ fn cost_model_table() {
         let got = decide(&input, &c.policy);
         match (&got, &c.expect) {
             (Ok(dec), Ok((path, reason))) => {
-                assert_eq!((dec.path, dec.reason), (*path, *reason), "{}: {dec}", c.name);
+                assert_eq!(
+                    (dec.path, dec.reason),
+                    (*path, *reason),
+                    "{}: {dec}",
+                    c.name
+                );
                 assert_eq!(dec.policy, c.policy.name());
             }
             (Err(e), Err(kind)) => {

@@ -117,11 +117,7 @@ impl LinkEstimator {
             self.probes.pop_front();
         }
         self.probes.push_back(ok);
-        self.consecutive_failures = if ok {
-            0
-        } else {
-            self.consecutive_failures + 1
-        };
+        self.consecutive_failures = if ok { 0 } else { self.consecutive_failures + 1 };
     }
 
     /// The freshest non-stale source, preferring passive ones: they measure
@@ -137,17 +133,14 @@ impl LinkEstimator {
             .filter(|(_, w)| w.len() >= 2 && fresh(w))
             .collect();
         candidates.sort_by_key(|(s, w)| (!s.is_passive(), std::cmp::Reverse(w.last_at())));
-        candidates
-            .first()
-            .map(|(s, w)| (**s, *w))
-            .or_else(|| {
-                // Nothing fresh: fall back to the newest window of any age.
-                self.windows
-                    .iter()
-                    .filter(|(_, w)| !w.is_empty())
-                    .max_by_key(|(_, w)| w.last_at())
-                    .map(|(s, w)| (*s, w))
-            })
+        candidates.first().map(|(s, w)| (**s, *w)).or_else(|| {
+            // Nothing fresh: fall back to the newest window of any age.
+            self.windows
+                .iter()
+                .filter(|(_, w)| !w.is_empty())
+                .max_by_key(|(_, w)| w.last_at())
+                .map(|(s, w)| (*s, w))
+        })
     }
 
     pub fn snapshot(&self, now: Instant) -> NetworkStatus {
@@ -209,8 +202,16 @@ mod tests {
         let t0 = Instant::now();
         let mut est = LinkEstimator::new(LinkConfig::default());
         for i in 0..10 {
-            est.on_event(&rtt(t0 + Duration::from_millis(i * 100), SampleSource::ActiveTcpConnect, 30));
-            est.on_event(&rtt(t0 + Duration::from_millis(i * 100), SampleSource::SockOps, 20));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::ActiveTcpConnect,
+                30,
+            ));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::SockOps,
+                20,
+            ));
         }
         let s = est.snapshot(t0 + Duration::from_secs(1));
         assert_eq!(s.source, Some(SampleSource::SockOps));
@@ -219,7 +220,11 @@ mod tests {
 
         // The passive source goes quiet; the active probe keeps going.
         for i in 10..60 {
-            est.on_event(&rtt(t0 + Duration::from_millis(i * 100), SampleSource::ActiveTcpConnect, 30));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::ActiveTcpConnect,
+                30,
+            ));
         }
         let s = est.snapshot(t0 + Duration::from_millis(6000));
         assert_eq!(s.source, Some(SampleSource::ActiveTcpConnect));
@@ -231,7 +236,11 @@ mod tests {
         let t0 = Instant::now();
         let mut est = LinkEstimator::new(LinkConfig::default());
         for i in 0..7 {
-            est.on_event(&rtt(t0 + Duration::from_millis(i), SampleSource::ActiveTcpConnect, 5));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i),
+                SampleSource::ActiveTcpConnect,
+                5,
+            ));
         }
         for i in 7..10 {
             est.on_event(&ev(
@@ -243,7 +252,11 @@ mod tests {
         let s = est.snapshot(t0 + Duration::from_millis(10));
         assert!(!s.reachable);
         assert!((s.loss_rate - 0.3).abs() < 1e-9);
-        est.on_event(&rtt(t0 + Duration::from_millis(11), SampleSource::ActiveTcpConnect, 5));
+        est.on_event(&rtt(
+            t0 + Duration::from_millis(11),
+            SampleSource::ActiveTcpConnect,
+            5,
+        ));
         assert!(est.snapshot(t0 + Duration::from_millis(12)).reachable);
     }
 
@@ -259,7 +272,11 @@ mod tests {
             ));
         }
         for i in 3..20 {
-            est.on_event(&rtt(t0 + Duration::from_millis(i), SampleSource::SockOps, 1));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i),
+                SampleSource::SockOps,
+                1,
+            ));
         }
         let s = est.snapshot(t0 + Duration::from_millis(20));
         assert_eq!(s.source, Some(SampleSource::SockOps));
@@ -280,8 +297,16 @@ mod tests {
     fn kernel_retransmits_define_loss_once_enough_segments_seen() {
         let t0 = Instant::now();
         let mut est = LinkEstimator::new(LinkConfig::default());
-        est.on_event(&ev(t0, SampleSource::SockOps, ProbeEventKind::SegmentsSent(1000)));
-        est.on_event(&ev(t0, SampleSource::SockOps, ProbeEventKind::Retransmits(20)));
+        est.on_event(&ev(
+            t0,
+            SampleSource::SockOps,
+            ProbeEventKind::SegmentsSent(1000),
+        ));
+        est.on_event(&ev(
+            t0,
+            SampleSource::SockOps,
+            ProbeEventKind::Retransmits(20),
+        ));
         assert!((est.snapshot(t0).loss_rate - 0.02).abs() < 1e-9);
     }
 

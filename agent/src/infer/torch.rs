@@ -72,7 +72,10 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
 /// (and the execution-time estimate) does not pay for them.
 fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<()> {
     tch::no_grad(|| {
-        let input = Tensor::zeros([1, 1, spec.height as i64, spec.width as i64], (Kind::Float, device));
+        let input = Tensor::zeros(
+            [1, 1, spec.height as i64, spec.width as i64],
+            (Kind::Float, device),
+        );
         for _ in 0..3 {
             let out = module.forward_ts(&[&input])?;
             // A classifier answers one row of class scores per image.
@@ -159,8 +162,7 @@ impl Engine for TorchEngine {
                 .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)))?;
             let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
             let (p, idx) = probs.max_dim(-1, false);
-            let class = idx
-                .int64_value(&[0]);
+            let class = idx.int64_value(&[0]);
             let confidence = p.double_value(&[0]) as f32;
             Ok((class, confidence))
         })?;
@@ -181,6 +183,9 @@ impl Engine for TorchEngine {
     }
 
     fn estimate(&self, task_type: TaskType) -> Duration {
-        self.times.lock().expect("exec-time lock").estimate(task_type)
+        self.times
+            .lock()
+            .expect("exec-time lock")
+            .estimate(task_type)
     }
 }

@@ -54,7 +54,9 @@ impl Offloader for GrpcOffloader {
         let started = Instant::now();
         let call = client.offload_task(request);
         let result = match left {
-            Some(left) => tokio::time::timeout(left, call).await.map_err(|_| OffloadError::Timeout)?,
+            Some(left) => tokio::time::timeout(left, call)
+                .await
+                .map_err(|_| OffloadError::Timeout)?,
             None => call.await,
         };
         let elapsed = started.elapsed();

@@ -49,10 +49,16 @@ pub enum OffloadError {
     /// No connection could be made (handshake failed or timed out, UDP
     /// blocked, connection refused); nothing reached the cloud.
     #[error("{transport} could not connect: {message}")]
-    Connect { transport: &'static str, message: String },
+    Connect {
+        transport: &'static str,
+        message: String,
+    },
     /// The transport failed (connection, handshake, stream reset).
     #[error("{transport} transport failed: {message}")]
-    Transport { transport: &'static str, message: String },
+    Transport {
+        transport: &'static str,
+        message: String,
+    },
     /// The endpoint's circuit breaker is open: recent calls failed.
     #[error("{transport} circuit open after repeated failures")]
     CircuitOpen { transport: &'static str },
@@ -79,7 +85,10 @@ impl OffloadError {
     /// transport broke is safe to resend; a refusal or a passed deadline is
     /// not worth resending.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, OffloadError::Connect { .. } | OffloadError::Transport { .. })
+        matches!(
+            self,
+            OffloadError::Connect { .. } | OffloadError::Transport { .. }
+        )
     }
 }
 

@@ -35,7 +35,11 @@ impl ActiveProbe {
     /// path's figures come from it, and the probe only checks, ten times less
     /// often, that the service itself still accepts connections; after a
     /// failure it probes at the full rate again.
-    pub async fn run(self, events: mpsc::Sender<ProbeEvent>, status: watch::Receiver<NetworkStatus>) {
+    pub async fn run(
+        self,
+        events: mpsc::Sender<ProbeEvent>,
+        status: watch::Receiver<NetworkStatus>,
+    ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok: Option<Instant> = None;

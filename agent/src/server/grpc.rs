@@ -38,12 +38,15 @@ pub async fn serve(
     let max_msg = handler.max_payload_bytes() + 64 * 1024;
     let svc = EdgeAiServiceServer::new(GrpcCloud { handler }).max_decoding_message_size(max_msg);
     // Answers go out at once (no Nagle delay behind the client's ACK).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    });
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        },
+    );
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
         .concurrency_limit_per_connection(max_streams as usize)

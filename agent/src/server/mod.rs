@@ -54,7 +54,9 @@ impl CloudHandler {
         limits: CloudLimits,
     ) -> anyhow::Result<Self> {
         let n = limits.concurrency.max(1);
-        let pool = (0..n).map(|_| factory()).collect::<anyhow::Result<Vec<_>>>()?;
+        let pool = (0..n)
+            .map(|_| factory())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             specs,
             pool: Arc::new(Mutex::new(pool)),
@@ -79,15 +81,18 @@ impl CloudHandler {
                 self.limits.max_payload_bytes
             )));
         }
-        let task_type = TaskType::from_proto(req.r#type)
-            .ok_or_else(|| TaskError::UnsupportedTaskType(format!("unknown task type {}", req.r#type)))?;
+        let task_type = TaskType::from_proto(req.r#type).ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("unknown task type {}", req.r#type))
+        })?;
         let spec = self.specs.get(&task_type).ok_or_else(|| {
             TaskError::UnsupportedTaskType(format!("no cloud model for {}", task_type.as_str()))
         })?;
         crate::infer::torch::validate_payload(spec, &req.payload)?;
         if let Some(d) = deadline_from_unix_nanos(req.deadline_unix_nano, now) {
             if d <= now {
-                return Err(TaskError::DeadlineExceeded("deadline already passed on arrival".into()));
+                return Err(TaskError::DeadlineExceeded(
+                    "deadline already passed on arrival".into(),
+                ));
             }
         }
         Ok(task_type)
@@ -111,7 +116,9 @@ impl CloudHandler {
         let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
         let started = Instant::now();
         if deadline.is_some_and(|d| d <= started) {
-            return Err(TaskError::DeadlineExceeded("expired while queued in the cloud".into()));
+            return Err(TaskError::DeadlineExceeded(
+                "expired while queued in the cloud".into(),
+            ));
         }
         let mut engine = self
             .pool
@@ -206,7 +213,9 @@ impl CloudService {
                 Some(quic::endpoint(addr, tls, max_concurrent_streams)?)
             }
             (None, false) => {
-                tracing::warn!("QUIC listener disabled: QUIC has no plaintext mode and --insecure is set");
+                tracing::warn!(
+                    "QUIC listener disabled: QUIC has no plaintext mode and --insecure is set"
+                );
                 None
             }
             _ => None,
@@ -236,7 +245,9 @@ impl CloudService {
 
     /// The line `agent cloud` prints when it listens (the demo and scripts parse it).
     pub fn listening_line(&self) -> String {
-        let quic = self.quic_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let quic = self
+            .quic_addr
+            .map_or_else(|| "off".to_string(), |a| a.to_string());
         format!("cloud listening grpc={} quic={quic}", self.grpc_addr)
     }
 
