@@ -69,7 +69,12 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    // A handshake that never completes must not hold up shutdown.
+    let handshake = tokio::select! {
+        r = incoming => r,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let conn = match handshake {
         Ok(c) => c,
         Err(e) => {
             // Among others: a client certificate from another CA.
