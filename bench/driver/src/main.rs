@@ -36,7 +36,7 @@ enum Cmd {
     Run(DriverArgs),
     /// Time a fixed CPU job; prints {"median_ms":..,"runs_ms":[..]}.
     /// Time fixed CPU jobs of several sizes; prints
-    /// [{"iters":..,"median_ms":..},..], one entry per size.
+    /// [{"iters":..,"min_ms":..,"median_ms":..},..], one entry per size.
     Calibrate {
         /// Job sizes (loop iterations), comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
                 .map(|&n| {
                     let runs = calibrate(n, reps, Duration::from_millis(gap_ms));
                     let median = bench::harness::stats::percentile(&runs, 0.5);
-                    serde_json::json!({ "iters": n, "median_ms": median })
+                    serde_json::json!({ "iters": n, "min_ms": runs.first(), "median_ms": median })
                 })
                 .collect();
             println!("{}", serde_json::Value::Array(sizes));

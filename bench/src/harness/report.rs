@@ -180,7 +180,7 @@ pub fn render(r: &BenchResult) -> String {
     for c in &r.calibrations {
         let _ = writeln!(
             o,
-            "Calibration, edge CPU {} ({}): fixed CPU jobs, each after an idle gap, median wall time:\n",
+            "Calibration, edge CPU {} ({}): fixed CPU jobs, each after an idle gap, fastest of 5 runs:\n",
             c.share, c.quota
         );
         let _ = writeln!(
@@ -197,7 +197,12 @@ pub fn render(r: &BenchResult) -> String {
                 j.slowdown()
             );
         }
-        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "\nCFS bandwidth control caps the CPU time per period, not the speed of an \
+             instruction: a job shorter than the quota that starts after an idle gap runs at \
+             full speed; longer or back-to-back work runs at about the share.\n"
+        );
     }
     let _ = writeln!(o, "## Results\n");
     let _ = writeln!(
