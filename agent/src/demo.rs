@@ -94,6 +94,15 @@ async fn start_cloud(
     Ok((child, addr, quic))
 }
 
+/// The demo's certificate folder, removed however the demo ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     crate::estimate::window::quantile(sorted, q)
 }
@@ -110,26 +119,19 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     } else {
         let dir =
             std::env::temp_dir().join(format!("edge-offload-demo-certs-{}", std::process::id()));
+        let guard = TempDir(dir.clone());
         crate::tls::gen_certs(&dir, &[]).context("generating the demo's certificates")?;
         cfg.edge.tls = crate::tls::TlsConfig::from_dir(&dir, crate::tls::Side::Client);
-        Some(dir)
+        Some(guard)
     };
     let started_cloud = start_cloud(
         std::env::var_os("EDGE_AGENT_CONFIG")
             .as_deref()
             .map(std::path::Path::new),
-        certs.as_deref(),
+        certs.as_ref().map(|d| d.0.as_path()),
     )
     .await;
-    let (mut cloud, cloud_addr, quic_addr) = match started_cloud {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(d) = &certs {
-                let _ = std::fs::remove_dir_all(d);
-            }
-            return Err(e);
-        }
-    };
+    let (mut cloud, cloud_addr, quic_addr) = started_cloud?;
     cfg.edge.cloud_grpc = cloud_addr.clone();
     cfg.edge.cloud_quic = quic_addr.clone().unwrap_or_default();
     cfg.edge.cloud_server_name = "localhost".into();
@@ -239,9 +241,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     edge.shutdown().await?;
     let _ = cloud.start_kill();
     let _ = cloud.wait().await;
-    if let Some(d) = &certs {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    drop(certs);
 
     let mut t = Arc::try_unwrap(tally)
         .expect("all tasks joined")
