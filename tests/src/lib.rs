@@ -33,7 +33,18 @@ pub fn other_ca_certs() -> &'static Path {
 }
 
 fn gen_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-offload-test-{name}-{}", std::process::id()));
+    // Folders of test processes that have ended are removed here.
+    let prefix = format!("edge-offload-test-{name}-");
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let d = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
     agent::tls::gen_certs(&d, &[]).expect("generating test certificates");
     d
 }
