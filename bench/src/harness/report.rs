@@ -15,16 +15,20 @@ pub struct Machine {
     pub memory_gib: f64,
 }
 
-/// One CPU job size: its wall time unconstrained and in the edge's cgroup.
+/// One CPU job size: the CPU time it needs, its wall time unconstrained
+/// and in the edge's cgroup (each the fastest of a few runs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    pub cpu_ms: f64,
     pub unconstrained_ms: f64,
     pub edge_ms: f64,
 }
 
 impl Job {
+    /// Edge wall time over the work's CPU time: the slowdown the device
+    /// profile adds (on top of any contention for the cores).
     pub fn slowdown(&self) -> f64 {
-        self.edge_ms / self.unconstrained_ms
+        self.edge_ms / self.cpu_ms
     }
 }
 
@@ -180,18 +184,21 @@ pub fn render(r: &BenchResult) -> String {
     for c in &r.calibrations {
         let _ = writeln!(
             o,
-            "Calibration, edge CPU {} ({}): fixed CPU jobs, each after an idle gap, fastest of 5 runs:\n",
+            "Calibration, edge CPU {} ({}): fixed CPU jobs, each after an idle gap, fastest of 5 runs \
+             (CPU time: the work itself; unconstrained: wall time outside the cgroup, which other \
+             load on the machine stretches):\n",
             c.share, c.quota
         );
         let _ = writeln!(
             o,
-            "| job unconstrained (ms) | in the edge's cgroup (ms) | slower |"
+            "| job CPU time (ms) | unconstrained (ms) | in the edge's cgroup (ms) | edge / CPU time |"
         );
-        let _ = writeln!(o, "|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|");
         for j in &c.jobs {
             let _ = writeln!(
                 o,
-                "| {:.2} | {:.2} | {:.1}x |",
+                "| {:.2} | {:.2} | {:.2} | {:.1}x |",
+                j.cpu_ms,
                 j.unconstrained_ms,
                 j.edge_ms,
                 j.slowdown()
@@ -316,7 +323,8 @@ mod tests {
                 share: 0.25,
                 quota: "q".into(),
                 jobs: vec![Job {
-                    unconstrained_ms: 2.0,
+                    cpu_ms: 2.0,
+                    unconstrained_ms: 2.5,
                     edge_ms: 7.0,
                 }],
             }],
@@ -355,7 +363,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| wan | *oracle* | 200 |"));
-        assert!(md.contains("| 2.00 | 7.00 | 3.5x |"));
+        assert!(md.contains("| 2.00 | 2.50 | 7.00 | 3.5x |"));
         assert!(
             md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | 0.6 | - | active-tcp 3 |")
         );

@@ -157,8 +157,8 @@ fn lab_command(lab: &mut Proc, cmd: &str) -> Result<()> {
     Ok(())
 }
 
-/// Wall time (ms) of each calibration job size, optionally in a cgroup.
-fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<f64>> {
+/// (wall ms, CPU ms) of each calibration job size, optionally in a cgroup.
+fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<(f64, f64)>> {
     let sizes: Vec<String> = CALIBRATION_ITERS.iter().map(u64::to_string).collect();
     let mut cmd = Command::new(&ctx.driver);
     cmd.args(["calibrate", "--iters", &sizes.join(",")]);
@@ -169,9 +169,13 @@ fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<f64>> {
     let v: Vec<serde_json::Value> = serde_json::from_str(out.lines().last().unwrap_or(""))
         .with_context(|| format!("calibration output {out:?}"))?;
     v.iter()
-        // The fastest run: the least disturbed by whatever else the machine
-        // runs (the quota bounds the cgroup's runs anyway).
-        .map(|j| j["min_ms"].as_f64().context("calibration: no min_ms"))
+        .map(|j| {
+            let f = |k: &str| {
+                j[k].as_f64()
+                    .with_context(|| format!("calibration: no {k}"))
+            };
+            Ok((f("wall_ms")?, f("cpu_ms")?))
+        })
         .collect()
 }
 
@@ -528,7 +532,8 @@ pub fn run(o: &Options) -> Result<BenchResult> {
                 jobs: free
                     .iter()
                     .zip(&edge)
-                    .map(|(&unconstrained_ms, &edge_ms)| Job {
+                    .map(|(&(unconstrained_ms, cpu_ms), &(edge_ms, _))| Job {
+                        cpu_ms,
                         unconstrained_ms,
                         edge_ms,
                     })
@@ -536,8 +541,10 @@ pub fn run(o: &Options) -> Result<BenchResult> {
             };
             for j in &c.jobs {
                 eprintln!(
-                    "scenario-bench: calibration, {}: {:.2} ms -> {:.2} ms ({:.1}x)",
+                    "scenario-bench: calibration, {}: a {:.2} ms CPU job takes {:.2} ms \
+                     unconstrained, {:.2} ms in the cgroup ({:.1}x)",
                     probe.describe(),
+                    j.cpu_ms,
                     j.unconstrained_ms,
                     j.edge_ms,
                     j.slowdown()
