@@ -26,6 +26,11 @@ pub const PROG_TP_SET_STATE: &str = "tp_inet_sock_set_state";
 pub const FILTER_MAX_ENTRIES: u32 = 256;
 /// Ring buffer size in bytes (a power-of-two multiple of the page size).
 pub const RING_BUF_BYTES: u32 = 1 << 20;
+/// Records waiting in the ring buffer before one wakes the reader; below
+/// that the reader drains on its timer ([`RING_BUF_DRAIN_MS`]).
+pub const RING_BUF_WAKEUP_RECORDS: u32 = 256;
+/// Longest a record waits in the ring buffer for the reader.
+pub const RING_BUF_DRAIN_MS: u64 = 10;
 
 /// Record kinds ([`Record::kind`]).
 pub const KIND_RTT: u8 = 1;

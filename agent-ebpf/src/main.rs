@@ -21,10 +21,11 @@ mod tcp_ts;
 use agent_common::{
     FilterKey, Flow, Record, RecordBody, RetransmitBody, RttBody, StateBody, TracepointLayout,
     AF_INET, AF_INET6, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP, KIND_RETRANSMIT, KIND_RTT,
-    KIND_STATE, RING_BUF_BYTES, SOURCE_SOCKOPS, SOURCE_TRACEPOINT,
+    KIND_STATE, RING_BUF_BYTES, RING_BUF_WAKEUP_RECORDS, SOURCE_SOCKOPS, SOURCE_TRACEPOINT,
 };
 use aya_ebpf::{
     bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, TC_ACT_UNSPEC,
     },
@@ -47,6 +48,11 @@ static L2_LEN: Global<u32> = Global::new(14);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+
+/// Bytes waiting in EVENTS (records plus the ring's 8-byte headers) at
+/// which a new record wakes the reader.
+const WAKEUP_BYTES: u64 =
+    RING_BUF_WAKEUP_RECORDS as u64 * (core::mem::size_of::<Record>() as u64 + 8);
 
 #[map]
 static FILTER: HashMap<FilterKey, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
@@ -74,7 +80,15 @@ fn now_ns() -> u64 {
 
 #[inline(always)]
 fn emit(rec: &Record) {
-    if EVENTS.output::<Record>(rec, 0).is_err() {
+    // Wake the reader only once a batch is waiting (it also drains on a
+    // short timer): a wakeup per record costs the data path more than the
+    // programs themselves at a few thousand records per second.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Record>(rec, flags as u64).is_err() {
         if let Some(n) = DROPS.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             unsafe { *n += 1 };

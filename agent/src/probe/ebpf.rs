@@ -29,7 +29,8 @@ use crate::privileges;
 use crate::probe::sample::ProbeEvent;
 use agent_common::{
     FilterKey, Record, TracepointLayout, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_MAP, TP_LAYOUT_GLOBAL,
+    PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS, RING_BUF_MAP,
+    TP_LAYOUT_GLOBAL,
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, NlOptions, TcAttachOptions};
@@ -48,6 +49,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -550,26 +552,23 @@ impl EbpfProbe {
         let mut conv = Converter::new(self.clock, self.retransmit_tracepoint);
         self.tasks.push(tokio::spawn(async move {
             let mut batch = Vec::new();
+            // The programs wake us only once a batch is waiting; the
+            // timeout drains whatever arrived since, so no record waits
+            // longer than RING_BUF_DRAIN_MS.
+            let drain_every = Duration::from_millis(RING_BUF_DRAIN_MS);
             loop {
-                let mut guard = match fd.readable_mut().await {
-                    Ok(g) => g,
-                    Err(e) => {
+                match tokio::time::timeout(drain_every, fd.readable_mut()).await {
+                    Ok(Ok(mut guard)) => {
+                        // Cleared before draining: a record that lands during
+                        // the drain still wakes the next round.
+                        guard.clear_ready();
+                        drain(guard.get_inner_mut(), &mut conv, &counters, &mut batch);
+                    }
+                    Ok(Err(e)) => {
                         warn!("eBPF probe: ring buffer poll failed: {e}");
                         return;
                     }
-                };
-                // Cleared before draining: a record that lands during the
-                // drain still wakes the next round.
-                guard.clear_ready();
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() >= size_of::<Record>() {
-                        // SAFETY: the kernel side writes whole Records; read_unaligned
-                        // copes with the ring buffer's 8-byte alignment.
-                        let rec =
-                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) };
-                        conv.convert(&rec, &counters, &mut batch);
-                    }
+                    Err(_) => drain(fd.get_mut(), &mut conv, &counters, &mut batch),
                 }
                 for ev in batch.drain(..) {
                     match tx.try_send(ev) {
@@ -664,6 +663,23 @@ impl EbpfProbe {
             self.capabilities_to_keep()
         );
         Ok(dropped)
+    }
+}
+
+/// Converts every record waiting in the ring buffer into `batch`.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    conv: &mut Converter,
+    counters: &Counters,
+    batch: &mut Vec<ProbeEvent>,
+) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Record>() {
+            // SAFETY: the kernel side writes whole Records; read_unaligned
+            // copes with the ring buffer's 8-byte alignment.
+            let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) };
+            conv.convert(&rec, counters, batch);
+        }
     }
 }
 
