@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// How long shutdown waits for in-flight streams.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Room for the payload plus the request's other fields.
 const ENVELOPE: usize = 64 * 1024;
 
@@ -59,7 +62,10 @@ pub async fn serve(
     }
     while conns.join_next().await.is_some() {}
     endpoint.close(0u32.into(), b"shutting down");
-    endpoint.wait_idle().await;
+    // Lets the close reach the peers; bounded, because a connection left
+    // half-open by a client that gave up on its handshake only goes away
+    // with the idle timeout.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
     Ok(())
 }
 
@@ -99,7 +105,15 @@ async fn connection(
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
-    while streams.join_next().await.is_some() {}
+    // In-flight tasks get a grace period; a stream whose client vanished
+    // mid-request would otherwise wait for the idle timeout.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while streams.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        streams.abort_all();
+    }
     conn.close(0u32.into(), b"done");
 }
 
