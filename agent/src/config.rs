@@ -1,9 +1,9 @@
 //! Configuration: a TOML file (every field optional) with CLI overrides.
 //! `agent print-config` shows the defaults.
 
-use crate::decide::Policy;
 use crate::infer::ModelSpec;
-use crate::task::TaskType;
+use agent_core::{Policy, TaskType};
+use agent_net::{OffloadConfig, TlsConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -28,9 +28,9 @@ pub struct EdgeConfig {
     /// Name the cloud's certificate must carry (SNI and verification).
     pub cloud_server_name: String,
     /// Mutual TLS towards the cloud: CA, this gateway's certificate and key.
-    pub tls: crate::tls::TlsConfig,
+    pub tls: TlsConfig,
     /// Timeouts, retries, circuit breaker and QUIC failover.
-    pub offload: crate::offload::OffloadConfig,
+    pub offload: OffloadConfig,
     /// Local inference workers (each owns a model instance).
     pub workers: usize,
     pub queue_capacity: usize,
@@ -82,7 +82,7 @@ pub struct CloudConfig {
     /// Concurrent streams per connection (QUIC bidirectional streams, HTTP/2 streams).
     pub max_concurrent_streams: u32,
     /// Mutual TLS: CA that signed the gateways' certificates, our certificate and key.
-    pub tls: crate::tls::TlsConfig,
+    pub tls: TlsConfig,
     /// Inferences run at once (one model instance each).
     pub concurrency: usize,
     /// Requests allowed to wait for a model; more are refused as overloaded.
@@ -111,8 +111,8 @@ impl Default for EdgeConfig {
             cloud_grpc: "127.0.0.1:50051".into(),
             cloud_quic: "127.0.0.1:50052".into(),
             cloud_server_name: "localhost".into(),
-            tls: crate::tls::TlsConfig::default(),
-            offload: crate::offload::OffloadConfig::default(),
+            tls: TlsConfig::default(),
+            offload: OffloadConfig::default(),
             workers: 1,
             queue_capacity: 512,
             max_concurrent_offloads: 64,
@@ -153,7 +153,7 @@ impl Default for CloudConfig {
             listen_grpc: "127.0.0.1:50051".into(),
             listen_quic: "127.0.0.1:50052".into(),
             max_concurrent_streams: 256,
-            tls: crate::tls::TlsConfig::default(),
+            tls: TlsConfig::default(),
             concurrency: 2,
             max_pending: 256,
             max_payload_bytes: 1 << 20,
@@ -186,34 +186,12 @@ impl Config {
             .values_mut()
             .chain(cfg.cloud.models.values_mut())
         {
-            spec.path = resolve(&spec.path, base.as_deref());
+            spec.path = datasets::resolve(&spec.path, base.as_deref());
         }
         cfg.edge.tls.resolve_paths(base.as_deref());
         cfg.cloud.tls.resolve_paths(base.as_deref());
         Ok(cfg)
     }
-}
-
-/// Resolves a relative path against the config file's folder, the current
-/// folder, and the folders above the executable (so `target/release/agent`
-/// finds the repository's `models/`).
-pub fn resolve(path: &Path, base: Option<&Path>) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_path_buf();
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(b) = base {
-        candidates.push(b.join(path));
-    }
-    candidates.push(path.to_path_buf());
-    if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(exe.ancestors().skip(1).map(|d| d.join(path)));
-    }
-    candidates
-        .iter()
-        .find(|c| c.exists())
-        .cloned()
-        .unwrap_or_else(|| path.to_path_buf())
 }
 
 #[cfg(test)]
@@ -256,7 +234,7 @@ mod tests {
         assert_eq!(cfg.edge.offload.retries, 4);
         assert_eq!(
             cfg.edge.offload.breaker_failures,
-            crate::offload::OffloadConfig::default().breaker_failures
+            OffloadConfig::default().breaker_failures
         );
         assert!(cfg.edge.cloud_quic.is_empty() && cfg.cloud.tls.insecure);
         assert_eq!(cfg.cloud.listen_quic, "0.0.0.0:4433");

@@ -4,11 +4,11 @@
 //! summary.
 
 use crate::config::Config;
-use crate::dataset;
-use crate::decide::Policy;
 use crate::edge::Edge;
-use crate::submit::{describe, send_image};
-use crate::task::Priority;
+use crate::submit::describe;
+use agent_core::{Policy, Priority, TaskType};
+use agent_net::task_api::{self, Submission};
+use agent_net::tls::{self, Side, TlsConfig};
 use anyhow::{bail, Context, Result};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -104,15 +104,16 @@ impl Drop for TempDir {
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    crate::estimate::window::quantile(sorted, q)
+    agent_core::quantile(sorted, q)
 }
 
 pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     if let Some(p) = &args.policy {
         cfg.edge.policy = Policy::from_name(p).with_context(|| format!("unknown policy {p:?}"))?;
     }
-    let samples =
-        Arc::new(dataset::load_default().context("the demo needs models/digits_test.bin")?);
+    let samples = Arc::new(
+        datasets::digits::load_default().context("the demo needs models/digits_test.bin")?,
+    );
     // Mutual TLS with a development CA made for this run, unless --insecure.
     let certs = if cfg.edge.tls.insecure {
         None
@@ -120,8 +121,8 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         let dir =
             std::env::temp_dir().join(format!("edge-offload-demo-certs-{}", std::process::id()));
         let guard = TempDir(dir.clone());
-        crate::tls::gen_certs(&dir, &[]).context("generating the demo's certificates")?;
-        cfg.edge.tls = crate::tls::TlsConfig::from_dir(&dir, crate::tls::Side::Client);
+        tls::gen_certs(&dir, &[]).context("generating the demo's certificates")?;
+        cfg.edge.tls = TlsConfig::from_dir(&dir, Side::Client);
         Some(guard)
     };
     let started_cloud = start_cloud(
@@ -170,7 +171,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let client = crate::submit::connect(&api).await?;
+    let client = task_api::connect(&api).await?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
     let mut next = 0usize;
@@ -191,7 +192,14 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
             let json = args.json;
             let id = format!("t{next:05}");
             handles.push(tokio::spawn(async move {
-                let (r, lat) = send_image(&mut c, id.clone(), s.pixels, priority, deadline).await;
+                let submission = Submission {
+                    id: id.clone(),
+                    task_type: TaskType::ImageClassification,
+                    payload: s.pixels,
+                    priority,
+                    deadline,
+                };
+                let (r, lat) = task_api::send(&mut c, submission).await;
                 let mut t = tally.lock().await;
                 match r {
                     Ok(resp) => {

@@ -1,22 +1,19 @@
-//! The edge AI offloading agent: probes -> estimators -> decision -> local
-//! inference or offload -> result. See ARCHITECTURE.md for the data flow.
+//! The agent: the assembly of the parts into the edge agent and the cloud
+//! service, local inference (libtorch), configuration, metrics, the demo
+//! and the `agent` command line. The parts live in their own crates:
+//! `agent-core` (decisions, estimators, queue), `agent-net` (wire, TLS,
+//! offload layers, listeners), `agent-probe` (eBPF and active probes).
+//! See ARCHITECTURE.md for the data flow.
 
+pub mod cloud;
 pub mod config;
-pub mod dataset;
-pub mod decide;
 pub mod demo;
 pub mod edge;
-pub mod estimate;
 pub mod infer;
-pub mod manager;
-pub mod metrics;
-pub mod monitor;
-pub mod offload;
-pub mod privileges;
-pub mod probe;
-pub mod queue;
-pub mod server;
+mod manager;
+mod metrics;
+mod monitor;
+mod passive;
 pub mod submit;
-pub mod task;
-pub mod tls;
-pub mod wire;
+
+pub use manager::{Manager, StatsSnapshot};

@@ -1,8 +1,9 @@
 //! `agent`: the operator's front door (edge, cloud, submit, demo).
 
 use agent::config::Config;
-use agent::decide::Policy;
-use agent::tls::{Side, TlsConfig};
+use agent_core::Policy;
+use agent_net::tls::{self, Side, TlsConfig};
+use agent_probe::EbpfProbe;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -110,10 +111,7 @@ fn main() -> Result<()> {
     // capabilities per thread, so dropping them now covers the whole process.
     let probe = match cli.cmd {
         Cmd::Edge { .. } => {
-            let probe = agent::probe::passive::load(
-                &cfg.edge.probe,
-                &agent::edge::cloud_endpoints(&cfg.edge),
-            );
+            let probe = agent::edge::load_probe(&cfg.edge);
             if let Some(p) = &probe {
                 if let Err(e) = p.drop_privileges() {
                     tracing::warn!("could not drop capabilities after attaching: {e}");
@@ -179,7 +177,7 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
     Ok(())
 }
 
-async fn run(cmd: Cmd, cfg: Config, probe: Option<agent::probe::ebpf::EbpfProbe>) -> Result<()> {
+async fn run(cmd: Cmd, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
     match cmd {
         Cmd::Edge { .. } => {
             let edge = agent::edge::Edge::start_with_probe(&cfg.edge, None, probe).await?;
@@ -193,7 +191,7 @@ async fn run(cmd: Cmd, cfg: Config, probe: Option<agent::probe::ebpf::EbpfProbe>
             edge.shutdown().await
         }
         Cmd::Cloud { .. } => {
-            let cloud = agent::server::CloudService::start(&cfg.cloud).await?;
+            let cloud = agent::cloud::start(&cfg.cloud).await?;
             // One machine-readable line: scripts and the demo wait for it.
             println!("{}", cloud.listening_line());
             shutdown_signal().await;
@@ -202,14 +200,14 @@ async fn run(cmd: Cmd, cfg: Config, probe: Option<agent::probe::ebpf::EbpfProbe>
         Cmd::Submit(args) => agent::submit::run(args).await,
         Cmd::Demo(args) => agent::demo::run(cfg, args).await,
         Cmd::GenCerts { out, san } => {
-            agent::tls::gen_certs(&out, &san)?;
+            tls::gen_certs(&out, &san)?;
             println!(
                 "wrote {} (CA), {}/{} (cloud), {}/{} (edge) to {}",
-                agent::tls::CA_FILE,
-                agent::tls::SERVER_CERT,
-                agent::tls::SERVER_KEY,
-                agent::tls::CLIENT_CERT,
-                agent::tls::CLIENT_KEY,
+                tls::CA_FILE,
+                tls::SERVER_CERT,
+                tls::SERVER_KEY,
+                tls::CLIENT_CERT,
+                tls::CLIENT_KEY,
                 out.display()
             );
             Ok(())

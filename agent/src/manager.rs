@@ -4,23 +4,23 @@
 //! Local workers are OS threads, each owning an inference engine (libtorch
 //! calls block); offloads are tokio tasks bounded by a semaphore.
 
-use crate::decide::{self, CloudStatus, Decision, DecisionInput, LocalStatus, Policy};
-use crate::estimate::{ExecTimeModel, NetworkStatus};
-use crate::infer::{EngineFactory, ModelSpec, SharedExecTimes};
-use crate::offload::{OffloadError, OffloadRequest, Offloader};
-use crate::probe::sample::{ProbeEvent, ProbeEventKind, SampleSource};
-use crate::queue::TaskQueue;
-use crate::task::{
-    deadline_to_unix_nanos, ExecPath, Output, Task, TaskError, TaskResult, TaskType, Transport,
+use crate::infer::{Engine, EngineFactory, ModelSpec, SharedExecTimes};
+use agent_core::{
+    CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
+    Output, Policy, ProbeEvent, ProbeEventKind, SampleSource, Task, TaskError, TaskQueue,
+    TaskResult, TaskType, Transport,
 };
+use agent_net::wire::{error_from_kind, output_from_response, task_to_request};
+use agent_net::{OffloadError, OffloadRequest, Offloader};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -83,7 +83,8 @@ struct Inner {
     net: watch::Receiver<NetworkStatus>,
     probe_events: mpsc::Sender<ProbeEvent>,
     cloud_dest: IpAddr,
-    accepting: AtomicBool,
+    /// Cancelled when shutdown begins: no more tasks are accepted.
+    intake_closed: CancellationToken,
     outstanding: AtomicU64,
     drained: Notify,
     stats: Stats,
@@ -132,7 +133,7 @@ impl Manager {
             net: parts.net,
             probe_events: parts.probe_events,
             cloud_dest: parts.cloud_dest,
-            accepting: AtomicBool::new(true),
+            intake_closed: CancellationToken::new(),
             outstanding: AtomicU64::new(0),
             drained: Notify::new(),
             stats: Stats::default(),
@@ -187,11 +188,11 @@ impl Manager {
             crate::metrics::record_rejection(&e);
             Err(e)
         };
-        if !inner.accepting.load(Ordering::SeqCst) {
+        if inner.intake_closed.is_cancelled() {
             return rejected(TaskError::Unavailable("agent is shutting down".into()));
         }
         if let Some(spec) = inner.local_specs.get(&task.task_type) {
-            if let Err(e) = crate::infer::torch::validate_payload(spec, &task.payload) {
+            if let Err(e) = spec.validate_payload(&task.payload) {
                 return rejected(e);
             }
         }
@@ -280,7 +281,7 @@ impl Manager {
 
     /// Stops accepting, lets every accepted task finish, then stops workers.
     pub async fn shutdown(&self) {
-        self.inner.accepting.store(false, Ordering::SeqCst);
+        self.inner.intake_closed.cancel();
         loop {
             let notified = self.inner.drained.notified();
             if self.inner.outstanding.load(Ordering::SeqCst) == 0 {
@@ -348,7 +349,7 @@ impl Inner {
                     .estimate(task.task_type),
             },
         };
-        decide::decide(&input, &self.cfg.policy)
+        agent_core::decide(&input, &self.cfg.policy)
     }
 
     /// Sends the task's one result and updates the counters.
@@ -438,18 +439,9 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         );
         return;
     }
-    let now = Instant::now();
-    let t = &job.task;
     let req = OffloadRequest {
-        request: proto::TaskRequest {
-            id: t.id.clone(),
-            r#type: t.task_type.to_proto() as i32,
-            payload: t.payload.clone(),
-            priority: t.priority.to_proto() as i32,
-            deadline_unix_nano: deadline_to_unix_nanos(t.deadline, now),
-            context: t.context.clone(),
-        },
-        deadline: t.deadline,
+        request: task_to_request(&job.task, Instant::now(), SystemTime::now()),
+        deadline: job.task.deadline,
     };
     // A submitter that goes away cancels the offload: dropping it drops
     // the stream, and the cloud drops the work.
@@ -478,18 +470,14 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             let srtt = Duration::from_secs_f64(inner.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
             let _ = inner.probe_events.try_send(ProbeEvent {
                 dest: inner.cloud_dest,
-                source: SampleSource::QuinnPath,
+                source: SampleSource::OffloadTransfer,
                 at: Instant::now(),
                 kind: ProbeEventKind::Transfer {
                     bytes: (reply.bytes_up + reply.bytes_down) as u64,
                     elapsed: reply.network_time().saturating_sub(srtt),
                 },
             });
-            let output = Output {
-                class: i64::from(r.predicted_class),
-                confidence: r.confidence,
-                model: r.model_name.clone(),
-            };
+            let output = output_from_response(r);
             inner.finish(
                 job,
                 Ok(output),
@@ -498,7 +486,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             );
         }
         Ok(reply) => {
-            let e = crate::wire::error_from_kind(
+            let e = error_from_kind(
                 reply.response.error_kind,
                 reply.response.error_message.clone(),
             );
@@ -511,7 +499,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     }
 }
 
-fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn crate::infer::Engine>) {
+fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn Engine>) {
     loop {
         let job = {
             let mut state = inner.state.lock().expect("state lock");

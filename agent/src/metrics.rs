@@ -1,14 +1,11 @@
 //! Prometheus metrics: per-task counters and latency histograms recorded
-//! where results are produced, and gauges sampled from the manager and the
-//! network monitor. Exposed over HTTP at `edge.metrics_listen`.
+//! where results are produced, and gauges the edge samples from the
+//! manager and the network monitor. Exposed over HTTP at
+//! `edge.metrics_listen`.
 
-use crate::estimate::NetworkStatus;
-use crate::manager::Manager;
-use crate::task::{TaskError, TaskResult};
+use agent_core::{NetworkStatus, SampleSource, TaskError, TaskResult};
 use metrics::{counter, gauge, histogram};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Starts the exporter's HTTP listener (`GET /metrics`).
 pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
@@ -61,7 +58,11 @@ pub fn record_rejection(e: &TaskError) {
     counter!("edge_tasks_rejected_total", "reason" => error_label(e)).increment(1);
 }
 
-fn record_network(s: &NetworkStatus) {
+pub fn record_queue_len(n: usize) {
+    gauge!("edge_local_queue_length").set(n as f64);
+}
+
+pub fn record_network(s: &NetworkStatus) {
     gauge!("edge_cloud_reachable").set(if s.reachable { 1.0 } else { 0.0 });
     gauge!("edge_rtt_srtt_seconds").set(s.rtt.srtt_ms / 1e3);
     gauge!("edge_rtt_p99_seconds").set(s.rtt.p99_ms / 1e3);
@@ -69,30 +70,8 @@ fn record_network(s: &NetworkStatus) {
     gauge!("edge_jitter_rfc3550_seconds").set(s.rtt.rfc3550_ms / 1e3);
     gauge!("edge_loss_ratio").set(s.loss_rate);
     gauge!("edge_bandwidth_bits_per_second").set(s.bandwidth_bps);
-    for src in [
-        "active-tcp",
-        "sockops",
-        "tc-tcp-ts",
-        "quic-spin",
-        "quinn-path",
-    ] {
-        let v = if s.source.map(|x| x.as_str()) == Some(src) {
-            1.0
-        } else {
-            0.0
-        };
-        gauge!("edge_rtt_source", "source" => src).set(v);
+    for src in SampleSource::ALL {
+        let v = if s.source == Some(src) { 1.0 } else { 0.0 };
+        gauge!("edge_rtt_source", "source" => src.as_str()).set(v);
     }
-}
-
-/// Samples the queue and the network figures every `period`.
-pub fn spawn_gauges(manager: Arc<Manager>, period: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tick.tick().await;
-            gauge!("edge_local_queue_length").set(manager.queue_len() as f64);
-            record_network(&manager.network_status());
-        }
-    })
 }

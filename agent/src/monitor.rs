@@ -2,20 +2,21 @@
 //! Every probe sends [`ProbeEvent`]s in; the cloud endpoint's
 //! [`NetworkStatus`] comes out on a watch channel.
 
-use crate::estimate::{LinkConfig, LinkEstimator, NetworkStatus};
-use crate::probe::sample::ProbeEvent;
+use agent_core::{LinkConfig, LinkEstimator, NetworkStatus, ProbeEvent};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub struct Monitor {
     pub events: mpsc::Sender<ProbeEvent>,
     pub status: watch::Receiver<NetworkStatus>,
 }
 
-/// Starts the monitor task for `dest`; it ends when every event sender is gone.
-pub fn spawn(cfg: LinkConfig, dest: IpAddr) -> Monitor {
+/// Starts the monitor task for `dest`; it ends when `stop` is cancelled or
+/// every event sender is gone.
+pub fn spawn(cfg: LinkConfig, dest: IpAddr, stop: CancellationToken) -> Monitor {
     let (tx, mut rx) = mpsc::channel::<ProbeEvent>(4096);
     let (status_tx, status_rx) = watch::channel(NetworkStatus::default());
     tokio::spawn(async move {
@@ -24,6 +25,7 @@ pub fn spawn(cfg: LinkConfig, dest: IpAddr) -> Monitor {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
+                _ = stop.cancelled() => break,
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
                     links.entry(ev.dest).or_insert_with(|| LinkEstimator::new(cfg.clone())).on_event(&ev);

@@ -1,12 +1,11 @@
 //! `agent submit`: a client of the edge agent's task API.
 
-use crate::dataset;
-use crate::task::{deadline_to_unix_nanos, Priority, TaskType};
-use anyhow::{Context, Result};
-use proto::edge_ai_service_client::EdgeAiServiceClient;
+use agent_core::{Priority, TaskType};
+use agent_net::task_api::{self, Submission};
+use anyhow::Result;
+use datasets::digits;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use tonic::transport::Channel;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -27,37 +26,6 @@ pub struct SubmitArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-}
-
-pub async fn connect(addr: &str) -> Result<EdgeAiServiceClient<Channel>> {
-    let ch = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the edge agent at {addr}"))?;
-    Ok(EdgeAiServiceClient::new(ch))
-}
-
-/// Sends one image classification task; returns the answer and the latency
-/// the submitter saw.
-pub async fn send_image(
-    client: &mut EdgeAiServiceClient<Channel>,
-    id: String,
-    payload: Vec<u8>,
-    priority: Priority,
-    deadline: Option<Duration>,
-) -> (Result<proto::TaskResponse, tonic::Status>, Duration) {
-    let started = Instant::now();
-    let req = proto::TaskRequest {
-        id,
-        r#type: TaskType::ImageClassification.to_proto() as i32,
-        payload,
-        priority: priority.to_proto() as i32,
-        deadline_unix_nano: deadline_to_unix_nanos(deadline.map(|d| started + d), started),
-        context: Default::default(),
-    };
-    let r = client.offload_task(req).await.map(|r| r.into_inner());
-    (r, started.elapsed())
 }
 
 pub fn parse_priority(s: &str) -> Result<Priority> {
@@ -116,7 +84,7 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
 pub async fn run(args: SubmitArgs) -> Result<()> {
     let priority = parse_priority(&args.priority)?;
     let items: Vec<(String, Vec<u8>, Option<u8>)> = if args.images.is_empty() {
-        dataset::load_default()?
+        digits::load_default()?
             .into_iter()
             .take(args.count)
             .enumerate()
@@ -125,10 +93,10 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
     } else {
         args.images
             .iter()
-            .map(|p| Ok((p.display().to_string(), dataset::read_pgm(p)?, None)))
+            .map(|p| Ok((p.display().to_string(), digits::read_pgm(p)?, None)))
             .collect::<Result<_>>()?
     };
-    let client = connect(&args.edge).await?;
+    let client = task_api::connect(&args.edge).await?;
     let deadline = args.deadline_ms.map(Duration::from_millis);
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut handles = Vec::new();
@@ -136,7 +104,14 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
         let mut c = client.clone();
         let permit = sem.clone().acquire_owned().await?;
         handles.push(tokio::spawn(async move {
-            let (r, lat) = send_image(&mut c, id.clone(), payload, priority, deadline).await;
+            let submission = Submission {
+                id: id.clone(),
+                task_type: TaskType::ImageClassification,
+                payload,
+                priority,
+                deadline,
+            };
+            let (r, lat) = task_api::send(&mut c, submission).await;
             drop(permit);
             match r {
                 Ok(resp) => println!("{}", describe(&resp, label, lat)),

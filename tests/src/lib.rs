@@ -2,10 +2,10 @@
 //! real edge agent, real models, real sockets on loopback.
 
 use agent::config::{CloudConfig, Config, EdgeConfig};
-use agent::dataset::Sample;
 use agent::edge::Edge;
-use agent::server::CloudService;
-use agent::tls::{Side, TlsConfig};
+use agent_net::tls::{self, Side, TlsConfig};
+use agent_net::CloudListeners;
+use datasets::digits::Sample;
 use proto::edge_ai_service_client::EdgeAiServiceClient;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,7 +16,7 @@ pub fn defaults() -> Config {
 }
 
 pub fn test_set() -> Vec<Sample> {
-    agent::dataset::load_default().expect("models/digits_test.bin")
+    datasets::digits::load_default().expect("models/digits_test.bin")
 }
 
 /// A development CA and certificates (`agent gen-certs`), made once per
@@ -45,13 +45,13 @@ fn gen_dir(name: &str) -> PathBuf {
         }
     }
     let d = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
-    agent::tls::gen_certs(&d, &[]).expect("generating test certificates");
+    tls::gen_certs(&d, &[]).expect("generating test certificates");
     d
 }
 
 /// Starts the cloud service on loopback (gRPC and QUIC on free ports),
 /// with mutual TLS from [`certs`] unless `cfg.tls` is set.
-pub async fn start_cloud(mut cfg: CloudConfig) -> CloudService {
+pub async fn start_cloud(mut cfg: CloudConfig) -> CloudListeners {
     cfg.listen_grpc = "127.0.0.1:0".into();
     if !cfg.listen_quic.is_empty() {
         cfg.listen_quic = "127.0.0.1:0".into();
@@ -59,7 +59,7 @@ pub async fn start_cloud(mut cfg: CloudConfig) -> CloudService {
     if cfg.tls == TlsConfig::default() {
         cfg.tls = TlsConfig::from_dir(certs(), Side::Server);
     }
-    CloudService::start(&cfg)
+    agent::cloud::start(&cfg)
         .await
         .expect("cloud service starts")
 }
@@ -98,7 +98,7 @@ pub fn dead_address() -> String {
 }
 
 /// A gRPC client of the cloud service itself, with the test CA's client certificate.
-pub async fn cloud_client(cloud: &CloudService) -> EdgeAiServiceClient<Channel> {
+pub async fn cloud_client(cloud: &CloudListeners) -> EdgeAiServiceClient<Channel> {
     let tls = TlsConfig::from_dir(certs(), Side::Client)
         .load(Side::Client)
         .unwrap()
@@ -115,12 +115,12 @@ pub async fn cloud_client(cloud: &CloudService) -> EdgeAiServiceClient<Channel> 
 }
 
 /// TLS material with the CA of `trust` and the client certificate of `identity`.
-pub fn client_material(trust: &Path, identity: &Path) -> agent::tls::TlsMaterial {
+pub fn client_material(trust: &Path, identity: &Path) -> tls::TlsMaterial {
     let read = |p: PathBuf| std::fs::read(p).unwrap();
-    agent::tls::TlsMaterial::from_pem(
-        &read(trust.join(agent::tls::CA_FILE)),
-        &read(identity.join(agent::tls::CLIENT_CERT)),
-        &read(identity.join(agent::tls::CLIENT_KEY)),
+    tls::TlsMaterial::from_pem(
+        &read(trust.join(tls::CA_FILE)),
+        &read(identity.join(tls::CLIENT_CERT)),
+        &read(identity.join(tls::CLIENT_KEY)),
     )
     .unwrap()
 }
@@ -143,7 +143,7 @@ pub fn agent_binary() -> PathBuf {
 }
 
 pub async fn client(edge: &Edge) -> EdgeAiServiceClient<Channel> {
-    agent::submit::connect(&edge.api_addr.to_string())
+    agent_net::task_api::connect(&edge.api_addr.to_string())
         .await
         .unwrap()
 }
@@ -156,4 +156,26 @@ pub async fn wait_reachable(edge: &Edge) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("cloud never became reachable");
+}
+
+/// Sends one image classification task through the task API; returns the
+/// answer and the latency the submitter saw.
+pub async fn send_image(
+    client: &mut agent_net::task_api::TaskApiClient,
+    id: String,
+    pixels: Vec<u8>,
+    priority: agent_core::Priority,
+    deadline: Option<std::time::Duration>,
+) -> (
+    Result<proto::TaskResponse, tonic::Status>,
+    std::time::Duration,
+) {
+    let submission = agent_net::task_api::Submission {
+        id,
+        task_type: agent_core::TaskType::ImageClassification,
+        payload: pixels,
+        priority,
+        deadline,
+    };
+    agent_net::task_api::send(client, submission).await
 }

@@ -107,9 +107,10 @@ async fn edge_api_refuses_bad_input_clearly() {
     );
     // A deadline nobody can meet fails early with the breakdown.
     let mut tight = image_request("d", test_set()[0].pixels.clone());
-    tight.deadline_unix_nano = agent::task::deadline_to_unix_nanos(
+    tight.deadline_unix_nano = agent_core::deadline_to_unix_nanos(
         Some(std::time::Instant::now() + std::time::Duration::from_micros(1)),
         std::time::Instant::now(),
+        std::time::SystemTime::now(),
     );
     let r = c.offload_task(tight).await.unwrap().into_inner();
     assert!(!r.success);

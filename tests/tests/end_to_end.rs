@@ -1,9 +1,8 @@
 //! The whole path with real parts: gRPC on loopback, libtorch models, the
 //! real queue and workers.
 
-use agent::decide::Policy;
-use agent::submit::send_image;
-use agent::task::Priority;
+use agent_core::Policy;
+use agent_core::Priority;
 use futures::future::join_all;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -224,9 +223,9 @@ async fn shutdown_drains_every_accepted_task() {
     let set = test_set();
     let mut rxs = Vec::new();
     for (i, s) in set.iter().take(200).enumerate() {
-        let task = agent::task::Task {
+        let task = agent_core::Task {
             id: format!("d{i}"),
-            task_type: agent::task::TaskType::ImageClassification,
+            task_type: agent_core::TaskType::ImageClassification,
             payload: s.pixels.clone(),
             priority: Priority::Low,
             deadline: None,
@@ -237,9 +236,9 @@ async fn shutdown_drains_every_accepted_task() {
     }
     let manager = edge.manager.clone();
     edge.shutdown().await.unwrap();
-    let late = agent::task::Task {
+    let late = agent_core::Task {
         id: "late".into(),
-        task_type: agent::task::TaskType::ImageClassification,
+        task_type: agent_core::TaskType::ImageClassification,
         payload: set[0].pixels.clone(),
         priority: Priority::Low,
         deadline: None,

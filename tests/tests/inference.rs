@@ -2,7 +2,7 @@
 //! engine the agent uses.
 
 use agent::infer::{shared_exec_times, Engine, TorchEngine};
-use agent::task::{TaskError, TaskType};
+use agent_core::{TaskError, TaskType};
 use std::collections::HashMap;
 use std::time::Duration;
 use tests::*;

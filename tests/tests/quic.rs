@@ -2,11 +2,12 @@
 //! loopback sockets, mutual TLS from a development CA, the real cloud
 //! service and models.
 
-use agent::decide::Policy;
-use agent::offload::grpc::GrpcOffloader;
-use agent::offload::quic::QuicOffloader;
-use agent::offload::{OffloadConfig, OffloadError, OffloadRequest, Offloader};
-use agent::task::{ExecPath, Priority, Task, TaskError, TaskType, Transport};
+use agent_core::Policy;
+use agent_core::{ExecPath, Priority, Task, TaskError, TaskType, Transport};
+use agent_net::{
+    GrpcOffloader, OffloadConfig, OffloadError, OffloadRequest, Offloader, QuicClientConfig,
+    QuicOffloader,
+};
 use futures::future::join_all;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -41,7 +42,7 @@ fn task(i: usize, payload: Vec<u8>) -> Task {
 }
 
 /// Submits `n` test images straight to the manager and waits for every result.
-async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent::task::TaskResult> {
+async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent_core::TaskResult> {
     let set = test_set();
     let futs = (0..n).map(|i| {
         edge.manager
@@ -65,14 +66,8 @@ async fn quic_carries_the_offloads_end_to_end() {
         let mut c = c.clone();
         let s = set[i].clone();
         async move {
-            let (r, _) = agent::submit::send_image(
-                &mut c,
-                format!("q{i}"),
-                s.pixels,
-                Priority::Medium,
-                None,
-            )
-            .await;
+            let (r, _) =
+                tests::send_image(&mut c, format!("q{i}"), s.pixels, Priority::Medium, None).await;
             (r.expect("accepted"), s.label)
         }
     }))
@@ -149,8 +144,8 @@ async fn udp_blocked_grpc_takes_over_then_quic_returns() {
     let mut quic_cfg = cfg.cloud.clone();
     quic_cfg.listen_quic = hole_addr.to_string();
     quic_cfg.listen_grpc = "127.0.0.1:0".into();
-    quic_cfg.tls = agent::tls::TlsConfig::from_dir(certs(), agent::tls::Side::Server);
-    let second = agent::server::CloudService::start(&quic_cfg).await.unwrap();
+    quic_cfg.tls = agent_net::TlsConfig::from_dir(certs(), agent_net::tls::Side::Server);
+    let second = agent::cloud::start(&quic_cfg).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while fo.to_quic.load(Ordering::Relaxed) == 0 {
         assert!(Instant::now() < deadline, "QUIC never came back");
@@ -285,7 +280,11 @@ async fn certificates_from_another_ca_are_rejected_on_both_transports() {
         ),
     ];
     for (name, material, accepted) in cases {
-        let quic = QuicOffloader::new(quic_addr, "localhost", &material, &oc, 1 << 20).unwrap();
+        let quic_cfg = QuicClientConfig {
+            max_message: 1 << 20,
+            ..oc.quic_client("localhost")
+        };
+        let quic = QuicOffloader::new(quic_addr, &material, quic_cfg).unwrap();
         let grpc = GrpcOffloader::new(
             &cloud.grpc_addr.to_string(),
             Some(material.grpc_client("localhost")),
@@ -332,14 +331,11 @@ async fn quic_payload_limit_and_deadlines_come_back_in_band() {
     cfg.cloud.max_payload_bytes = 4096;
     let cloud = start_cloud(cfg.cloud.clone()).await;
     let material = client_material(certs(), certs());
-    let quic = QuicOffloader::new(
-        cloud.quic_addr.unwrap(),
-        "localhost",
-        &material,
-        &OffloadConfig::default(),
-        4 << 20,
-    )
-    .unwrap();
+    let quic_cfg = QuicClientConfig {
+        max_message: 4 << 20,
+        ..OffloadConfig::default().quic_client("localhost")
+    };
+    let quic = QuicOffloader::new(cloud.quic_addr.unwrap(), &material, quic_cfg).unwrap();
     let refused = |r: Result<_, OffloadError>| match r {
         Err(OffloadError::Rejected(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),

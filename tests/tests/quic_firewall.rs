@@ -4,8 +4,8 @@
 //! task lost; once the rule is gone, the QUIC probe brings QUIC back.
 //! Needs root (namespaces, nftables), as `cargo xtask test` runs.
 
-use agent::decide::Policy;
-use agent::task::{ExecPath, Priority, Task, TaskType, Transport};
+use agent_core::Policy;
+use agent_core::{ExecPath, Priority, Task, TaskType, Transport};
 use futures::future::join_all;
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -37,7 +37,7 @@ fn sh(args: &[&str]) {
     assert!(st.success(), "{args:?} failed: {st}");
 }
 
-async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent::task::TaskResult> {
+async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent_core::TaskResult> {
     let set = test_set();
     join_all((0..n).map(|i| {
         edge.manager.execute(Task {

@@ -1,14 +1,16 @@
 //! Inference engines. The manager and the cloud service see only [`Engine`];
 //! [`torch::TorchEngine`] runs TorchScript models through libtorch.
 
-pub mod torch;
+mod spec;
+mod torch;
 
-use crate::estimate::ExecTimeModel;
-use crate::task::{Output, TaskError, TaskType};
+use agent_core::{ExecTimeModel, Output, TaskError, TaskType};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use torch::{ModelSpec, TorchEngine};
+pub use spec::ModelSpec;
+pub use torch::{parse_device, TorchEngine};
 
 /// Execution-time estimates shared by all engines of one process.
 pub type SharedExecTimes = Arc<Mutex<ExecTimeModel<TaskType>>>;
@@ -39,3 +41,15 @@ pub struct Inference {
 
 /// Builds one engine per worker.
 pub type EngineFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn Engine>> + Send + Sync>;
+
+/// Engines running `specs` with libtorch on `device` ("auto", "cpu", "cuda").
+pub fn torch_engines(
+    specs: HashMap<TaskType, ModelSpec>,
+    device: &str,
+    times: SharedExecTimes,
+) -> anyhow::Result<EngineFactory> {
+    let device = parse_device(device)?;
+    Ok(Arc::new(move || {
+        Ok(Box::new(TorchEngine::load(&specs, device, times.clone())?) as Box<dyn Engine>)
+    }))
+}

@@ -1,56 +1,11 @@
 //! TorchScript inference through libtorch (`tch`), on CPU or CUDA.
 
-use super::{Engine, Inference, SharedExecTimes};
-use crate::task::{Output, TaskError, TaskType};
+use super::{Engine, Inference, ModelSpec, SharedExecTimes};
+use agent_core::{Output, TaskError, TaskType};
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tch::{CModule, Device, Kind, Tensor};
-
-/// One model and the input it expects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelSpec {
-    pub path: PathBuf,
-    pub name: String,
-    #[serde(default = "default_version")]
-    pub version: String,
-    /// Input image height and width: the payload is `height * width` bytes
-    /// of 8-bit grayscale.
-    #[serde(default = "default_side")]
-    pub height: usize,
-    #[serde(default = "default_side")]
-    pub width: usize,
-    /// Execution time assumed until measured, in milliseconds.
-    #[serde(default = "default_expected_ms")]
-    pub expected_ms: f64,
-}
-
-fn default_version() -> String {
-    "1".into()
-}
-fn default_side() -> usize {
-    8
-}
-fn default_expected_ms() -> f64 {
-    1.0
-}
-
-/// Checks that a payload is an image of the model's input size.
-pub fn validate_payload(spec: &ModelSpec, payload: &[u8]) -> Result<(), TaskError> {
-    let want = spec.height * spec.width;
-    if payload.len() != want {
-        return Err(TaskError::InvalidInput(format!(
-            "{} expects a {}x{} grayscale image ({want} bytes), got {} bytes",
-            spec.name,
-            spec.height,
-            spec.width,
-            payload.len()
-        )));
-    }
-    Ok(())
-}
 
 /// `auto` picks CUDA when libtorch sees a GPU.
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
@@ -143,7 +98,7 @@ impl Engine for TorchEngine {
     }
 
     fn validate(&self, task_type: TaskType, payload: &[u8]) -> Result<(), TaskError> {
-        validate_payload(&self.model(task_type)?.spec, payload)
+        self.model(task_type)?.spec.validate_payload(payload)
     }
 
     fn process(&mut self, task_type: TaskType, payload: &[u8]) -> Result<Inference, TaskError> {

@@ -1,0 +1,339 @@
+//! Per-destination link estimator: folds probe events into a
+//! [`NetworkStatus`] snapshot. Pure: time is always a parameter.
+
+use super::rtt_window::{RttWindow, WindowStats};
+use crate::sample::{ProbeEvent, ProbeEventKind, SampleSource};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// RTT samples kept per source (the jitter window).
+    pub window: usize,
+    /// A source whose newest sample is older than this is stale.
+    pub stale_after: Duration,
+    /// Active probe attempts kept for the loss rate.
+    pub loss_window: usize,
+    /// Consecutive failed probes after which the endpoint counts as unreachable.
+    pub unreachable_after: u32,
+    /// Throughput assumed until a transfer has been measured (bits/s).
+    pub default_bandwidth_bps: f64,
+    /// Transfers smaller than this say more about scheduling than about
+    /// the link's capacity and are not used for the bandwidth estimate.
+    pub min_transfer_bytes: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            window: 60,
+            stale_after: Duration::from_secs(3),
+            loss_window: 100,
+            unreachable_after: 3,
+            default_bandwidth_bps: 100e6,
+            min_transfer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// What the decision engine knows about the path to one endpoint.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NetworkStatus {
+    pub reachable: bool,
+    /// The source whose figures are reported (freshest passive one preferred).
+    pub source: Option<SampleSource>,
+    pub rtt: WindowStats,
+    /// Loss rate: failed probes over attempts, or retransmits over segments
+    /// when the kernel reports them.
+    pub loss_rate: f64,
+    pub bandwidth_bps: f64,
+    /// True while `bandwidth_bps` is the configured default, not a measurement.
+    pub bandwidth_assumed: bool,
+    /// Age of the newest RTT sample used.
+    pub age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkEstimator {
+    cfg: LinkConfig,
+    windows: BTreeMap<SampleSource, RttWindow>,
+    probes: VecDeque<bool>,
+    consecutive_failures: u32,
+    retransmits: u64,
+    segments: u64,
+    bandwidth_bps: Option<f64>,
+}
+
+impl LinkEstimator {
+    pub fn new(cfg: LinkConfig) -> Self {
+        Self {
+            cfg,
+            windows: BTreeMap::new(),
+            probes: VecDeque::new(),
+            consecutive_failures: 0,
+            retransmits: 0,
+            segments: 0,
+            bandwidth_bps: None,
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &ProbeEvent) {
+        match ev.kind {
+            ProbeEventKind::Rtt(rtt) => {
+                let window = self.cfg.window;
+                self.windows
+                    .entry(ev.source)
+                    .or_insert_with(|| RttWindow::new(window))
+                    .push(ev.at, rtt);
+                // Passive samples describe the path to the host, not whether
+                // our service on it answers: only a probe or an offload that
+                // reached the service clears a run of failures.
+                if ev.source == SampleSource::ActiveTcpConnect {
+                    self.record_probe(true);
+                }
+            }
+            ProbeEventKind::ProbeLost => self.record_probe(false),
+            ProbeEventKind::Retransmits(n) => self.retransmits += u64::from(n),
+            ProbeEventKind::SegmentsSent(n) => self.segments += u64::from(n),
+            ProbeEventKind::Transfer { bytes, elapsed } => {
+                self.consecutive_failures = 0;
+                if bytes < self.cfg.min_transfer_bytes {
+                    return;
+                }
+                // `elapsed` is the transfer's time on the wire beyond one RTT and
+                // the server's own time, as measured by the offload client.
+                let secs = elapsed.as_secs_f64().max(1e-5);
+                let bps = bytes as f64 * 8.0 / secs;
+                self.bandwidth_bps = Some(match self.bandwidth_bps {
+                    None => bps,
+                    Some(b) => b + (bps - b) * 0.2,
+                });
+            }
+        }
+    }
+
+    fn record_probe(&mut self, ok: bool) {
+        if self.probes.len() == self.cfg.loss_window {
+            self.probes.pop_front();
+        }
+        self.probes.push_back(ok);
+        self.consecutive_failures = if ok { 0 } else { self.consecutive_failures + 1 };
+    }
+
+    /// The freshest non-stale source, preferring passive ones: they measure
+    /// the traffic itself rather than a handshake.
+    fn best_window(&self, now: Instant) -> Option<(SampleSource, &RttWindow)> {
+        let fresh = |w: &RttWindow| {
+            w.last_at()
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.cfg.stale_after)
+        };
+        let mut candidates: Vec<_> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.len() >= 2 && fresh(w))
+            .collect();
+        candidates.sort_by_key(|(s, w)| (!s.is_passive(), std::cmp::Reverse(w.last_at())));
+        candidates.first().map(|(s, w)| (**s, *w)).or_else(|| {
+            // Nothing fresh: fall back to the newest window of any age.
+            self.windows
+                .iter()
+                .filter(|(_, w)| !w.is_empty())
+                .max_by_key(|(_, w)| w.last_at())
+                .map(|(s, w)| (*s, w))
+        })
+    }
+
+    pub fn snapshot(&self, now: Instant) -> NetworkStatus {
+        let best = self.best_window(now);
+        let loss_rate = if self.segments >= 100 {
+            self.retransmits as f64 / self.segments as f64
+        } else if self.probes.is_empty() {
+            0.0
+        } else {
+            self.probes.iter().filter(|ok| !**ok).count() as f64 / self.probes.len() as f64
+        };
+        let age = best
+            .and_then(|(_, w)| w.last_at())
+            .map(|t| now.saturating_duration_since(t));
+        let fresh = age.is_some_and(|a| a <= self.cfg.stale_after);
+        NetworkStatus {
+            reachable: fresh && self.consecutive_failures < self.cfg.unreachable_after,
+            source: best.map(|(s, _)| s),
+            rtt: best.and_then(|(_, w)| w.stats()).unwrap_or_default(),
+            loss_rate,
+            bandwidth_bps: self.bandwidth_bps.unwrap_or(self.cfg.default_bandwidth_bps),
+            bandwidth_assumed: self.bandwidth_bps.is_none(),
+            age,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const DEST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn ev(at: Instant, source: SampleSource, kind: ProbeEventKind) -> ProbeEvent {
+        ProbeEvent {
+            dest: DEST,
+            source,
+            at,
+            kind,
+        }
+    }
+
+    fn rtt(at: Instant, source: SampleSource, ms: u64) -> ProbeEvent {
+        ev(at, source, ProbeEventKind::Rtt(Duration::from_millis(ms)))
+    }
+
+    #[test]
+    fn no_samples_means_unreachable() {
+        let est = LinkEstimator::new(LinkConfig::default());
+        let s = est.snapshot(Instant::now());
+        assert!(!s.reachable);
+        assert_eq!(s.source, None);
+        assert!(s.bandwidth_assumed);
+    }
+
+    #[test]
+    fn passive_source_preferred_while_fresh_then_active_fills_in() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        for i in 0..10 {
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::ActiveTcpConnect,
+                30,
+            ));
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::SockOps,
+                20,
+            ));
+        }
+        let s = est.snapshot(t0 + Duration::from_secs(1));
+        assert_eq!(s.source, Some(SampleSource::SockOps));
+        assert!((s.rtt.mean_ms - 20.0).abs() < 1e-9);
+        assert!(s.reachable);
+
+        // The passive source goes quiet; the active probe keeps going.
+        for i in 10..60 {
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i * 100),
+                SampleSource::ActiveTcpConnect,
+                30,
+            ));
+        }
+        let s = est.snapshot(t0 + Duration::from_millis(6000));
+        assert_eq!(s.source, Some(SampleSource::ActiveTcpConnect));
+        assert!((s.rtt.mean_ms - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn failed_probes_make_the_endpoint_unreachable_and_count_as_loss() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        for i in 0..7 {
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i),
+                SampleSource::ActiveTcpConnect,
+                5,
+            ));
+        }
+        for i in 7..10 {
+            est.on_event(&ev(
+                t0 + Duration::from_millis(i),
+                SampleSource::ActiveTcpConnect,
+                ProbeEventKind::ProbeLost,
+            ));
+        }
+        let s = est.snapshot(t0 + Duration::from_millis(10));
+        assert!(!s.reachable);
+        assert!((s.loss_rate - 0.3).abs() < 1e-9);
+        est.on_event(&rtt(
+            t0 + Duration::from_millis(11),
+            SampleSource::ActiveTcpConnect,
+            5,
+        ));
+        assert!(est.snapshot(t0 + Duration::from_millis(12)).reachable);
+    }
+
+    #[test]
+    fn passive_samples_do_not_hide_a_dead_service() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        for i in 0..3 {
+            est.on_event(&ev(
+                t0 + Duration::from_millis(i),
+                SampleSource::ActiveTcpConnect,
+                ProbeEventKind::ProbeLost,
+            ));
+        }
+        for i in 3..20 {
+            est.on_event(&rtt(
+                t0 + Duration::from_millis(i),
+                SampleSource::SockOps,
+                1,
+            ));
+        }
+        let s = est.snapshot(t0 + Duration::from_millis(20));
+        assert_eq!(s.source, Some(SampleSource::SockOps));
+        assert!(!s.reachable, "the host answers TCP, the service does not");
+    }
+
+    #[test]
+    fn stale_samples_are_not_reachable() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        est.on_event(&rtt(t0, SampleSource::ActiveTcpConnect, 5));
+        est.on_event(&rtt(t0, SampleSource::ActiveTcpConnect, 5));
+        assert!(est.snapshot(t0 + Duration::from_secs(1)).reachable);
+        assert!(!est.snapshot(t0 + Duration::from_secs(10)).reachable);
+    }
+
+    #[test]
+    fn kernel_retransmits_define_loss_once_enough_segments_seen() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        est.on_event(&ev(
+            t0,
+            SampleSource::SockOps,
+            ProbeEventKind::SegmentsSent(1000),
+        ));
+        est.on_event(&ev(
+            t0,
+            SampleSource::SockOps,
+            ProbeEventKind::Retransmits(20),
+        ));
+        assert!((est.snapshot(t0).loss_rate - 0.02).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bandwidth_is_measured_from_transfers() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        est.on_event(&ev(
+            t0,
+            SampleSource::OffloadTransfer,
+            ProbeEventKind::Transfer {
+                bytes: 1_000_000,
+                elapsed: Duration::from_millis(80),
+            },
+        ));
+        let s = est.snapshot(t0);
+        assert!(!s.bandwidth_assumed);
+        assert!((s.bandwidth_bps - 100e6).abs() < 1.0);
+        // A tiny transfer slowed by scheduling does not drag the estimate down.
+        est.on_event(&ev(
+            t0,
+            SampleSource::OffloadTransfer,
+            ProbeEventKind::Transfer {
+                bytes: 100,
+                elapsed: Duration::from_millis(5),
+            },
+        ));
+        assert!((est.snapshot(t0).bandwidth_bps - 100e6).abs() < 1.0);
+    }
+}

@@ -1,0 +1,9 @@
+//! Estimators: pure folds of measurements into the figures the decision uses.
+
+mod exec_time;
+mod link;
+mod rtt_window;
+
+pub use exec_time::ExecTimeModel;
+pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
+pub use rtt_window::{quantile, RttWindow, WindowStats};

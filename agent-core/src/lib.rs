@@ -1,0 +1,26 @@
+//! The agent's pure core: tasks and results, the cost model and policies,
+//! the estimators, the local queue and the probe-event type. No I/O, no
+//! clocks read (time is always a parameter), no async runtime, no wire
+//! format: every shell (network, probe, agent) builds on these types.
+
+mod decide;
+mod estimate;
+mod queue;
+mod result;
+mod sample;
+mod task;
+
+pub use decide::{
+    decide, priority_weight, CloudStatus, Decision, DecisionInput, LocalCost, LocalStatus,
+    OffloadCost, Policy, Reason,
+};
+pub use estimate::{
+    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, RttWindow, WindowStats,
+};
+pub use queue::TaskQueue;
+pub use result::TaskResult;
+pub use sample::{ProbeEvent, ProbeEventKind, SampleSource};
+pub use task::{
+    deadline_from_unix_nanos, deadline_to_unix_nanos, unix_nanos, ExecPath, Output, Priority, Task,
+    TaskError, TaskType, Transport,
+};

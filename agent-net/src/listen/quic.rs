@@ -1,0 +1,164 @@
+//! QUIC listener of the cloud service: mutual TLS, ALPN `edge-offload/1`,
+//! one bidirectional stream per task (length-delimited prost messages),
+//! errors in-band as a failed `TaskResponse`. Streams per connection are
+//! limited by the transport (`max_concurrent_bidi_streams`), request size
+//! by the read limit.
+
+use super::Handler;
+use crate::tls::TlsMaterial;
+use crate::wire::error_response;
+use agent_core::TaskError;
+use anyhow::Context;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for in-flight streams.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Room for the payload plus the request's other fields.
+const ENVELOPE: usize = 64 * 1024;
+
+/// Binds the QUIC endpoint.
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    max_streams: u32,
+) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_server()?)
+        .context("TLS configuration unusable for QUIC")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(crate::quic_settings::transport_config(
+        None,
+        Duration::from_secs(30),
+        max_streams,
+        crate::quic_settings::congestion("cubic")?,
+    )));
+    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+}
+
+/// Serves until `stop` is cancelled, then lets in-flight streams finish.
+pub async fn serve(
+    handler: Arc<dyn Handler>,
+    endpoint: quinn::Endpoint,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    conns.spawn(connection(handler.clone(), incoming, stop.clone()));
+                }
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+    endpoint.close(0u32.into(), b"shutting down");
+    // Lets the close reach the peers; bounded, because a connection left
+    // half-open by a client that gave up on its handshake only goes away
+    // with the idle timeout.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn connection(handler: Arc<dyn Handler>, incoming: quinn::Incoming, stop: CancellationToken) {
+    let remote = incoming.remote_address();
+    // A handshake that never completes must not hold up shutdown.
+    let handshake = tokio::select! {
+        r = incoming => r,
+        _ = stop.cancelled() => return,
+    };
+    let conn = match handshake {
+        Ok(c) => c,
+        Err(e) => {
+            // Among others: a client certificate from another CA.
+            tracing::info!(%remote, error = %e, "QUIC handshake refused");
+            return;
+        }
+    };
+    let max_len = handler.max_payload_bytes() + ENVELOPE;
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    streams.spawn(stream(handler.clone(), send, recv, max_len));
+                }
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "QUIC connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    // In-flight tasks get a grace period; a stream whose client vanished
+    // mid-request would otherwise wait for the idle timeout.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while streams.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        streams.abort_all();
+    }
+    conn.close(0u32.into(), b"done");
+}
+
+async fn stream(
+    handler: Arc<dyn Handler>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    max_len: usize,
+) {
+    let response = match recv.read_to_end(max_len).await {
+        Ok(buf) => match proto::TaskRequest::decode_length_delimited(buf.as_slice()) {
+            Ok(req) => {
+                let id = req.id.clone();
+                // The client stopping its stream (cancelled, timed out)
+                // drops the work here too.
+                let stopped = send.stopped();
+                tokio::select! {
+                    r = handler.handle(req) => r.unwrap_or_else(|e| error_response(&id, &e)),
+                    _ = stopped => return,
+                }
+            }
+            Err(e) => error_response(
+                "",
+                &TaskError::InvalidInput(format!("malformed request: {e}")),
+            ),
+        },
+        Err(quinn::ReadToEndError::TooLong) => {
+            let _ = recv.stop(0u32.into());
+            error_response(
+                "",
+                &TaskError::InvalidInput(format!(
+                    "request exceeds the limit of {} bytes (payload limit {} bytes)",
+                    max_len,
+                    max_len - ENVELOPE
+                )),
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC stream broken before the request arrived");
+            return;
+        }
+    };
+    if send
+        .write_all(&response.encode_length_delimited_to_vec())
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        // Keep the stream until the peer has the data (or is gone), so a
+        // closing connection does not cut the answer off.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}

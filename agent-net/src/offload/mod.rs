@@ -1,0 +1,126 @@
+//! Offloading to the cloud service. The manager sees one [`Offloader`];
+//! transports (gRPC, QUIC) implement it, and failover, retries and circuit
+//! breaking wrap it as layers.
+
+mod breaker;
+mod failover;
+mod grpc;
+mod quic;
+mod retry;
+mod stack;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerState, Guarded, Verdict};
+pub use failover::{
+    Failover, FailoverConfig, FailoverState, FailoverStats, Mode, QuicFailure, Route,
+};
+pub use grpc::GrpcOffloader;
+pub use quic::{QuicClientConfig, QuicOffloader};
+pub use retry::{RetryConfig, Retrying};
+pub use stack::{build_stack, CloudEndpoints, OffloadConfig, OffloadStack};
+
+use agent_core::{TaskError, Transport};
+use async_trait::async_trait;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct OffloadRequest {
+    pub request: proto::TaskRequest,
+    /// Monotonic deadline (the request carries the wall-clock one).
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OffloadReply {
+    pub response: proto::TaskResponse,
+    pub transport: Transport,
+    /// Round trip as the client saw it.
+    pub elapsed: Duration,
+    pub bytes_up: usize,
+    pub bytes_down: usize,
+}
+
+impl OffloadReply {
+    /// Time on the wire beyond the server's own time: the figure the
+    /// bandwidth and RTT estimators learn from.
+    pub fn network_time(&self) -> Duration {
+        let server = Duration::from_nanos(self.response.duration_nano.max(0) as u64);
+        self.elapsed.saturating_sub(server)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OffloadError {
+    /// The cloud answered and refused the task; retrying will not help.
+    #[error("cloud refused the task: {0}")]
+    Rejected(TaskError),
+    /// No connection could be made (handshake failed or timed out, UDP
+    /// blocked, connection refused); nothing reached the cloud.
+    #[error("{transport} could not connect: {message}")]
+    Connect {
+        transport: &'static str,
+        message: String,
+    },
+    /// The transport failed (connection, handshake, stream reset).
+    #[error("{transport} transport failed: {message}")]
+    Transport {
+        transport: &'static str,
+        message: String,
+    },
+    /// The endpoint's circuit breaker is open: recent calls failed.
+    #[error("{transport} circuit open after repeated failures")]
+    CircuitOpen { transport: &'static str },
+    /// The deadline passed before the cloud answered.
+    #[error("deadline passed before the cloud answered")]
+    Timeout,
+}
+
+impl OffloadError {
+    pub fn into_task_error(self) -> TaskError {
+        match self {
+            OffloadError::Rejected(e) => e,
+            OffloadError::Connect { .. }
+            | OffloadError::Transport { .. }
+            | OffloadError::CircuitOpen { .. } => TaskError::Unavailable(self.to_string()),
+            OffloadError::Timeout => TaskError::DeadlineExceeded(self.to_string()),
+        }
+    }
+}
+
+impl OffloadError {
+    /// Whether sending the task again can help. Inference has no side
+    /// effects, so a task that may have reached the cloud before the
+    /// transport broke is safe to resend; a refusal or a passed deadline is
+    /// not worth resending.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            OffloadError::Connect { .. } | OffloadError::Transport { .. }
+        )
+    }
+}
+
+#[async_trait]
+pub trait Offloader: Send + Sync {
+    async fn offload(&self, req: &OffloadRequest) -> Result<OffloadReply, OffloadError>;
+
+    /// Makes sure a connection can be established (used to probe a
+    /// transport without a task). Connectionless layers have nothing to do.
+    async fn ready(&self) -> Result<(), OffloadError> {
+        Ok(())
+    }
+}
+
+/// Time left before `deadline`, or `None` for no deadline; `Err` if passed.
+pub fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>, OffloadError> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(OffloadError::Timeout)
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The edge's offload stack, outermost first:
+//! retries -> failover (QUIC first, gRPC fallback) -> a circuit breaker per
+//! transport -> the transports.
+
+use super::breaker::{BreakerConfig, Guarded};
+use super::failover::{Failover, FailoverConfig};
+use super::grpc::GrpcOffloader;
+use super::quic::{QuicClientConfig, QuicOffloader};
+use super::retry::{RetryConfig, Retrying};
+use super::Offloader;
+use crate::tls::TlsMaterial;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[edge.offload]`: timeouts, retries, circuit breaker, QUIC failover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadConfig {
+    /// Handshake / TCP connect limit; also how long a failed QUIC connect
+    /// makes other tasks fail fast before one tries again.
+    pub connect_timeout_ms: u64,
+    pub quic_keep_alive_ms: u64,
+    /// A silent QUIC connection is declared dead after this.
+    pub quic_idle_timeout_ms: u64,
+    /// Consecutive QUIC stream errors that switch to gRPC (a failed
+    /// handshake switches at once).
+    pub quic_stream_errors: u32,
+    /// QUIC is probed again after this, doubling up to `quic_reprobe_max_ms`.
+    pub quic_reprobe_min_ms: u64,
+    pub quic_reprobe_max_ms: u64,
+    /// QUIC congestion controller: bbr (default), cubic or newreno. With
+    /// random loss (1 % on the jitter lab's link) quinn's cubic and newreno
+    /// read every loss as congestion and 64 KB-1 MB uploads take 10-30x
+    /// longer; bbr does not (bench/results/transport.md).
+    pub quic_congestion: String,
+    /// Retries after the first attempt (transport failures only).
+    pub retries: usize,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Consecutive transport failures that open an endpoint's circuit.
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+    /// Largest message either transport carries.
+    pub max_message_bytes: usize,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 1000,
+            quic_keep_alive_ms: 2000,
+            quic_idle_timeout_ms: 10_000,
+            quic_stream_errors: 3,
+            quic_reprobe_min_ms: 1000,
+            quic_reprobe_max_ms: 30_000,
+            quic_congestion: "bbr".into(),
+            retries: 2,
+            retry_min_ms: 10,
+            retry_max_ms: 200,
+            breaker_failures: 5,
+            breaker_open_ms: 2000,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+impl OffloadConfig {
+    /// The QUIC client's share of these settings.
+    pub fn quic_client(&self, server_name: &str) -> QuicClientConfig {
+        QuicClientConfig {
+            server_name: server_name.to_string(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            keep_alive: Duration::from_millis(self.quic_keep_alive_ms),
+            idle_timeout: Duration::from_millis(self.quic_idle_timeout_ms),
+            congestion: self.quic_congestion.clone(),
+            max_message: self.max_message_bytes,
+        }
+    }
+
+    fn breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: self.breaker_failures,
+            open_for: Duration::from_millis(self.breaker_open_ms),
+        }
+    }
+}
+
+/// Where the cloud service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEndpoints {
+    pub grpc: String,
+    /// Empty: no QUIC.
+    pub quic: String,
+    /// Name the cloud's certificate must carry (SNI and verification).
+    pub server_name: String,
+}
+
+/// What [`build_stack`] built, for logs and statistics.
+pub struct OffloadStack {
+    pub offloader: Arc<dyn Offloader>,
+    /// Present when QUIC is in use.
+    pub failover: Option<Arc<super::failover::FailoverStats>>,
+}
+
+/// Builds the stack towards `cloud`. QUIC is used when an endpoint is
+/// configured and TLS is on (`tls` is `None` with --insecure).
+pub async fn build_stack(
+    o: &OffloadConfig,
+    cloud: &CloudEndpoints,
+    tls: Option<&TlsMaterial>,
+) -> anyhow::Result<OffloadStack> {
+    let grpc = GrpcOffloader::new(
+        &cloud.grpc,
+        tls.map(|t| t.grpc_client(&cloud.server_name)),
+        o.max_message_bytes,
+        Duration::from_millis(o.connect_timeout_ms),
+    )?;
+    let grpc: Arc<dyn Offloader> = Arc::new(Guarded::new(Arc::new(grpc), "grpc", o.breaker()));
+    let (inner, failover) = match tls {
+        Some(tls) if !cloud.quic.is_empty() => {
+            let addr = crate::resolve(&cloud.quic).await?;
+            let quic = QuicOffloader::new(addr, tls, o.quic_client(&cloud.server_name))?;
+            let quic: Arc<dyn Offloader> =
+                Arc::new(Guarded::new(Arc::new(quic), "quic", o.breaker()));
+            let f = Failover::new(
+                quic,
+                grpc,
+                FailoverConfig {
+                    stream_errors: o.quic_stream_errors,
+                    reprobe_min: Duration::from_millis(o.quic_reprobe_min_ms),
+                    reprobe_max: Duration::from_millis(o.quic_reprobe_max_ms),
+                },
+            );
+            let stats = f.stats();
+            (Arc::new(f) as Arc<dyn Offloader>, Some(stats))
+        }
+        None if !cloud.quic.is_empty() => {
+            tracing::warn!("QUIC disabled: it has no plaintext mode and --insecure is set; offloading over plaintext gRPC");
+            (grpc, None)
+        }
+        _ => (grpc, None),
+    };
+    let offloader = Arc::new(Retrying::new(
+        inner,
+        RetryConfig {
+            max_retries: o.retries,
+            min_delay: Duration::from_millis(o.retry_min_ms),
+            max_delay: Duration::from_millis(o.retry_max_ms),
+        },
+    ));
+    Ok(OffloadStack {
+        offloader,
+        failover,
+    })
+}

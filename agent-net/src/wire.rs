@@ -1,0 +1,300 @@
+//! Every mapping between the core's types and the wire (`edge_ai.proto`):
+//! task types and priorities, tasks and requests, results and responses,
+//! decisions, and errors as gRPC statuses or in-band `ErrorKind`s.
+
+use agent_core::{
+    deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, ExecPath, Output, Priority, Task,
+    TaskError, TaskResult, TaskType,
+};
+use proto::ErrorKind;
+use std::time::{Instant, SystemTime};
+use tonic::{Code, Status};
+
+pub fn task_type_from_proto(v: i32) -> Option<TaskType> {
+    match proto::TaskType::try_from(v).ok()? {
+        proto::TaskType::ImageClassification => Some(TaskType::ImageClassification),
+        proto::TaskType::ObjectDetection => Some(TaskType::ObjectDetection),
+        proto::TaskType::NlpAnalysis => Some(TaskType::NlpAnalysis),
+        proto::TaskType::Unspecified => None,
+    }
+}
+
+pub fn task_type_to_proto(t: TaskType) -> proto::TaskType {
+    match t {
+        TaskType::ImageClassification => proto::TaskType::ImageClassification,
+        TaskType::ObjectDetection => proto::TaskType::ObjectDetection,
+        TaskType::NlpAnalysis => proto::TaskType::NlpAnalysis,
+    }
+}
+
+/// Unset or unknown priorities are medium.
+pub fn priority_from_proto(v: i32) -> Priority {
+    match proto::Priority::try_from(v).unwrap_or(proto::Priority::Unspecified) {
+        proto::Priority::Low => Priority::Low,
+        proto::Priority::Unspecified | proto::Priority::Medium => Priority::Medium,
+        proto::Priority::High => Priority::High,
+        proto::Priority::Critical => Priority::Critical,
+    }
+}
+
+pub fn priority_to_proto(p: Priority) -> proto::Priority {
+    match p {
+        Priority::Low => proto::Priority::Low,
+        Priority::Medium => proto::Priority::Medium,
+        Priority::High => proto::Priority::High,
+        Priority::Critical => proto::Priority::Critical,
+    }
+}
+
+/// A request as the agent's task, received at `now` (`wall_now` on the
+/// wall clock, which the deadline on the wire is relative to).
+pub fn task_from_request(
+    req: proto::TaskRequest,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Result<Task, TaskError> {
+    let task_type = task_type_from_proto(req.r#type).ok_or_else(|| {
+        TaskError::InvalidInput(format!("unknown or missing task type {}", req.r#type))
+    })?;
+    if req.id.is_empty() {
+        return Err(TaskError::InvalidInput("task id is empty".into()));
+    }
+    Ok(Task {
+        id: req.id,
+        task_type,
+        payload: req.payload,
+        priority: priority_from_proto(req.priority),
+        deadline: deadline_from_unix_nanos(req.deadline_unix_nano, now, wall_now),
+        created_at: now,
+        context: req.context,
+    })
+}
+
+/// The request that offloads `task`, sent at `now` (`wall_now`).
+pub fn task_to_request(task: &Task, now: Instant, wall_now: SystemTime) -> proto::TaskRequest {
+    proto::TaskRequest {
+        id: task.id.clone(),
+        r#type: task_type_to_proto(task.task_type) as i32,
+        payload: task.payload.clone(),
+        priority: priority_to_proto(task.priority) as i32,
+        deadline_unix_nano: deadline_to_unix_nanos(task.deadline, now, wall_now),
+        context: task.context.clone(),
+    }
+}
+
+/// A successful response's answer.
+pub fn output_from_response(r: &proto::TaskResponse) -> Output {
+    Output {
+        class: i64::from(r.predicted_class),
+        confidence: r.confidence,
+        model: r.model_name.clone(),
+    }
+}
+
+/// The successful response carrying a model's answer.
+pub fn output_response(task_id: &str, o: &Output) -> proto::TaskResponse {
+    proto::TaskResponse {
+        task_id: task_id.to_string(),
+        success: true,
+        output: serde_json::to_vec(o).unwrap_or_default(),
+        predicted_class: i32::try_from(o.class).unwrap_or(-1),
+        confidence: o.confidence,
+        model_name: o.model.clone(),
+        ..Default::default()
+    }
+}
+
+/// The edge API's answer: the result with where it ran, how, and why.
+pub fn result_to_response(result: &TaskResult) -> proto::TaskResponse {
+    let mut resp = match &result.outcome {
+        Ok(o) => output_response(&result.task_id, o),
+        Err(e) => error_response(&result.task_id, e),
+    };
+    resp.processed_by = match (result.processed_by, result.transport) {
+        (Some(ExecPath::Cloud), Some(t)) => format!("cloud/{}", t.as_str()),
+        (Some(p), _) => p.as_str().into(),
+        (None, _) => String::new(),
+    };
+    resp.transport = result
+        .transport
+        .map(|t| t.as_str().to_string())
+        .unwrap_or_default();
+    resp.fell_back = result.fell_back;
+    resp.duration_nano = i64::try_from(result.duration.as_nanos()).unwrap_or(i64::MAX);
+    resp.decision = result.decision.as_ref().map(decision_to_proto);
+    resp
+}
+
+pub fn decision_to_proto(d: &Decision) -> proto::Decision {
+    let o = d.offload.unwrap_or_default();
+    proto::Decision {
+        policy: d.policy.into(),
+        path: d.path.as_str().into(),
+        reason: d.reason.to_string(),
+        local_queue_ms: d.local.queue_ms,
+        local_inference_ms: d.local.inference_ms,
+        local_total_ms: d.local.total_ms,
+        upload_ms: o.upload_ms,
+        rtt_ms: o.rtt_ms,
+        jitter_ms: o.jitter_ms,
+        jitter_penalty_ms: o.jitter_penalty_ms,
+        cloud_inference_ms: o.cloud_inference_ms,
+        download_ms: o.download_ms,
+        offload_total_ms: o.total_ms,
+        network_source: d
+            .network_source
+            .map(|s| s.as_str())
+            .unwrap_or("none")
+            .into(),
+    }
+}
+
+pub fn error_kind(e: &TaskError) -> ErrorKind {
+    match e {
+        TaskError::InvalidInput(_) => ErrorKind::InvalidInput,
+        TaskError::UnsupportedTaskType(_) => ErrorKind::UnsupportedTaskType,
+        TaskError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+        TaskError::Overloaded(_) => ErrorKind::Overloaded,
+        TaskError::Unavailable(_) => ErrorKind::Unavailable,
+        TaskError::Internal(_) => ErrorKind::Internal,
+    }
+}
+
+pub fn error_to_status(e: &TaskError) -> Status {
+    let code = match e {
+        TaskError::InvalidInput(_) => Code::InvalidArgument,
+        TaskError::UnsupportedTaskType(_) => Code::Unimplemented,
+        TaskError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        TaskError::Overloaded(_) => Code::ResourceExhausted,
+        TaskError::Unavailable(_) => Code::Unavailable,
+        TaskError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A status from the server (or the gRPC stack) as a task error.
+pub fn status_to_error(s: &Status) -> TaskError {
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => TaskError::InvalidInput(msg),
+        Code::Unimplemented => TaskError::UnsupportedTaskType(msg),
+        Code::DeadlineExceeded | Code::Cancelled => TaskError::DeadlineExceeded(msg),
+        Code::ResourceExhausted => TaskError::Overloaded(msg),
+        Code::Unavailable | Code::Unknown => TaskError::Unavailable(msg),
+        _ => TaskError::Internal(format!("{:?}: {msg}", s.code())),
+    }
+}
+
+pub fn error_from_kind(kind: i32, msg: String) -> TaskError {
+    match ErrorKind::try_from(kind).unwrap_or(ErrorKind::Unspecified) {
+        ErrorKind::InvalidInput => TaskError::InvalidInput(msg),
+        ErrorKind::UnsupportedTaskType => TaskError::UnsupportedTaskType(msg),
+        ErrorKind::DeadlineExceeded => TaskError::DeadlineExceeded(msg),
+        ErrorKind::Overloaded => TaskError::Overloaded(msg),
+        ErrorKind::Unavailable => TaskError::Unavailable(msg),
+        ErrorKind::Internal | ErrorKind::Unspecified => TaskError::Internal(msg),
+    }
+}
+
+/// A failed response carrying `e` (used where errors travel in-band).
+pub fn error_response(task_id: &str, e: &TaskError) -> proto::TaskResponse {
+    proto::TaskResponse {
+        task_id: task_id.to_string(),
+        success: false,
+        error_message: e.to_string(),
+        error_kind: error_kind(e) as i32,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn errors_survive_a_round_trip_through_status_and_kind() {
+        let all = [
+            TaskError::InvalidInput("x".into()),
+            TaskError::UnsupportedTaskType("x".into()),
+            TaskError::DeadlineExceeded("x".into()),
+            TaskError::Overloaded("x".into()),
+            TaskError::Unavailable("x".into()),
+        ];
+        for e in all {
+            let back = status_to_error(&error_to_status(&e));
+            assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&e));
+            let r = error_response("t", &e);
+            let back = error_from_kind(r.error_kind, r.error_message);
+            assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&e));
+        }
+    }
+
+    #[test]
+    fn decisions_carry_their_breakdown_and_jitter() {
+        use agent_core::{LocalCost, OffloadCost, Reason, SampleSource};
+        let d = Decision {
+            policy: "cost-model",
+            path: ExecPath::Local,
+            reason: Reason::LocalCheaper,
+            local: LocalCost {
+                queue_ms: 5.0,
+                inference_ms: 4.0,
+                total_ms: 9.0,
+            },
+            offload: Some(OffloadCost {
+                upload_ms: 2.0,
+                rtt_ms: 12.0,
+                jitter_ms: 3.0,
+                jitter_penalty_ms: 9.0,
+                cloud_inference_ms: 4.0,
+                download_ms: 0.5,
+                total_ms: 27.5,
+            }),
+            network_source: Some(SampleSource::ActiveTcpConnect),
+        };
+        let p = decision_to_proto(&d);
+        assert_eq!(
+            (p.policy.as_str(), p.path.as_str()),
+            ("cost-model", "local")
+        );
+        assert_eq!(p.reason, "local cheaper");
+        assert_eq!(p.network_source, "active-tcp");
+        assert_eq!((p.jitter_ms, p.jitter_penalty_ms), (3.0, 9.0));
+        assert_eq!((p.local_total_ms, p.offload_total_ms), (9.0, 27.5));
+    }
+
+    #[test]
+    fn tasks_survive_a_round_trip_through_the_request() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for task_type in TaskType::ALL {
+            let task = Task {
+                id: "t1".into(),
+                task_type,
+                payload: vec![1, 2, 3],
+                priority: Priority::High,
+                deadline: Some(now + Duration::from_millis(40)),
+                created_at: now,
+                context: [("k".to_string(), "v".to_string())].into(),
+            };
+            let back = task_from_request(task_to_request(&task, now, wall), now, wall).unwrap();
+            assert_eq!(back.task_type, task.task_type);
+            assert_eq!(back.priority, task.priority);
+            assert_eq!(back.deadline, task.deadline);
+            assert_eq!(
+                (back.id, back.payload, back.context),
+                (task.id, task.payload, task.context)
+            );
+        }
+        let bad = proto::TaskRequest {
+            id: "x".into(),
+            r#type: 99,
+            ..Default::default()
+        };
+        assert!(matches!(
+            task_from_request(bad, now, wall),
+            Err(TaskError::InvalidInput(_))
+        ));
+    }
+}

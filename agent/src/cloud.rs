@@ -1,0 +1,172 @@
+//! The cloud service: one [`CloudHandler`] (validation, admission, the
+//! cloud models) behind every listener of [`agent_net::CloudListeners`].
+
+use crate::config::CloudConfig;
+use crate::infer::{shared_exec_times, torch_engines, Engine, EngineFactory, ModelSpec};
+use agent_core::{deadline_from_unix_nanos, TaskError, TaskType};
+use agent_net::tls::Side;
+use agent_net::wire::{output_response, task_type_from_proto};
+use agent_net::{CloudListeners, Handler, ListenConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use tokio::sync::Semaphore;
+
+pub struct CloudLimits {
+    pub concurrency: usize,
+    pub max_pending: usize,
+    pub max_payload_bytes: usize,
+}
+
+#[async_trait::async_trait]
+impl Handler for CloudHandler {
+    async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        CloudHandler::handle(self, req).await
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        CloudHandler::max_payload_bytes(self)
+    }
+}
+
+/// Validates requests, bounds concurrency and runs the cloud models.
+pub struct CloudHandler {
+    specs: HashMap<TaskType, ModelSpec>,
+    // Shared with the inference threads: a request whose client went away
+    // is dropped mid-inference, and the engine and permit still come back.
+    pool: Arc<Mutex<Vec<Box<dyn Engine>>>>,
+    permits: Arc<Semaphore>,
+    pending: AtomicUsize,
+    limits: CloudLimits,
+}
+
+impl CloudHandler {
+    pub fn new(
+        specs: HashMap<TaskType, ModelSpec>,
+        factory: &EngineFactory,
+        limits: CloudLimits,
+    ) -> anyhow::Result<Self> {
+        let n = limits.concurrency.max(1);
+        let pool = (0..n)
+            .map(|_| factory())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            specs,
+            pool: Arc::new(Mutex::new(pool)),
+            permits: Arc::new(Semaphore::new(n)),
+            pending: AtomicUsize::new(0),
+            limits,
+        })
+    }
+
+    pub fn max_payload_bytes(&self) -> usize {
+        self.limits.max_payload_bytes
+    }
+
+    fn validate(&self, req: &proto::TaskRequest, now: Instant) -> Result<TaskType, TaskError> {
+        if req.id.is_empty() {
+            return Err(TaskError::InvalidInput("task id is empty".into()));
+        }
+        if req.payload.len() > self.limits.max_payload_bytes {
+            return Err(TaskError::InvalidInput(format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                req.payload.len(),
+                self.limits.max_payload_bytes
+            )));
+        }
+        let task_type = task_type_from_proto(req.r#type).ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("unknown task type {}", req.r#type))
+        })?;
+        let spec = self.specs.get(&task_type).ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("no cloud model for {}", task_type.as_str()))
+        })?;
+        spec.validate_payload(&req.payload)?;
+        if let Some(d) = deadline_from_unix_nanos(req.deadline_unix_nano, now, SystemTime::now()) {
+            if d <= now {
+                return Err(TaskError::DeadlineExceeded(
+                    "deadline already passed on arrival".into(),
+                ));
+            }
+        }
+        Ok(task_type)
+    }
+
+    /// Answers one request; bad input and overload become clear errors.
+    pub async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        let received = Instant::now();
+        let task_type = self.validate(&req, received)?;
+        let deadline =
+            deadline_from_unix_nanos(req.deadline_unix_nano, received, SystemTime::now());
+
+        if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limits.max_pending {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(TaskError::Overloaded(format!(
+                "{} requests already waiting",
+                self.limits.max_pending
+            )));
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
+        let started = Instant::now();
+        if deadline.is_some_and(|d| d <= started) {
+            return Err(TaskError::DeadlineExceeded(
+                "expired while queued in the cloud".into(),
+            ));
+        }
+        let mut engine = self
+            .pool
+            .lock()
+            .expect("engine pool lock")
+            .pop()
+            .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
+        let payload = req.payload;
+        let pool = self.pool.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = engine.process(task_type, &payload);
+            pool.lock().expect("engine pool lock").push(engine);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))?;
+        let inf = result?;
+        Ok(proto::TaskResponse {
+            processed_by: "cloud".into(),
+            duration_nano: received.elapsed().as_nanos() as i64,
+            model_version: inf.model_version,
+            queue_nano: started.duration_since(received).as_nanos() as i64,
+            inference_nano: inf.elapsed.as_nanos() as i64,
+            ..output_response(&req.id, &inf.output)
+        })
+    }
+}
+
+/// Builds the handler from the cloud section of the configuration.
+pub fn handler_from_config(cfg: &CloudConfig) -> anyhow::Result<CloudHandler> {
+    tch::set_num_threads(cfg.intra_op_threads.max(1));
+    let times = shared_exec_times(0.2, std::time::Duration::from_millis(1));
+    let factory = torch_engines(cfg.models.clone(), &cfg.device, times)?;
+    CloudHandler::new(
+        cfg.models.clone(),
+        &factory,
+        CloudLimits {
+            concurrency: cfg.concurrency,
+            max_pending: cfg.max_pending,
+            max_payload_bytes: cfg.max_payload_bytes,
+        },
+    )
+}
+
+/// Starts the cloud service: the models behind every listener.
+pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
+    let tls = cfg.tls.load(Side::Server)?;
+    let handler = Arc::new(handler_from_config(cfg)?);
+    let listen = ListenConfig {
+        grpc: cfg.listen_grpc.clone(),
+        quic: cfg.listen_quic.clone(),
+        max_concurrent_streams: cfg.max_concurrent_streams,
+    };
+    CloudListeners::start(handler, &listen, tls.as_ref()).await
+}
