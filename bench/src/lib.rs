@@ -1,25 +1,11 @@
-//! Jitter lab and benchmarks.
-//!
-//! The lab emulates a bad network between an edge namespace and a cloud
-//! namespace. Pure logic (link model, scenarios, control language, netem
-//! rendering) is free of I/O and unit-tested; `sys`, `relay`, `lab`,
-//! `control`, `probe` and `check` are the thin I/O shell around it.
-//! The `netem-tun` binary is the command-line front end (see README.md).
-//! [`harness`] is the scenario benchmark (`scenario-bench`, `scenario-driver`).
+//! The benchmarks, one crate with a binary each: the scenario benchmark
+//! (`scenario-bench` + its workload driver `scenario-driver`,
+//! [`scenarios`]), the eBPF probe's accuracy check and overhead
+//! (`probe-check`, `ebpf-overhead`, [`ebpf`]) and the transport benchmark
+//! (`bench-transport`), over the jitter lab (`jitter-lab`). [`support`]
+//! holds what they share. Nothing here runs a model: the agents under test
+//! run as their own processes, and libtorch is not linked.
 
-pub mod check;
-pub mod command;
-pub mod control;
-pub mod harness;
-pub mod lab;
-pub mod model;
-pub mod netem;
-pub mod params;
-pub mod probe;
-pub mod relay;
-pub mod scenario;
-pub mod sys;
-pub mod tc;
-
-pub use params::{Dir, JitterDistribution, LinkParams, LinkPatch};
-pub use scenario::{Profile, Scenario, TaskMix, Workload};
+pub mod ebpf;
+pub mod scenarios;
+pub mod support;

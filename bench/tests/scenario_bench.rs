@@ -16,7 +16,7 @@ fn bin_dir() -> PathBuf {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the agent and the driver first \
-             (cargo build --release -p agent -p bench-driver, or cargo xtask test)",
+             (cargo build --release -p agent -p bench -p jitter-lab, or cargo xtask test)",
             dir.join(b).display()
         );
     }

@@ -20,7 +20,7 @@ pub fn run(quick: bool, extra: &[String]) -> Result<()> {
         "-p",
         "bench",
         "-p",
-        "bench-driver",
+        "jitter-lab",
     ]))?;
     let mut shown = String::from("cargo xtask bench");
     if quick {

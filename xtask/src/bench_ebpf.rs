@@ -1,5 +1,5 @@
 //! `cargo xtask bench-ebpf`: the probe's overhead benchmark. Builds the
-//! eBPF object and runs `ebpf-overhead` (crate bench-ebpf, release): iperf3
+//! eBPF object and runs `ebpf-overhead` (crate bench, release): iperf3
 //! on a veth pair, alternating rounds with and without the probe attached,
 //! plus the reader's sustained record rate; writes the Markdown report to
 //! bench/results/ebpf-overhead.md (or `--out`). Needs root and iperf3.
@@ -22,7 +22,7 @@ pub fn run(rounds: u32, seconds: u32, out: Option<PathBuf>) -> Result<()> {
                 "--release",
                 "--quiet",
                 "-p",
-                "bench-ebpf",
+                "bench",
                 "--bin",
                 "ebpf-overhead",
                 "--",

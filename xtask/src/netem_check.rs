@@ -16,7 +16,7 @@ pub fn run(json: bool) -> Result<()> {
         "--release",
         "--quiet",
         "-p",
-        "bench",
+        "jitter-lab",
         "--bin",
         "netem-tun",
         "--",

@@ -1,6 +1,6 @@
 //! `cargo xtask probe-check [--json]`: the passive eBPF probe's accuracy
 //! against the jitter lab. Builds the eBPF object and runs `probe-check`
-//! (crate bench-ebpf, release): 20 ms +- 5 ms one way, real TCP and QUIC
+//! (crate bench, release): 20 ms +- 5 ms one way, real TCP and QUIC
 //! (quinn) traffic, 2 % loss for retransmissions; compares sock_ops, tc
 //! TCP timestamps and the QUIC spin bit with the traffic's own timing and
 //! fails outside the tolerances (mean 2 ms, jitter 20 %). With --json the
@@ -17,7 +17,7 @@ pub fn run(json: bool) -> Result<()> {
         "--release",
         "--quiet",
         "-p",
-        "bench-ebpf",
+        "bench",
         "--bin",
         "probe-check",
         "--",

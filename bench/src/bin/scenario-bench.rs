@@ -3,7 +3,8 @@
 //! and PNG plots. Needs root. See bench/README.md.
 
 use anyhow::{bail, Context, Result};
-use bench::harness::{procs, run};
+use bench::scenarios::run;
+use bench::support::procs;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,7 +60,7 @@ struct Args {
 
 fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
     let mut files = if a.scenarios.is_dir() {
-        bench::Scenario::load_dir(&a.scenarios)?
+        jitter_lab::Scenario::load_dir(&a.scenarios)?
             .into_iter()
             .map(|(p, _)| p)
             .collect()

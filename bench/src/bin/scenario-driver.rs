@@ -1,0 +1,362 @@
+//! `scenario-driver`, the scenario benchmark's helper (started by
+//! `scenario-bench`, see bench/README.md):
+//!
+//! - `run`, inside the edge namespace: sends a scenario's seeded task stream
+//!   to the edge agent's task API on schedule, records every task's fate,
+//!   writes JSON lines;
+//! - `calibrate`: times fixed CPU jobs (inside and outside the edge's cgroup);
+//! - `policies`: the agent's policy names, so the benchmark runs every one.
+
+use agent_core::Policy;
+use anyhow::{bail, Context, Result};
+use bench::scenarios::record::{path_of, DecisionView, Outcome, TaskRecord};
+use bench::scenarios::workload::{plan, PlannedTask};
+use clap::{Parser, Subcommand};
+use jitter_lab::Scenario;
+use proto::edge_ai_service_client::EdgeAiServiceClient;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncBufReadExt;
+use tonic::transport::Channel;
+
+/// How long the driver waits for an answer beyond the task's deadline.
+const ANSWER_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(name = "scenario-driver")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send the scenario's seeded workload to the edge API after `go` on stdin.
+    Run(DriverArgs),
+    /// Time a fixed CPU job; prints {"median_ms":..,"runs_ms":[..]}.
+    /// Time fixed CPU jobs of several sizes; prints, per size, the fastest
+    /// run's wall time and the least CPU time: [{"iters":..,"wall_ms":..,"cpu_ms":..},..].
+    Calibrate {
+        /// Job sizes (loop iterations), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        iters: Vec<u64>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Idle time before each job, so each starts with a fresh quota.
+        #[arg(long, default_value_t = 30)]
+        gap_ms: u64,
+    },
+    /// Print the agent's policy names as a JSON array.
+    Policies,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct DriverArgs {
+    /// The edge agent's task API.
+    #[arg(long)]
+    edge: String,
+    /// The scenario file (its [workload] section gives the stream).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Seconds of the stream to send.
+    #[arg(long)]
+    duration: f64,
+    /// The edge's policy: labels the tasks and gives the jitter multiplier.
+    #[arg(long)]
+    policy: String,
+    /// JSON lines, one record per task.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(a)),
+        Cmd::Calibrate {
+            iters,
+            reps,
+            gap_ms,
+        } => {
+            let sizes: Vec<serde_json::Value> = iters
+                .iter()
+                .map(|&n| {
+                    let runs = calibrate(n, reps, Duration::from_millis(gap_ms));
+                    serde_json::json!({
+                        "iters": n,
+                        "wall_ms": min(runs.iter().map(|r| r.0)),
+                        "cpu_ms": min(runs.iter().map(|r| r.1)),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(sizes));
+            Ok(())
+        }
+        Cmd::Policies => {
+            println!("{}", serde_json::json!(Policy::NAMES));
+            Ok(())
+        }
+    }
+}
+
+fn priority(name: &str) -> Result<proto::Priority> {
+    Ok(match name {
+        "low" => proto::Priority::Low,
+        "medium" => proto::Priority::Medium,
+        "high" => proto::Priority::High,
+        "critical" => proto::Priority::Critical,
+        _ => bail!("unknown priority {name:?}"),
+    })
+}
+
+fn task_type(name: &str) -> Result<proto::TaskType> {
+    Ok(match name {
+        "image_classification" => proto::TaskType::ImageClassification,
+        "object_detection" => proto::TaskType::ObjectDetection,
+        "nlp_analysis" => proto::TaskType::NlpAnalysis,
+        _ => bail!("unknown task type {name:?}"),
+    })
+}
+
+/// Refuses a policy name the agent would not know.
+fn check_policy(policy: &str) -> Result<()> {
+    match Policy::from_name(policy) {
+        Some(_) => Ok(()),
+        None => bail!("unknown policy {policy:?} (one of {:?})", Policy::NAMES),
+    }
+}
+
+async fn connect(addr: &str) -> Result<EdgeAiServiceClient<Channel>> {
+    let t0 = Instant::now();
+    loop {
+        match agent_net::task_api::connect(addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+struct Sent {
+    planned: PlannedTask,
+    label: u8,
+    payload: Vec<u8>,
+}
+
+async fn send_one(
+    mut client: EdgeAiServiceClient<Channel>,
+    s: Sent,
+    policy: String,
+    t0: Instant,
+) -> Result<TaskRecord> {
+    let t = &s.planned;
+    let prio = priority(&t.priority)?;
+    let deadline = t.deadline_ms.map(Duration::from_millis);
+    let deadline_unix_nano = match deadline {
+        Some(d) => (SystemTime::now() + d)
+            .duration_since(UNIX_EPOCH)?
+            .as_nanos() as i64,
+        None => 0,
+    };
+    let req = proto::TaskRequest {
+        id: format!("{policy}-{}", t.seq),
+        r#type: task_type(&t.task)? as i32,
+        payload: s.payload,
+        priority: prio as i32,
+        deadline_unix_nano,
+        context: Default::default(),
+    };
+    let limit = deadline.unwrap_or_default() + ANSWER_GRACE;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(limit, client.offload_task(req)).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut rec = TaskRecord {
+        seq: t.seq,
+        sent_ms: started.duration_since(t0).as_secs_f64() * 1e3,
+        latency_ms,
+        task: t.task.clone(),
+        priority: t.priority.clone(),
+        deadline_ms: t.deadline_ms,
+        outcome: Outcome::Lost,
+        error: String::new(),
+        path: None,
+        transport: String::new(),
+        fell_back: false,
+        label: Some(s.label),
+        predicted: None,
+        decision: None,
+    };
+    match answer {
+        Err(_) => rec.error = format!("no answer within {limit:?}"),
+        Ok(Err(status)) => {
+            rec.outcome = Outcome::Rejected;
+            rec.error = format!("{:?}: {}", status.code(), status.message());
+        }
+        Ok(Ok(resp)) => {
+            let r = resp.into_inner();
+            rec.outcome = if r.success {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            rec.error = r.error_message.clone();
+            rec.path = path_of(&r.processed_by);
+            rec.transport = r.transport.clone();
+            rec.fell_back = r.fell_back;
+            rec.predicted = r.success.then_some(i64::from(r.predicted_class));
+            rec.decision = r.decision.map(|d| {
+                let estimated = d.network_source != "none" && d.offload_total_ms > 0.0;
+                DecisionView {
+                    jitter_ms: estimated.then_some(d.jitter_ms),
+                    policy: d.policy,
+                    path: d.path,
+                    reason: d.reason,
+                    rtt_ms: d.rtt_ms,
+                    jitter_penalty_ms: d.jitter_penalty_ms,
+                    local_queue_ms: d.local_queue_ms,
+                    local_inference_ms: d.local_inference_ms,
+                    local_total_ms: d.local_total_ms,
+                    cloud_inference_ms: d.cloud_inference_ms,
+                    offload_total_ms: d.offload_total_ms,
+                    network_source: d.network_source,
+                }
+            });
+        }
+    }
+    Ok(rec)
+}
+
+/// Connects, prints `ready tasks=N`, waits for `go` on stdin, then sends
+/// the stream on schedule and writes one record per task to `out`.
+async fn run(a: DriverArgs) -> Result<()> {
+    let scenario = Scenario::load(&a.scenario)?;
+    let samples =
+        datasets::digits::load_default().context("the driver needs models/digits_test.bin")?;
+    let tasks = plan(&scenario.workload, a.duration, samples.len())?;
+    check_policy(&a.policy)?;
+    let client = connect(&a.edge).await?;
+    println!("ready tasks={}", tasks.len());
+    std::io::stdout().flush()?;
+    let mut go = String::new();
+    tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut go)
+        .await?;
+    if go.trim() != "go" {
+        bail!("expected `go` on stdin, got {go:?}");
+    }
+    let t0 = Instant::now();
+    let mut handles = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        tokio::time::sleep_until((t0 + Duration::from_secs_f64(t.at_ms / 1e3)).into()).await;
+        let sample = &samples[t.sample];
+        let sent = Sent {
+            label: sample.label,
+            payload: sample.pixels.clone(),
+            planned: t,
+        };
+        handles.push(tokio::spawn(send_one(
+            client.clone(),
+            sent,
+            a.policy.clone(),
+            t0,
+        )));
+    }
+    let mut records = Vec::with_capacity(handles.len());
+    for h in handles {
+        records.push(h.await??);
+    }
+    records.sort_by_key(|r| r.seq);
+    let tmp = a.out.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for r in &records {
+        serde_json::to_writer(&mut f, r)?;
+        f.write_all(b"\n")?;
+    }
+    f.into_inner()?.sync_all()?;
+    std::fs::rename(&tmp, &a.out)?;
+    let ok = records.iter().filter(|r| r.completed()).count();
+    println!(
+        "done sent={} completed={ok} wall_s={:.1}",
+        records.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A fixed amount of CPU work (no memory traffic, nothing to optimize away).
+fn cpu_job(iters: u64) -> u64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    std::hint::black_box(x)
+}
+
+/// Wall time (ms) of `reps` runs of the job, `gap` apart, sorted.
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// (wall ms, CPU ms) of each of `reps` runs of the job, `gap` apart: the
+/// CPU time is the work itself, whatever else competes for the cores.
+fn calibrate(iters: u64, reps: usize, gap: Duration) -> Vec<(f64, f64)> {
+    (0..reps)
+        .map(|_| {
+            std::thread::sleep(gap);
+            let (t, c) = (Instant::now(), thread_cpu_time());
+            cpu_job(iters);
+            let cpu = thread_cpu_time() - c;
+            (t.elapsed().as_secs_f64() * 1e3, cpu.as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+fn min(v: impl Iterator<Item = f64>) -> f64 {
+    v.fold(f64::INFINITY, f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_the_wire() {
+        assert_eq!(priority("high").unwrap(), proto::Priority::High);
+        assert!(priority("urgent").is_err());
+        assert_eq!(
+            task_type("nlp_analysis").unwrap(),
+            proto::TaskType::NlpAnalysis
+        );
+        assert!(task_type("video").is_err());
+        for name in Policy::NAMES {
+            check_policy(name).unwrap();
+        }
+        assert!(check_policy("random").is_err());
+    }
+
+    #[test]
+    fn cpu_job_scales_with_work() {
+        let small = calibrate(200_000, 3, Duration::ZERO);
+        let big = calibrate(2_000_000, 3, Duration::ZERO);
+        // Least CPU time of three: the job is not optimized away and costs
+        // what its size says, whatever else runs.
+        let (s, b) = (min(small.iter().map(|r| r.1)), min(big.iter().map(|r| r.1)));
+        assert!(b > s * 5.0 && s > 0.0, "{small:?} {big:?}");
+        // Wall time is never below the CPU time of a single thread.
+        assert!(big.iter().all(|(w, c)| w + 0.05 >= *c), "{big:?}");
+    }
+}

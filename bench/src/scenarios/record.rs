@@ -1,0 +1,154 @@
+//! One line of the driver's output per task (JSON lines): what was sent,
+//! what came back, and the decision with the network figures it used.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Answered with a result.
+    Ok,
+    /// Accepted, answered with an error (e.g. the deadline cannot be met).
+    Failed,
+    /// Refused by the task API (gRPC status: bad input, overloaded, ...).
+    Rejected,
+    /// No answer: connection error or the driver's own timeout.
+    Lost,
+}
+
+/// The network and cost figures a decision was made with.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DecisionView {
+    pub policy: String,
+    pub path: String,
+    pub reason: String,
+    /// Smoothed RTT the agent saw (0 without a network estimate).
+    pub rtt_ms: f64,
+    /// RTT standard deviation the agent saw, recovered from the jitter
+    /// penalty (`penalty = K * w(priority) * sd`); `None` without an estimate.
+    pub jitter_ms: Option<f64>,
+    pub jitter_penalty_ms: f64,
+    pub local_queue_ms: f64,
+    pub local_inference_ms: f64,
+    pub local_total_ms: f64,
+    pub cloud_inference_ms: f64,
+    pub offload_total_ms: f64,
+    pub network_source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub seq: u32,
+    /// When the request went out, ms after the workload started.
+    pub sent_ms: f64,
+    /// Until the answer (or the error) arrived, as the submitter saw it.
+    pub latency_ms: f64,
+    pub task: String,
+    pub priority: String,
+    pub deadline_ms: Option<u64>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// "local" or "cloud" where it ran; `None` when it ran nowhere.
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transport: String,
+    #[serde(default)]
+    pub fell_back: bool,
+    pub label: Option<u8>,
+    pub predicted: Option<i64>,
+    pub decision: Option<DecisionView>,
+}
+
+impl TaskRecord {
+    pub fn completed(&self) -> bool {
+        self.outcome == Outcome::Ok
+    }
+
+    pub fn offloaded(&self) -> bool {
+        self.completed() && self.path.as_deref() == Some("cloud")
+    }
+
+    /// `None` for a task without a deadline; a task that did not complete
+    /// missed its deadline.
+    pub fn deadline_met(&self) -> Option<bool> {
+        self.deadline_ms
+            .map(|d| self.completed() && self.latency_ms <= d as f64)
+    }
+
+    /// `None` when the task did not complete or has no label.
+    pub fn correct(&self) -> Option<bool> {
+        match (self.completed(), self.label, self.predicted) {
+            (true, Some(l), Some(p)) => Some(i64::from(l) == p),
+            _ => None,
+        }
+    }
+}
+
+/// Where a response says the task ran: the edge API answers "local",
+/// "cloud/quic", "cloud/grpc" (or "cloud"), or nothing.
+pub fn path_of(processed_by: &str) -> Option<String> {
+    if processed_by.starts_with("cloud") {
+        Some("cloud".into())
+    } else if processed_by == "local" {
+        Some("local".into())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn rec(seq: u32, outcome: Outcome, latency_ms: f64, path: &str) -> TaskRecord {
+        TaskRecord {
+            seq,
+            sent_ms: seq as f64 * 50.0,
+            latency_ms,
+            task: "image_classification".into(),
+            priority: "medium".into(),
+            deadline_ms: Some(100),
+            outcome,
+            error: String::new(),
+            path: path_of(path),
+            transport: String::new(),
+            fell_back: false,
+            label: Some(3),
+            predicted: (outcome == Outcome::Ok).then_some(3),
+            decision: None,
+        }
+    }
+
+    #[test]
+    fn deadline_and_correctness() {
+        let ok = rec(0, Outcome::Ok, 40.0, "local");
+        assert_eq!(ok.deadline_met(), Some(true));
+        assert_eq!(ok.correct(), Some(true));
+        let late = rec(1, Outcome::Ok, 140.0, "cloud/quic");
+        assert_eq!(late.deadline_met(), Some(false));
+        assert!(late.offloaded());
+        let failed = rec(2, Outcome::Failed, 1.0, "");
+        assert_eq!(failed.deadline_met(), Some(false));
+        assert_eq!(failed.correct(), None);
+        assert!(!failed.offloaded());
+        let wrong = TaskRecord {
+            predicted: Some(5),
+            deadline_ms: None,
+            ..ok.clone()
+        };
+        assert_eq!(wrong.correct(), Some(false));
+        assert_eq!(wrong.deadline_met(), None);
+    }
+
+    #[test]
+    fn json_round_trip_and_paths() {
+        let r = rec(4, Outcome::Rejected, 0.5, "");
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"outcome\":\"rejected\""));
+        assert_eq!(serde_json::from_str::<TaskRecord>(&line).unwrap(), r);
+        assert_eq!(path_of("cloud/grpc").as_deref(), Some("cloud"));
+        assert_eq!(path_of("local").as_deref(), Some("local"));
+        assert_eq!(path_of(""), None);
+    }
+}

@@ -1,0 +1,694 @@
+//! The orchestration: per scenario, the jitter lab, the cloud service in
+//! the cloud namespace, then per policy a fresh edge agent in the edge
+//! namespace under a CPU quota and the workload driver beside it.
+
+use super::quick_window::{quick_start, window};
+use super::record::TaskRecord;
+use super::report::{self, BenchResult, Calibration, Job, Machine, Row, ScenarioResult};
+use super::stats;
+use crate::support::cpu_quota::{self as cgroup, Controller, CpuCgroup};
+use crate::support::procs::{self, Proc};
+use anyhow::{bail, ensure, Context, Result};
+use jitter_lab::scenario::Scenario;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CLOUD_GRPC_PORT: u16 = 50051;
+const CLOUD_QUIC_PORT: u16 = 50052;
+/// The edge's task API, on the edge namespace's own loopback.
+const EDGE_API: &str = "127.0.0.1:50061";
+/// Calibration job sizes (loop iterations; about 1, 4, 16 and 64 ms of one
+/// core of this VM): a throttled cgroup slows a job more the longer it runs.
+const CALIBRATION_ITERS: [u64; 4] = [250_000, 1_000_000, 4_000_000, 16_000_000];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenario_files: Vec<PathBuf>,
+    pub policies: Vec<String>,
+    pub quick: bool,
+    /// Run length per scenario: the quick window, or a cut of the full
+    /// scenario; `None` means the quick default or the scenario's duration.
+    pub duration_s: Option<f64>,
+    pub quick_len_s: f64,
+    pub out_dir: PathBuf,
+    pub work_dir: PathBuf,
+    /// Where `agent`, `netem-tun` and `scenario-driver` are.
+    pub bin_dir: PathBuf,
+    pub period_us: u64,
+    /// Time the fresh edge agent gets to measure the link before the workload.
+    pub warmup: Duration,
+    pub command: String,
+    pub plots: bool,
+    /// Time the CPU calibration jobs (about 8 s per distinct profile).
+    pub calibrate: bool,
+}
+
+/// One policy's run of one scenario.
+pub struct PolicyRun {
+    pub policy: String,
+    pub records: Vec<TaskRecord>,
+    pub throttling: cgroup::Throttling,
+}
+
+/// `key=value` words of a status line.
+pub fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect()
+}
+
+struct Ctx<'a> {
+    o: &'a Options,
+    ctl: Controller,
+    agent: PathBuf,
+    netem_tun: PathBuf,
+    driver: PathBuf,
+    /// The agent has mutual TLS and QUIC (`gen-certs`, `--tls-dir`).
+    tls: bool,
+}
+
+impl Ctx<'_> {
+    fn in_ns(&self, ns: &str, program: &Path) -> Result<Command> {
+        let mut c = Command::new(program);
+        procs::in_netns(&mut c, ns)?;
+        Ok(c)
+    }
+
+    fn cgroup_name(&self, scenario: &str, what: &str) -> String {
+        format!("{}-{scenario}-{what}", std::process::id())
+    }
+
+    fn cgroup(&self, name: &str, share: f64) -> Result<CpuCgroup> {
+        let cg = CpuCgroup::create(&self.ctl, name, share, self.o.period_us)?;
+        procs::register_cgroup(&cg.path);
+        Ok(cg)
+    }
+}
+
+fn drop_cgroup(cg: CpuCgroup) {
+    let path = cg.path.clone();
+    drop(cg);
+    procs::unregister_cgroup(&path);
+}
+
+fn read_first_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: f64 = meminfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    Machine {
+        kernel: read_first_line(Path::new("/proc/sys/kernel/osrelease")),
+        cpu_model,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_gib: kib / 1024.0 / 1024.0,
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    procs::unblock_signals_at_spawn(cmd);
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Sends a command to the emulator's stdin and waits for its reply.
+fn lab_command(lab: &mut Proc, cmd: &str) -> Result<()> {
+    lab.send_line(cmd)?;
+    let reply = lab.wait_line(
+        |l| l.starts_with("ok") || l.starts_with("error"),
+        Duration::from_secs(10),
+    )?;
+    ensure!(
+        reply.starts_with("ok"),
+        "netem-tun refused {cmd:?}: {reply}"
+    );
+    Ok(())
+}
+
+/// (wall ms, CPU ms) of each calibration job size, optionally in a cgroup.
+fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<(f64, f64)>> {
+    let sizes: Vec<String> = CALIBRATION_ITERS.iter().map(u64::to_string).collect();
+    let mut cmd = Command::new(&ctx.driver);
+    cmd.args(["calibrate", "--iters", &sizes.join(",")]);
+    if let Some(cg) = cg {
+        cg.join_at_spawn(&mut cmd)?;
+    }
+    let out = output(&mut cmd)?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .with_context(|| format!("calibration output {out:?}"))?;
+    v.iter()
+        .map(|j| {
+            let f = |k: &str| {
+                j[k].as_f64()
+                    .with_context(|| format!("calibration: no {k}"))
+            };
+            Ok((f("wall_ms")?, f("cpu_ms")?))
+        })
+        .collect()
+}
+
+fn read_records(path: &Path) -> Result<Vec<TaskRecord>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("{}: bad record {l:?}", path.display()))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_policy(
+    ctx: &Ctx,
+    lab: &mut Proc,
+    sc: &Scenario,
+    file: &Path,
+    dir: &Path,
+    net: &HashMap<String, String>,
+    certs: &Path,
+    policy: &str,
+) -> Result<PolicyRun> {
+    let (edge_ns, cloud_addr) = (&net["edge_ns"], &net["cloud_addr"]);
+    // Back to the scenario's initial conditions while the edge starts.
+    lab_command(lab, "schedule start")?;
+    let cg = ctx.cgroup(
+        &ctx.cgroup_name(&sc.name, policy),
+        sc.profile.edge_cpu_share,
+    )?;
+    let mut cmd = ctx.in_ns(edge_ns, &ctx.agent)?;
+    cmd.args(["--log", "warn"]);
+    if ctx.tls {
+        cmd.arg("--tls-dir").arg(certs);
+    }
+    cmd.args(["edge", "--listen", EDGE_API])
+        .args(["--cloud-grpc", &format!("{cloud_addr}:{CLOUD_GRPC_PORT}")]);
+    if ctx.tls {
+        cmd.args(["--cloud-quic", &format!("{cloud_addr}:{CLOUD_QUIC_PORT}")]);
+    }
+    cmd.args(["--policy", policy])
+        .args(["--workers", &sc.profile.local_workers.to_string()]);
+    cg.join_at_spawn(&mut cmd)?;
+    let mut edge = Proc::spawn(
+        &format!("edge agent ({policy})"),
+        cmd,
+        &dir.join(format!("{policy}.edge.log")),
+    )?;
+    edge.wait_line(|l| l.starts_with("edge listening"), Duration::from_secs(60))?;
+    std::thread::sleep(ctx.o.warmup);
+
+    let out = dir.join(format!("{policy}.jsonl"));
+    let _ = std::fs::remove_file(&out);
+    let mut cmd = ctx.in_ns(edge_ns, &ctx.driver)?;
+    cmd.args(["run", "--edge", EDGE_API, "--policy", policy])
+        .arg("--scenario")
+        .arg(file)
+        .args(["--duration", &sc.duration_s.to_string()])
+        .arg("--out")
+        .arg(&out);
+    let mut driver = Proc::spawn(
+        &format!("driver ({policy})"),
+        cmd,
+        &dir.join(format!("{policy}.driver.log")),
+    )?;
+    driver.wait_line(|l| l.starts_with("ready"), Duration::from_secs(30))?;
+    // The link's schedule and the workload start together.
+    lab_command(lab, "schedule start")?;
+    driver.send_line("go")?;
+    let limit = Duration::from_secs_f64(sc.duration_s) + Duration::from_secs(120);
+    let done = driver.wait_line(|l| l.starts_with("done"), limit)?;
+    let st = driver.wait_timeout(Duration::from_secs(10))?;
+    ensure!(
+        st.is_some_and(|s| s.success()),
+        "driver ({policy}) did not exit cleanly: {st:?}"
+    );
+    let throttling = cg.throttling();
+    edge.stop(Duration::from_secs(15))?;
+    drop(edge);
+    drop_cgroup(cg);
+    let records = read_records(&out)?;
+    eprintln!("scenario-bench: {} / {policy}: {done}", sc.name);
+    Ok(PolicyRun {
+        policy: policy.to_string(),
+        records,
+        throttling,
+    })
+}
+
+fn run_scenario(ctx: &Ctx, sc: &Scenario, file: &Path, dir: &Path) -> Result<Vec<PolicyRun>> {
+    let prefix = format!("sb{}", std::process::id());
+    let mut cmd = Command::new(&ctx.netem_tun);
+    cmd.args(["run", "--scenario"])
+        .arg(file)
+        .args(["--ns-prefix", &prefix, "--hold-schedule"]);
+    let mut lab = Proc::spawn("netem-tun", cmd, &dir.join("netem-tun.log"))?;
+    let ready = lab.wait_line(|l| l.starts_with("ready "), Duration::from_secs(30))?;
+    let net: HashMap<String, String> = fields(&ready)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for k in ["edge_ns", "cloud_ns", "cloud_addr"] {
+        ensure!(
+            net.contains_key(k),
+            "netem-tun ready line lacks {k}: {ready}"
+        );
+    }
+    let cloud_addr = &net["cloud_addr"];
+    let certs = dir.join("certs");
+    if ctx.tls {
+        output(
+            Command::new(&ctx.agent)
+                .args(["--log", "warn", "gen-certs", "--out"])
+                .arg(&certs)
+                .args(["--san", cloud_addr]),
+        )?;
+    }
+    let cloud_cg = match sc.profile.cloud_cpu_share {
+        Some(share) => Some(ctx.cgroup(&ctx.cgroup_name(&sc.name, "cloud"), share)?),
+        None => None,
+    };
+    let mut cmd = ctx.in_ns(&net["cloud_ns"], &ctx.agent)?;
+    cmd.args(["--log", "warn"]);
+    if ctx.tls {
+        cmd.arg("--tls-dir").arg(&certs);
+    }
+    cmd.args([
+        "cloud",
+        "--listen-grpc",
+        &format!("{cloud_addr}:{CLOUD_GRPC_PORT}"),
+    ]);
+    if ctx.tls {
+        cmd.args(["--listen-quic", &format!("{cloud_addr}:{CLOUD_QUIC_PORT}")]);
+    }
+    if let Some(cg) = &cloud_cg {
+        cg.join_at_spawn(&mut cmd)?;
+    }
+    let mut cloud = Proc::spawn("cloud service", cmd, &dir.join("cloud.log"))?;
+    cloud.wait_line(
+        |l| l.starts_with("cloud listening"),
+        Duration::from_secs(60),
+    )?;
+
+    let mut runs = Vec::new();
+    for policy in &ctx.o.policies {
+        runs.push(run_policy(
+            ctx, &mut lab, sc, file, dir, &net, &certs, policy,
+        )?);
+    }
+    cloud.stop(Duration::from_secs(10))?;
+    drop(cloud);
+    if let Some(cg) = cloud_cg {
+        drop_cgroup(cg);
+    }
+    // Closing stdin stops the emulator, which removes its namespaces.
+    lab.close_stdin();
+    if lab.wait_timeout(Duration::from_secs(20))?.is_none() {
+        lab.stop(Duration::from_secs(10))?;
+    }
+    Ok(runs)
+}
+
+/// The slice of a scenario a run covers and the scenario to run.
+pub fn plan_scenario(full: &Scenario, o: &Options) -> ((f64, f64), Scenario) {
+    let (start, len) = if o.quick {
+        let len = o.duration_s.unwrap_or(o.quick_len_s);
+        (quick_start(full, len), len)
+    } else {
+        (0.0, o.duration_s.unwrap_or(full.duration_s))
+    };
+    let sc = window(full, start, len);
+    ((start, start + sc.duration_s), sc)
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    stats::percentile(&v, 0.5)
+}
+
+/// The scenario's rows, oracle and the agents' own timing estimates.
+pub fn assemble(
+    sc: &Scenario,
+    span_s: (f64, f64),
+    edge_quota: String,
+    runs: &[PolicyRun],
+) -> ScenarioResult {
+    let by_name = |n: &str| {
+        runs.iter()
+            .find(|r| r.policy == n)
+            .map(|r| r.records.as_slice())
+    };
+    let oracle = match (by_name("always-local"), by_name("always-offload")) {
+        (Some(l), Some(c)) => Some(stats::oracle(&[l, c])),
+        _ => None,
+    };
+    let rows = runs
+        .iter()
+        .map(|r| Row {
+            policy: r.policy.clone(),
+            summary: stats::summarize(&r.records),
+            vs_oracle_ms: oracle
+                .as_deref()
+                .and_then(|o| stats::mean_excess(&r.records, o)),
+            throttling: r.throttling,
+        })
+        .collect();
+    let decisions = |n: &str| {
+        by_name(n)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.decision.clone())
+            .collect::<Vec<_>>()
+    };
+    ScenarioResult {
+        name: sc.name.clone(),
+        description: sc.description.clone(),
+        span_s,
+        profile: sc.profile.clone(),
+        edge_quota,
+        local_inference_ms: median(
+            decisions("always-local")
+                .iter()
+                .map(|d| d.local_inference_ms),
+        ),
+        cloud_inference_ms: median(
+            decisions("always-offload")
+                .iter()
+                .map(|d| d.cloud_inference_ms),
+        ),
+        network_sources: runs
+            .iter()
+            .flat_map(|r| &r.records)
+            .filter_map(|r| r.decision.as_ref())
+            .fold(Default::default(), |mut m, d| {
+                *m.entry(d.network_source.clone()).or_default() += 1;
+                m
+            }),
+        rows,
+        oracle: oracle.as_deref().map(stats::summarize),
+    }
+}
+
+fn plots(
+    o: &Options,
+    sc: &Scenario,
+    runs: &[PolicyRun],
+    oracle: Option<Vec<TaskRecord>>,
+) -> Result<()> {
+    let (cdf_name, tl_name) = report::plot_names(&sc.name);
+    let mut all: Vec<(String, &[TaskRecord])> = runs
+        .iter()
+        .map(|r| (r.policy.clone(), r.records.as_slice()))
+        .collect();
+    let panels = all.clone();
+    if let Some(orc) = &oracle {
+        all.push(("oracle".into(), orc.as_slice()));
+    }
+    super::plot::cdf(
+        &o.out_dir.join(cdf_name),
+        &format!("{}: latency CDF", sc.name),
+        &all,
+    )?;
+    super::plot::timeline(
+        &o.out_dir.join(tl_name),
+        &format!("{}: measured RTT/jitter and decisions", sc.name),
+        sc,
+        sc.duration_s,
+        &panels,
+    )
+}
+
+/// Every policy the agent has (`scenario-driver policies`).
+pub fn policy_names(bin_dir: &Path) -> Result<Vec<String>> {
+    let out = output(Command::new(bin_dir.join("scenario-driver")).arg("policies"))?;
+    serde_json::from_str(&out).with_context(|| format!("policy list {out:?}"))
+}
+
+fn now_utc() -> String {
+    output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default()
+}
+
+/// Runs the whole matrix and writes `scenarios.md`, `scenarios.json` and
+/// the plots into `out_dir` (rewritten after every scenario).
+pub fn run(o: &Options) -> Result<BenchResult> {
+    let t0 = Instant::now();
+    jitter_lab::sys::require_root("scenario-bench")?;
+    ensure!(!o.policies.is_empty(), "no policies to run");
+    ensure!(!o.scenario_files.is_empty(), "no scenarios to run");
+    let bin = |n: &str| -> Result<PathBuf> {
+        let p = o.bin_dir.join(n);
+        ensure!(
+            p.exists(),
+            "{} is missing (cargo build --release -p agent -p bench)",
+            p.display()
+        );
+        Ok(p)
+    };
+    let ctl = cgroup::detect()?;
+    cgroup::sweep_stale(&ctl);
+    let parent = ctl.root.join(cgroup::PARENT);
+    procs::register_cgroup(&parent);
+    let agent = bin("agent")?;
+    let ctx = Ctx {
+        o,
+        tls: Command::new(&agent)
+            .args(["gen-certs", "--help"])
+            .output()
+            .is_ok_and(|out| out.status.success()),
+        ctl,
+        agent,
+        netem_tun: bin("netem-tun")?,
+        driver: bin("scenario-driver")?,
+    };
+    std::fs::create_dir_all(&o.out_dir)?;
+    std::fs::create_dir_all(&o.work_dir)?;
+    let backend = output(Command::new(&ctx.netem_tun).arg("backend"))?;
+    let mut result = BenchResult {
+        command: o.command.clone(),
+        date_utc: now_utc(),
+        records_dir: o.work_dir.display().to_string(),
+        wall_s: 0.0,
+        quick: o.quick,
+        machine: machine(),
+        backend: backend.lines().last().unwrap_or("").to_string(),
+        transport: String::new(),
+        calibrations: Vec::new(),
+        scenarios: Vec::new(),
+    };
+    let (mut quic, mut grpc) = (0usize, 0usize);
+    for file in &o.scenario_files {
+        let full = Scenario::load(file)?;
+        let (span, sc) = plan_scenario(&full, o);
+        ensure!(sc.duration_s > 0.0, "{}: nothing to run", full.name);
+        let dir = o.work_dir.join(&sc.name);
+        std::fs::create_dir_all(&dir)?;
+        let sc_file = dir.join("scenario.toml");
+        std::fs::write(&sc_file, toml::to_string(&sc)?)?;
+        let share = sc.profile.edge_cpu_share;
+        let probe = ctx.cgroup(&ctx.cgroup_name(&sc.name, "calibrate"), share)?;
+        let quota = format!("{} us every {} us", probe.quota_us, probe.period_us);
+        if o.calibrate
+            && !result
+                .calibrations
+                .iter()
+                .any(|c| c.share == share && c.quota == quota)
+        {
+            let free = calibrate(&ctx, None)?;
+            let edge = calibrate(&ctx, Some(&probe))?;
+            let c = Calibration {
+                share,
+                quota: quota.clone(),
+                jobs: free
+                    .iter()
+                    .zip(&edge)
+                    .map(|(&(unconstrained_ms, cpu_ms), &(edge_ms, _))| Job {
+                        cpu_ms,
+                        unconstrained_ms,
+                        edge_ms,
+                    })
+                    .collect(),
+            };
+            for j in &c.jobs {
+                eprintln!(
+                    "scenario-bench: calibration, {}: a {:.2} ms CPU job takes {:.2} ms \
+                     unconstrained, {:.2} ms in the cgroup ({:.1}x)",
+                    probe.describe(),
+                    j.cpu_ms,
+                    j.unconstrained_ms,
+                    j.edge_ms,
+                    j.slowdown()
+                );
+            }
+            result.calibrations.push(c);
+        }
+        drop_cgroup(probe);
+        eprintln!(
+            "scenario-bench: {} ({:.0}-{:.0} s), policies {}",
+            sc.name,
+            span.0,
+            span.1,
+            o.policies.join(", ")
+        );
+        let runs = run_scenario(&ctx, &sc, &sc_file, &dir)?;
+        for r in runs.iter().flat_map(|r| &r.records) {
+            match (r.completed(), r.transport.as_str()) {
+                (true, "quic") => quic += 1,
+                (true, "grpc") => grpc += 1,
+                _ => {}
+            }
+        }
+        let res = assemble(&sc, span, quota, &runs);
+        if o.plots {
+            let by = |n: &str| {
+                runs.iter()
+                    .find(|r| r.policy == n)
+                    .map(|r| r.records.as_slice())
+            };
+            let orc = match (by("always-local"), by("always-offload")) {
+                (Some(l), Some(c)) => Some(stats::oracle(&[l, c])),
+                _ => None,
+            };
+            plots(o, &sc, &runs, orc)?;
+        }
+        result.scenarios.push(res);
+        result.wall_s = t0.elapsed().as_secs_f64();
+        result.transport = format!(
+            "{}; offloads completed: {quic} over QUIC, {grpc} over gRPC",
+            if ctx.tls {
+                "the agent's default: QUIC with mutual TLS (development CA from `agent gen-certs`), gRPC over TLS as fallback"
+            } else {
+                "gRPC (this agent build has no TLS/QUIC options)"
+            }
+        );
+        write_outputs(o, &result)?;
+    }
+    // Shared with any concurrent run: removed only once empty.
+    if std::fs::remove_dir(&parent).is_ok() {
+        procs::unregister_cgroup(&parent);
+    }
+    if result.scenarios.is_empty() {
+        bail!("no scenario ran");
+    }
+    Ok(result)
+}
+
+fn write_outputs(o: &Options, r: &BenchResult) -> Result<()> {
+    std::fs::write(o.out_dir.join("scenarios.md"), report::render(r))?;
+    std::fs::write(
+        o.out_dir.join("scenarios.json"),
+        serde_json::to_string_pretty(r)? + "\n",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::record::tests::rec;
+    use crate::scenarios::record::{DecisionView, Outcome};
+
+    #[test]
+    fn parses_the_ready_line() {
+        let f = fields("ready backend=tun edge_ns=sb1-edge cloud_ns=sb1-cloud edge_addr=198.18.0.1 cloud_addr=198.18.0.2");
+        assert_eq!(f["cloud_ns"], "sb1-cloud");
+        assert_eq!(f["cloud_addr"], "198.18.0.2");
+        assert!(!f.contains_key("ready"));
+    }
+
+    #[test]
+    fn assembles_rows_oracle_and_estimates() {
+        let sc = Scenario::parse(
+            r#"
+name = "t"
+description = "t"
+duration_s = 10
+[profile]
+edge_cpu_share = 0.25
+local_workers = 1
+[workload]
+seed = 1
+tasks_per_s = 1
+mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
+"#,
+        )
+        .unwrap();
+        let with = |mut r: TaskRecord, local_inf: f64, cloud_inf: f64| {
+            r.decision = Some(DecisionView {
+                local_inference_ms: local_inf,
+                cloud_inference_ms: cloud_inf,
+                ..Default::default()
+            });
+            r
+        };
+        let run = |policy: &str, records: Vec<TaskRecord>| PolicyRun {
+            policy: policy.into(),
+            records,
+            throttling: Default::default(),
+        };
+        let runs = vec![
+            run(
+                "always-local",
+                vec![
+                    with(rec(0, Outcome::Ok, 5.0, "local"), 1.0, 9.0),
+                    with(rec(1, Outcome::Ok, 150.0, "local"), 3.0, 9.0),
+                ],
+            ),
+            run(
+                "always-offload",
+                vec![
+                    with(rec(0, Outcome::Ok, 45.0, "cloud"), 7.0, 2.0),
+                    with(rec(1, Outcome::Ok, 50.0, "cloud"), 7.0, 4.0),
+                ],
+            ),
+            run(
+                "cost-model",
+                vec![
+                    rec(0, Outcome::Ok, 6.0, "local"),
+                    rec(1, Outcome::Failed, 1.0, ""),
+                ],
+            ),
+        ];
+        let r = assemble(&sc, (0.0, 10.0), "q".into(), &runs);
+        assert_eq!(r.rows.len(), 3);
+        let orc = r.oracle.unwrap();
+        assert_eq!((orc.tasks, orc.deadline_missed, orc.offloaded), (2, 0, 1));
+        assert_eq!(r.rows[2].vs_oracle_ms, Some(1.0));
+        assert_eq!(r.rows[2].summary.failed, 1);
+        assert_eq!(r.local_inference_ms, Some(2.0));
+        assert_eq!(r.cloud_inference_ms, Some(3.0));
+        // Without both fixed policies there is no oracle.
+        let r = assemble(&sc, (0.0, 10.0), "q".into(), &runs[2..]);
+        assert!(r.oracle.is_none() && r.rows[0].vs_oracle_ms.is_none());
+    }
+}

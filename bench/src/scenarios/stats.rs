@@ -1,0 +1,225 @@
+//! Per-run summaries and the hindsight oracle, from task records alone.
+
+use super::record::TaskRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// Tasks sent.
+    pub tasks: usize,
+    /// Answered with a result.
+    pub completed: usize,
+    /// Sent but not completed (failed, rejected or lost): `tasks - completed`.
+    pub failed: usize,
+    /// Tasks that had a deadline, and those of them that did not complete
+    /// within it (failing counts as missing).
+    pub with_deadline: usize,
+    pub deadline_missed: usize,
+    /// Latency percentiles over completed tasks (ms); `None` if none completed.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
+    /// Completed in the cloud.
+    pub offloaded: usize,
+    /// Completed with a label to check, and of those, correct.
+    pub labelled: usize,
+    pub correct: usize,
+    /// Completed locally after a failed offload.
+    pub fell_back: usize,
+}
+
+impl Summary {
+    pub fn miss_rate(&self) -> Option<f64> {
+        ratio(self.deadline_missed, self.with_deadline)
+    }
+
+    pub fn offload_ratio(&self) -> Option<f64> {
+        ratio(self.offloaded, self.completed)
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        ratio(self.correct, self.labelled)
+    }
+}
+
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// Linear interpolation between closest ranks of a sorted slice (q in 0..=1).
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+pub fn summarize(records: &[TaskRecord]) -> Summary {
+    let mut lat: Vec<f64> = records
+        .iter()
+        .filter(|r| r.completed())
+        .map(|r| r.latency_ms)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let completed = lat.len();
+    let deadlines: Vec<bool> = records
+        .iter()
+        .filter_map(TaskRecord::deadline_met)
+        .collect();
+    let checked: Vec<bool> = records.iter().filter_map(TaskRecord::correct).collect();
+    Summary {
+        tasks: records.len(),
+        completed,
+        failed: records.len() - completed,
+        with_deadline: deadlines.len(),
+        deadline_missed: deadlines.iter().filter(|m| !**m).count(),
+        p50_ms: percentile(&lat, 0.50),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        mean_ms: (completed > 0).then(|| lat.iter().sum::<f64>() / completed as f64),
+        offloaded: records.iter().filter(|r| r.offloaded()).count(),
+        labelled: checked.len(),
+        correct: checked.iter().filter(|c| **c).count(),
+        fell_back: records
+            .iter()
+            .filter(|r| r.completed() && r.fell_back)
+            .count(),
+    }
+}
+
+/// How good one task's outcome is: completed within its deadline (or with
+/// none) beats completed late beats not completed; then lower latency.
+fn rank(r: &TaskRecord) -> (u8, f64) {
+    let class = match (r.completed(), r.deadline_met()) {
+        (true, Some(false)) => 1,
+        (true, _) => 0,
+        (false, _) => 2,
+    };
+    (
+        class,
+        if r.completed() {
+            r.latency_ms
+        } else {
+            f64::INFINITY
+        },
+    )
+}
+
+/// The hindsight oracle: per task (`seq`), the best measured outcome over
+/// the given runs of the same seeded workload (in the benchmark: the
+/// always-local and always-offload runs, i.e. the right path per task).
+pub fn oracle(runs: &[&[TaskRecord]]) -> Vec<TaskRecord> {
+    let mut best: BTreeMap<u32, &TaskRecord> = BTreeMap::new();
+    for r in runs.iter().flat_map(|run| run.iter()) {
+        best.entry(r.seq)
+            .and_modify(|b| {
+                let (rc, rl) = rank(r);
+                let (bc, bl) = rank(b);
+                if rc < bc || (rc == bc && rl < bl) {
+                    *b = r;
+                }
+            })
+            .or_insert(r);
+    }
+    best.into_values().cloned().collect()
+}
+
+/// Mean extra latency of a run over the oracle, over the tasks both
+/// completed (ms); `None` when there are none.
+pub fn mean_excess(run: &[TaskRecord], oracle: &[TaskRecord]) -> Option<f64> {
+    let best: BTreeMap<u32, &TaskRecord> = oracle.iter().map(|r| (r.seq, r)).collect();
+    let diffs: Vec<f64> = run
+        .iter()
+        .filter(|r| r.completed())
+        .filter_map(|r| {
+            best.get(&r.seq)
+                .filter(|b| b.completed())
+                .map(|b| r.latency_ms - b.latency_ms)
+        })
+        .collect();
+    (!diffs.is_empty()).then(|| diffs.iter().sum::<f64>() / diffs.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::record::tests::rec;
+    use crate::scenarios::record::Outcome;
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v: Vec<f64> = (1..=101).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(51.0));
+        assert_eq!(percentile(&v, 0.99), Some(100.0));
+        assert_eq!(percentile(&[1.0, 2.0], 0.5), Some(1.5));
+        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
+    }
+
+    #[test]
+    fn summary_accounts_for_every_task() {
+        let mut runs = vec![
+            rec(0, Outcome::Ok, 10.0, "local"),
+            rec(1, Outcome::Ok, 150.0, "cloud/quic"),
+            rec(2, Outcome::Failed, 3.0, ""),
+            rec(3, Outcome::Rejected, 0.2, ""),
+            rec(4, Outcome::Ok, 30.0, "cloud/grpc"),
+        ];
+        runs[4].predicted = Some(9);
+        runs[4].deadline_ms = None;
+        let s = summarize(&runs);
+        assert_eq!((s.tasks, s.completed, s.failed), (5, 3, 2));
+        assert_eq!((s.with_deadline, s.deadline_missed), (4, 3));
+        assert_eq!(s.miss_rate(), Some(0.75));
+        assert_eq!((s.offloaded, s.offload_ratio()), (2, Some(2.0 / 3.0)));
+        assert_eq!((s.labelled, s.correct), (3, 2));
+        assert_eq!(s.p50_ms, Some(30.0));
+        assert_eq!(s.mean_ms, Some(190.0 / 3.0));
+        let empty = summarize(&[]);
+        assert_eq!(
+            (empty.tasks, empty.p50_ms, empty.miss_rate()),
+            (0, None, None)
+        );
+    }
+
+    #[test]
+    fn oracle_takes_the_best_outcome_per_task() {
+        let local = vec![
+            rec(0, Outcome::Ok, 5.0, "local"),
+            rec(1, Outcome::Ok, 120.0, "local"),
+            rec(2, Outcome::Failed, 1.0, ""),
+            rec(3, Outcome::Ok, 130.0, "local"),
+        ];
+        let cloud = vec![
+            rec(0, Outcome::Ok, 42.0, "cloud"),
+            rec(1, Outcome::Ok, 45.0, "cloud"),
+            rec(2, Outcome::Ok, 200.0, "cloud"),
+            rec(3, Outcome::Ok, 110.0, "cloud"),
+        ];
+        let o = oracle(&[&local, &cloud]);
+        let got: Vec<(u32, f64, Option<String>)> = o
+            .iter()
+            .map(|r| (r.seq, r.latency_ms, r.path.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 5.0, Some("local".into())),
+                (1, 45.0, Some("cloud".into())),
+                // late beats failed; between two late ones, the faster
+                (2, 200.0, Some("cloud".into())),
+                (3, 110.0, Some("cloud".into())),
+            ]
+        );
+        assert_eq!(mean_excess(&local, &o), Some((0.0 + 75.0 + 20.0) / 3.0));
+        assert_eq!(mean_excess(&o, &o), Some(0.0));
+        // A task inside its deadline beats a faster one that failed.
+        let a = vec![rec(9, Outcome::Failed, 0.1, "")];
+        let b = vec![rec(9, Outcome::Ok, 90.0, "local")];
+        assert_eq!(oracle(&[&a, &b])[0].outcome, Outcome::Ok);
+    }
+}
