@@ -76,25 +76,7 @@ pub fn detect_backend() -> (Backend, &'static str) {
 /// Removes namespaces and lock files of accuracy checks (`jchk<pid>-*`)
 /// whose process is gone.
 pub fn sweep_stale_check_namespaces() {
-    let dead = |name: &str| -> bool {
-        let digits: String = name
-            .trim_start_matches("jchk")
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        name.starts_with("jchk") && digits.parse::<i32>().is_ok_and(|pid| !sys::pid_alive(pid))
-    };
-    for ns in netns::list().into_iter().filter(|n| dead(n)) {
-        eprintln!("netem-tun: removing namespace {ns} left by an earlier check");
-        let _ = netns::delete(&ns);
-    }
-    if let Ok(dir) = std::fs::read_dir(netns::RUN_DIR) {
-        for e in dir.flatten() {
-            if e.file_name().to_str().is_some_and(dead) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    netns::sweep_orphans("jchk", "netem-tun");
 }
 
 #[derive(Debug, Clone)]

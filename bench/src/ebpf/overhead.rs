@@ -518,19 +518,7 @@ pub fn run(
 /// Namespaces and cgroups of earlier runs whose process is gone.
 pub fn sweep_stale() {
     crate::support::probe_cgroup::sweep_stale(PREFIX);
-    for ns in netns::list() {
-        let Some(pid) = ns
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !sys::pid_alive(pid) {
-            eprintln!("ebpf-overhead: removing namespace {ns} left by an earlier run");
-            let _ = netns::delete(&ns);
-        }
-    }
+    netns::sweep_orphans(PREFIX, "ebpf-overhead");
 }
 
 impl OverheadReport {

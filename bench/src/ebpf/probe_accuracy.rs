@@ -686,34 +686,9 @@ fn udp_in(ns: &str, addr: SocketAddr) -> Result<UdpSocket> {
         .with_context(|| format!("binding UDP {addr} in {ns}"))
 }
 
-/// Removes namespaces and cgroups of earlier checks whose process is gone.
+/// Removes namespaces, cgroups and lab prefix locks of earlier checks
+/// whose process is gone.
 pub fn sweep_stale() {
     cgroup::sweep_stale(PREFIX);
-    for ns in netns::list() {
-        let Some(pid) = ns
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !sys::pid_alive(pid) {
-            eprintln!("probe-check: removing namespace {ns} left by an earlier run");
-            let _ = netns::delete(&ns);
-        }
-    }
-    // Prefix locks of the lab (`/run/netem-tun/pchk<pid>.pid`).
-    if let Ok(dir) = std::fs::read_dir(netns::RUN_DIR) {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let dead = name
-                .strip_prefix(PREFIX)
-                .and_then(|r| r.strip_suffix(".pid"))
-                .and_then(|p| p.parse::<i32>().ok())
-                .is_some_and(|pid| !sys::pid_alive(pid));
-            if dead {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    netns::sweep_orphans(PREFIX, "probe-check");
 }

@@ -3,7 +3,6 @@
 //! SIGTERM or SIGHUP (a signal thread). The probe's kernel objects need
 //! nothing here: file descriptors hold them, and they go with the process.
 
-use nix::sys::signal::{SigSet, Signal};
 use std::sync::{Arc, Mutex};
 
 type Action = Box<dyn FnOnce() + Send>;
@@ -19,26 +18,14 @@ impl Cleanup {
     /// and runs the registered actions when one arrives, then exits 130.
     pub fn install(name: &'static str) -> Guard {
         let cleanup = Arc::new(Cleanup::default());
-        let mut set = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-            set.add(s);
-        }
-        match set.thread_block() {
-            Ok(()) => {
-                let c = Arc::clone(&cleanup);
-                let _ = std::thread::Builder::new()
-                    .name("signals".into())
-                    .spawn(move || {
-                        if let Ok(sig) = set.wait() {
-                            eprintln!("{name}: {}; cleaning up", sig.as_str());
-                            c.run();
-                            std::process::exit(130);
-                        }
-                    });
-            }
-            Err(e) => {
-                eprintln!("{name}: cannot block signals ({e}); Ctrl-C may leave namespaces behind")
-            }
+        let c = Arc::clone(&cleanup);
+        let installed = jitter_lab::sys::on_termination_signal(move |sig| {
+            eprintln!("{name}: {}; cleaning up", sig.as_str());
+            c.run();
+            std::process::exit(130);
+        });
+        if let Err(e) = installed {
+            eprintln!("{name}: {e:#}; Ctrl-C may leave namespaces behind")
         }
         Guard(cleanup)
     }

@@ -252,8 +252,7 @@ pub fn sweep_stale(ctl: &Controller) {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let owner: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
-        if owner.is_some_and(|pid| !jitter_lab::sys::pid_alive(pid)) {
+        if jitter_lab::sys::orphaned(&name, "") {
             let _ = std::fs::remove_dir(e.path());
         }
     }

@@ -107,14 +107,7 @@ pub fn sweep_stale(prefix: &str) {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|r| r.strip_prefix('-'))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !jitter_lab::sys::pid_alive(pid) && std::fs::remove_dir(e.path()).is_ok() {
+        if jitter_lab::sys::orphaned(&name, prefix) && std::fs::remove_dir(e.path()).is_ok() {
             eprintln!(
                 "removed cgroup {} left by an earlier run",
                 e.path().display()

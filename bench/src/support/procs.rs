@@ -4,7 +4,7 @@
 //! (the emulator then removes its namespaces) and removes the cgroups.
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -42,25 +42,15 @@ pub fn unregister_cgroup(path: &Path) {
 /// Blocks the termination signals in this (and every later) thread and
 /// cleans up on the first one. Call before spawning threads or children.
 pub fn install_signal_cleanup() -> Result<()> {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set.thread_block().context("blocking termination signals")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                STOPPING.store(true, Ordering::SeqCst);
-                eprintln!(
-                    "scenario-bench: {}: stopping every process and cleaning up",
-                    sig.as_str()
-                );
-                cleanup_all();
-                std::process::exit(130);
-            }
-        })?;
-    Ok(())
+    jitter_lab::sys::on_termination_signal(|sig| {
+        STOPPING.store(true, Ordering::SeqCst);
+        eprintln!(
+            "scenario-bench: {}: stopping every process and cleaning up",
+            sig.as_str()
+        );
+        cleanup_all();
+        std::process::exit(130);
+    })
 }
 
 /// Children start with no signal blocked: the mask set by

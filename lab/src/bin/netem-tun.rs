@@ -16,7 +16,7 @@ use jitter_lab::lab::{self, Backend, Lab, LabConfig};
 use jitter_lab::params::Dir;
 use jitter_lab::scenario::Scenario;
 use jitter_lab::sys::{self, netns};
-use nix::sys::signal::{SigSet, Signal};
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,26 +228,6 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
     }
 }
 
-/// Blocks the termination signals in this thread (and in every thread it
-/// starts later) and calls `f` from a dedicated thread when one arrives.
-fn on_termination_signal(f: impl Fn(Signal) + Send + 'static) {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    if let Err(e) = set.thread_block() {
-        eprintln!("netem-tun: cannot block signals: {e}");
-        return;
-    }
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            while let Ok(sig) = set.wait() {
-                f(sig);
-            }
-        });
-}
-
 /// Whether stdin is a pipe, socket or terminal, whose end means "stop".
 /// /dev/null or a file (a backgrounded shell job) ends at once and is not.
 fn stdin_is_a_channel() -> bool {
@@ -276,9 +256,11 @@ fn run(a: RunArgs) -> Result<i32> {
     let scenario = Scenario::load(&a.scenario)?;
     let (exit_tx, exit_rx) = mpsc::channel::<(String, i32)>();
     let tx = exit_tx.clone();
-    on_termination_signal(move |sig| {
+    if let Err(e) = sys::on_termination_signal(move |sig| {
         let _ = tx.send((format!("signal {}", sig.as_str()), 0));
-    });
+    }) {
+        eprintln!("netem-tun: {e:#}");
+    }
     let backend = match a.backend {
         BackendChoice::Tun => Backend::Tun,
         BackendChoice::Netem => Backend::Netem,
@@ -373,7 +355,7 @@ fn run_check(opts: &CheckOptions, json: bool) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (slot, stop) = (slot.clone(), stop.clone());
-        on_termination_signal(move |sig| {
+        let installed = sys::on_termination_signal(move |sig| {
             eprintln!("netem-tun: {}; tearing down", sig.as_str());
             stop.store(true, Ordering::Relaxed);
             if let Some(lab) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -381,6 +363,9 @@ fn run_check(opts: &CheckOptions, json: bool) -> Result<i32> {
             }
             std::process::exit(130);
         });
+        if let Err(e) = installed {
+            eprintln!("netem-tun: {e:#}");
+        }
     }
     let progress = |m: &str| eprintln!("netem-check: {m}");
     let report = accuracy::run(opts, &slot, &stop, &progress);

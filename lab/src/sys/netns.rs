@@ -25,6 +25,26 @@ pub fn list() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Removes the namespaces `<prefix><pid>...` and prefix locks
+/// (`RUN_DIR/<prefix><pid>.pid`) of runs whose process is gone; `who`
+/// names the caller in what it prints.
+pub fn sweep_orphans(prefix: &str, who: &str) {
+    for ns in list().into_iter().filter(|n| super::orphaned(n, prefix)) {
+        eprintln!("{who}: removing namespace {ns} left by an earlier run");
+        let _ = delete(&ns);
+    }
+    if let Ok(dir) = std::fs::read_dir(RUN_DIR) {
+        for e in dir.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".pid") && super::orphaned(n, prefix))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 pub fn create(name: &str) -> Result<()> {
     ip(&["netns", "add", name]).map(drop)
 }
