@@ -886,6 +886,26 @@ impl Drop for EbpfProbe {
 mod tests {
     use super::*;
 
+    /// `cargo xtask build-ebpf` (which `cargo xtask test` runs first) puts
+    /// the object where build.rs embeds it from; the binary must then carry
+    /// exactly that object, and find it without being told where.
+    #[test]
+    fn the_built_object_is_embedded() {
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/agent-ebpf.o");
+        if !built.is_file() {
+            eprintln!(
+                "SKIPPED: no eBPF object at {} (run `cargo xtask build-ebpf`)",
+                built.display()
+            );
+            return;
+        }
+        let embedded = EMBEDDED.expect("an object built before the crate is embedded");
+        assert_eq!(embedded, std::fs::read(&built).unwrap().as_slice());
+        if std::env::var_os(OBJECT_ENV).is_none() {
+            assert!(matches!(find_object(None), Ok(ObjectSource::Embedded(_))));
+        }
+    }
+
     #[test]
     fn filter_keys_map_ipv4_into_ipv6() {
         let k = filter_key("192.0.2.1".parse().unwrap());

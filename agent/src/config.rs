@@ -64,7 +64,8 @@ pub struct ProbeConfig {
     pub default_bandwidth_mbit: f64,
     /// Measure the path passively with the eBPF programs when possible.
     pub passive: bool,
-    /// The eBPF object; unset searches `EDGE_AGENT_EBPF_OBJECT`, then
+    /// The eBPF object, overriding the one embedded in the binary at build
+    /// time; unset: `EDGE_AGENT_EBPF_OBJECT`, else the embedded object, else
     /// `target/bpf/agent-ebpf.o` near the working folder and the executable.
     pub ebpf_object: Option<PathBuf>,
     /// cgroup v2 folder whose TCP sockets sock_ops watches (default: the root).

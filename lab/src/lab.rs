@@ -79,6 +79,43 @@ pub fn sweep_stale_check_namespaces() {
     netns::sweep_orphans("jchk", "netem-tun");
 }
 
+/// A running lab as its `ready` line describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub backend: String,
+    pub edge_ns: String,
+    pub cloud_ns: String,
+    pub edge_addr: String,
+    pub cloud_addr: String,
+}
+
+impl Ready {
+    /// What [`Lab::ready_line`] says, parsed (for programs that start
+    /// `netem-tun run` and wait for the line).
+    pub fn parse(line: &str) -> Result<Ready> {
+        let rest = line
+            .strip_prefix("ready ")
+            .with_context(|| format!("not a ready line: {line:?}"))?;
+        let fields: std::collections::HashMap<&str, &str> = rest
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .map(|v| v.to_string())
+                .with_context(|| format!("netem-tun ready line lacks {k}: {line:?}"))
+        };
+        Ok(Ready {
+            backend: get("backend")?,
+            edge_ns: get("edge_ns")?,
+            cloud_ns: get("cloud_ns")?,
+            edge_addr: get("edge_addr")?,
+            cloud_addr: get("cloud_addr")?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LabConfig {
     pub prefix: String,
@@ -144,17 +181,9 @@ impl Lab {
             netns::create(ns)?;
             sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
             // Only the IPv4 test traffic should cross the link.
-            let _ = sys::run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                ],
-            );
+            if let Ok(mut c) = netns::command(ns, "sysctl") {
+                let _ = c.args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).status();
+            }
         }
         let link = match cfg.backend {
             Backend::Tun => lab.build_tun(cfg, fatal)?,
@@ -335,5 +364,27 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines_parse() {
+        let l = "ready backend=tun edge_ns=tb1-edge cloud_ns=tb1-cloud edge_addr=198.18.0.1 \
+                 cloud_addr=198.18.0.2 prefix_len=30 dev=jlab0";
+        let r = Ready::parse(l).unwrap();
+        assert_eq!(
+            (r.edge_ns.as_str(), r.cloud_ns.as_str()),
+            ("tb1-edge", "tb1-cloud")
+        );
+        assert_eq!(
+            (r.backend.as_str(), r.cloud_addr.as_str()),
+            ("tun", "198.18.0.2")
+        );
+        assert!(Ready::parse("ready backend=tun").is_err());
+        assert!(Ready::parse("serving grpc=1").is_err());
     }
 }

@@ -46,8 +46,8 @@ pub fn parse_ping(out: &str) -> Result<PingResult> {
 
 /// `count` echo requests every `interval_s` from namespace `ns` to `dst`.
 pub fn ping(ns: &str, dst: &str, count: u32, interval_s: f64) -> Result<PingResult> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-n", "-W", "2"])
+    let out = netns::command(ns, "ping")?
+        .args(["-n", "-W", "2"])
         .args([
             "-c",
             &count.to_string(),

@@ -20,8 +20,10 @@ use agent_net::{
     GrpcOffloader, OffloadConfig, OffloadRequest, Offloader, QuicClientConfig, QuicOffloader,
 };
 use anyhow::{bail, Context, Result};
+use bench::scenarios::stats::percentile;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use jitter_lab::lab::Ready;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -279,10 +281,11 @@ async fn one(o: &dyn Offloader, req: &OffloadRequest, size: usize) -> Result<Dur
     Ok(elapsed)
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+/// Percentile of sorted latencies in microseconds (the benchmarks' one
+/// definition, [`bench::scenarios::stats::percentile`]).
+fn percentile_us(sorted: &[Duration], q: f64) -> u64 {
+    let us: Vec<f64> = sorted.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    percentile(&us, q).unwrap_or(0.0).round() as u64
 }
 
 async fn measure(
@@ -314,8 +317,8 @@ async fn measure(
         transport: name.into(),
         payload_bytes: size,
         link: link.into(),
-        p50_us: percentile(&lat, 0.50).as_micros() as u64,
-        p99_us: percentile(&lat, 0.99).as_micros() as u64,
+        p50_us: percentile_us(&lat, 0.50),
+        p99_us: percentile_us(&lat, 0.99),
         rps: ((n as f64 / total.as_secs_f64()) * 10.0).round() / 10.0,
     })
 }
@@ -349,15 +352,11 @@ fn field(line: &str, key: &str) -> Result<String> {
         .with_context(|| format!("no {key}= in {line:?}"))
 }
 
-fn in_ns(ns: Option<&str>, exe: &Path) -> Command {
-    match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(exe);
-            c
-        }
+fn in_ns(ns: Option<&str>, exe: &Path) -> Result<Command> {
+    Ok(match ns {
+        Some(ns) => Command::from(jitter_lab::sys::netns::command(ns, exe)?),
         None => Command::new(exe),
-    }
+    })
 }
 
 /// One link: the server in `cloud_ns`, the client in `edge_ns`.
@@ -369,7 +368,7 @@ async fn run_link(
     listen_ip: &str,
     quick: bool,
 ) -> Result<Vec<Row>> {
-    let mut serve = in_ns(ns.map(|n| n.1), exe);
+    let mut serve = in_ns(ns.map(|n| n.1), exe)?;
     serve
         .arg("serve")
         .args(["--listen-grpc", &format!("{listen_ip}:0")])
@@ -378,7 +377,7 @@ async fn run_link(
         .arg(certs);
     let (mut server, line) = spawn_until(serve, "serving", "the benchmark server").await?;
     let (grpc, quic) = (field(&line, "grpc")?, field(&line, "quic")?);
-    let mut client = in_ns(ns.map(|n| n.0), exe);
+    let mut client = in_ns(ns.map(|n| n.0), exe)?;
     client
         .arg("client")
         .args(["--grpc", &grpc, "--quic", &quic, "--link", link])
@@ -411,7 +410,7 @@ async fn start_lab(scenario: &Path) -> Result<(Child, String, String, String)> {
     let netem = std::env::current_exe()?.with_file_name("netem-tun");
     if !netem.exists() {
         bail!(
-            "{} missing: cargo build --release -p bench --bin netem-tun",
+            "{} missing: cargo build --release -p jitter-lab --bin netem-tun",
             netem.display()
         );
     }
@@ -421,12 +420,8 @@ async fn start_lab(scenario: &Path) -> Result<(Child, String, String, String)> {
         &format!("tb{}", std::process::id() % 100_000),
     ]);
     let (child, line) = spawn_until(cmd, "ready", "netem-tun").await?;
-    Ok((
-        child,
-        field(&line, "edge_ns")?,
-        field(&line, "cloud_ns")?,
-        field(&line, "cloud_addr")?,
-    ))
+    let r = Ready::parse(&line)?;
+    Ok((child, r.edge_ns, r.cloud_ns, r.cloud_addr))
 }
 
 async fn stop_lab(mut lab: Child) {
@@ -502,18 +497,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
-        assert_eq!(percentile(&v, 0.5), Duration::from_micros(50));
-        assert_eq!(percentile(&v, 0.99), Duration::from_micros(99));
-        assert_eq!(percentile(&v[..1], 0.99), Duration::from_micros(1));
+    fn percentiles_interpolate_in_microseconds() {
+        let v: Vec<Duration> = (1..=101).map(Duration::from_micros).collect();
+        assert_eq!(percentile_us(&v, 0.5), 51);
+        assert_eq!(percentile_us(&v, 0.99), 100);
+        assert_eq!(percentile_us(&v[..1], 0.99), 1);
+        assert_eq!(percentile_us(&[], 0.5), 0);
     }
 
     #[test]
     fn listening_lines_parse() {
-        let l = "ready backend=tun edge_ns=tb1-edge cloud_ns=tb1-cloud edge_addr=198.18.0.1 cloud_addr=198.18.0.2";
-        assert_eq!(field(l, "cloud_ns").unwrap(), "tb1-cloud");
-        assert_eq!(field(l, "cloud_addr").unwrap(), "198.18.0.2");
-        assert!(field(l, "quic").is_err());
+        let l = "serving grpc=127.0.0.1:4001 quic=127.0.0.1:4002";
+        assert_eq!(field(l, "grpc").unwrap(), "127.0.0.1:4001");
+        assert_eq!(field(l, "quic").unwrap(), "127.0.0.1:4002");
+        assert!(field(l, "cloud_ns").is_err());
     }
 }

@@ -24,7 +24,7 @@ use jitter_lab::sys::{self, netns};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -207,8 +207,8 @@ fn build_pair(cleanup: &Cleanup) -> Result<Pair> {
 }
 
 fn iperf3_server(pair: &Pair) -> Result<Child> {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &pair.b, "iperf3", "-s", "-p", PORT, "-B"])
+    let child = netns::command(&pair.b, "iperf3")?
+        .args(["-s", "-p", PORT, "-B"])
         .arg(pair.addr_b.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -233,8 +233,8 @@ fn iperf3(
     len: Option<u32>,
     nodelay: bool,
 ) -> Result<Iperf> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &pair.a, "iperf3", "-J", "-p", PORT, "-c"])
+    let mut c = netns::command(&pair.a, "iperf3")?;
+    c.args(["-J", "-p", PORT, "-c"])
         .arg(pair.addr_b.to_string())
         .args(["-t", &seconds.to_string(), "-P", &streams.to_string()]);
     if let Some(l) = len {
@@ -346,11 +346,7 @@ fn mean(v: &[f64]) -> f64 {
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    crate::scenarios::stats::percentile(&v, 0.5).unwrap_or(0.0)
 }
 
 fn r3(x: f64) -> f64 {

@@ -9,8 +9,8 @@ use super::stats;
 use crate::support::cpu_quota::{self as cgroup, Controller, CpuCgroup};
 use crate::support::procs::{self, Proc};
 use anyhow::{bail, ensure, Context, Result};
+use jitter_lab::lab::Ready;
 use jitter_lab::scenario::Scenario;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,13 +52,6 @@ pub struct PolicyRun {
     pub throttling: cgroup::Throttling,
 }
 
-/// `key=value` words of a status line.
-pub fn fields(line: &str) -> HashMap<&str, &str> {
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .collect()
-}
-
 struct Ctx<'a> {
     o: &'a Options,
     ctl: Controller,
@@ -71,9 +64,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn in_ns(&self, ns: &str, program: &Path) -> Result<Command> {
-        let mut c = Command::new(program);
-        procs::in_netns(&mut c, ns)?;
-        Ok(c)
+        jitter_lab::sys::netns::command(ns, program)
     }
 
     fn cgroup_name(&self, scenario: &str, what: &str) -> String {
@@ -196,11 +187,11 @@ fn run_policy(
     sc: &Scenario,
     file: &Path,
     dir: &Path,
-    net: &HashMap<String, String>,
+    net: &Ready,
     certs: &Path,
     policy: &str,
 ) -> Result<PolicyRun> {
-    let (edge_ns, cloud_addr) = (&net["edge_ns"], &net["cloud_addr"]);
+    let (edge_ns, cloud_addr) = (&net.edge_ns, &net.cloud_addr);
     // Back to the scenario's initial conditions while the edge starts.
     lab_command(lab, "schedule start")?;
     let cg = ctx.cgroup(
@@ -274,17 +265,8 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, file: &Path, dir: &Path) -> Result<Vec
         .args(["--ns-prefix", &prefix, "--hold-schedule"]);
     let mut lab = Proc::spawn("netem-tun", cmd, &dir.join("netem-tun.log"))?;
     let ready = lab.wait_line(|l| l.starts_with("ready "), Duration::from_secs(30))?;
-    let net: HashMap<String, String> = fields(&ready)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for k in ["edge_ns", "cloud_ns", "cloud_addr"] {
-        ensure!(
-            net.contains_key(k),
-            "netem-tun ready line lacks {k}: {ready}"
-        );
-    }
-    let cloud_addr = &net["cloud_addr"];
+    let net = Ready::parse(&ready)?;
+    let cloud_addr = &net.cloud_addr;
     let certs = dir.join("certs");
     if ctx.tls {
         output(
@@ -298,7 +280,7 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, file: &Path, dir: &Path) -> Result<Vec
         Some(share) => Some(ctx.cgroup(&ctx.cgroup_name(&sc.name, "cloud"), share)?),
         None => None,
     };
-    let mut cmd = ctx.in_ns(&net["cloud_ns"], &ctx.agent)?;
+    let mut cmd = ctx.in_ns(&net.cloud_ns, &ctx.agent)?;
     cmd.args(["--log", "warn"]);
     if ctx.tls {
         cmd.arg("--tls-dir").arg(&certs);
@@ -617,14 +599,6 @@ mod tests {
     use super::*;
     use crate::scenarios::record::tests::rec;
     use crate::scenarios::record::{DecisionView, Outcome};
-
-    #[test]
-    fn parses_the_ready_line() {
-        let f = fields("ready backend=tun edge_ns=sb1-edge cloud_ns=sb1-cloud edge_addr=198.18.0.1 cloud_addr=198.18.0.2");
-        assert_eq!(f["cloud_ns"], "sb1-cloud");
-        assert_eq!(f["cloud_addr"], "198.18.0.2");
-        assert!(!f.contains_key("ready"));
-    }
 
     #[test]
     fn assembles_rows_oracle_and_estimates() {

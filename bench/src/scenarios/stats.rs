@@ -48,14 +48,11 @@ fn ratio(a: usize, b: usize) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
-/// Linear interpolation between closest ranks of a sorted slice (q in 0..=1).
+/// Linear interpolation between closest ranks of a sorted slice (q in
+/// 0..=1), the one definition every benchmark and the agent use
+/// ([`agent_core::quantile`]); `None` for no values.
 pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+    (!sorted.is_empty()).then(|| agent_core::quantile(sorted, q))
 }
 
 pub fn summarize(records: &[TaskRecord]) -> Summary {

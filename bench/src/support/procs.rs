@@ -72,27 +72,6 @@ pub fn unblock_signals_at_spawn(cmd: &mut Command) {
     }
 }
 
-/// Makes `cmd`'s process enter the named network namespace before exec.
-/// Unlike `ip netns exec`, this keeps the host's /sys (and with it the
-/// cgroup2 mount the agent's eBPF probe attaches to).
-pub fn in_netns(cmd: &mut Command, ns: &str) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let path = Path::new("/run/netns").join(ns);
-    let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns is a plain syscall, async-signal-safe, on an fd the
-    // closure keeps open until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
 /// Stops every registered child (SIGTERM, SIGKILL after 5 s) and removes
 /// every registered cgroup.
 fn cleanup_all() {

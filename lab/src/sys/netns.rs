@@ -8,6 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const RUN_DIR: &str = "/run/netem-tun";
@@ -94,6 +95,30 @@ pub fn enter(name: &str) -> Result<()> {
     let f = File::open(Path::new("/run/netns").join(name))
         .with_context(|| format!("opening namespace {name}"))?;
     setns(&f, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {name}"))
+}
+
+/// `program` as a command whose process runs inside namespace `name`: the
+/// child enters it (setns) between fork and exec. Every program of the lab
+/// and the benchmarks starts processes in a namespace this way. Unlike
+/// `ip netns exec`, it keeps the host's /sys (and with it the cgroup2
+/// mount the agent's eBPF probe attaches to).
+pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let path = Path::new("/run/netns").join(name);
+    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is a plain syscall, async-signal-safe, on an fd the
+    // closure keeps open until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 /// Runs `f` on a short-lived thread inside the namespace (sockets and TUN
