@@ -21,6 +21,6 @@ pub use queue::TaskQueue;
 pub use result::TaskResult;
 pub use sample::{ProbeEvent, ProbeEventKind, SampleSource};
 pub use task::{
-    deadline_from_unix_nanos, deadline_to_unix_nanos, unix_nanos, ExecPath, Output, Priority, Task,
-    TaskError, TaskType, Transport,
+    deadline_from_unix_nanos, deadline_to_unix_nanos, unix_nanos, Detection, ExecPath, Output,
+    Priority, Task, TaskError, TaskType, Transport,
 };

@@ -30,11 +30,12 @@ impl fmt::Display for TaskResult {
         match &self.outcome {
             Ok(o) => write!(
                 f,
-                "{} {} class={} conf={:.2} {:.2}ms",
+                "{} {} class={} conf={:.2} boxes={} {:.2}ms",
                 self.task_id,
                 by,
                 o.class,
                 o.confidence,
+                o.boxes.len(),
                 self.duration.as_secs_f64() * 1e3
             ),
             Err(e) => write!(f, "{} {} error: {e}", self.task_id, by),

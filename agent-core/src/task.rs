@@ -154,12 +154,33 @@ impl Transport {
     }
 }
 
-/// A classification produced by a model.
+/// A model's answer. Classifiers (images, text) give the most likely
+/// class; a detector gives its boxes, and the class and score of the
+/// strongest (-1 and 0 when it found nothing).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     pub class: i64,
     pub confidence: f32,
+    /// The class's name, when the model has names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
+    /// Detected objects, strongest first (object detection only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boxes: Vec<Detection>,
     pub model: String,
+}
+
+/// One detected object, in the pixels of the image as it was sent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Detection {
+    pub class: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
+    pub score: f32,
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
 }
 
 /// Why a task failed; each maps to a clear message and a wire error kind.

@@ -3,8 +3,8 @@
 //! decisions, and errors as gRPC statuses or in-band `ErrorKind`s.
 
 use agent_core::{
-    deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, ExecPath, Output, Priority, Task,
-    TaskError, TaskResult, TaskType,
+    deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, Detection, ExecPath, Output,
+    Priority, Task, TaskError, TaskResult, TaskType,
 };
 use proto::ErrorKind;
 use std::time::{Instant, SystemTime};
@@ -87,6 +87,20 @@ pub fn output_from_response(r: &proto::TaskResponse) -> Output {
     Output {
         class: i64::from(r.predicted_class),
         confidence: r.confidence,
+        label: r.label.clone(),
+        boxes: r
+            .boxes
+            .iter()
+            .map(|b| Detection {
+                class: i64::from(b.class_id),
+                label: b.label.clone(),
+                score: b.score,
+                x1: b.x1,
+                y1: b.y1,
+                x2: b.x2,
+                y2: b.y2,
+            })
+            .collect(),
         model: r.model_name.clone(),
     }
 }
@@ -99,6 +113,20 @@ pub fn output_response(task_id: &str, o: &Output) -> proto::TaskResponse {
         output: serde_json::to_vec(o).unwrap_or_default(),
         predicted_class: i32::try_from(o.class).unwrap_or(-1),
         confidence: o.confidence,
+        label: o.label.clone(),
+        boxes: o
+            .boxes
+            .iter()
+            .map(|b| proto::BoundingBox {
+                x1: b.x1,
+                y1: b.y1,
+                x2: b.x2,
+                y2: b.y2,
+                class_id: i32::try_from(b.class).unwrap_or(-1),
+                label: b.label.clone(),
+                score: b.score,
+            })
+            .collect(),
         model_name: o.model.clone(),
         ..Default::default()
     }

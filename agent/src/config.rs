@@ -1,7 +1,7 @@
 //! Configuration: a TOML file (every field optional) with CLI overrides.
 //! `agent print-config` shows the defaults.
 
-use crate::infer::ModelSpec;
+use crate::infer::{InputSpec, ModelSpec, OutputSpec};
 use agent_core::{Policy, TaskType};
 use agent_net::{OffloadConfig, TlsConfig};
 use anyhow::{Context, Result};
@@ -101,6 +101,9 @@ fn model(path: &str, name: &str, expected_ms: f64) -> ModelSpec {
         version: "1".into(),
         height: 8,
         width: 8,
+        input: None,
+        output: OutputSpec::Logits,
+        labels: Vec::new(),
         expected_ms,
     }
 }
@@ -188,6 +191,9 @@ impl Config {
             .chain(cfg.cloud.models.values_mut())
         {
             spec.path = datasets::resolve(&spec.path, base.as_deref());
+            if let Some(InputSpec::Text { vocab, .. }) = &mut spec.input {
+                *vocab = datasets::resolve(vocab, base.as_deref());
+            }
         }
         cfg.edge.tls.resolve_paths(base.as_deref());
         cfg.cloud.tls.resolve_paths(base.as_deref());

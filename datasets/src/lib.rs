@@ -1,8 +1,10 @@
-//! The held-out test sets shipped beside the models, and how files that
+//! The held-out test sets shipped beside the models (the digits set and
+//! the workload sets of `models/train_workloads.py`), and how files that
 //! ship with the repository (models, test sets) are found. No models are
 //! run here: the demo, the benchmark driver and the tests read the same sets.
 
 pub mod digits;
+pub mod heldout;
 
 use std::path::{Path, PathBuf};
 

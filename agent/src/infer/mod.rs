@@ -1,7 +1,9 @@
 //! Inference engines. The manager and the cloud service see only [`Engine`];
 //! [`torch::TorchEngine`] runs TorchScript models through libtorch.
 
+mod payload;
 mod spec;
+mod tokenizer;
 mod torch;
 
 use agent_core::{ExecTimeModel, Output, TaskError, TaskType};
@@ -9,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use spec::ModelSpec;
+pub use spec::{InputSpec, ModelSpec, OutputSpec};
+pub use tokenizer::Vocab;
 pub use torch::{parse_device, TorchEngine};
 
 /// Execution-time estimates shared by all engines of one process.

@@ -1,27 +1,81 @@
-//! A model as configured: its file, name, version and the input it expects.
-//! Checking a payload needs no model loaded, so the manager and the cloud
-//! do it before accepting work.
+//! A model as configured: its file, name, version, the payload it takes
+//! and what its output means. Checking a payload needs no model loaded, so
+//! the manager and the cloud do it before accepting work.
 
+use super::payload;
 use agent_core::TaskError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// One model and the input it expects.
+/// One model, the payload it takes and what it answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub path: PathBuf,
     pub name: String,
     #[serde(default = "default_version")]
     pub version: String,
-    /// Input image height and width: the payload is `height * width` bytes
-    /// of 8-bit grayscale.
+    /// For the raw grayscale input (no `input` given): the payload is
+    /// `height * width` bytes of 8-bit grayscale.
     #[serde(default = "default_side")]
     pub height: usize,
     #[serde(default = "default_side")]
     pub width: usize,
+    /// The payload and how it becomes the model's input; unset: raw
+    /// grayscale of `height` x `width`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSpec>,
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Class names, by class index (optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Execution time assumed until measured, in milliseconds.
     #[serde(default = "default_expected_ms")]
     pub expected_ms: f64,
+}
+
+/// What a payload is, and the tensor the model takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InputSpec {
+    /// Raw 8-bit grayscale, `height * width` bytes, row-major; the model
+    /// takes `float32 [N, 1, height, width]` scaled to 0..1.
+    Gray8 { height: usize, width: usize },
+    /// An encoded image (JPEG or PNG) of at most `max_pixels` pixels,
+    /// decoded to RGB and resized to `height` x `width` when it is another
+    /// size; the model takes `uint8 [N, height, width, 3]`.
+    Image {
+        height: usize,
+        width: usize,
+        #[serde(default = "default_max_pixels")]
+        max_pixels: u64,
+    },
+    /// UTF-8 text of at most `max_bytes` bytes, tokenized with the
+    /// vocabulary file `vocab` (see `tokenizer`); the model takes
+    /// `int64 [N, max_tokens]`.
+    Text {
+        vocab: PathBuf,
+        #[serde(default = "default_max_tokens")]
+        max_tokens: usize,
+        #[serde(default = "default_max_text_bytes")]
+        max_bytes: usize,
+    },
+}
+
+/// What the model's output tensor means.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputSpec {
+    /// `[N, classes]` logits: the answer is the most likely class.
+    #[default]
+    Logits,
+    /// `[N, K, 6]` detections (`x1, y1, x2, y2, score, class`, in the
+    /// model's input pixels): the answer is every box scoring `min_score`
+    /// or more.
+    Boxes {
+        #[serde(default = "default_min_score")]
+        min_score: f32,
+    },
 }
 
 fn default_version() -> String {
@@ -33,20 +87,41 @@ fn default_side() -> usize {
 fn default_expected_ms() -> f64 {
     1.0
 }
+fn default_max_pixels() -> u64 {
+    4096 * 4096
+}
+fn default_max_tokens() -> usize {
+    64
+}
+fn default_max_text_bytes() -> usize {
+    16 * 1024
+}
+fn default_min_score() -> f32 {
+    0.3
+}
 
 impl ModelSpec {
-    /// Checks that a payload is an image of the model's input size.
+    /// The payload kind, with the legacy grayscale default.
+    pub fn input(&self) -> InputSpec {
+        self.input.clone().unwrap_or(InputSpec::Gray8 {
+            height: self.height,
+            width: self.width,
+        })
+    }
+
+    /// Checks a payload without decoding it: size, image header and
+    /// dimensions, UTF-8.
     pub fn validate_payload(&self, payload: &[u8]) -> Result<(), TaskError> {
-        let want = self.height * self.width;
-        if payload.len() != want {
-            return Err(TaskError::InvalidInput(format!(
-                "{} expects a {}x{} grayscale image ({want} bytes), got {} bytes",
-                self.name,
-                self.height,
-                self.width,
-                payload.len()
-            )));
-        }
-        Ok(())
+        payload::check(&self.input(), payload)
+            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", self.name)))
+    }
+
+    /// The name of class `class`, or its number.
+    pub fn label(&self, class: i64) -> String {
+        usize::try_from(class)
+            .ok()
+            .and_then(|i| self.labels.get(i))
+            .cloned()
+            .unwrap_or_else(|| class.to_string())
     }
 }

@@ -1,7 +1,12 @@
-//! TorchScript inference through libtorch (`tch`), on CPU or CUDA.
+//! TorchScript inference through libtorch (`tch`), on CPU or CUDA: the
+//! payload is decoded (`payload`), run through the model, and the output
+//! read as the spec says (class scores or boxes).
 
+use super::payload::{self, Prepared};
+use super::spec::{InputSpec, OutputSpec};
+use super::tokenizer::Vocab;
 use super::{Engine, Inference, ModelSpec, SharedExecTimes};
-use agent_core::{Output, TaskError, TaskType};
+use agent_core::{Detection, Output, TaskError, TaskType};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,28 +27,142 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
     })
 }
 
+/// The model input for a prepared payload.
+fn input_tensor(p: &Prepared, spec: &InputSpec) -> Tensor {
+    match (p, spec) {
+        (Prepared::Gray8(px), InputSpec::Gray8 { height, width }) => Tensor::from_slice(px)
+            .to_kind(Kind::Float)
+            .divide_scalar(255.0)
+            .view([1, 1, *height as i64, *width as i64]),
+        (
+            Prepared::Rgb {
+                data,
+                height,
+                width,
+                ..
+            },
+            _,
+        ) => Tensor::from_slice(data).view([1, i64::from(*height), i64::from(*width), 3]),
+        (Prepared::Tokens(ids), _) => Tensor::from_slice(ids).view([1, ids.len() as i64]),
+        (Prepared::Gray8(px), _) => Tensor::from_slice(px),
+    }
+}
+
+/// An all-zero input of the spec's shape.
+fn zero_input(spec: &InputSpec) -> Prepared {
+    match spec {
+        InputSpec::Gray8 { height, width } => Prepared::Gray8(vec![0; height * width]),
+        InputSpec::Image { height, width, .. } => Prepared::Rgb {
+            data: vec![0; height * width * 3],
+            height: *height as u32,
+            width: *width as u32,
+            source: (*width as u32, *height as u32),
+        },
+        InputSpec::Text { max_tokens, .. } => Prepared::Tokens(vec![0; *max_tokens]),
+    }
+}
+
 /// TorchScript's first forward passes profile and optimise the graph and
 /// take tens of milliseconds; run them at load time so the first real task
-/// (and the execution-time estimate) does not pay for them.
+/// (and the execution-time estimate) does not pay for them. They also
+/// check that the output has the shape the spec says.
 fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<()> {
+    let input_spec = spec.input();
     tch::no_grad(|| {
-        let input = Tensor::zeros(
-            [1, 1, spec.height as i64, spec.width as i64],
-            (Kind::Float, device),
-        );
+        let input = input_tensor(&zero_input(&input_spec), &input_spec).to_device(device);
         for _ in 0..3 {
             let out = module.forward_ts(&[&input])?;
-            // A classifier answers one row of class scores per image.
-            if out.dim() != 2 || out.size()[0] != 1 {
-                bail!("expected [1, classes] scores, got shape {:?}", out.size());
+            match spec.output {
+                OutputSpec::Logits if out.dim() != 2 || out.size()[0] != 1 => {
+                    bail!("expected [1, classes] scores, got shape {:?}", out.size())
+                }
+                OutputSpec::Boxes { .. }
+                    if out.dim() != 3 || out.size()[0] != 1 || out.size()[2] != 6 =>
+                {
+                    bail!("expected [1, K, 6] boxes, got shape {:?}", out.size())
+                }
+                _ => {}
             }
         }
         Ok(())
     })
 }
 
+/// The answer of a classifier: the most likely class and its probability.
+fn classify(logits: &Tensor, spec: &ModelSpec) -> Output {
+    let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
+    let (p, idx) = probs.max_dim(-1, false);
+    let class = idx.int64_value(&[0]);
+    Output {
+        class,
+        confidence: p.double_value(&[0]) as f32,
+        label: spec.label(class),
+        boxes: Vec::new(),
+        model: spec.name.clone(),
+    }
+}
+
+/// The answer of a detector: every box scoring at least `min_score`,
+/// scaled from the model's input size to the image as it was sent.
+fn detect(
+    out: &Tensor,
+    spec: &ModelSpec,
+    min_score: f32,
+    prepared: &Prepared,
+) -> Result<Output, TaskError> {
+    let rows = out
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .view([-1, 6]);
+    let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&rows)
+        .map_err(|e| TaskError::Internal(format!("{}: unreadable output: {e}", spec.name)))?;
+    let (sx, sy) = match prepared {
+        Prepared::Rgb {
+            height,
+            width,
+            source,
+            ..
+        } => (
+            source.0 as f32 / *width as f32,
+            source.1 as f32 / *height as f32,
+        ),
+        _ => (1.0, 1.0),
+    };
+    let mut boxes: Vec<Detection> = rows
+        .iter()
+        .filter(|r| r[4] >= min_score && r.iter().all(|v| v.is_finite()))
+        .map(|r| {
+            let class = r[5] as i64;
+            Detection {
+                class,
+                label: spec.label(class),
+                score: r[4],
+                x1: r[0] * sx,
+                y1: r[1] * sy,
+                x2: r[2] * sx,
+                y2: r[3] * sy,
+            }
+        })
+        .collect();
+    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let (class, confidence) = boxes.first().map_or((-1, 0.0), |b| (b.class, b.score));
+    Ok(Output {
+        class,
+        confidence,
+        label: if class >= 0 {
+            spec.label(class)
+        } else {
+            String::new()
+        },
+        boxes,
+        model: spec.name.clone(),
+    })
+}
+
 struct Loaded {
     spec: ModelSpec,
+    input: InputSpec,
+    vocab: Option<Vocab>,
     module: CModule,
 }
 
@@ -64,6 +183,11 @@ impl TorchEngine {
             let mut module = CModule::load_on_device(&spec.path, device)
                 .with_context(|| format!("loading TorchScript model {}", spec.path.display()))?;
             module.set_eval();
+            let input = spec.input();
+            let vocab = match &input {
+                InputSpec::Text { vocab, .. } => Some(Vocab::load(vocab)?),
+                _ => None,
+            };
             warm_up(&module, spec, device)
                 .with_context(|| format!("first inference with {}", spec.path.display()))?;
             times
@@ -74,6 +198,8 @@ impl TorchEngine {
                 task_type,
                 Loaded {
                     spec: spec.clone(),
+                    input,
+                    vocab,
                     module,
                 },
             );
@@ -102,24 +228,21 @@ impl Engine for TorchEngine {
     }
 
     fn process(&mut self, task_type: TaskType, payload: &[u8]) -> Result<Inference, TaskError> {
-        self.validate(task_type, payload)?;
         let m = self.model(task_type)?;
+        // Decoding is part of the work a task costs here.
         let started = Instant::now();
-        let (class, confidence) = tch::no_grad(|| -> Result<(i64, f32), TaskError> {
-            let input = Tensor::from_slice(payload)
-                .to_kind(Kind::Float)
-                .divide_scalar(255.0)
-                .view([1, 1, m.spec.height as i64, m.spec.width as i64])
-                .to_device(self.device);
-            let logits = m
+        let prepared = payload::prepare(&m.input, payload, m.vocab.as_ref())
+            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", m.spec.name)))?;
+        let output = tch::no_grad(|| -> Result<Output, TaskError> {
+            let input = input_tensor(&prepared, &m.input).to_device(self.device);
+            let out = m
                 .module
                 .forward_ts(&[input])
                 .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)))?;
-            let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
-            let (p, idx) = probs.max_dim(-1, false);
-            let class = idx.int64_value(&[0]);
-            let confidence = p.double_value(&[0]) as f32;
-            Ok((class, confidence))
+            match m.spec.output {
+                OutputSpec::Logits => Ok(classify(&out, &m.spec)),
+                OutputSpec::Boxes { min_score } => detect(&out, &m.spec, min_score, &prepared),
+            }
         })?;
         let elapsed = started.elapsed();
         self.times
@@ -127,11 +250,7 @@ impl Engine for TorchEngine {
             .expect("exec-time lock")
             .observe(task_type, elapsed);
         Ok(Inference {
-            output: Output {
-                class,
-                confidence,
-                model: m.spec.name.clone(),
-            },
+            output,
             model_version: m.spec.version.clone(),
             elapsed,
         })
