@@ -94,18 +94,106 @@ pub struct CloudConfig {
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
-fn model(path: &str, name: &str, expected_ms: f64) -> ModelSpec {
+/// Fashion-MNIST's classes: what the image models tell apart.
+pub const FASHION_LABELS: [&str; 10] = [
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+];
+
+fn model(
+    path: &str,
+    name: &str,
+    input: Option<InputSpec>,
+    output: OutputSpec,
+    labels: &[&str],
+    expected_ms: f64,
+) -> ModelSpec {
     ModelSpec {
         path: PathBuf::from(path),
         name: name.into(),
         version: "1".into(),
         height: 8,
         width: 8,
-        input: None,
-        output: OutputSpec::Logits,
-        labels: Vec::new(),
+        input,
+        output,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
         expected_ms,
     }
+}
+
+/// The workload models of one side (`edge` or `cloud`), one per task type
+/// (models/README.md), with execution times assumed until measured.
+pub fn workload_models(side: &str, expected_ms: [f64; 3]) -> HashMap<TaskType, ModelSpec> {
+    let image = |side_px: usize| {
+        Some(InputSpec::Image {
+            height: side_px,
+            width: side_px,
+            max_pixels: 4096 * 4096,
+        })
+    };
+    HashMap::from([
+        (
+            TaskType::ImageClassification,
+            model(
+                &format!("models/image_{side}.pt"),
+                &format!("image_{side}"),
+                image(96),
+                OutputSpec::Logits,
+                &FASHION_LABELS,
+                expected_ms[0],
+            ),
+        ),
+        (
+            TaskType::ObjectDetection,
+            model(
+                &format!("models/detect_{side}.pt"),
+                &format!("detect_{side}"),
+                image(256),
+                OutputSpec::Boxes { min_score: 0.3 },
+                &FASHION_LABELS,
+                expected_ms[1],
+            ),
+        ),
+        (
+            TaskType::NlpAnalysis,
+            model(
+                &format!("models/text_{side}.pt"),
+                &format!("text_{side}"),
+                Some(InputSpec::Text {
+                    vocab: PathBuf::from("models/text_vocab.txt"),
+                    max_tokens: 64,
+                    max_bytes: 16 * 1024,
+                }),
+                OutputSpec::Logits,
+                &["rotten", "fresh"],
+                expected_ms[2],
+            ),
+        ),
+    ])
+}
+
+/// The digits models (8x8 grayscale, image classification only): tiny and
+/// fast, a smoke path for tests.
+pub fn digits_models(side: &str, expected_ms: f64) -> HashMap<TaskType, ModelSpec> {
+    HashMap::from([(
+        TaskType::ImageClassification,
+        model(
+            &format!("models/digits_{side}.pt"),
+            &format!("digits_{side}"),
+            None,
+            OutputSpec::Logits,
+            &[],
+            expected_ms,
+        ),
+    )])
 }
 
 impl Default for EdgeConfig {
@@ -124,13 +212,10 @@ impl Default for EdgeConfig {
             intra_op_threads: 1,
             policy: Policy::default(),
             response_bytes: 128,
-            cloud_expected_ms: 2.0,
+            cloud_expected_ms: 10.0,
             probe: ProbeConfig::default(),
             metrics_listen: None,
-            models: HashMap::from([(
-                TaskType::ImageClassification,
-                model("models/digits_edge.pt", "digits_edge", 0.2),
-            )]),
+            models: workload_models("edge", [15.0, 50.0, 1.0]),
         }
     }
 }
@@ -163,15 +248,28 @@ impl Default for CloudConfig {
             max_payload_bytes: 1 << 20,
             device: "auto".into(),
             intra_op_threads: 1,
-            models: HashMap::from([(
-                TaskType::ImageClassification,
-                model("models/digits_cloud.pt", "digits_cloud", 1.0),
-            )]),
+            models: workload_models("cloud", [8.0, 20.0, 3.0]),
         }
     }
 }
 
 impl Config {
+    /// This configuration with the digits models on both sides, paths
+    /// resolved (see [`digits_models`]).
+    pub fn with_digits_models(mut self) -> Config {
+        self.edge.models = digits_models("edge", 0.2);
+        self.cloud.models = digits_models("cloud", 1.0);
+        for spec in self
+            .edge
+            .models
+            .values_mut()
+            .chain(self.cloud.models.values_mut())
+        {
+            spec.path = datasets::resolve(&spec.path, None);
+        }
+        self
+    }
+
     /// Loads `path`, or the defaults when `None`; model paths are resolved.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let (mut cfg, base) = match path {

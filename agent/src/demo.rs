@@ -1,7 +1,8 @@
 //! `agent demo`: the embedded default. Starts the cloud service (a child
-//! process) and the edge agent on this machine, drives bursts of digits
-//! images through the edge's task API, and prints every decision and a
-//! summary.
+//! process) and the edge agent on this machine, drives bursts of the three
+//! task types (images to classify, scenes to search for objects, reviews
+//! to read; from the models' held-out sets) through the edge's task API,
+//! and prints every decision and a summary, per task type too.
 
 use crate::config::Config;
 use crate::edge::Edge;
@@ -10,6 +11,10 @@ use agent_core::{Policy, Priority, TaskType};
 use agent_net::task_api::{self, Submission};
 use agent_net::tls::{self, Side, TlsConfig};
 use anyhow::{bail, Context, Result};
+use datasets::heldout::TruthBox;
+use datasets::quality::{mean_ap, ScoredBox};
+use datasets::workload::{Truth, Workload};
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +40,55 @@ pub struct DemoArgs {
     pub policy: Option<String>,
 }
 
+/// What happened to the tasks of one type.
+#[derive(Debug, Default)]
+struct TypeTally {
+    tasks: u64,
+    local: u64,
+    offloaded: u64,
+    failed: u64,
+    answered: u64,
+    correct: u64,
+    /// Detection: the boxes answered and the truths, scene by scene.
+    dets: Vec<Vec<ScoredBox>>,
+    truths: Vec<Vec<TruthBox>>,
+}
+
+impl TypeTally {
+    /// Accuracy for the classifiers, mAP@0.5 for detection, over the answered tasks.
+    fn quality(&self, task_type: TaskType) -> f64 {
+        let q = match task_type {
+            TaskType::ObjectDetection => mean_ap(&self.dets, &self.truths, 10, 0.5),
+            _ if self.answered > 0 => self.correct as f64 / self.answered as f64,
+            _ => 0.0,
+        };
+        (q * 10000.0).round() / 10000.0
+    }
+}
+
+/// The task type, priority and deadline of the `k`-th task of a burst: half
+/// images (every fourth of them urgent), a quarter reviews, a quarter scenes.
+fn mix(k: usize) -> (TaskType, Priority, Option<Duration>) {
+    match k % 8 {
+        7 => (
+            TaskType::ImageClassification,
+            Priority::Critical,
+            Some(Duration::from_millis(500)),
+        ),
+        0 | 2 | 4 => (TaskType::ImageClassification, Priority::Medium, None),
+        1 | 5 => (TaskType::NlpAnalysis, Priority::Low, None),
+        _ => (
+            TaskType::ObjectDetection,
+            Priority::High,
+            Some(Duration::from_secs(2)),
+        ),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tally {
+    by_type: BTreeMap<TaskType, TypeTally>,
+    answered_classified: u64,
     latencies_ms: Vec<f64>,
     local: u64,
     offloaded: u64,
@@ -94,6 +146,10 @@ async fn start_cloud(
     Ok((child, addr, quic))
 }
 
+fn ty_failed(t: &mut Tally, task_type: TaskType) {
+    t.by_type.entry(task_type).or_default().failed += 1;
+}
+
 /// The demo's certificate folder, removed however the demo ends.
 struct TempDir(std::path::PathBuf);
 
@@ -111,9 +167,14 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     if let Some(p) = &args.policy {
         cfg.edge.policy = Policy::from_name(p).with_context(|| format!("unknown policy {p:?}"))?;
     }
-    let samples = Arc::new(
-        datasets::digits::load_default().context("the demo needs models/digits_test.bin")?,
+    let workload = Arc::new(
+        Workload::load().context("the demo sends the models' held-out sets (models/heldout_*)")?,
     );
+    let model_names = |m: &std::collections::HashMap<TaskType, crate::infer::ModelSpec>| {
+        let mut v: Vec<_> = m.values().map(|s| s.name.clone()).collect();
+        v.sort();
+        v.join(", ")
+    };
     // Mutual TLS with a development CA made for this run, unless --insecure.
     let certs = if cfg.edge.tls.insecure {
         None
@@ -141,24 +202,29 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     let api = edge.api_addr.to_string();
     if !args.json {
         println!(
-            "cloud service: quic={} grpc={cloud_addr} ({}; child process, model digits_cloud)",
+            "cloud service: quic={} grpc={cloud_addr} ({}; child process, models {})",
             quic_addr.as_deref().unwrap_or("off"),
             if certs.is_some() {
                 "mutual TLS, development CA"
             } else {
                 "PLAINTEXT, --insecure"
-            }
+            },
+            model_names(&cfg.cloud.models)
         );
         println!(
-            "edge agent:    api={api} policy={} local workers={} (model digits_edge)",
+            "edge agent:    api={api} policy={} local workers={} (models {})",
             cfg.edge.policy.name(),
-            cfg.edge.workers
+            cfg.edge.workers,
+            model_names(&cfg.edge.models)
         );
         println!(
-            "workload: bursts of {} images every {} ms for {} s. Within a burst the local queue \
-             grows, so the first images run locally (an idle worker beats a round trip) and later \
-             ones wait longer than the offload would take and go to the cloud; between bursts the \
-             queue drains and local wins again.",
+            "workload: bursts of {} tasks every {} ms for {} s: half images to classify (96x96 \
+             JPEG; one in four urgent, 500 ms deadline), a quarter reviews to read (text, low \
+             priority), a quarter scenes to search for objects (256x256 JPEG, high priority, 2 s \
+             deadline). Within a burst the local queue grows, so the first tasks run locally (an \
+             idle worker beats a round trip) and later ones wait longer than the offload would \
+             take and go to the cloud; between bursts the queue drains and local wins again. \
+             Each line says why.",
             args.burst, args.burst_interval_ms, args.seconds
         );
     }
@@ -179,14 +245,11 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
     let mut handles = Vec::new();
     while started.elapsed() < Duration::from_secs(args.seconds) {
         for k in 0..args.burst {
-            let s = samples[next % samples.len()].clone();
+            let (task_type, priority, deadline) = mix(k);
+            let item = workload
+                .item(task_type.as_str(), next)
+                .context("a held-out set for every task type")?;
             next += 1;
-            // Every eighth task is urgent, with a deadline.
-            let (priority, deadline) = if k % 8 == 7 {
-                (Priority::Critical, Some(Duration::from_millis(50)))
-            } else {
-                (Priority::Medium, None)
-            };
             let mut c = client.clone();
             let tally = tally.clone();
             let json = args.json;
@@ -194,24 +257,62 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
             handles.push(tokio::spawn(async move {
                 let submission = Submission {
                     id: id.clone(),
-                    task_type: TaskType::ImageClassification,
-                    payload: s.pixels,
+                    task_type,
+                    payload: item.payload,
                     priority,
                     deadline,
                 };
                 let (r, lat) = task_api::send(&mut c, submission).await;
                 let mut t = tally.lock().await;
+                let label = match &item.truth {
+                    Truth::Class(l) => Some(*l),
+                    Truth::Boxes(_) => None,
+                };
+                t.by_type.entry(task_type).or_default().tasks += 1;
                 match r {
                     Ok(resp) => {
                         if !json {
-                            println!("{}", describe(&resp, Some(s.label), lat));
+                            println!("{:<20} {}", task_type.as_str(), describe(&resp, label, lat));
                         }
+                        let ty = t.by_type.entry(task_type).or_default();
                         if resp.success {
+                            ty.answered += 1;
+                            match &item.truth {
+                                Truth::Class(l) => {
+                                    if resp.predicted_class == i32::from(*l) {
+                                        ty.correct += 1;
+                                    }
+                                }
+                                Truth::Boxes(b) => {
+                                    ty.truths.push(b.clone());
+                                    ty.dets.push(
+                                        resp.boxes
+                                            .iter()
+                                            .map(|b| ScoredBox {
+                                                x1: b.x1,
+                                                y1: b.y1,
+                                                x2: b.x2,
+                                                y2: b.y2,
+                                                score: b.score,
+                                                class: u8::try_from(b.class_id).unwrap_or(u8::MAX),
+                                            })
+                                            .collect(),
+                                    );
+                                }
+                            }
+                            if resp.processed_by.starts_with("cloud") {
+                                ty.offloaded += 1;
+                            } else {
+                                ty.local += 1;
+                            }
+                            if label.is_some() {
+                                t.answered_classified += 1;
+                                if resp.predicted_class == label.map_or(-1, i32::from) {
+                                    t.correct += 1;
+                                }
+                            }
                             t.answered += 1;
                             t.latencies_ms.push(lat.as_secs_f64() * 1e3);
-                            if resp.predicted_class == i32::from(s.label) {
-                                t.correct += 1;
-                            }
                             if resp.processed_by.starts_with("cloud") {
                                 t.offloaded += 1;
                             } else {
@@ -224,6 +325,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
                             }
                         } else {
                             t.failed += 1;
+                            ty_failed(&mut t, task_type);
                         }
                         if resp.fell_back {
                             t.fell_back += 1;
@@ -234,6 +336,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
                             println!("{id:<10} rejected: {}", status.message());
                         }
                         t.rejected += 1;
+                        ty_failed(&mut t, task_type);
                     }
                 }
             }));
@@ -256,17 +359,36 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         .into_inner();
     t.latencies_ms.sort_by(|a, b| a.total_cmp(b));
     let tasks = t.answered + t.failed + t.rejected;
-    let accuracy = if t.answered > 0 {
-        t.correct as f64 / t.answered as f64
+    // Classification accuracy over the images and reviews answered.
+    let accuracy = if t.answered_classified > 0 {
+        t.correct as f64 / t.answered_classified as f64
     } else {
         0.0
     };
+    let by_type: serde_json::Map<String, serde_json::Value> = t
+        .by_type
+        .iter()
+        .map(|(ty, x)| {
+            (
+                ty.as_str().to_string(),
+                serde_json::json!({
+                    "tasks": x.tasks,
+                    "local": x.local,
+                    "offloaded": x.offloaded,
+                    "failed": x.failed,
+                    "quality": x.quality(*ty),
+                    "quality_measure": if *ty == TaskType::ObjectDetection { "map50" } else { "accuracy" },
+                }),
+            )
+        })
+        .collect();
     let summary = serde_json::json!({
         "tasks": tasks,
         "local": t.local,
         "offloaded": t.offloaded,
         "failed": t.failed + t.rejected,
         "accuracy": (accuracy * 10000.0).round() / 10000.0,
+        "by_type": by_type,
         "p50_ms": (percentile(&t.latencies_ms, 0.50) * 1000.0).round() / 1000.0,
         "p95_ms": (percentile(&t.latencies_ms, 0.95) * 1000.0).round() / 1000.0,
         "p99_ms": (percentile(&t.latencies_ms, 0.99) * 1000.0).round() / 1000.0,
@@ -278,6 +400,22 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> Result<()> {
         "agent_stats": stats,
     });
     if !args.json {
+        for (ty, x) in &t.by_type {
+            println!(
+                "{:<20} {} tasks: {} local, {} offloaded, {} failed, {} {:.4}",
+                ty.as_str(),
+                x.tasks,
+                x.local,
+                x.offloaded,
+                x.failed,
+                if *ty == TaskType::ObjectDetection {
+                    "mAP@0.5"
+                } else {
+                    "accuracy"
+                },
+                x.quality(*ty)
+            );
+        }
         println!(
             "\nsummary: {tasks} tasks, {} local, {} offloaded ({} over QUIC, {} over gRPC), {} failed, \
              accuracy {:.2}%, latency p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms",

@@ -3,7 +3,7 @@
 use agent_core::{Priority, TaskType};
 use agent_net::task_api::{self, Submission};
 use anyhow::Result;
-use datasets::digits;
+use datasets::workload::{Truth, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,9 +12,14 @@ pub struct SubmitArgs {
     /// The edge agent's task API.
     #[arg(long, default_value = "127.0.0.1:50061")]
     pub edge: String,
-    /// 8x8 binary PGM images; without any, images from the bundled test set.
-    pub images: Vec<PathBuf>,
-    /// How many test-set images to send when no files are given.
+    /// Payload files: JPEG or PNG images for image_classification and
+    /// object_detection, UTF-8 text for nlp_analysis; without any, items of
+    /// the models' held-out sets.
+    pub files: Vec<PathBuf>,
+    /// image_classification, object_detection or nlp_analysis.
+    #[arg(long, default_value = "image_classification")]
+    pub task_type: String,
+    /// How many held-out items to send when no files are given.
     #[arg(long, default_value_t = 20)]
     pub count: usize,
     /// low, medium, high or critical.
@@ -47,9 +52,14 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
             Some(l) => format!(" label={l} WRONG"),
             None => String::new(),
         };
+        let boxes = if resp.boxes.is_empty() {
+            String::new()
+        } else {
+            format!(" boxes={}", resp.boxes.len())
+        };
         format!(
-            "{:<10} {:<11} class={} conf={:.2}{verdict} {ms:.2}ms",
-            resp.task_id, resp.processed_by, resp.predicted_class, resp.confidence
+            "{:<10} {:<11} class={} {} conf={:.2}{boxes}{verdict} {ms:.2}ms",
+            resp.task_id, resp.processed_by, resp.predicted_class, resp.label, resp.confidence
         )
     } else {
         format!(
@@ -83,17 +93,23 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
 
 pub async fn run(args: SubmitArgs) -> Result<()> {
     let priority = parse_priority(&args.priority)?;
-    let items: Vec<(String, Vec<u8>, Option<u8>)> = if args.images.is_empty() {
-        digits::load_default()?
-            .into_iter()
-            .take(args.count)
-            .enumerate()
-            .map(|(i, s)| (format!("test-{i}"), s.pixels, Some(s.label)))
+    let task_type: TaskType = args.task_type.parse().map_err(anyhow::Error::msg)?;
+    let items: Vec<(String, Vec<u8>, Option<u8>)> = if args.files.is_empty() {
+        let w = Workload::load()?;
+        (0..args.count)
+            .map(|i| {
+                let item = w.item(task_type.as_str(), i).expect("a set for every type");
+                let label = match item.truth {
+                    Truth::Class(l) => Some(l),
+                    Truth::Boxes(_) => None,
+                };
+                (format!("heldout-{i}"), item.payload, label)
+            })
             .collect()
     } else {
-        args.images
+        args.files
             .iter()
-            .map(|p| Ok((p.display().to_string(), digits::read_pgm(p)?, None)))
+            .map(|p| Ok((p.display().to_string(), std::fs::read(p)?, None)))
             .collect::<Result<_>>()?
     };
     let client = task_api::connect(&args.edge).await?;
@@ -106,7 +122,7 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
         handles.push(tokio::spawn(async move {
             let submission = Submission {
                 id: id.clone(),
-                task_type: TaskType::ImageClassification,
+                task_type,
                 payload,
                 priority,
                 deadline,

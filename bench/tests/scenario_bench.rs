@@ -112,9 +112,14 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     assert_eq!(by("always-local")["offloaded"], 0);
     let off = by("always-offload");
     assert_eq!(off["offloaded"], off["completed"]);
-    // Offloading pays the 40 ms round trip; running locally does not.
+    // Offloading pays the 40 ms round trip; running locally does not (the
+    // mix's median task, a small image or a text, is cheaper than that).
     assert!(off["p50_ms"].as_f64().unwrap() > 35.0, "{off}");
-    assert!(by("always-local")["p50_ms"].as_f64().unwrap() < 35.0);
+    let local_p50 = by("always-local")["p50_ms"].as_f64().unwrap();
+    assert!(
+        local_p50 < off["p50_ms"].as_f64().unwrap(),
+        "{local_p50} {off}"
+    );
     let oracle = &sc["oracle"];
     assert_eq!(oracle["tasks"].as_u64().unwrap(), sent[0]);
     assert!(oracle["p50_ms"].as_f64().unwrap() <= by("always-local")["p50_ms"].as_f64().unwrap());

@@ -5,6 +5,8 @@
 
 pub mod digits;
 pub mod heldout;
+pub mod quality;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 

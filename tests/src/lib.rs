@@ -11,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tonic::transport::Channel;
 
+/// The default configuration with the digits models: the tests that
+/// exercise the agent's machinery use the smallest, fastest models
+/// (tests/tests/workload_models.rs covers the workload models).
 pub fn defaults() -> Config {
-    Config::load(None).expect("default config")
+    Config::load(None)
+        .expect("default config")
+        .with_digits_models()
 }
 
 pub fn test_set() -> Vec<Sample> {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use bench::scenarios::record::{path_of, DecisionView, Outcome, TaskRecord};
 use bench::scenarios::workload::{plan, PlannedTask};
 use clap::{Parser, Subcommand};
+use datasets::workload::Truth;
 use jitter_lab::Scenario;
 use proto::edge_ai_service_client::EdgeAiServiceClient;
 use std::io::Write;
@@ -62,7 +63,7 @@ struct DriverArgs {
     /// Seconds of the stream to send.
     #[arg(long)]
     duration: f64,
-    /// The edge's policy: labels the tasks and gives the jitter multiplier.
+    /// The edge's policy (it labels the tasks).
     #[arg(long)]
     policy: String,
     /// JSON lines, one record per task.
@@ -141,9 +142,13 @@ async fn connect(addr: &str) -> Result<EdgeAiServiceClient<Channel>> {
     }
 }
 
+/// Sample indices are drawn from 0..SAMPLES and wrap around each held-out set.
+const SAMPLES: usize = 10_000;
+
 struct Sent {
     planned: PlannedTask,
-    label: u8,
+    /// The class a classifier should answer (none for detection).
+    label: Option<u8>,
     payload: Vec<u8>,
 }
 
@@ -186,7 +191,7 @@ async fn send_one(
         path: None,
         transport: String::new(),
         fell_back: false,
-        label: Some(s.label),
+        label: s.label,
         predicted: None,
         decision: None,
     };
@@ -234,9 +239,10 @@ async fn send_one(
 /// the stream on schedule and writes one record per task to `out`.
 async fn run(a: DriverArgs) -> Result<()> {
     let scenario = Scenario::load(&a.scenario)?;
-    let samples =
-        datasets::digits::load_default().context("the driver needs models/digits_test.bin")?;
-    let tasks = plan(&scenario.workload, a.duration, samples.len())?;
+    let sets = datasets::workload::Workload::load()
+        .context("the driver sends the models' held-out sets (models/heldout_*)")?;
+    // Sample indices cycle through each set (see Workload::item).
+    let tasks = plan(&scenario.workload, a.duration, SAMPLES)?;
     check_policy(&a.policy)?;
     let client = connect(&a.edge).await?;
     println!("ready tasks={}", tasks.len());
@@ -252,10 +258,15 @@ async fn run(a: DriverArgs) -> Result<()> {
     let mut handles = Vec::with_capacity(tasks.len());
     for t in tasks {
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(t.at_ms / 1e3)).into()).await;
-        let sample = &samples[t.sample];
+        let item = sets
+            .item(&t.task, t.sample)
+            .with_context(|| format!("no held-out set for task type {:?}", t.task))?;
         let sent = Sent {
-            label: sample.label,
-            payload: sample.pixels.clone(),
+            label: match item.truth {
+                Truth::Class(l) => Some(l),
+                Truth::Boxes(_) => None,
+            },
+            payload: item.payload,
             planned: t,
         };
         handles.push(tokio::spawn(send_one(

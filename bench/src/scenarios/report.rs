@@ -58,11 +58,11 @@ pub struct ScenarioResult {
     pub span_s: (f64, f64),
     pub profile: Profile,
     pub edge_quota: String,
-    /// Median of the agent's own (self-calibrating) estimates over the run:
-    /// local inference in the always-local run, the cloud's server time in
-    /// the always-offload run.
-    pub local_inference_ms: Option<f64>,
-    pub cloud_inference_ms: Option<f64>,
+    /// Per task type, the median of the agent's own (self-calibrating)
+    /// estimates over the run: local inference (decoding included) in the
+    /// always-local run, the cloud's server time in the always-offload run.
+    pub local_inference_ms: std::collections::BTreeMap<String, f64>,
+    pub cloud_inference_ms: std::collections::BTreeMap<String, f64>,
     /// Decisions per source of the network estimate they used, all runs.
     pub network_sources: std::collections::BTreeMap<String, usize>,
     pub rows: Vec<Row>,
@@ -82,6 +82,25 @@ pub struct BenchResult {
     pub transport: String,
     pub calibrations: Vec<Calibration>,
     pub scenarios: Vec<ScenarioResult>,
+}
+
+/// `image 18.2, detect 55.0, text 0.9`: one figure per task type.
+fn per_type(m: &std::collections::BTreeMap<String, f64>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(|(task, v)| {
+            let short = match task.as_str() {
+                "image_classification" => "image",
+                "object_detection" => "detect",
+                "nlp_analysis" => "text",
+                other => other,
+            };
+            format!("{short} {}", ms(Some(*v)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -165,8 +184,8 @@ pub fn render(r: &BenchResult) -> String {
             s.profile
                 .cloud_cpu_share
                 .map_or("unlimited".into(), |c| c.to_string()),
-            ms(s.local_inference_ms),
-            ms(s.cloud_inference_ms),
+            per_type(&s.local_inference_ms),
+            per_type(&s.cloud_inference_ms),
             s.network_sources
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))
@@ -176,9 +195,10 @@ pub fn render(r: &BenchResult) -> String {
     }
     let _ = writeln!(
         o,
-        "\nLocal and cloud inference: the median of the agent's own self-calibrating estimates \
-         (local: the edge model's measured inference under the quota, always-local run; cloud: \
-         the cloud's measured server time, always-offload run). Network estimate: where the \
+        "\nLocal and cloud inference, per task type: the median of the agent's own \
+         self-calibrating estimates (local: the edge model's measured decoding and inference \
+         under the quota, always-local run; cloud: the cloud's measured server time, \
+         always-offload run). Network estimate: where the \
          RTT/jitter behind each decision came from (`none`: no estimate yet).\n"
     );
     for c in &r.calibrations {
@@ -338,8 +358,8 @@ mod tests {
                     cloud_cpu_share: None,
                 },
                 edge_quota: "1000 us every 4000 us".into(),
-                local_inference_ms: Some(0.6),
-                cloud_inference_ms: None,
+                local_inference_ms: [("image_classification".to_string(), 0.6)].into(),
+                cloud_inference_ms: Default::default(),
                 network_sources: [("active-tcp".to_string(), 3)].into(),
                 rows: vec![Row {
                     policy: "cost-model".into(),

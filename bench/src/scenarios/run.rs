@@ -3,7 +3,7 @@
 //! namespace under a CPU quota and the workload driver beside it.
 
 use super::quick_window::{quick_start, window};
-use super::record::TaskRecord;
+use super::record::{DecisionView, TaskRecord};
 use super::report::{self, BenchResult, Calibration, Job, Machine, Row, ScenarioResult};
 use super::stats;
 use crate::support::cpu_quota::{self as cgroup, Controller, CpuCgroup};
@@ -11,6 +11,7 @@ use crate::support::procs::{self, Proc};
 use anyhow::{bail, ensure, Context, Result};
 use jitter_lab::lab::Ready;
 use jitter_lab::scenario::Scenario;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -366,12 +367,17 @@ pub fn assemble(
             throttling: r.throttling,
         })
         .collect();
-    let decisions = |n: &str| {
-        by_name(n)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r.decision.clone())
-            .collect::<Vec<_>>()
+    // Per task type, the median of what a run's decisions estimated.
+    let per_type = |n: &str, pick: fn(&DecisionView) -> f64| {
+        let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for r in by_name(n).unwrap_or_default() {
+            if let Some(d) = &r.decision {
+                by.entry(r.task.clone()).or_default().push(pick(d));
+            }
+        }
+        by.into_iter()
+            .filter_map(|(task, v)| median(v.into_iter()).map(|m| (task, m)))
+            .collect::<BTreeMap<_, _>>()
     };
     ScenarioResult {
         name: sc.name.clone(),
@@ -379,16 +385,8 @@ pub fn assemble(
         span_s,
         profile: sc.profile.clone(),
         edge_quota,
-        local_inference_ms: median(
-            decisions("always-local")
-                .iter()
-                .map(|d| d.local_inference_ms),
-        ),
-        cloud_inference_ms: median(
-            decisions("always-offload")
-                .iter()
-                .map(|d| d.cloud_inference_ms),
-        ),
+        local_inference_ms: per_type("always-local", |d| d.local_inference_ms),
+        cloud_inference_ms: per_type("always-offload", |d| d.cloud_inference_ms),
         network_sources: runs
             .iter()
             .flat_map(|r| &r.records)
@@ -659,8 +657,9 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
         assert_eq!((orc.tasks, orc.deadline_missed, orc.offloaded), (2, 0, 1));
         assert_eq!(r.rows[2].vs_oracle_ms, Some(1.0));
         assert_eq!(r.rows[2].summary.failed, 1);
-        assert_eq!(r.local_inference_ms, Some(2.0));
-        assert_eq!(r.cloud_inference_ms, Some(3.0));
+        let image = |m: &BTreeMap<String, f64>| m.get("image_classification").copied();
+        assert_eq!(image(&r.local_inference_ms), Some(2.0));
+        assert_eq!(image(&r.cloud_inference_ms), Some(3.0));
         // Without both fixed policies there is no oracle.
         let r = assemble(&sc, (0.0, 10.0), "q".into(), &runs[2..]);
         assert!(r.oracle.is_none() && r.rows[0].vs_oracle_ms.is_none());
