@@ -385,7 +385,7 @@ mod tests {
         assert!(md.contains("| wan | *oracle* | 200 |"));
         assert!(md.contains("| 2.00 | 2.50 | 7.00 | 3.5x |"));
         assert!(
-            md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | 0.6 | - | active-tcp 3 |")
+            md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | image 0.6 | - | active-tcp 3 |")
         );
         assert!(md.contains("![wan latency CDF](cdf-wan.png)"));
         let json = serde_json::to_string(&result()).unwrap();
