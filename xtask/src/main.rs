@@ -56,10 +56,10 @@ enum Cmd {
     /// eBPF probe overhead: iperf3 on a veth pair with and without the probe; writes bench/results/ebpf-overhead.md (needs root).
     BenchEbpf {
         /// Pairs of rounds (one without the probe, one with).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 40)]
         rounds: u32,
         /// Seconds per iperf3 run.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         seconds: u32,
         /// Where to write the Markdown report (default: bench/results/ebpf-overhead.md).
         #[arg(long)]

@@ -1,9 +1,9 @@
 //! `ebpf-overhead`: TCP throughput on a veth pair with and without the
-//! passive probe attached, alternating (see `bench_ebpf::overhead`).
+//! passive probe attached, alternating (see `bench::ebpf::overhead`).
 //! Prints the report as Markdown (also written to `--out`), then one JSON
 //! object on the last line. Needs root, iperf3 and the eBPF object.
 
-use bench::ebpf::overhead::{self, OverheadOptions};
+use bench::ebpf::overhead::{self, OverheadOptions, Parts};
 use bench::support::cleanup::Cleanup;
 use clap::Parser;
 use std::path::PathBuf;
@@ -26,6 +26,13 @@ struct Args {
     /// Seconds of the small-message stress round (0 skips it).
     #[arg(long, default_value_t = 5)]
     stress_seconds: u32,
+    /// The one CPU everything runs on (iperf3 client and server, the probe's
+    /// reader); the kernel programs run there too, in the packets' path.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// Which programs the measured flows pass through in the rounds with the probe.
+    #[arg(long, value_enum, default_value_t = Parts::All)]
+    parts: Parts,
     /// Also write the Markdown report here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -37,8 +44,11 @@ struct Args {
 }
 
 fn main() {
-    let cleanup = Cleanup::install("ebpf-overhead");
     let args = Args::parse();
+    // Before any other thread exists: every later thread and child (iperf3
+    // on both ends, the probe's reader) inherits both settings.
+    let placement = overhead::place(args.cpu);
+    let cleanup = Cleanup::install("ebpf-overhead");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -50,7 +60,9 @@ fn main() {
         seconds: args.seconds,
         streams: args.streams,
         stress_seconds: args.stress_seconds,
+        parts: args.parts,
         object: args.object,
+        placement,
     };
     let progress = |m: &str| eprintln!("ebpf-overhead: {m}");
     let report = match overhead::run(&opts, &cleanup, &progress) {

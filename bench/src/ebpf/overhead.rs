@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub const PREFIX: &str = "povh";
+/// Cgroup of the runs that keep sock_ops away from the flows.
+const IDLE_PREFIX: &str = "povh-idle";
 const PORT: &str = "5201";
 
 #[derive(Debug, Clone)]
@@ -43,7 +45,56 @@ pub struct OverheadOptions {
     pub streams: u32,
     /// Seconds of the small-message stress round (0: none).
     pub stress_seconds: u32,
+    /// Which programs see the traffic in the rounds with the probe.
+    pub parts: Parts,
     pub object: Option<PathBuf>,
+    /// How [`place`] set up this process (reported).
+    pub placement: Placement,
+}
+
+/// Where the benchmark runs: one CPU for the whole data path and the
+/// probe, at the highest priority.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Placement {
+    /// The CPU this process and its children are pinned to, if pinning worked.
+    pub cpu: Option<usize>,
+    /// Its nice value, if raising the priority worked.
+    pub nice: Option<i32>,
+}
+
+/// Pins the calling thread (and so every thread and child it starts
+/// later) to `cpu` and raises its priority to nice -20.
+///
+/// Why one CPU: with two, the iperf3 client and server sometimes share a
+/// CPU (about 20 Gbit/s on a veth pair here) and sometimes not (about 4-5),
+/// so unpinned rounds measure the scheduler's placement, which the probe's
+/// reader thread perturbs. On one CPU every cost of the probe (programs in
+/// the packets' path, the reader) competes with the traffic: the single-core
+/// gateway, the least favourable case. The priority keeps other work on
+/// the machine from deciding the variance.
+pub fn place(cpu: usize) -> Placement {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set.set(cpu).is_ok()
+        && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok();
+    // SAFETY: plain syscalls on the calling thread.
+    let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0;
+    Placement {
+        cpu: pinned.then_some(cpu),
+        nice: niced.then_some(-20),
+    }
+}
+
+/// What the iperf3 flows pass through in the rounds "with". The other
+/// programs are still loaded, on an idle cgroup or on no interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Parts {
+    /// Everything, as the agent runs it.
+    All,
+    /// tc only (sock_ops on a cgroup without the flows).
+    Tc,
+    /// sock_ops only (no tc attachment).
+    Sockops,
 }
 
 impl Default for OverheadOptions {
@@ -53,7 +104,9 @@ impl Default for OverheadOptions {
             seconds: 5,
             streams: 1,
             stress_seconds: 5,
+            parts: Parts::All,
             object: None,
+            placement: Placement::default(),
         }
     }
 }
@@ -83,6 +136,9 @@ pub struct ReaderStats {
     pub events_consumed: u64,
     pub kernel_drops: u64,
     pub channel_drops: u64,
+    /// CPU time of this process (the reader, the estimator; the main
+    /// thread only waits for iperf3) in percent of one CPU.
+    pub reader_cpu_pct: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +151,37 @@ pub struct StressRound {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct ProgramCost {
+    pub name: String,
+    pub runs_per_s: f64,
+    pub ns_per_run: f64,
+    /// Percent of one CPU.
+    pub cpu_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramCostRound {
+    pub gbit_s: f64,
+    pub cpu_pct_total: f64,
+    pub programs: Vec<ProgramCost>,
+}
+
+/// (name, run time ns, run count) of the loaded programs among `ids`.
+fn program_stats(ids: &[u32]) -> Vec<(String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| {
+            (
+                p.name_as_str().unwrap_or("?").to_string(),
+                p.run_time().as_nanos() as u64,
+                p.run_count(),
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct OverheadReport {
     pub rounds: Vec<Round>,
     pub mean_without_gbit_s: f64,
@@ -103,6 +190,9 @@ pub struct OverheadReport {
     pub ratio: f64,
     /// Median over the pairs of (with / without) of the same pair.
     pub median_pair_ratio: f64,
+    /// Mean of the pairs' ratios and its 95 % confidence interval (t).
+    pub mean_pair_ratio: f64,
+    pub pair_ratio_ci95: [f64; 2],
     /// (1 - ratio) in percent.
     pub throughput_loss_pct: f64,
     /// Records per second the reader sustained in the rounds with the probe.
@@ -110,6 +200,11 @@ pub struct OverheadReport {
     pub kernel_drops: u64,
     pub channel_drops: u64,
     pub stress: Option<StressRound>,
+    /// The programs' own CPU time under the same load (separate round:
+    /// the kernel's run-time statistics cost time themselves).
+    pub program_cost: ProgramCostRound,
+    pub parts: Parts,
+    pub placement: Placement,
     pub attachments: Vec<String>,
     /// Every probe of the run left nothing behind.
     pub detached: bool,
@@ -149,7 +244,9 @@ fn machine(loadavg_start: String) -> Machine {
             .unwrap_or_default()
             .trim()
             .to_string(),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        // Online CPUs of the machine (this process is pinned to one of them).
+        // SAFETY: sysconf has no preconditions.
+        cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize,
         cpu_model,
         loadavg_start,
         loadavg_end: loadavg(),
@@ -270,6 +367,12 @@ fn iperf3(
     })
 }
 
+/// The cgroup the iperf3 flows run in, and an empty one (sock_ops sees nothing there).
+struct Cgroups {
+    flows: Arc<CgroupGuard>,
+    idle: Arc<CgroupGuard>,
+}
+
 /// A probe attached for one round, its reader feeding an estimator.
 struct Attached {
     probe: EbpfProbe,
@@ -277,11 +380,14 @@ struct Attached {
     consumed: Arc<AtomicU64>,
 }
 
-fn attach(pair: &Pair, cg: &CgroupGuard, object: Option<PathBuf>) -> Result<Attached> {
+fn attach(pair: &Pair, cgs: &Cgroups, parts: Parts, object: Option<PathBuf>) -> Result<Attached> {
     let cfg = EbpfProbeConfig {
         object,
-        cgroup: Some(cg.path.clone()),
-        tc_interface: Some(pair.va.clone()),
+        cgroup: Some(match parts {
+            Parts::Tc => cgs.idle.path.clone(),
+            _ => cgs.flows.path.clone(),
+        }),
+        tc_interface: (parts != Parts::Sockops).then(|| pair.va.clone()),
         endpoints: vec![IpAddr::V4(pair.addr_b)],
         state_dir: std::env::temp_dir().join(format!("{PREFIX}{}-state", std::process::id())),
         ..EbpfProbeConfig::default()
@@ -318,7 +424,19 @@ async fn consume(mut rx: mpsc::Receiver<ProbeEvent>, consumed: Arc<AtomicU64>) {
 }
 
 /// Stops the reader, detaches, and checks that nothing is left.
-fn detach_all(att: Attached, pair: &Pair, seconds: f64) -> (ReaderStats, Detached) {
+/// User and system CPU time of this process so far (every thread, no children).
+fn self_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn detach_all(att: Attached, pair: &Pair, seconds: f64, cpu: Duration) -> (ReaderStats, Detached) {
     let s = att.probe.stats();
     let ids = att.probe.program_ids().to_vec();
     let consumed = att.consumed.load(Ordering::Relaxed);
@@ -334,6 +452,7 @@ fn detach_all(att: Attached, pair: &Pair, seconds: f64) -> (ReaderStats, Detache
             events_consumed: consumed,
             kernel_drops: s.kernel_drops,
             channel_drops: s.channel_drops,
+            reader_cpu_pct: r3(cpu.as_secs_f64() / seconds * 100.0),
         },
         detached,
     )
@@ -347,6 +466,22 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     crate::scenarios::stats::percentile(&v, 0.5).unwrap_or(0.0)
+}
+
+/// Half width of the 95 % confidence interval of the mean (Student's t).
+fn ci95_half_width(v: &[f64]) -> f64 {
+    const T975: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let n = v.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let m = mean(v);
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    T975.get(n - 2).copied().unwrap_or(1.96) * sd / (n as f64).sqrt()
 }
 
 fn r3(x: f64) -> f64 {
@@ -368,9 +503,12 @@ pub fn run(
         .next()
         .unwrap_or_default()
         .to_string();
-    let cg = Arc::new(CgroupGuard::create(PREFIX)?);
-    {
-        let cg = Arc::clone(&cg);
+    let cgs = Cgroups {
+        flows: Arc::new(CgroupGuard::create(PREFIX)?),
+        idle: Arc::new(CgroupGuard::create(IDLE_PREFIX)?),
+    };
+    for cg in [&cgs.flows, &cgs.idle] {
+        let cg = Arc::clone(cg);
         cleanup.push(move || {
             if let Err(e) = cg.remove() {
                 eprintln!("ebpf-overhead: {e:#}");
@@ -382,7 +520,7 @@ pub fn run(
         let _ = std::fs::remove_dir_all(&state);
     });
     // iperf3 on both ends inherits the cgroup sock_ops is attached to.
-    cg.join_self()?;
+    cgs.flows.join_self()?;
     let pair = build_pair(cleanup)?;
     let server = Arc::new(Mutex::new(iperf3_server(&pair)?));
     {
@@ -409,15 +547,17 @@ pub fn run(
         for with in order {
             let index = rounds.len() as u32;
             let att = if with {
-                let a = attach(&pair, &cg, opts.object.clone())?;
+                let a = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
                 attachments = a.probe.attachments().to_vec();
                 Some(a)
             } else {
                 None
             };
+            let cpu0 = self_cpu();
             let run = iperf3(&pair, opts.seconds, opts.streams, None, false);
+            let cpu = self_cpu() - cpu0;
             let reader = att.map(|a| {
-                let (stats, det) = detach_all(a, &pair, f64::from(opts.seconds));
+                let (stats, det) = detach_all(a, &pair, f64::from(opts.seconds), cpu);
                 all_clean &= det.clean();
                 last_detach = Some(det);
                 stats
@@ -450,9 +590,11 @@ pub fn run(
             "stress: {streams} streams of {len}-byte writes (TCP_NODELAY) for {} s with the probe",
             opts.stress_seconds
         ));
-        let att = attach(&pair, &cg, opts.object.clone())?;
+        let att = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
+        let cpu0 = self_cpu();
         let run = iperf3(&pair, opts.stress_seconds, streams, Some(len), true);
-        let (reader, det) = detach_all(att, &pair, f64::from(opts.stress_seconds));
+        let cpu = self_cpu() - cpu0;
+        let (reader, det) = detach_all(att, &pair, f64::from(opts.stress_seconds), cpu);
         all_clean &= det.clean();
         last_detach = Some(det);
         Some(StressRound {
@@ -464,6 +606,51 @@ pub fn run(
         })
     } else {
         None
+    };
+
+    progress(&format!(
+        "program cost: {} s with the probe and the kernel's BPF run-time statistics on",
+        opts.seconds
+    ));
+    let program_cost = {
+        let att = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
+        let ids = att.probe.program_ids().to_vec();
+        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let before = program_stats(&ids);
+        let t0 = Instant::now();
+        let run = iperf3(&pair, opts.seconds, opts.streams, None, false);
+        let secs = t0.elapsed().as_secs_f64();
+        let after = program_stats(&ids);
+        drop(stats_fd);
+        let (_, det) = detach_all(att, &pair, f64::from(opts.seconds), Duration::ZERO);
+        all_clean &= det.clean();
+        let gbit_s = r3(run?.gbit_s);
+        let programs: Vec<ProgramCost> = after
+            .iter()
+            .map(|(name, ns, n)| {
+                let (ns0, n0) = before
+                    .iter()
+                    .find(|b| &b.0 == name)
+                    .map_or((0, 0), |b| (b.1, b.2));
+                let (dns, dn) = (ns - ns0, n - n0);
+                ProgramCost {
+                    name: name.clone(),
+                    runs_per_s: (dn as f64 / secs).round(),
+                    ns_per_run: if dn == 0 {
+                        0.0
+                    } else {
+                        (dns as f64 / dn as f64).round()
+                    },
+                    cpu_pct: r3(dns as f64 / secs / 1e7),
+                }
+            })
+            .collect();
+        ProgramCostRound {
+            gbit_s,
+            cpu_pct_total: r3(programs.iter().map(|p| p.cpu_pct).sum()),
+            programs,
+        }
     };
 
     let (with, without): (Vec<&Round>, Vec<&Round>) = rounds.iter().partition(|r| r.probe);
@@ -488,6 +675,11 @@ pub fn run(
         mean_with_gbit_s: r3(mean_with),
         ratio: r3(ratio),
         median_pair_ratio: r3(median(&pair_ratios)),
+        mean_pair_ratio: r3(mean(&pair_ratios)),
+        pair_ratio_ci95: {
+            let h = ci95_half_width(&pair_ratios);
+            [r3(mean(&pair_ratios) - h), r3(mean(&pair_ratios) + h)]
+        },
         throughput_loss_pct: ((1.0 - ratio) * 1000.0).round() / 10.0,
         reader_records_per_s_mean: mean(
             &readers.iter().map(|r| r.records_per_s).collect::<Vec<_>>(),
@@ -497,6 +689,9 @@ pub fn run(
         channel_drops,
         rounds,
         stress,
+        program_cost,
+        parts: opts.parts,
+        placement: opts.placement.clone(),
         attachments,
         detached: all_clean,
         last_detach,
@@ -514,6 +709,7 @@ pub fn run(
 /// Namespaces and cgroups of earlier runs whose process is gone.
 pub fn sweep_stale() {
     crate::support::probe_cgroup::sweep_stale(PREFIX);
+    crate::support::probe_cgroup::sweep_stale(IDLE_PREFIX);
     netns::sweep_orphans(PREFIX, "ebpf-overhead");
 }
 
@@ -531,25 +727,37 @@ impl OverheadReport {
         );
         let _ = writeln!(
             s,
-            "Attached in the rounds with the probe: {}.\n",
-            self.attachments.join(", ")
+            "Placement: {}, {} (iperf3 client and server, the probe's reader; the programs run in the packets' path there).\n",
+            self.placement.cpu.map_or("not pinned (pinning failed)".to_string(), |c| format!("everything pinned to CPU {c}")),
+            self.placement.nice.map_or("normal priority".to_string(), |n| format!("nice {n}"))
         );
-        let _ = writeln!(s, "| round | probe | Gbit/s | retransmits | client CPU % | server CPU % | records/s read | kernel drops | channel drops |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "Attached in the rounds with the probe: {}; the flows pass through: {}.\n",
+            self.attachments.join(", "),
+            match self.parts {
+                Parts::All => "all of them",
+                Parts::Tc => "tc and the tracepoints only (sock_ops on an idle cgroup)",
+                Parts::Sockops => "sock_ops and the tracepoints only (no tc)",
+            }
+        );
+        let _ = writeln!(s, "| round | probe | Gbit/s | retransmits | client CPU % | server CPU % | records/s read | reader CPU % | kernel drops | channel drops |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.rounds {
-            let (rate, kd, cd) = r
-                .reader
-                .as_ref()
-                .map_or(("".into(), "".into(), "".into()), |x| {
-                    (
-                        x.records_per_s.to_string(),
-                        x.kernel_drops.to_string(),
-                        x.channel_drops.to_string(),
-                    )
-                });
+            let (rate, cpu, kd, cd) =
+                r.reader
+                    .as_ref()
+                    .map_or(Default::default(), |x: &ReaderStats| {
+                        (
+                            x.records_per_s.to_string(),
+                            x.reader_cpu_pct.to_string(),
+                            x.kernel_drops.to_string(),
+                            x.channel_drops.to_string(),
+                        )
+                    });
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {rate} | {kd} | {cd} |",
+                "| {} | {} | {} | {} | {} | {} | {rate} | {cpu} | {kd} | {cd} |",
                 r.index,
                 if r.probe { "on" } else { "off" },
                 r.gbit_s,
@@ -560,12 +768,16 @@ impl OverheadReport {
         }
         let _ = writeln!(
             s,
-            "\nMean without: {} Gbit/s; with: {} Gbit/s; ratio with/without {} (median of the pairs' ratios {}): throughput loss {} %.\n",
+            "\nMean without: {} Gbit/s; with: {} Gbit/s; ratio with/without {}: throughput loss {} %. \
+             Per pair (with / without, adjacent rounds): mean {} (95 % CI {} to {}), median {}.\n",
             self.mean_without_gbit_s,
             self.mean_with_gbit_s,
             self.ratio,
-            self.median_pair_ratio,
-            self.throughput_loss_pct
+            self.throughput_loss_pct,
+            self.mean_pair_ratio,
+            self.pair_ratio_ci95[0],
+            self.pair_ratio_ci95[1],
+            self.median_pair_ratio
         );
         let _ = writeln!(
             s,
@@ -587,6 +799,19 @@ impl OverheadReport {
                 st.reader.events_consumed,
                 st.reader.kernel_drops,
                 st.reader.channel_drops
+            );
+        }
+        let pc = &self.program_cost;
+        let _ = writeln!(
+            s,
+            "\nThe programs' own CPU time (kernel BPF run-time statistics, a separate {} Gbit/s round): {} % of one CPU in all:",
+            pc.gbit_s, pc.cpu_pct_total
+        );
+        for p in &pc.programs {
+            let _ = writeln!(
+                s,
+                "- `{}`: {} runs/s, {} ns per run, {} % of one CPU",
+                p.name, p.runs_per_s, p.ns_per_run, p.cpu_pct
             );
         }
         let _ = writeln!(
