@@ -376,13 +376,13 @@ class Detector(nn.Module):
         heat = torch.sigmoid(hm)
         n, c, h, w = heat.shape
         peaks = (F.max_pool2d(heat, 3, 1, 1) == heat).float() * heat
-        scores, idx = peaks.view(n, -1).topk(TOPK)
+        scores, idx = peaks.reshape(n, -1).topk(TOPK)
         cls = torch.div(idx, h * w, rounding_mode="floor")
         pix = idx % (h * w)
         ys = torch.div(pix, w, rounding_mode="floor").float()
         xs = (pix % w).float()
-        wh = wh.view(n, 2, -1).gather(2, pix.unsqueeze(1).expand(n, 2, TOPK))
-        off = off.view(n, 2, -1).gather(2, pix.unsqueeze(1).expand(n, 2, TOPK))
+        wh = wh.reshape(n, 2, -1).gather(2, pix.unsqueeze(1).expand(n, 2, TOPK))
+        off = off.reshape(n, 2, -1).gather(2, pix.unsqueeze(1).expand(n, 2, TOPK))
         cx = (xs + off[:, 0]) * STRIDE
         cy = (ys + off[:, 1]) * STRIDE
         bw = wh[:, 0] * STRIDE
@@ -653,7 +653,7 @@ def task_detect(a, log, metrics):
     mask = torch.from_numpy(np.stack([t[3] for t in targets]))
     hx = torch.from_numpy(np.stack([decode(b) for b, _ in heldout]))
     truths = [bx for _, bx in heldout]
-    epochs = 2 if a.quick else 9
+    epochs = 2 if a.quick else 7
     for name, widths, lr in [("detect_edge", (24, 48, 96, 160), 3e-3), ("detect_cloud", (32, 80, 160, 288), 2.5e-3)]:
         torch.manual_seed(SEED)
         det = Detector(CenterNet(10, widths))
