@@ -255,10 +255,12 @@ impl Default for CloudConfig {
 
 impl Config {
     /// This configuration with the digits models on both sides, paths
-    /// resolved (see [`digits_models`]).
+    /// resolved (see [`digits_models`]), and their cloud time assumed.
     pub fn with_digits_models(mut self) -> Config {
         self.edge.models = digits_models("edge", 0.2);
         self.cloud.models = digits_models("cloud", 1.0);
+        // The digits cloud model's server time, assumed until measured.
+        self.edge.cloud_expected_ms = 2.0;
         for spec in self
             .edge
             .models

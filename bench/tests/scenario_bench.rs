@@ -122,7 +122,11 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     );
     let oracle = &sc["oracle"];
     assert_eq!(oracle["tasks"].as_u64().unwrap(), sent[0]);
-    assert!(oracle["p50_ms"].as_f64().unwrap() <= by("always-local")["p50_ms"].as_f64().unwrap());
+    // Per task, the oracle keeps the better outcome of the two runs
+    // (deadline met first): it misses no more deadlines than either.
+    let missed = |s: &serde_json::Value| s["deadline_missed"].as_u64().unwrap();
+    assert!(missed(oracle) <= missed(&by("always-local")), "{oracle}");
+    assert!(missed(oracle) <= missed(&off), "{oracle}");
 
     let md = std::fs::read_to_string(out.join("scenarios.md")).unwrap();
     assert!(md.contains("| wan | always-local |") && md.contains("| wan | *oracle* |"));

@@ -132,6 +132,20 @@ pub fn client_material(trust: &Path, identity: &Path) -> tls::TlsMaterial {
 
 /// The `agent` binary next to this test's build (`cargo build --release
 /// -p agent` first; `cargo xtask test` does).
+/// [`defaults`] as a configuration file, for agents started as processes.
+pub fn defaults_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "edge-offload-test-config-{}.toml",
+            std::process::id()
+        ));
+        let text = toml::to_string(&defaults()).expect("the configuration serializes");
+        std::fs::write(&path, text).expect("writing the test configuration");
+        path
+    })
+}
+
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe

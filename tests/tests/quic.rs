@@ -166,6 +166,8 @@ async fn udp_blocked_grpc_takes_over_then_quic_returns() {
 async fn cloud_killed_mid_stream_every_task_ends_once_none_lost() {
     // The cloud as its own process, killed with SIGKILL while offloads are in flight.
     let mut child = tokio::process::Command::new(agent_binary())
+        .arg("--config")
+        .arg(defaults_file())
         .arg("--tls-dir")
         .arg(certs())
         .args([
