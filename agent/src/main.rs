@@ -68,7 +68,7 @@ enum Cmd {
     },
     /// Send images to a running edge agent and print the results.
     Submit(agent::submit::SubmitArgs),
-    /// Start the cloud service and the edge agent here and drive the digits workload.
+    /// Start the cloud service and the edge agent here and drive the default workload (image, detection and text tasks).
     Demo(agent::demo::DemoArgs),
     /// Print the effective configuration as TOML.
     PrintConfig,

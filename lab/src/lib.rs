@@ -20,4 +20,4 @@ pub mod tc;
 pub mod traffic;
 
 pub use params::{Dir, JitterDistribution, LinkParams, LinkPatch};
-pub use scenario::{Profile, Scenario, TaskMix, Workload};
+pub use scenario::{Profile, RatePhase, Scenario, TaskMix, Workload};

@@ -87,10 +87,61 @@ pub enum Arrival {
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub seed: u64,
+    /// Mean arrival rate at the start (0 = idle until the first phase).
     pub tasks_per_s: f64,
     #[serde(default)]
     pub arrival: Arrival,
     pub mix: Vec<TaskMix>,
+    /// Rate changes over time (`[[workload.phase]]`): bursts, steps and
+    /// idle periods; each rate holds until the next phase.
+    #[serde(default, rename = "phase", skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<RatePhase>,
+}
+
+/// From `at_s` on, tasks arrive at `tasks_per_s` (0 = idle).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatePhase {
+    pub at_s: f64,
+    pub tasks_per_s: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl Workload {
+    /// The arrival rate in force at `t_s`.
+    pub fn rate_at(&self, t_s: f64) -> f64 {
+        self.phases
+            .iter()
+            .take_while(|p| p.at_s <= t_s)
+            .last()
+            .map_or(self.tasks_per_s, |p| p.tasks_per_s)
+    }
+
+    /// Piecewise-constant rate as `(start_s, tasks_per_s)`, from 0.
+    pub fn segments(&self) -> Vec<(f64, f64)> {
+        std::iter::once((0.0, self.tasks_per_s))
+            .chain(self.phases.iter().map(|p| (p.at_s, p.tasks_per_s)))
+            .collect()
+    }
+
+    /// The same workload seen from `start_s` on: the rate in force there
+    /// becomes the initial one, later phases keep their offsets.
+    pub fn from_time(&self, start_s: f64) -> Workload {
+        Workload {
+            tasks_per_s: self.rate_at(start_s),
+            phases: self
+                .phases
+                .iter()
+                .filter(|p| p.at_s > start_s)
+                .map(|p| RatePhase {
+                    at_s: p.at_s - start_s,
+                    ..p.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,7 +243,27 @@ impl Scenario {
             ensure!(c > 0.0, "profile.cloud_cpu_share must be > 0");
         }
         let w = &self.workload;
-        ensure!(w.tasks_per_s > 0.0, "workload.tasks_per_s must be > 0");
+        ensure!(
+            w.tasks_per_s.is_finite() && w.tasks_per_s >= 0.0,
+            "workload.tasks_per_s must be >= 0"
+        );
+        let mut prev = 0.0;
+        for (i, p) in w.phases.iter().enumerate() {
+            ensure!(
+                p.at_s >= prev && p.at_s <= self.duration_s,
+                "workload.phase[{i}].at_s = {} must be sorted and within 0..=duration_s",
+                p.at_s
+            );
+            ensure!(
+                p.tasks_per_s.is_finite() && p.tasks_per_s >= 0.0,
+                "workload.phase[{i}].tasks_per_s must be >= 0"
+            );
+            prev = p.at_s;
+        }
+        ensure!(
+            w.segments().iter().any(|&(_, r)| r > 0.0),
+            "workload: no task would ever arrive (every rate is 0)"
+        );
         ensure!(!w.mix.is_empty(), "workload.mix is empty");
         for m in &w.mix {
             if !TASK_TYPES.contains(&m.task.as_str()) {
@@ -288,6 +359,41 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
         assert_eq!((up20.rate_mbit, up20.up, up20.jitter_ms), (2.0, true, 20.0));
         assert!(!s.params_at(Dir::Downlink, 25.0).up);
         assert_eq!(s.workload.mix[0].priority, "medium");
+    }
+
+    #[test]
+    fn workload_phases_give_the_rate_over_time() {
+        let text = format!(
+            "{TEXT}{}",
+            r#"
+[[workload.phase]]
+at_s = 30
+tasks_per_s = 0
+note = "idle"
+[[workload.phase]]
+at_s = 40
+tasks_per_s = 50
+"#
+        );
+        let s = Scenario::parse(&text).unwrap();
+        let w = &s.workload;
+        assert_eq!(
+            [0.0, 29.9, 30.0, 35.0, 40.0, 100.0].map(|t| w.rate_at(t)),
+            [10.0, 10.0, 0.0, 0.0, 50.0, 50.0]
+        );
+        let later = w.from_time(35.0);
+        assert_eq!(later.tasks_per_s, 0.0);
+        assert_eq!(later.phases.len(), 1);
+        assert_eq!((later.phases[0].at_s, later.rate_at(5.0)), (5.0, 50.0));
+        let back = Scenario::parse(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        // Every rate 0, unsorted phases and negative rates are refused.
+        let silent = text
+            .replace("tasks_per_s = 10", "tasks_per_s = 0")
+            .replace("tasks_per_s = 50", "tasks_per_s = 0");
+        assert!(Scenario::parse(&silent).is_err());
+        assert!(Scenario::parse(&text.replace("at_s = 40", "at_s = 25")).is_err());
+        assert!(Scenario::parse(&text.replace("tasks_per_s = 50", "tasks_per_s = -1")).is_err());
     }
 
     #[test]

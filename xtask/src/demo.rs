@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: builds the agent and runs `agent demo`, which starts
 //! the cloud service and the edge agent on this machine and drives the
-//! bundled digits workload through them.
+//! default workload (image classification, object detection and text) through them.
 
 use crate::util::{self, cargo, project_root};
 use anyhow::Result;

@@ -32,7 +32,7 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (agent-ebpf) and install it at target/bpf/agent-ebpf.o.
     BuildEbpf,
-    /// Set up, build, start the cloud service and the edge agent here, and drive a digits workload.
+    /// Set up, build, start the cloud service and the edge agent here, and drive the default workload.
     Demo {
         /// Stop after this many seconds (default: the full demo workload).
         #[arg(long)]

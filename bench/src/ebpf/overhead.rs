@@ -216,6 +216,8 @@ pub struct OverheadReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// The code measured (`support::stamp::source_commit`).
+    pub commit: String,
     pub kernel: String,
     pub cpus: usize,
     pub cpu_model: String,
@@ -240,6 +242,7 @@ fn machine(loadavg_start: String) -> Machine {
         })
         .unwrap_or_default();
     Machine {
+        commit: crate::support::stamp::source_commit(),
         kernel: sys::run("uname", &["-r"])
             .unwrap_or_default()
             .trim()
@@ -719,7 +722,7 @@ impl OverheadReport {
         use std::fmt::Write;
         let mut s = String::new();
         let m = &self.machine;
-        let _ = writeln!(s, "Command: `{command}`\n");
+        let _ = writeln!(s, "Command: `{command}` at commit {}\n", m.commit);
         let _ = writeln!(
             s,
             "Machine: {} CPUs ({}), kernel {}, {}; load average {} at the start, {} at the end.\n",

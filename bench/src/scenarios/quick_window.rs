@@ -1,6 +1,7 @@
 //! A time slice of a scenario, as a scenario of its own: the quick run
-//! keeps the interesting part of each scenario (its first scheduled change)
-//! instead of the whole length, so the full matrix fits in minutes.
+//! keeps the interesting part of each scenario (its first scheduled change
+//! of the link or of the arrival rate) instead of the whole length, so the
+//! full matrix fits in minutes.
 
 use jitter_lab::params::{Dir, LinkParams, LinkPatch};
 use jitter_lab::scenario::Scenario;
@@ -10,15 +11,23 @@ use jitter_lab::scenario::Scenario;
 pub const LEAD_S: f64 = 4.0;
 
 /// Where a window of `len_s` seconds starts: `LEAD_S` before the first
-/// scheduled change, or at 0 for a scenario without one; never past the end.
+/// scheduled change (link or arrival rate), or at 0 for a scenario without
+/// one; never past the end.
 pub fn quick_start(s: &Scenario, len_s: f64) -> f64 {
-    let first = s.schedule.first().map_or(0.0, |e| e.at_s);
+    let first = s
+        .schedule
+        .iter()
+        .map(|e| e.at_s)
+        .chain(s.workload.phases.iter().map(|p| p.at_s))
+        .reduce(f64::min)
+        .unwrap_or(0.0);
     (first - LEAD_S).clamp(0.0, (s.duration_s - len_s).max(0.0))
 }
 
 /// The scenario from `start_s` for `len_s` seconds: the conditions at
 /// `start_s` become the initial ones (per direction, every field), the
-/// changes inside the window keep their offsets. Profile and workload stay.
+/// changes inside the window keep their offsets, and so do the arrival
+/// rate's. Profile and task mix stay.
 pub fn window(s: &Scenario, start_s: f64, len_s: f64) -> Scenario {
     let len_s = len_s.min(s.duration_s - start_s).max(0.0);
     let schedule = s
@@ -44,7 +53,7 @@ pub fn window(s: &Scenario, start_s: f64, len_s: f64) -> Scenario {
         downlink: full_patch(&s.params_at(Dir::Downlink, start_s)),
         schedule,
         profile: s.profile.clone(),
-        workload: s.workload.clone(),
+        workload: s.workload.from_time(start_s),
     }
 }
 
@@ -97,6 +106,10 @@ local_workers = 1
 seed = 1
 tasks_per_s = 10
 mix = [{ task = "image_classification", weight = 1.0 }]
+[[workload.phase]]
+at_s = 66
+tasks_per_s = 40
+note = "backlog"
 "#;
 
     #[test]
@@ -118,6 +131,11 @@ mix = [{ task = "image_classification", weight = 1.0 }]
                 assert_eq!(w.params_at(d, t), s.params_at(d, start + t), "{t} {d:?}");
             }
         }
+        // The arrival rate too.
+        for t in [0.0, 9.9, 10.0, 19.0] {
+            assert_eq!(w.workload.rate_at(t), s.workload.rate_at(start + t), "{t}");
+        }
+        assert_eq!(w.workload.phases[0].at_s, 10.0);
         // It survives the trip through a file.
         let back = Scenario::parse(&toml::to_string(&w).unwrap()).unwrap();
         assert_eq!(back, w);
@@ -128,6 +146,9 @@ mix = [{ task = "image_classification", weight = 1.0 }]
         let mut s = Scenario::parse(TEXT).unwrap();
         assert_eq!(quick_start(&s, 80.0), 40.0);
         s.schedule.clear();
+        // Only the arrival rate changes: the window leads up to that.
+        assert_eq!(quick_start(&s, 20.0), 66.0 - LEAD_S);
+        s.workload.phases.clear();
         assert_eq!(quick_start(&s, 20.0), 0.0);
         let w = window(&s, 110.0, 20.0);
         assert_eq!(w.duration_s, 10.0);

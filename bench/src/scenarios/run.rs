@@ -4,10 +4,11 @@
 
 use super::quick_window::{quick_start, window};
 use super::record::{DecisionView, TaskRecord};
-use super::report::{self, BenchResult, Calibration, Job, Machine, Row, ScenarioResult};
+use super::report::{self, BenchResult, Calibration, Job, Row, ScenarioResult};
 use super::stats;
 use crate::support::cpu_quota::{self as cgroup, Controller, CpuCgroup};
 use crate::support::procs::{self, Proc};
+use crate::support::stamp;
 use anyhow::{bail, ensure, Context, Result};
 use jitter_lab::lab::Ready;
 use jitter_lab::scenario::Scenario;
@@ -83,45 +84,6 @@ fn drop_cgroup(cg: CpuCgroup) {
     let path = cg.path.clone();
     drop(cg);
     procs::unregister_cgroup(&path);
-}
-
-fn read_first_line(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-fn machine() -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib: f64 = meminfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0);
-    Machine {
-        kernel: read_first_line(Path::new("/proc/sys/kernel/osrelease")),
-        cpu_model,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        memory_gib: kib / 1024.0 / 1024.0,
-    }
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -480,7 +442,8 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         records_dir: o.work_dir.display().to_string(),
         wall_s: 0.0,
         quick: o.quick,
-        machine: machine(),
+        commit: stamp::source_commit(),
+        machine: stamp::machine(),
         backend: backend.lines().last().unwrap_or("").to_string(),
         transport: String::new(),
         calibrations: Vec::new(),

@@ -24,25 +24,38 @@ pub struct PlannedTask {
 }
 
 /// Every task sent in `duration_s` seconds; `samples` is the test set size.
+///
+/// Arrivals follow the workload's piecewise-constant rate by time
+/// rescaling: task n arrives when the expected number of arrivals so far,
+/// the integral of the rate, reaches u_n, where u_n grows by an Exp(1) draw
+/// per task (Poisson) or by exactly 1 (uniform).
 pub fn plan(w: &Workload, duration_s: f64, samples: usize) -> Result<Vec<PlannedTask>> {
     ensure!(samples > 0, "the test set is empty");
-    ensure!(w.tasks_per_s > 0.0, "tasks_per_s must be > 0");
+    let segments = w.segments();
+    ensure!(
+        segments.iter().all(|&(_, r)| r.is_finite() && r >= 0.0)
+            && segments.iter().any(|&(_, r)| r > 0.0),
+        "the arrival rates must be >= 0 and not all 0"
+    );
     let weights: Vec<f64> = w.mix.iter().map(|m| m.weight).collect();
     let pick = WeightedIndex::new(&weights)?;
-    let gap = Exp::new(w.tasks_per_s)?;
+    let unit_gap = Exp::new(1.0)?;
     let mut rng = StdRng::seed_from_u64(w.seed);
     let end_ms = duration_s * 1e3;
     let mut out = Vec::new();
-    let mut t_s = 0.0;
+    let mut expected = 0.0;
     loop {
         // One draw per field, always in this order, so the stream depends on
         // the seed only (and a shorter run is a prefix of a longer one).
-        t_s = match w.arrival {
-            Arrival::Poisson => t_s + gap.sample(&mut rng),
-            Arrival::Uniform => (out.len() + 1) as f64 / w.tasks_per_s,
+        expected = match w.arrival {
+            Arrival::Poisson => expected + unit_gap.sample(&mut rng),
+            Arrival::Uniform => (out.len() + 1) as f64,
         };
         let mix = &w.mix[pick.sample(&mut rng)];
         let sample = rng.random_range(0..samples);
+        let Some(t_s) = time_of(&segments, expected) else {
+            break;
+        };
         let at_ms = t_s * 1e3;
         if at_ms >= end_ms {
             break;
@@ -59,10 +72,25 @@ pub fn plan(w: &Workload, duration_s: f64, samples: usize) -> Result<Vec<Planned
     Ok(out)
 }
 
+/// When the integral of the rate reaches `expected`; `None` if it never
+/// does (the last rate is 0).
+fn time_of(segments: &[(f64, f64)], expected: f64) -> Option<f64> {
+    let mut so_far = 0.0;
+    for (i, &(start, rate)) in segments.iter().enumerate() {
+        let end = segments.get(i + 1).map_or(f64::INFINITY, |s| s.0);
+        let here = rate * (end - start);
+        if rate > 0.0 && so_far + here >= expected {
+            return Some(start + (expected - so_far) / rate);
+        }
+        so_far += here;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jitter_lab::scenario::TaskMix;
+    use jitter_lab::scenario::{RatePhase, TaskMix};
 
     fn workload(arrival: Arrival) -> Workload {
         Workload {
@@ -83,7 +111,41 @@ mod tests {
                     priority: "low".into(),
                 },
             ],
+            phases: Vec::new(),
         }
+    }
+
+    fn phase(at_s: f64, tasks_per_s: f64) -> RatePhase {
+        RatePhase {
+            at_s,
+            tasks_per_s,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn phases_shape_the_arrivals() {
+        // 20/s, a burst of 100/s for 10 s, 10 s idle, then 20/s again.
+        let mut w = workload(Arrival::Poisson);
+        w.phases = vec![phase(100.0, 100.0), phase(110.0, 0.0), phase(120.0, 20.0)];
+        let p = plan(&w, 200.0, 10).unwrap();
+        let count = |a: f64, b: f64| {
+            p.iter()
+                .filter(|t| t.at_ms >= a * 1e3 && t.at_ms < b * 1e3)
+                .count() as f64
+        };
+        // Poisson counts: 2000 +- 45, 1000 +- 32, 0, 1600 +- 40.
+        assert!((count(0.0, 100.0) - 2000.0).abs() < 200.0);
+        assert!((count(100.0, 110.0) - 1000.0).abs() < 130.0);
+        assert_eq!(count(110.0, 120.0), 0.0);
+        assert!((count(120.0, 200.0) - 1600.0).abs() < 160.0);
+        // Uniform: exact spacing in each phase, nothing while idle.
+        w.arrival = Arrival::Uniform;
+        w.tasks_per_s = 0.0;
+        w.phases = vec![phase(1.0, 10.0), phase(2.0, 0.0)];
+        let at: Vec<f64> = plan(&w, 5.0, 10).unwrap().iter().map(|t| t.at_ms).collect();
+        assert_eq!(at.len(), 10, "{at:?}");
+        assert!((at[0] - 1100.0).abs() < 1e-6 && (at[9] - 2000.0).abs() < 1e-6);
     }
 
     #[test]

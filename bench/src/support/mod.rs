@@ -6,3 +6,4 @@ pub mod cleanup;
 pub mod cpu_quota;
 pub mod probe_cgroup;
 pub mod procs;
+pub mod stamp;

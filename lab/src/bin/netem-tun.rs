@@ -432,11 +432,12 @@ fn validate(paths: Vec<PathBuf>) -> Result<i32> {
         let s = Scenario::load(&p)?;
         let up = s.initial(Dir::Uplink);
         println!(
-            "{}: {} ({} s, {} schedule entries; uplink {} ms +- {} ms {}, loss {:.3}, rate {} Mbit/s)",
+            "{}: {} ({} s, {} schedule entries, {} arrival phases; uplink {} ms +- {} ms {}, loss {:.3}, rate {})",
             p.display(),
             s.name,
             s.duration_s,
             s.schedule.len(),
+            s.workload.phases.len(),
             up.delay_ms,
             up.jitter_ms,
             up.jitter_distribution,
