@@ -99,6 +99,68 @@ fn per_type(m: &std::collections::BTreeMap<String, f64>) -> String {
         .join(", ")
 }
 
+/// The published device figures each task type's edge model stands in for
+/// (cited, not measured here).
+fn jetson_reference(task: &str) -> &'static str {
+    match task {
+        "image_classification" => {
+            "ResNet-18, 224x224, Jetson Nano: 34.7 ms PyTorch fp16, 11.4 ms TensorRT (torch2trt)"
+        }
+        "object_detection" => {
+            "YOLOv8n, Jetson Orin Nano: 21.9 ms PyTorch on the GPU; YOLO-class on a Nano: ~70 ms"
+        }
+        "nlp_analysis" => "small text classifiers (no published Jetson figure quoted)",
+        _ => "-",
+    }
+}
+
+/// Per task type, the median over scenarios of the measured local (under
+/// the profile) and cloud inference, beside the device it stands for.
+fn model_costs(o: &mut String, r: &BenchResult) {
+    let mut local: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut cloud: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for s in &r.scenarios {
+        for (t, v) in &s.local_inference_ms {
+            local.entry(t).or_default().push(*v);
+        }
+        for (t, v) in &s.cloud_inference_ms {
+            cloud.entry(t).or_default().push(*v);
+        }
+    }
+    if local.is_empty() {
+        return;
+    }
+    let median = |v: Option<&Vec<f64>>| {
+        v.and_then(|v| {
+            let mut v = v.clone();
+            v.sort_by(f64::total_cmp);
+            super::stats::percentile(&v, 0.5)
+        })
+    };
+    let _ = writeln!(
+        o,
+        "Models under the profile (median over the scenarios above):\n\n\
+         | task type | edge model, local (ms) | cloud model, cloud (ms) | edge / cloud | the edge stands for |\n\
+         |---|---|---|---|---|"
+    );
+    for (task, l) in &local {
+        let l = median(Some(l));
+        let c = median(cloud.get(task));
+        let ratio = match (l, c) {
+            (Some(l), Some(c)) if c > 0.0 => format!("{:.1}x", l / c),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            o,
+            "| {task} | {} | {} | {ratio} | {} |",
+            ms(l),
+            ms(c),
+            jetson_reference(task)
+        );
+    }
+    let _ = writeln!(o);
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| {
         if v.abs() >= 100.0 {
@@ -198,6 +260,7 @@ pub fn render(r: &BenchResult) -> String {
          always-offload run). Network estimate: where the \
          RTT/jitter behind each decision came from (`none`: no estimate yet).\n"
     );
+    model_costs(&mut o, r);
     for c in &r.calibrations {
         let _ = writeln!(
             o,
@@ -358,7 +421,7 @@ mod tests {
                 },
                 edge_quota: "1000 us every 4000 us".into(),
                 local_inference_ms: [("image_classification".to_string(), 0.6)].into(),
-                cloud_inference_ms: Default::default(),
+                cloud_inference_ms: [("image_classification".to_string(), 0.4)].into(),
                 network_sources: [("active-tcp".to_string(), 3)].into(),
                 rows: vec![Row {
                     policy: "cost-model".into(),
@@ -384,8 +447,13 @@ mod tests {
         assert!(md.contains("| wan | *oracle* | 200 |"));
         assert!(md.contains("| 2.00 | 2.50 | 7.00 | 3.5x |"));
         assert!(
-            md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | image 0.6 | - | active-tcp 3 |")
+            md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | image 0.6 | image 0.4 | active-tcp 3 |")
         );
+        assert!(
+            md.contains("| image_classification | 0.6 | 0.4 | 1.5x | ResNet-18"),
+            "{md}"
+        );
+        assert!(md.contains("at commit 0123456789ab"));
         assert!(md.contains("![wan latency CDF](cdf-wan.png)"));
         let json = serde_json::to_string(&result()).unwrap();
         assert_eq!(
