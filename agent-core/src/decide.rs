@@ -1,7 +1,16 @@
 //! The decision engine: where should a task run? Pure logic: data in,
 //! [`Decision`] out, no clocks, no I/O.
 //!
-//! Cost model (all expected latencies):
+//! The default policy, **deadline-aware**, predicts each path's latency as a
+//! distribution ([`Outlook`]):
+//!   local   = queue wait + local inference (recent measurements)
+//!   offload = upload + RTT (the window's samples) + cloud server time
+//!             (recent measurements) + download
+//! and chooses by the probability of meeting the deadline first, then by a
+//! score that mixes the mean with the p95 as the priority grows, with
+//! hysteresis against the previous choice for the task type.
+//!
+//! The seed's cost model (kept as `cost-model`, all expected latencies):
 //!   local   = queue wait + local inference
 //!   offload = upload + RTT + K x jitter + cloud inference + download
 //! where K grows with the task's priority (urgent work is more averse to the
@@ -9,7 +18,7 @@
 //! or malformed, means local. With a deadline: if only one path is expected
 //! to meet it, that path; if neither, the task fails early.
 
-use crate::estimate::NetworkStatus;
+use crate::estimate::{quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
 use serde::{Deserialize, Serialize};
@@ -32,13 +41,31 @@ pub enum Policy {
         max_jitter_ms: f64,
         min_local_wait_ms: f64,
     },
-    /// The jitter-aware cost model.
+    /// The seed's jitter-aware cost model: mean RTT + K x sd.
     CostModel { jitter_k: f64 },
+    /// Latency distributions per path: probability of meeting the
+    /// deadline first, then a priority-weighted mean/tail score.
+    DeadlineAware {
+        /// A path whose probability of meeting the deadline is higher by
+        /// at least this much wins outright.
+        p_margin: f64,
+        /// Below this probability on both paths the task fails early.
+        min_p: f64,
+        /// Leave the previous path only for a score better by this share.
+        hysteresis: f64,
+    },
+    /// `deadline-aware` on a forecast link: the RTT distribution moved by
+    /// the RTT's trend (Holt) over `horizon_ms`.
+    Predictive { horizon_ms: f64 },
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy::CostModel { jitter_k: 2.0 }
+        Policy::DeadlineAware {
+            p_margin: 0.1,
+            min_p: 0.02,
+            hysteresis: 0.1,
+        }
     }
 }
 
@@ -49,13 +76,35 @@ impl Policy {
             Policy::AlwaysOffload => "always-offload",
             Policy::Threshold { .. } => "threshold",
             Policy::CostModel { .. } => "cost-model",
+            Policy::DeadlineAware { .. } => "deadline-aware",
+            Policy::Predictive { .. } => "predictive",
+        }
+    }
+
+    /// The deadline-aware rule's parameters (p_margin, min_p, hysteresis)
+    /// and forecast horizon (ms), for the policies that use it.
+    fn aware(&self) -> Option<(f64, f64, f64, f64)> {
+        match *self {
+            Policy::DeadlineAware {
+                p_margin,
+                min_p,
+                hysteresis,
+            } => Some((p_margin, min_p, hysteresis, 0.0)),
+            Policy::Predictive { horizon_ms } => Some((0.1, 0.02, 0.1, horizon_ms)),
+            _ => None,
         }
     }
 
     /// Every policy's command-line name; benchmarks iterate over it, so a
     /// new policy belongs here as well as in [`Policy::from_name`].
-    pub const NAMES: [&'static str; 4] =
-        ["always-local", "always-offload", "threshold", "cost-model"];
+    pub const NAMES: [&'static str; 6] = [
+        "always-local",
+        "always-offload",
+        "threshold",
+        "cost-model",
+        "deadline-aware",
+        "predictive",
+    ];
 
     /// Parses the names used on the command line, with default parameters.
     pub fn from_name(name: &str) -> Option<Policy> {
@@ -67,9 +116,22 @@ impl Policy {
                 max_jitter_ms: 10.0,
                 min_local_wait_ms: 5.0,
             },
-            "cost-model" | "cost" => Policy::default(),
+            "cost-model" | "cost" => Policy::CostModel { jitter_k: 2.0 },
+            "deadline-aware" => Policy::default(),
+            "predictive" => Policy::Predictive { horizon_ms: 500.0 },
             _ => return None,
         })
+    }
+}
+
+/// How much of the score is the p95 rather than the mean, per priority:
+/// urgent work is judged by its tail.
+pub fn tail_weight(p: Priority) -> f64 {
+    match p {
+        Priority::Low => 0.0,
+        Priority::Medium => 0.25,
+        Priority::High => 0.5,
+        Priority::Critical => 1.0,
     }
 }
 
@@ -109,6 +171,46 @@ pub struct DecisionInput<'a> {
     pub net: &'a NetworkStatus,
     pub local: LocalStatus,
     pub cloud: CloudStatus,
+    /// Recent local inference times of this task type (ms, sorted); empty:
+    /// the point estimate in `local` alone.
+    pub local_dist_ms: &'a [f64],
+    /// Recent cloud server times of this task type (ms, sorted).
+    pub cloud_dist_ms: &'a [f64],
+    /// The path the policy chose for the previous task of this type.
+    pub previous: Option<ExecPath>,
+}
+
+/// A path's predicted latency distribution, and the chance it meets the
+/// task's deadline (`None` without a deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Outlook {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p_meet: Option<f64>,
+}
+
+impl Outlook {
+    /// From predicted latencies (any order; at least one).
+    fn of(mut values: Vec<f64>, left_ms: Option<f64>) -> Option<Outlook> {
+        if values.is_empty() || values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len() as f64;
+        Some(Outlook {
+            mean_ms: values.iter().sum::<f64>() / n,
+            p50_ms: quantile(&values, 0.5),
+            p95_ms: quantile(&values, 0.95),
+            p_meet: left_ms.map(|l| values.iter().filter(|v| **v <= l).count() as f64 / n),
+        })
+    }
+
+    /// Mean and tail mixed by the task's priority.
+    pub fn score(&self, priority: Priority) -> f64 {
+        let w = tail_weight(priority);
+        (1.0 - w) * self.mean_ms + w * self.p95_ms
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -142,6 +244,9 @@ pub enum Reason {
     NoLocalModel,
     ThresholdLinkGoodQueueLong,
     ThresholdNotMet,
+    LocalLikelierInTime,
+    OffloadLikelierInTime,
+    KeptPrevious,
 }
 
 impl fmt::Display for Reason {
@@ -157,6 +262,9 @@ impl fmt::Display for Reason {
             Reason::NoLocalModel => "no local model for task type",
             Reason::ThresholdLinkGoodQueueLong => "link good and local queue long",
             Reason::ThresholdNotMet => "threshold not met",
+            Reason::LocalLikelierInTime => "local likelier to meet the deadline",
+            Reason::OffloadLikelierInTime => "offload likelier to meet the deadline",
+            Reason::KeptPrevious => "kept the previous path (difference within hysteresis)",
         })
     }
 }
@@ -171,7 +279,20 @@ pub struct Decision {
     /// `None` when there is no usable network estimate.
     pub offload: Option<OffloadCost>,
     pub network_source: Option<SampleSource>,
+    /// The predicted distributions (every policy gets them, for the record).
+    pub local_outlook: Option<Outlook>,
+    pub offload_outlook: Option<Outlook>,
+    /// Run on both paths and take the first result: the deadline is at
+    /// risk on either path alone and both together make it clearly more
+    /// likely (the shell may refuse for its hedging budget).
+    pub hedge: bool,
 }
+
+/// Hedge when the chosen path meets the deadline with less than this
+/// probability...
+pub const HEDGE_BELOW_P: f64 = 0.95;
+/// ...and running both paths raises the probability by at least this much.
+pub const HEDGE_MIN_GAIN: f64 = 0.05;
 
 impl Decision {
     /// Expected latency of the chosen path.
@@ -179,6 +300,14 @@ impl Decision {
         match self.path {
             ExecPath::Local => self.local.total_ms,
             ExecPath::Cloud => self.offload.map_or(f64::NAN, |o| o.total_ms),
+        }
+    }
+
+    /// The predicted distribution of the chosen path.
+    pub fn outlook(&self) -> Option<Outlook> {
+        match self.path {
+            ExecPath::Local => self.local_outlook,
+            ExecPath::Cloud => self.offload_outlook,
         }
     }
 }
@@ -207,7 +336,20 @@ impl fmt::Display for Decision {
                 o.download_ms
             ),
             None => write!(f, " offload=n/a"),
+        }?;
+        for (name, o) in [
+            ("local", self.local_outlook),
+            ("offload", self.offload_outlook),
+        ] {
+            if let Some(o) = o {
+                write!(f, " {name}~[mean {:.2} p95 {:.2}", o.mean_ms, o.p95_ms)?;
+                if let Some(p) = o.p_meet {
+                    write!(f, " P(in time) {p:.2}")?;
+                }
+                write!(f, "]")?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -261,14 +403,90 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     })
 }
 
+/// At most `n` evenly spaced quantiles of sorted data (all of it if short).
+fn grid(sorted: &[f64], n: usize) -> Vec<f64> {
+    if sorted.len() <= n {
+        return sorted.to_vec();
+    }
+    (0..n)
+        .map(|i| quantile(sorted, (i as f64 + 0.5) / n as f64))
+        .collect()
+}
+
+/// Local latency: the queue wait plus each recent inference time.
+fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook> {
+    let queue = ms(input.local.queue_wait);
+    let inference = if input.local_dist_ms.is_empty() {
+        vec![ms(input.local.inference)]
+    } else {
+        grid(input.local_dist_ms, 24)
+    };
+    Outlook::of(inference.iter().map(|i| queue + i).collect(), left_ms)
+}
+
+/// Offload latency: transfer times plus every pair of an RTT sample and a
+/// recent cloud server time (their sum's distribution, assuming them
+/// independent).
+fn offload_outlook(
+    input: &DecisionInput,
+    cost: &OffloadCost,
+    left_ms: Option<f64>,
+    horizon_ms: f64,
+) -> Option<Outlook> {
+    let net = input.net;
+    let rtts = if net.rtt_sorted_ms.is_empty() {
+        vec![net.rtt.srtt_ms]
+    } else {
+        grid(&net.rtt_sorted_ms, 24)
+    };
+    // The forecast moves the whole distribution; an RTT stays >= 0.
+    let moved = net.rtt_trend_ms_per_s * horizon_ms / 1e3;
+    let rtts: Vec<f64> = if moved.is_finite() && moved != 0.0 {
+        rtts.iter().map(|r| (r + moved).max(0.0)).collect()
+    } else {
+        rtts
+    };
+    let cloud = if input.cloud_dist_ms.is_empty() {
+        vec![cost.cloud_inference_ms]
+    } else {
+        grid(input.cloud_dist_ms, 12)
+    };
+    let transfer = cost.upload_ms + cost.download_ms;
+    let values = rtts
+        .iter()
+        .flat_map(|r| cloud.iter().map(move |c| transfer + r + c))
+        .collect();
+    Outlook::of(values, left_ms)
+}
+
 /// Decides where a task runs, or fails it early when no path can work.
 pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskError> {
     let jitter_k = match policy {
         Policy::CostModel { jitter_k } => *jitter_k,
         _ => 1.0,
     };
-    let local = local_cost(&input.local);
-    let offload = offload_cost(input, jitter_k);
+    let left_ms = input.time_left.map(ms);
+    let local_outlook = input
+        .local
+        .supported
+        .then(|| local_outlook(input, left_ms))
+        .flatten();
+    let mut local = local_cost(&input.local);
+    let mut offload = offload_cost(input, jitter_k);
+    let horizon_ms = policy.aware().map_or(0.0, |a| a.3);
+    let offload_outlook = offload
+        .as_ref()
+        .and_then(|o| offload_outlook(input, o, left_ms, horizon_ms));
+    if policy.aware().is_some() {
+        // This policy's point prediction is its distribution's mean.
+        if let Some(o) = local_outlook {
+            local.total_ms = o.mean_ms;
+        }
+        if let (Some(c), Some(o)) = (offload.as_mut(), offload_outlook) {
+            c.jitter_penalty_ms = 0.0;
+            c.total_ms = o.mean_ms;
+        }
+    }
     let make = |path, reason| Decision {
         policy: policy.name(),
         path,
@@ -276,6 +494,9 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
         local,
         offload,
         network_source: input.net.source,
+        local_outlook,
+        offload_outlook,
+        hedge: false,
     };
     let need_local_model = || {
         if input.local.supported {
@@ -355,7 +576,98 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
                 },
             }
         }
+        Policy::DeadlineAware { .. } | Policy::Predictive { .. } => {
+            let (p_margin, min_p, hysteresis, _) = policy.aware().expect("an aware policy");
+            let local_o = local_outlook.filter(|_| input.local.supported);
+            let cloud_o = offload_outlook.filter(|_| cloud_usable);
+            // Below `min_p` a path is hopeless; without a deadline every
+            // path is in time.
+            let hopeless = |o: &Outlook| o.p_meet.is_some_and(|p| p < min_p);
+            match (local_o, cloud_o) {
+                (None, None) => Err(TaskError::Unavailable(format!(
+                    "no local model for {} and the cloud is unreachable or unmeasured",
+                    input.task_type.as_str()
+                ))),
+                (Some(l), None) => {
+                    if hopeless(&l) {
+                        return Err(deadline_error(input, &local, offload));
+                    }
+                    let reason = if offload.is_none() {
+                        Reason::NoNetworkEstimate
+                    } else {
+                        Reason::CloudUnreachable
+                    };
+                    Ok(make(ExecPath::Local, reason))
+                }
+                (None, Some(c)) => {
+                    if hopeless(&c) {
+                        return Err(deadline_error(input, &local, offload));
+                    }
+                    Ok(make(ExecPath::Cloud, Reason::NoLocalModel))
+                }
+                (Some(l), Some(c)) => {
+                    if hopeless(&l) && hopeless(&c) {
+                        return Err(deadline_error(input, &local, offload));
+                    }
+                    let with_hedge = |mut d: Decision| {
+                        d.hedge = should_hedge(&d, &l, &c);
+                        Ok(d)
+                    };
+                    if let (Some(pl), Some(pc)) = (l.p_meet, c.p_meet) {
+                        // The epsilon makes a margin of exactly `p_margin`
+                        // count despite rounding (1.0 - 0.9 < 0.1).
+                        let p_margin = p_margin - 1e-9;
+                        if pl - pc >= p_margin {
+                            return with_hedge(make(ExecPath::Local, Reason::LocalLikelierInTime));
+                        }
+                        if pc - pl >= p_margin {
+                            return with_hedge(make(
+                                ExecPath::Cloud,
+                                Reason::OffloadLikelierInTime,
+                            ));
+                        }
+                    }
+                    let (sl, sc) = (l.score(input.priority), c.score(input.priority));
+                    let better = if sc < sl {
+                        (ExecPath::Cloud, Reason::OffloadCheaper)
+                    } else {
+                        (ExecPath::Local, Reason::LocalCheaper)
+                    };
+                    // Stay on the previous path unless the other is clearly
+                    // better: noise in the estimates must not flip choices.
+                    match input.previous {
+                        Some(prev) if prev != better.0 => {
+                            let (kept, other) = match prev {
+                                ExecPath::Local => (sl, sc),
+                                ExecPath::Cloud => (sc, sl),
+                            };
+                            if other < kept * (1.0 - hysteresis) {
+                                with_hedge(make(better.0, better.1))
+                            } else {
+                                with_hedge(make(prev, Reason::KeptPrevious))
+                            }
+                        }
+                        _ => with_hedge(make(better.0, better.1)),
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Whether running both paths is worth it: the chosen one is at risk and
+/// the first of two independent tries is clearly likelier in time.
+fn should_hedge(d: &Decision, local: &Outlook, cloud: &Outlook) -> bool {
+    let (Some(pl), Some(pc)) = (local.p_meet, cloud.p_meet) else {
+        return false;
+    };
+    let chosen = match d.path {
+        ExecPath::Local => pl,
+        ExecPath::Cloud => pc,
+    };
+    let either = 1.0 - (1.0 - pl) * (1.0 - pc);
+    // The epsilon lets a gain of exactly the minimum count despite rounding.
+    chosen < HEDGE_BELOW_P && either - chosen >= HEDGE_MIN_GAIN - 1e-9
 }
 
 fn deadline_error(

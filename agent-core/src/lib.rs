@@ -11,11 +11,12 @@ mod sample;
 mod task;
 
 pub use decide::{
-    decide, priority_weight, CloudStatus, Decision, DecisionInput, LocalCost, LocalStatus,
-    OffloadCost, Policy, Reason,
+    decide, priority_weight, tail_weight, CloudStatus, Decision, DecisionInput, LocalCost,
+    LocalStatus, OffloadCost, Outlook, Policy, Reason, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
-    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, RttWindow, WindowStats,
+    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, RttWindow, Shift,
+    ShiftDetector, WindowStats,
 };
 pub use queue::TaskQueue;
 pub use result::TaskResult;

@@ -3,8 +3,8 @@
 //! decisions, and errors as gRPC statuses or in-band `ErrorKind`s.
 
 use agent_core::{
-    deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, Detection, ExecPath, Output,
-    Priority, Task, TaskError, TaskResult, TaskType,
+    deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, Detection, ExecPath, Outlook,
+    Output, Priority, Task, TaskError, TaskResult, TaskType,
 };
 use proto::ErrorKind;
 use std::time::{Instant, SystemTime};
@@ -174,6 +174,18 @@ pub fn decision_to_proto(d: &Decision) -> proto::Decision {
             .map(|s| s.as_str())
             .unwrap_or("none")
             .into(),
+        hedged: d.hedge,
+        local_outlook: d.local_outlook.map(outlook_to_proto),
+        offload_outlook: d.offload_outlook.map(outlook_to_proto),
+    }
+}
+
+fn outlook_to_proto(o: Outlook) -> proto::PathOutlook {
+    proto::PathOutlook {
+        mean_ms: o.mean_ms,
+        p50_ms: o.p50_ms,
+        p95_ms: o.p95_ms,
+        p_meet: o.p_meet,
     }
 }
 
@@ -280,8 +292,20 @@ mod tests {
                 total_ms: 27.5,
             }),
             network_source: Some(SampleSource::ActiveTcpConnect),
+            local_outlook: Some(Outlook {
+                mean_ms: 9.5,
+                p50_ms: 9.0,
+                p95_ms: 14.0,
+                p_meet: Some(0.75),
+            }),
+            offload_outlook: None,
+            hedge: true,
         };
         let p = decision_to_proto(&d);
+        let lo = p.local_outlook.unwrap();
+        assert_eq!((lo.mean_ms, lo.p95_ms, lo.p_meet), (9.5, 14.0, Some(0.75)));
+        assert!(p.offload_outlook.is_none());
+        assert!(p.hedged);
         assert_eq!(
             (p.policy.as_str(), p.path.as_str()),
             ("cost-model", "local")

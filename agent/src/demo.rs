@@ -35,7 +35,7 @@ pub struct DemoArgs {
     /// Time between bursts.
     #[arg(long, default_value_t = 250)]
     pub burst_interval_ms: u64,
-    /// Override the edge's policy (always-local, always-offload, threshold, cost-model).
+    /// Override the edge's policy (deadline-aware, cost-model, threshold, always-local, always-offload).
     #[arg(long)]
     pub policy: Option<String>,
 }

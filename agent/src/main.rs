@@ -45,7 +45,7 @@ enum Cmd {
         /// The cloud service's QUIC address ("" disables QUIC).
         #[arg(long)]
         cloud_quic: Option<String>,
-        /// always-local, always-offload, threshold or cost-model.
+        /// deadline-aware (default), cost-model, threshold, always-local or always-offload.
         #[arg(long)]
         policy: Option<String>,
         /// Local inference workers.
@@ -86,9 +86,8 @@ enum Cmd {
 }
 
 fn parse_policy(name: &str) -> Result<Policy> {
-    Policy::from_name(name).with_context(|| {
-        format!("unknown policy {name:?} (always-local, always-offload, threshold, cost-model)")
-    })
+    Policy::from_name(name)
+        .with_context(|| format!("unknown policy {name:?} (one of {:?})", Policy::NAMES))
 }
 
 fn main() -> Result<()> {

@@ -68,6 +68,8 @@ struct LocalState {
     queue: TaskQueue<Job>,
     /// Per worker: when the running task started and how long it should take.
     in_flight: Vec<Option<(Instant, Duration)>>,
+    /// The path chosen for the latest task of each type (hysteresis).
+    last_path: HashMap<TaskType, ExecPath>,
     stopping: bool,
 }
 
@@ -125,6 +127,7 @@ impl Manager {
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity),
                 in_flight: vec![None; n],
+                last_path: HashMap::new(),
                 stopping: false,
             }),
             work_ready: Condvar::new(),
@@ -201,6 +204,9 @@ impl Manager {
         let decision = {
             let mut state = inner.state.lock().expect("state lock");
             let decision = inner.decide(&state, &task, now);
+            if let Ok(d) = &decision {
+                state.last_path.insert(task.task_type, d.path);
+            }
             match decision {
                 Ok(d) if d.path == ExecPath::Local => {
                     let expected = inner.local_estimate(task.task_type);
@@ -325,7 +331,20 @@ impl Inner {
         } else {
             NetworkStatus::default()
         };
+        let local_dist = self
+            .local_times
+            .lock()
+            .expect("exec-time lock")
+            .distribution_ms(task.task_type);
+        let cloud_dist = self
+            .cloud_times
+            .lock()
+            .expect("cloud times")
+            .distribution_ms(task.task_type);
         let input = DecisionInput {
+            local_dist_ms: &local_dist,
+            cloud_dist_ms: &cloud_dist,
+            previous: state.last_path.get(&task.task_type).copied(),
             task_type: task.task_type,
             priority: task.priority,
             payload_bytes: task.payload.len(),

@@ -87,6 +87,15 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
             d.download_ms,
             d.network_source
         ));
+        for (name, o) in [("local", &d.local_outlook), ("offload", &d.offload_outlook)] {
+            if let Some(o) = o {
+                line.push_str(&format!(" {name}~[p95 {:.2}", o.p95_ms));
+                if let Some(p) = o.p_meet {
+                    line.push_str(&format!(" P(in time) {p:.2}"));
+                }
+                line.push(']');
+            }
+        }
     }
     line
 }

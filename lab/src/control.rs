@@ -104,12 +104,14 @@ impl Controller {
         })
     }
 
-    /// Resets the conditions to the scenario's start and (re)starts its
-    /// schedule clock at 0.
+    /// Resets the conditions to the scenario's start, restarts the link
+    /// model's random streams from the seed (every run of a scenario sees
+    /// the same draws from here on) and (re)starts its schedule clock at 0.
     pub fn start_schedule(&self) -> Result<()> {
         for d in Dir::BOTH {
             self.lab.set(d, self.scenario.initial(d))?;
         }
+        self.lab.restart_randomness();
         let mut s = self.sched.lock().expect("sched lock");
         s.cursor.rewind();
         s.started = Some(Instant::now());

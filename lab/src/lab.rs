@@ -142,9 +142,18 @@ pub struct Lab {
     pub edge_ns: String,
     pub cloud_ns: String,
     pub backend: Backend,
+    seed: u64,
     link: Mutex<Link>,
     torn_down: Mutex<bool>,
     lock: Mutex<Option<netns::PrefixLock>>,
+}
+
+/// Each direction's own random stream, derived from the lab's seed.
+fn dir_seed(seed: u64, d: Dir) -> u64 {
+    match d {
+        Dir::Uplink => seed,
+        Dir::Downlink => seed ^ 0x9e37_79b9_7f4a_7c15,
+    }
 }
 
 fn idx(d: Dir) -> usize {
@@ -167,6 +176,7 @@ impl Lab {
             edge_ns: format!("{}-edge", cfg.prefix),
             cloud_ns: format!("{}-cloud", cfg.prefix),
             backend: cfg.backend,
+            seed: cfg.seed,
             link: Mutex::new(Link::None),
             torn_down: Mutex::new(false),
             lock: Mutex::new(Some(lock)),
@@ -205,10 +215,13 @@ impl Lab {
         self.address(&self.edge_ns, EDGE_ADDR)?;
         self.address(&self.cloud_ns, CLOUD_ADDR)?;
         let models = [
-            Arc::new(Mutex::new(Direction::new(cfg.uplink.clone(), cfg.seed))),
+            Arc::new(Mutex::new(Direction::new(
+                cfg.uplink.clone(),
+                dir_seed(cfg.seed, Dir::Uplink),
+            ))),
             Arc::new(Mutex::new(Direction::new(
                 cfg.downlink.clone(),
-                cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
+                dir_seed(cfg.seed, Dir::Downlink),
             ))),
         ];
         let stop = Arc::new(AtomicBool::new(false));
@@ -264,6 +277,21 @@ impl Lab {
     }
 
     /// Changes the conditions of one direction, for packets from now on.
+    /// Restarts the link model's random streams (loss, jitter) from the
+    /// lab's seed, so that runs which start their schedule here see the
+    /// same draws in the same order; queued packets keep their due times.
+    /// The tc backend has no seed to restart (netem draws from the kernel).
+    pub fn restart_randomness(&self) {
+        if let Link::Tun { models, .. } = &*self.link.lock().expect("link lock") {
+            for d in Dir::BOTH {
+                models[idx(d)]
+                    .lock()
+                    .expect("model lock")
+                    .reseed(dir_seed(self.seed, d));
+            }
+        }
+    }
+
     pub fn set(&self, dir: Dir, params: LinkParams) -> Result<()> {
         params.validate()?;
         let mut link = self.link.lock().expect("link lock");

@@ -17,6 +17,9 @@ fn net(reachable: bool, srtt_ms: f64, stddev_ms: f64) -> NetworkStatus {
             p95_ms: srtt_ms + 2.0 * stddev_ms,
             p99_ms: srtt_ms + 3.0 * stddev_ms,
         },
+        rtt_sorted_ms: Vec::new(),
+        rtt_shifts: 0,
+        rtt_trend_ms_per_s: 0.0,
         loss_rate: 0.0,
         bandwidth_bps: 8e6, // 1 byte per microsecond
         bandwidth_assumed: false,
@@ -199,6 +202,9 @@ fn cost_model_table() {
             cloud: CloudStatus {
                 inference: d(c.cloud_ms),
             },
+            local_dist_ms: &[],
+            cloud_dist_ms: &[],
+            previous: None,
         };
         let got = decide(&input, &c.policy);
         match (&got, &c.expect) {
@@ -240,6 +246,9 @@ fn breakdown_adds_up() {
             supported: true,
         },
         cloud: CloudStatus { inference: d(4) },
+        local_dist_ms: &[],
+        cloud_dist_ms: &[],
+        previous: None,
     };
     let dec = decide(&input, &Policy::CostModel { jitter_k: 2.0 }).unwrap();
     let o = dec.offload.unwrap();
@@ -260,5 +269,308 @@ fn every_listed_name_parses_to_itself() {
     for name in Policy::NAMES {
         let p = Policy::from_name(name).unwrap_or_else(|| panic!("{name} does not parse"));
         assert_eq!(p.name(), name);
+    }
+}
+
+/// A link whose RTT samples are `rtts` (sorted here).
+fn sampled_net(rtts: &[f64]) -> NetworkStatus {
+    let mut sorted = rtts.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let k = sorted.len() as f64;
+    let mean = sorted.iter().sum::<f64>() / k;
+    let sd = (sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+    let mut n = net(true, mean, sd);
+    n.rtt_sorted_ms = sorted;
+    n
+}
+
+struct Aware {
+    name: &'static str,
+    rtts: Vec<f64>,
+    queue_ms: u64,
+    local: Vec<f64>,
+    cloud: Vec<f64>,
+    priority: Priority,
+    deadline_ms: Option<u64>,
+    previous: Option<ExecPath>,
+    expect: Result<(ExecPath, Reason), &'static str>,
+}
+
+fn aware(name: &'static str) -> Aware {
+    Aware {
+        name,
+        // A steady 10 ms link.
+        rtts: vec![10.0; 20],
+        queue_ms: 0,
+        local: vec![5.0; 10],
+        cloud: vec![1.0; 10],
+        priority: Priority::Medium,
+        deadline_ms: None,
+        previous: None,
+        expect: Ok((ExecPath::Local, Reason::LocalCheaper)),
+    }
+}
+
+/// A pareto-like RTT: 18 of 20 samples at 10 ms, two at 200 ms (mean
+/// 29 ms, p95 ~ 200 ms).
+fn heavy_tail() -> Vec<f64> {
+    let mut v = vec![10.0; 18];
+    v.extend([200.0, 200.0]);
+    v
+}
+
+#[test]
+fn deadline_aware_table() {
+    // Payload 1000 B at 8 Mbit/s: upload 1 ms; response 64 B: 0.064 ms.
+    let cases = vec![
+        aware("idle local beats a 10 ms link"),
+        Aware {
+            queue_ms: 40,
+            expect: Ok((ExecPath::Cloud, Reason::OffloadCheaper)),
+            ..aware("long queue -> offload")
+        },
+        Aware {
+            // Same means on both paths as the row above would give for a
+            // calm link, but the tail (p95 200 ms) weighs on urgent work.
+            queue_ms: 30,
+            rtts: heavy_tail(),
+            priority: Priority::Critical,
+            expect: Ok((ExecPath::Local, Reason::LocalCheaper)),
+            ..aware("critical work avoids a heavy tail")
+        },
+        Aware {
+            // Low priority judges by the mean: 1 + 29 + 1 = 31 < 35.
+            queue_ms: 30,
+            rtts: heavy_tail(),
+            priority: Priority::Low,
+            expect: Ok((ExecPath::Cloud, Reason::OffloadCheaper)),
+            ..aware("low priority judges by the mean")
+        },
+        Aware {
+            // Mean offload 31 ms beats the 45 ms local mean, but only 90 %
+            // of offloads arrive within 50 ms, against all local runs.
+            queue_ms: 40,
+            rtts: heavy_tail(),
+            deadline_ms: Some(50),
+            expect: Ok((ExecPath::Local, Reason::LocalLikelierInTime)),
+            ..aware("probability of meeting the deadline comes first")
+        },
+        Aware {
+            // Local runs vary: half take 30 ms, so half miss 40 ms with a
+            // 12 ms queue; offload (12 ms) always makes it.
+            queue_ms: 12,
+            local: [vec![5.0; 10], vec![30.0; 10]].concat(),
+            deadline_ms: Some(40),
+            expect: Ok((ExecPath::Cloud, Reason::OffloadLikelierInTime)),
+            ..aware("a slow local tail loses to a steady link")
+        },
+        Aware {
+            queue_ms: 100,
+            rtts: vec![60.0; 20],
+            deadline_ms: Some(20),
+            expect: Err("deadline"),
+            ..aware("no path can make it -> fail early")
+        },
+        Aware {
+            // Offload 12.06 ms vs local 13: the better path by 7 %, within
+            // the 10 % hysteresis: stay local.
+            queue_ms: 8,
+            previous: Some(ExecPath::Local),
+            expect: Ok((ExecPath::Local, Reason::KeptPrevious)),
+            ..aware("hysteresis keeps the previous path on a small gain")
+        },
+        Aware {
+            queue_ms: 8,
+            previous: None,
+            expect: Ok((ExecPath::Cloud, Reason::OffloadCheaper)),
+            ..aware("without a previous path the small gain wins")
+        },
+        Aware {
+            queue_ms: 20,
+            previous: Some(ExecPath::Local),
+            expect: Ok((ExecPath::Cloud, Reason::OffloadCheaper)),
+            ..aware("a clear gain overrides hysteresis")
+        },
+        Aware {
+            // The cloud's own queue is part of the offload distribution.
+            queue_ms: 40,
+            cloud: vec![60.0; 10],
+            expect: Ok((ExecPath::Local, Reason::LocalCheaper)),
+            ..aware("a busy cloud keeps work local")
+        },
+    ];
+    for c in cases {
+        let n = sampled_net(&c.rtts);
+        let input = DecisionInput {
+            task_type: TaskType::ImageClassification,
+            priority: c.priority,
+            payload_bytes: 1000,
+            response_bytes: 64,
+            time_left: c.deadline_ms.map(d),
+            net: &n,
+            local: LocalStatus {
+                queue_wait: d(c.queue_ms),
+                inference: d(5),
+                supported: true,
+            },
+            cloud: CloudStatus { inference: d(1) },
+            local_dist_ms: &c.local,
+            cloud_dist_ms: &c.cloud,
+            previous: c.previous,
+        };
+        let got = decide(&input, &Policy::default());
+        match (&got, &c.expect) {
+            (Ok(dec), Ok((path, reason))) => {
+                assert_eq!(
+                    (dec.path, dec.reason),
+                    (*path, *reason),
+                    "{}: {dec}",
+                    c.name
+                );
+                assert_eq!(dec.policy, "deadline-aware");
+                // The prediction of the path taken is its mean.
+                let o = dec.outlook().expect("an outlook for the chosen path");
+                assert!((dec.expected_ms() - o.mean_ms).abs() < 1e-9, "{}", c.name);
+            }
+            (Err(e), Err("deadline")) => {
+                assert!(
+                    matches!(e, TaskError::DeadlineExceeded(_)),
+                    "{}: {e}",
+                    c.name
+                )
+            }
+            _ => panic!("{}: expected {:?}, got {:?}", c.name, c.expect, got),
+        }
+    }
+}
+
+#[test]
+fn outlooks_describe_the_distributions() {
+    let n = sampled_net(&heavy_tail());
+    let local = [4.0, 6.0];
+    let input = DecisionInput {
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 1000,
+        response_bytes: 0,
+        time_left: Some(d(100)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(10),
+            inference: d(5),
+            supported: true,
+        },
+        cloud: CloudStatus { inference: d(2) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+    };
+    let dec = decide(&input, &Policy::default()).unwrap();
+    let l = dec.local_outlook.unwrap();
+    assert_eq!((l.mean_ms, l.p_meet), (15.0, Some(1.0)));
+    let o = dec.offload_outlook.unwrap();
+    // 1 ms upload + 2 ms cloud + RTT: 13 ms x 18, 203 ms x 2.
+    assert!((o.mean_ms - 32.0).abs() < 1e-9, "{o:?}");
+    assert_eq!(o.p_meet, Some(0.9));
+    assert!(o.p50_ms == 13.0 && o.p95_ms > 190.0, "{o:?}");
+    // Every policy records them; the seed's cost model keeps its own total.
+    let seed = decide(&input, &Policy::CostModel { jitter_k: 2.0 }).unwrap();
+    assert_eq!(seed.offload_outlook, dec.offload_outlook);
+    assert!(seed.offload.unwrap().jitter_penalty_ms > 0.0);
+}
+
+#[test]
+fn predictive_moves_the_rtt_by_its_trend() {
+    // A 10 ms link rising at 40 ms/s: in 500 ms it will be 30 ms.
+    let mut n = sampled_net(&[10.0; 20]);
+    n.rtt_trend_ms_per_s = 40.0;
+    let local = [5.0];
+    let input = DecisionInput {
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 1000,
+        response_bytes: 0,
+        time_left: None,
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(20),
+            inference: d(5),
+            supported: true,
+        },
+        cloud: CloudStatus { inference: d(1) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+    };
+    let now = decide(&input, &Policy::default()).unwrap();
+    assert_eq!(
+        (now.path, now.reason),
+        (ExecPath::Cloud, Reason::OffloadCheaper)
+    );
+    let ahead = decide(&input, &Policy::from_name("predictive").unwrap()).unwrap();
+    assert_eq!(
+        (ahead.path, ahead.reason),
+        (ExecPath::Local, Reason::LocalCheaper)
+    );
+    assert!((ahead.offload_outlook.unwrap().mean_ms - 32.0).abs() < 1e-9);
+    // A falling link never forecasts a negative RTT.
+    let mut down = n.clone();
+    down.rtt_trend_ms_per_s = -1000.0;
+    let input = DecisionInput {
+        net: &down,
+        ..input
+    };
+    let falling = decide(&input, &Policy::from_name("predictive").unwrap()).unwrap();
+    assert!((falling.offload_outlook.unwrap().mean_ms - 2.0).abs() < 1e-9);
+}
+
+#[test]
+fn hedges_only_when_both_paths_together_clearly_help() {
+    // (local inference samples, RTT samples, deadline, expect hedge)
+    let cases: Vec<(&str, Vec<f64>, Vec<f64>, u64, bool)> = vec![
+        ("both safe", vec![5.0; 10], vec![10.0; 20], 100, false),
+        ("no deadline", vec![5.0; 10], heavy_tail(), 0, false),
+        (
+            // Local 50 % in time (half the runs take 60 ms), offload 90 %:
+            // together 95 %, 5 points over the better one alone.
+            "both at risk",
+            [vec![5.0; 10], vec![60.0; 10]].concat(),
+            heavy_tail(),
+            50,
+            true,
+        ),
+        (
+            // Offload 90 %, local never: hedging adds nothing.
+            "local hopeless",
+            vec![80.0; 10],
+            heavy_tail(),
+            50,
+            false,
+        ),
+    ];
+    for (name, local, rtts, deadline, want) in cases {
+        let n = sampled_net(&rtts);
+        let input = DecisionInput {
+            task_type: TaskType::ImageClassification,
+            priority: Priority::High,
+            payload_bytes: 1000,
+            response_bytes: 0,
+            time_left: (deadline > 0).then(|| d(deadline)),
+            net: &n,
+            local: LocalStatus {
+                queue_wait: d(0),
+                inference: d(5),
+                supported: true,
+            },
+            cloud: CloudStatus { inference: d(1) },
+            local_dist_ms: &local,
+            cloud_dist_ms: &[],
+            previous: None,
+        };
+        let dec = decide(&input, &Policy::default()).unwrap();
+        assert_eq!(dec.hedge, want, "{name}: {dec}");
+        // The seed's policies never hedge.
+        let seed = decide(&input, &Policy::CostModel { jitter_k: 2.0 });
+        assert!(seed.map_or(true, |s| !s.hedge), "{name}");
     }
 }

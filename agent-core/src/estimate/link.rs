@@ -43,6 +43,12 @@ pub struct NetworkStatus {
     /// The source whose figures are reported (freshest passive one preferred).
     pub source: Option<SampleSource>,
     pub rtt: WindowStats,
+    /// The same window's samples, sorted (ms): the RTT distribution.
+    pub rtt_sorted_ms: Vec<f64>,
+    /// Shifts of the RTT level detected in that window so far.
+    pub rtt_shifts: u64,
+    /// The RTT's short-term trend in that window (Holt), ms per second.
+    pub rtt_trend_ms_per_s: f64,
     /// Loss rate: failed probes over attempts, or retransmits over segments
     /// when the kernel reports them.
     pub loss_rate: f64,
@@ -160,6 +166,9 @@ impl LinkEstimator {
             reachable: fresh && self.consecutive_failures < self.cfg.unreachable_after,
             source: best.map(|(s, _)| s),
             rtt: best.and_then(|(_, w)| w.stats()).unwrap_or_default(),
+            rtt_sorted_ms: best.map(|(_, w)| w.sorted_ms()).unwrap_or_default(),
+            rtt_shifts: best.map_or(0, |(_, w)| w.shifts().0),
+            rtt_trend_ms_per_s: best.map_or(0.0, |(_, w)| w.trend_ms_per_s()),
             loss_rate,
             bandwidth_bps: self.bandwidth_bps.unwrap_or(self.cfg.default_bandwidth_bps),
             bandwidth_assumed: self.bandwidth_bps.is_none(),

@@ -1,5 +1,8 @@
-//! Sliding window of RTT samples with the statistics the cost model needs.
+//! Sliding window of RTT samples with the statistics the cost model needs;
+//! it forgets the samples before a detected shift of the RTT level.
 
+use super::shift::{Shift, ShiftDetector};
+use super::trend::HoltTrend;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,14 @@ pub struct RttWindow {
     srtt: Option<f64>,
     /// RFC 3550-style jitter: J += (|D| - J) / 16 over consecutive RTTs.
     rfc3550: f64,
+    detector: ShiftDetector,
+    trend: HoltTrend,
+    shifts: u64,
+    last_shift: Option<(Instant, Shift)>,
 }
+
+/// Samples a window needs before it looks for shifts.
+const MIN_FOR_SHIFTS: usize = 8;
 
 /// Summary of a window; all figures in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -37,11 +47,17 @@ impl RttWindow {
             last_at: None,
             srtt: None,
             rfc3550: 0.0,
+            detector: ShiftDetector::default(),
+            trend: HoltTrend::default(),
+            shifts: 0,
+            last_shift: None,
         }
     }
 
     pub fn push(&mut self, at: Instant, rtt: Duration) {
         let ms = rtt.as_secs_f64() * 1e3;
+        self.watch_for_shift(at, ms);
+        self.trend.push(at, ms);
         if let Some(&prev) = self.samples.back() {
             self.rfc3550 += ((ms - prev).abs() - self.rfc3550) / 16.0;
         }
@@ -55,6 +71,49 @@ impl RttWindow {
         }
         self.samples.push_back(ms);
         self.last_at = Some(self.last_at.map_or(at, |l| l.max(at)));
+    }
+
+    /// Tests `ms` against the window's level (median) and scale (MAD); on
+    /// a shift, keeps only the samples of the new level.
+    fn watch_for_shift(&mut self, at: Instant, ms: f64) {
+        if self.samples.len() < MIN_FOR_SHIFTS {
+            return;
+        }
+        let mut sorted: Vec<f64> = self.samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let median = quantile(&sorted, 0.5);
+        let mut dev: Vec<f64> = sorted.iter().map(|x| (x - median).abs()).collect();
+        dev.sort_by(f64::total_cmp);
+        // 1.4826 x MAD estimates the sd of normal noise; the floors keep a
+        // perfectly steady link from alarming on a 1 % wobble.
+        let scale = (1.4826 * quantile(&dev, 0.5)).max(0.05 * median).max(0.05);
+        if let Some((shift, run)) = self.detector.push(ms, median, scale) {
+            // `run` counts this sample too; the others are the newest ones.
+            let keep = run.saturating_sub(1).min(self.samples.len());
+            self.samples.drain(..self.samples.len() - keep);
+            let level = self.samples.iter().chain([&ms]).sum::<f64>() / (keep + 1) as f64;
+            self.srtt = Some(level);
+            self.trend.reset(at, level);
+            self.shifts += 1;
+            self.last_shift = Some((at, shift));
+        }
+    }
+
+    /// Shifts detected so far, and the latest one.
+    pub fn shifts(&self) -> (u64, Option<(Instant, Shift)>) {
+        (self.shifts, self.last_shift)
+    }
+
+    /// The RTT's trend (Holt), ms per second.
+    pub fn trend_ms_per_s(&self) -> f64 {
+        self.trend.trend_ms_per_s()
+    }
+
+    /// The window's samples in milliseconds, sorted.
+    pub fn sorted_ms(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.samples.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v
     }
 
     pub fn len(&self) -> usize {
@@ -163,6 +222,48 @@ mod tests {
         let s = w.stats().unwrap();
         assert!((s.mean_ms - 5.0).abs() < 1e-9, "{s:?}");
         assert_eq!(w.last_at(), Some(t0 + Duration::from_millis(119)));
+    }
+
+    #[test]
+    fn a_step_of_the_level_empties_the_old_window() {
+        let t0 = Instant::now();
+        let mut w = RttWindow::new(60);
+        let jitter = |i: u64| if i % 2 == 0 { 1.0 } else { -1.0 };
+        for i in 0..60 {
+            w.push(t0 + Duration::from_millis(i), ms(40.0 + jitter(i)));
+        }
+        assert_eq!(w.shifts().0, 0);
+        for i in 60..70 {
+            w.push(t0 + Duration::from_millis(i), ms(80.0 + jitter(i)));
+        }
+        let (n, last) = w.shifts();
+        assert_eq!(n, 1);
+        assert_eq!(last.map(|(_, s)| s), Some(Shift::Up));
+        let s = w.stats().unwrap();
+        // Only the new level is left: 4 samples at the alarm, then 6 more.
+        assert_eq!(s.samples, 10);
+        assert!(
+            (s.mean_ms - 80.0).abs() < 1.0 && (s.srtt_ms - 80.0).abs() < 1.0,
+            "{s:?}"
+        );
+        assert_eq!(w.sorted_ms().len(), 10);
+    }
+
+    #[test]
+    fn stationary_heavy_tail_rarely_resets_the_window() {
+        // Deterministic pareto-like stream: mostly 20 ms, one in 10 long.
+        let t0 = Instant::now();
+        let mut w = RttWindow::new(60);
+        for i in 0..2000u64 {
+            let v = if i % 10 == 3 {
+                20.0 + (i % 7) as f64 * 30.0
+            } else {
+                20.0 + (i % 3) as f64
+            };
+            w.push(t0 + Duration::from_millis(i), ms(v));
+        }
+        assert_eq!(w.shifts().0, 0);
+        assert_eq!(w.len(), 60);
     }
 
     #[test]

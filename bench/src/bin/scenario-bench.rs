@@ -56,6 +56,9 @@ struct Args {
     /// Skip timing the CPU calibration jobs.
     #[arg(long)]
     no_calibrate: bool,
+    /// Runs per scenario with consecutive seeds (default: 3, quick: 1).
+    #[arg(long)]
+    seeds: Option<u64>,
 }
 
 fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
@@ -122,6 +125,7 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         plots: !a.no_plots,
         calibrate: !a.no_calibrate,
+        seeds: a.seeds.unwrap_or(if a.quick { 1 } else { 3 }),
     };
     let r = match run::run(&opts) {
         Ok(r) => r,

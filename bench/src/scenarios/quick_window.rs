@@ -53,7 +53,11 @@ pub fn window(s: &Scenario, start_s: f64, len_s: f64) -> Scenario {
         downlink: full_patch(&s.params_at(Dir::Downlink, start_s)),
         schedule,
         profile: s.profile.clone(),
-        workload: s.workload.from_time(start_s),
+        workload: {
+            let mut w = s.workload.from_time(start_s);
+            w.phases.retain(|p| p.at_s <= len_s);
+            w
+        },
     }
 }
 
@@ -152,5 +156,9 @@ note = "backlog"
         assert_eq!(quick_start(&s, 20.0), 0.0);
         let w = window(&s, 110.0, 20.0);
         assert_eq!(w.duration_s, 10.0);
+        // Rate changes after the window's end are left out.
+        let w = window(&Scenario::parse(TEXT).unwrap(), 50.0, 10.0);
+        w.validate().unwrap();
+        assert!(w.workload.phases.is_empty());
     }
 }

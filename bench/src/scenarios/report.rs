@@ -47,6 +47,9 @@ pub struct Row {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioResult {
     pub name: String,
+    /// The workload's seed (the link model's too) of this run.
+    #[serde(default)]
+    pub seed: u64,
     pub description: String,
     /// Seconds of the full scenario this run covered (`[from, to]`).
     pub span_s: (f64, f64),
@@ -178,16 +181,110 @@ fn pct(v: Option<f64>) -> String {
 fn row(out: &mut String, scenario: &str, policy: &str, s: &Summary, vs: &str) {
     let _ = writeln!(
         out,
-        "| {scenario} | {policy} | {} | {} | {} | {} | {} | {} | {} | {} | {vs} |",
+        "| {scenario} | {policy} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {vs} |",
         s.tasks,
         pct(s.miss_rate()),
         s.failed,
+        ms(s.charged_mean_ms),
         ms(s.p50_ms),
         ms(s.p95_ms),
         ms(s.p99_ms),
         pct(s.offload_ratio()),
         pct(s.accuracy()),
     );
+}
+
+/// Per scenario and policy, the spread over seeds of the headline figures.
+fn across_seeds(o: &mut String, r: &BenchResult) {
+    let _ = writeln!(
+        o,
+        "\n### Across seeds\n\nMean over the seeds, [min - max] in brackets.\n\n\
+         | scenario | policy | seeds | deadline miss | mean ms (failures charged) | offloaded |\n\
+         |---|---|---|---|---|---|"
+    );
+    let mut names: Vec<&str> = r.scenarios.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let runs: Vec<&ScenarioResult> = r.scenarios.iter().filter(|s| s.name == name).collect();
+        let mut policies: Vec<String> = runs[0].rows.iter().map(|rw| rw.policy.clone()).collect();
+        policies.push("*oracle*".into());
+        for policy in policies {
+            let sums: Vec<&Summary> = runs
+                .iter()
+                .filter_map(|s| {
+                    if policy == "*oracle*" {
+                        s.oracle.as_ref()
+                    } else {
+                        s.rows
+                            .iter()
+                            .find(|rw| rw.policy == policy)
+                            .map(|rw| &rw.summary)
+                    }
+                })
+                .collect();
+            let spread = |f: &dyn Fn(&Summary) -> Option<f64>,
+                          show: &dyn Fn(Option<f64>) -> String| {
+                let v: Vec<f64> = sums.iter().filter_map(|s| f(s)).collect();
+                if v.is_empty() {
+                    return "-".to_string();
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                        (a.min(*x), b.max(*x))
+                    });
+                format!(
+                    "{} [{} - {}]",
+                    show(Some(mean)),
+                    show(Some(lo)),
+                    show(Some(hi))
+                )
+            };
+            let _ = writeln!(
+                o,
+                "| {name} | {policy} | {} | {} | {} | {} |",
+                sums.len(),
+                spread(&|s| s.miss_rate(), &pct),
+                spread(&|s| s.charged_mean_ms, &ms),
+                spread(&|s| s.offload_ratio(), &pct),
+            );
+        }
+    }
+}
+
+/// Prediction error of the path taken, per scenario and policy.
+fn prediction_errors(o: &mut String, r: &BenchResult) {
+    let _ = writeln!(
+        o,
+        "## Prediction error\n\n\
+         |predicted - actual| / actual of the path each task took (the decision's expected \
+         latency against what the submitter saw), over completed tasks that did not fall back: \
+         median / p90.\n\n\
+         | scenario | policy | local | cloud |\n|---|---|---|---|"
+    );
+    let show = |e: Option<(f64, f64)>| {
+        e.map_or("-".into(), |(m, p)| {
+            format!("{:.0} % / {:.0} %", m * 100.0, p * 100.0)
+        })
+    };
+    for s in &r.scenarios {
+        for rw in &s.rows {
+            if rw.summary.pred_err_local.is_none() && rw.summary.pred_err_cloud.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "| {} (seed {}) | {} | {} | {} |",
+                s.name,
+                s.seed,
+                rw.policy,
+                show(rw.summary.pred_err_local),
+                show(rw.summary.pred_err_cloud)
+            );
+        }
+    }
+    let _ = writeln!(o);
 }
 
 /// File names of a scenario's plots, next to the report.
@@ -294,22 +391,29 @@ pub fn render(r: &BenchResult) -> String {
     let _ = writeln!(o, "## Results\n");
     let _ = writeln!(
         o,
-        "| scenario | policy | tasks | deadline miss | failed | p50 ms | p95 ms | p99 ms | offloaded | accuracy | vs oracle ms |"
+        "| scenario | policy | tasks | deadline miss | failed | mean ms (failures charged) | p50 ms | p95 ms | p99 ms | offloaded | accuracy | vs oracle ms |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let several_seeds = r.scenarios.iter().any(|s| {
+        r.scenarios
+            .iter()
+            .any(|t| t.name == s.name && t.seed != s.seed)
+    });
     for s in &r.scenarios {
+        let name = if several_seeds {
+            format!("{} (seed {})", s.name, s.seed)
+        } else {
+            s.name.clone()
+        };
         for rw in &s.rows {
-            row(
-                &mut o,
-                &s.name,
-                &rw.policy,
-                &rw.summary,
-                &ms(rw.vs_oracle_ms),
-            );
+            row(&mut o, &name, &rw.policy, &rw.summary, &ms(rw.vs_oracle_ms));
         }
         if let Some(orc) = &s.oracle {
-            row(&mut o, &s.name, "*oracle*", orc, "0");
+            row(&mut o, &name, "*oracle*", orc, "0");
         }
+    }
+    if several_seeds {
+        across_seeds(&mut o, r);
     }
     let _ = writeln!(
         o,
@@ -317,6 +421,9 @@ pub fn render(r: &BenchResult) -> String {
          - **deadline miss**: of the tasks with a deadline, those not answered with a result \
          within it (a failed task misses);\n\
          - **failed**: sent but not answered with a result (failed early, rejected, or no answer);\n\
+         - **mean ms (failures charged)**: over every task sent; a task that did not complete \
+         counts as its deadline or its latency, whichever is longer (no deadline: 1000 ms or \
+         its latency);\n\
          - **p50/p95/p99**: latency seen by the submitter, over completed tasks;\n\
          - **offloaded**: completed tasks that ran in the cloud;\n\
          - **accuracy**: completed classification tasks (image and text) whose predicted class \
@@ -328,6 +435,7 @@ pub fn render(r: &BenchResult) -> String {
          bound: a policy that mixes paths changes the queueing both paths see.\n"
     );
 
+    prediction_errors(&mut o, r);
     let _ = writeln!(o, "## Edge CPU throttling\n");
     let _ = writeln!(
         o,
@@ -385,6 +493,9 @@ mod tests {
             labelled: 198,
             correct: 190,
             fell_back: 0,
+            charged_mean_ms: Some(12.5),
+            pred_err_local: Some((0.1, 0.3)),
+            pred_err_cloud: None,
         };
         BenchResult {
             command: "cargo xtask bench --quick".into(),
@@ -412,6 +523,7 @@ mod tests {
             }],
             scenarios: vec![ScenarioResult {
                 name: "wan".into(),
+                seed: 106,
                 description: "d".into(),
                 span_s: (0.0, 15.0),
                 profile: Profile {
@@ -440,7 +552,7 @@ mod tests {
         assert!(md.contains("`cargo xtask bench --quick`"));
         assert!(
             md.contains(
-                "| wan | cost-model | 200 | 5.0 % | 2 | 4.2 | 41.0 | 130 | 50.0 % | 96.0 % | 1.2 |"
+                "| wan | cost-model | 200 | 5.0 % | 2 | 12.5 | 4.2 | 41.0 | 130 | 50.0 % | 96.0 % | 1.2 |"
             ),
             "{md}"
         );
@@ -454,6 +566,23 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("at commit 0123456789ab"));
+        assert!(
+            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - |"),
+            "{md}"
+        );
+        assert!(!md.contains("### Across seeds"));
+        // A second seed: rows name their seed and the spread table appears.
+        let mut two = result();
+        let mut other = two.scenarios[0].clone();
+        other.seed = 107;
+        other.rows[0].summary.charged_mean_ms = Some(22.5);
+        two.scenarios.push(other);
+        let md = render(&two);
+        assert!(md.contains("| wan (seed 107) | cost-model | 200 |"), "{md}");
+        assert!(
+            md.contains("| wan | cost-model | 2 | 5.0 % [5.0 % - 5.0 %] | 17.5 [12.5 - 22.5] |"),
+            "{md}"
+        );
         assert!(md.contains("![wan latency CDF](cdf-wan.png)"));
         let json = serde_json::to_string(&result()).unwrap();
         assert_eq!(

@@ -45,6 +45,9 @@ pub struct Options {
     pub plots: bool,
     /// Time the CPU calibration jobs (about 8 s per distinct profile).
     pub calibrate: bool,
+    /// Runs per scenario, with seeds `workload.seed`, `+ 1`, ... (the
+    /// workload and the link model's random stream both follow it).
+    pub seeds: u64,
 }
 
 /// One policy's run of one scenario.
@@ -343,6 +346,7 @@ pub fn assemble(
     };
     ScenarioResult {
         name: sc.name.clone(),
+        seed: sc.workload.seed,
         description: sc.description.clone(),
         span_s,
         profile: sc.profile.clone(),
@@ -452,89 +456,101 @@ pub fn run(o: &Options) -> Result<BenchResult> {
     let (mut quic, mut grpc) = (0usize, 0usize);
     for file in &o.scenario_files {
         let full = Scenario::load(file)?;
-        let (span, sc) = plan_scenario(&full, o);
-        ensure!(sc.duration_s > 0.0, "{}: nothing to run", full.name);
-        let dir = o.work_dir.join(&sc.name);
-        std::fs::create_dir_all(&dir)?;
-        let sc_file = dir.join("scenario.toml");
-        std::fs::write(&sc_file, toml::to_string(&sc)?)?;
-        let share = sc.profile.edge_cpu_share;
-        let probe = ctx.cgroup(&ctx.cgroup_name(&sc.name, "calibrate"), share)?;
-        let quota = format!("{} us every {} us", probe.quota_us, probe.period_us);
-        if o.calibrate
-            && !result
-                .calibrations
-                .iter()
-                .any(|c| c.share == share && c.quota == quota)
-        {
-            let free = calibrate(&ctx, None)?;
-            let edge = calibrate(&ctx, Some(&probe))?;
-            let c = Calibration {
-                share,
-                quota: quota.clone(),
-                jobs: free
-                    .iter()
-                    .zip(&edge)
-                    .map(|(&(unconstrained_ms, cpu_ms), &(edge_ms, _))| Job {
-                        cpu_ms,
-                        unconstrained_ms,
-                        edge_ms,
-                    })
-                    .collect(),
-            };
-            for j in &c.jobs {
-                eprintln!(
-                    "scenario-bench: calibration, {}: a {:.2} ms CPU job takes {:.2} ms \
-                     unconstrained, {:.2} ms in the cgroup ({:.1}x)",
-                    probe.describe(),
-                    j.cpu_ms,
-                    j.unconstrained_ms,
-                    j.edge_ms,
-                    j.slowdown()
-                );
-            }
-            result.calibrations.push(c);
-        }
-        drop_cgroup(probe);
-        eprintln!(
-            "scenario-bench: {} ({:.0}-{:.0} s), policies {}",
-            sc.name,
-            span.0,
-            span.1,
-            o.policies.join(", ")
-        );
-        let runs = run_scenario(&ctx, &sc, &sc_file, &dir)?;
-        for r in runs.iter().flat_map(|r| &r.records) {
-            match (r.completed(), r.transport.as_str()) {
-                (true, "quic") => quic += 1,
-                (true, "grpc") => grpc += 1,
-                _ => {}
-            }
-        }
-        let res = assemble(&sc, span, quota, &runs);
-        if o.plots {
-            let by = |n: &str| {
-                runs.iter()
-                    .find(|r| r.policy == n)
-                    .map(|r| r.records.as_slice())
-            };
-            let orc = match (by("always-local"), by("always-offload")) {
-                (Some(l), Some(c)) => Some(stats::oracle(&[l, c])),
-                _ => None,
-            };
-            plots(o, &sc, &runs, orc)?;
-        }
-        result.scenarios.push(res);
-        result.wall_s = t0.elapsed().as_secs_f64();
-        result.transport = format!(
-            "{}; offloads completed: {quic} over QUIC, {grpc} over gRPC",
-            if ctx.tls {
-                "the agent's default: QUIC with mutual TLS (development CA from `agent gen-certs`), gRPC over TLS as fallback"
+        let (span, base) = plan_scenario(&full, o);
+        ensure!(base.duration_s > 0.0, "{}: nothing to run", full.name);
+        for k in 0..o.seeds.max(1) {
+            let mut sc = base.clone();
+            sc.workload.seed = base.workload.seed + k;
+            let dir = if o.seeds > 1 {
+                o.work_dir
+                    .join(&sc.name)
+                    .join(format!("seed-{}", sc.workload.seed))
             } else {
-                "gRPC (this agent build has no TLS/QUIC options)"
+                o.work_dir.join(&sc.name)
+            };
+            std::fs::create_dir_all(&dir)?;
+            let sc_file = dir.join("scenario.toml");
+            std::fs::write(&sc_file, toml::to_string(&sc)?)?;
+            let share = sc.profile.edge_cpu_share;
+            let probe = ctx.cgroup(&ctx.cgroup_name(&sc.name, "calibrate"), share)?;
+            let quota = format!("{} us every {} us", probe.quota_us, probe.period_us);
+            if o.calibrate
+                && !result
+                    .calibrations
+                    .iter()
+                    .any(|c| c.share == share && c.quota == quota)
+            {
+                let free = calibrate(&ctx, None)?;
+                let edge = calibrate(&ctx, Some(&probe))?;
+                let c = Calibration {
+                    share,
+                    quota: quota.clone(),
+                    jobs: free
+                        .iter()
+                        .zip(&edge)
+                        .map(|(&(unconstrained_ms, cpu_ms), &(edge_ms, _))| Job {
+                            cpu_ms,
+                            unconstrained_ms,
+                            edge_ms,
+                        })
+                        .collect(),
+                };
+                for j in &c.jobs {
+                    eprintln!(
+                        "scenario-bench: calibration, {}: a {:.2} ms CPU job takes {:.2} ms \
+                     unconstrained, {:.2} ms in the cgroup ({:.1}x)",
+                        probe.describe(),
+                        j.cpu_ms,
+                        j.unconstrained_ms,
+                        j.edge_ms,
+                        j.slowdown()
+                    );
+                }
+                result.calibrations.push(c);
             }
-        );
-        write_outputs(o, &result)?;
+            drop_cgroup(probe);
+            eprintln!(
+                "scenario-bench: {} ({:.0}-{:.0} s, seed {}), policies {}",
+                sc.name,
+                span.0,
+                span.1,
+                sc.workload.seed,
+                o.policies.join(", ")
+            );
+            let runs = run_scenario(&ctx, &sc, &sc_file, &dir)?;
+            for r in runs.iter().flat_map(|r| &r.records) {
+                match (r.completed(), r.transport.as_str()) {
+                    (true, "quic") => quic += 1,
+                    (true, "grpc") => grpc += 1,
+                    _ => {}
+                }
+            }
+            let res = assemble(&sc, span, quota, &runs);
+            // Plots show the first seed.
+            if o.plots && k == 0 {
+                let by = |n: &str| {
+                    runs.iter()
+                        .find(|r| r.policy == n)
+                        .map(|r| r.records.as_slice())
+                };
+                let orc = match (by("always-local"), by("always-offload")) {
+                    (Some(l), Some(c)) => Some(stats::oracle(&[l, c])),
+                    _ => None,
+                };
+                plots(o, &sc, &runs, orc)?;
+            }
+            result.scenarios.push(res);
+            result.wall_s = t0.elapsed().as_secs_f64();
+            result.transport = format!(
+                "{}; offloads completed: {quic} over QUIC, {grpc} over gRPC",
+                if ctx.tls {
+                    "the agent's default: QUIC with mutual TLS (development CA from `agent gen-certs`), gRPC over TLS as fallback"
+                } else {
+                    "gRPC (this agent build has no TLS/QUIC options)"
+                }
+            );
+            write_outputs(o, &result)?;
+        }
     }
     // Shared with any concurrent run: removed only once empty.
     if std::fs::remove_dir(&parent).is_ok() {

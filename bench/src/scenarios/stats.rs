@@ -28,7 +28,22 @@ pub struct Summary {
     pub correct: usize,
     /// Completed locally after a failed offload.
     pub fell_back: usize,
+    /// Mean latency over every task, a task that did not complete charged
+    /// at its deadline or its latency, whichever is longer (without a
+    /// deadline: [`FAILURE_CHARGE_MS`] or its latency): failing slow tasks
+    /// cannot make a policy look fast.
+    #[serde(default)]
+    pub charged_mean_ms: Option<f64>,
+    /// Prediction error of the path taken, |predicted - actual| / actual
+    /// over completed tasks that did not fall back: median and p90.
+    #[serde(default)]
+    pub pred_err_local: Option<(f64, f64)>,
+    #[serde(default)]
+    pub pred_err_cloud: Option<(f64, f64)>,
 }
+
+/// What a failed task without a deadline costs in the charged mean (ms).
+pub const FAILURE_CHARGE_MS: f64 = 1000.0;
 
 impl Summary {
     pub fn miss_rate(&self) -> Option<f64> {
@@ -85,7 +100,40 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             .iter()
             .filter(|r| r.completed() && r.fell_back)
             .count(),
+        charged_mean_ms: (!records.is_empty())
+            .then(|| records.iter().map(charged_ms).sum::<f64>() / records.len() as f64),
+        pred_err_local: prediction_error(records, "local"),
+        pred_err_cloud: prediction_error(records, "cloud"),
     }
+}
+
+fn charged_ms(r: &TaskRecord) -> f64 {
+    if r.completed() {
+        r.latency_ms
+    } else {
+        r.latency_ms
+            .max(r.deadline_ms.map_or(FAILURE_CHARGE_MS, |d| d as f64))
+    }
+}
+
+/// Median and p90 of |predicted - actual| / actual on `path`.
+fn prediction_error(records: &[TaskRecord], path: &str) -> Option<(f64, f64)> {
+    let mut errs: Vec<f64> = records
+        .iter()
+        .filter(|r| r.completed() && !r.fell_back && r.path.as_deref() == Some(path))
+        .filter_map(|r| {
+            let d = r.decision.as_ref()?;
+            let predicted = match d.path.as_str() {
+                "local" => d.local_total_ms,
+                "cloud" => d.offload_total_ms,
+                _ => return None,
+            };
+            (d.path == path && r.latency_ms > 0.0 && predicted.is_finite())
+                .then(|| (predicted - r.latency_ms).abs() / r.latency_ms)
+        })
+        .collect();
+    errs.sort_by(f64::total_cmp);
+    Some((percentile(&errs, 0.5)?, percentile(&errs, 0.9)?))
 }
 
 /// How good one task's outcome is: completed within its deadline (or with
@@ -168,7 +216,22 @@ mod tests {
         ];
         runs[4].predicted = Some(9);
         runs[4].deadline_ms = None;
+        runs[0].decision = Some(crate::scenarios::record::DecisionView {
+            path: "local".into(),
+            local_total_ms: 8.0,
+            offload_total_ms: 50.0,
+            ..Default::default()
+        });
         let s = summarize(&runs);
+        // Failed and rejected tasks are charged their 100 ms deadline.
+        assert_eq!(
+            s.charged_mean_ms,
+            Some((10.0 + 150.0 + 100.0 + 100.0 + 30.0) / 5.0)
+        );
+        // |8 - 10| / 10 on the one local task with a decision; none in the cloud.
+        let (med, p90) = s.pred_err_local.unwrap();
+        assert!((med - 0.2).abs() < 1e-12 && (p90 - 0.2).abs() < 1e-12);
+        assert_eq!(s.pred_err_cloud, None);
         assert_eq!((s.tasks, s.completed, s.failed), (5, 3, 2));
         assert_eq!((s.with_deadline, s.deadline_missed), (4, 3));
         assert_eq!(s.miss_rate(), Some(0.75));
