@@ -35,6 +35,9 @@ pub struct EdgeConfig {
     pub workers: usize,
     pub queue_capacity: usize,
     pub max_concurrent_offloads: usize,
+    /// Most tasks run on both paths (hedged), as a share of accepted
+    /// tasks; 0 disables hedging.
+    pub hedge_budget: f64,
     /// "auto", "cpu" or "cuda".
     pub device: String,
     /// libtorch intra-op threads; 1 keeps workers from oversubscribing cores.
@@ -208,6 +211,7 @@ impl Default for EdgeConfig {
             workers: 1,
             queue_capacity: 512,
             max_concurrent_offloads: 64,
+            hedge_budget: 0.05,
             device: "auto".into(),
             intra_op_threads: 1,
             policy: Policy::default(),

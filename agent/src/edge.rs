@@ -134,6 +134,7 @@ impl Edge {
                 policy: cfg.policy.clone(),
                 response_bytes: cfg.response_bytes,
                 cloud_expected: Duration::from_secs_f64(cfg.cloud_expected_ms / 1e3),
+                hedge_budget: cfg.hedge_budget,
             },
             ManagerParts {
                 local_specs: cfg.models.clone(),

@@ -2,7 +2,9 @@
 //! concurrent offloads, and exactly one result per accepted task.
 //!
 //! Local workers are OS threads, each owning an inference engine (libtorch
-//! calls block); offloads are tokio tasks bounded by a semaphore.
+//! calls block); offloads are tokio tasks bounded by a semaphore. A hedged
+//! task runs on both paths: two legs share one reply, the first success
+//! answers and cancels the other leg.
 
 use crate::infer::{Engine, EngineFactory, ModelSpec, SharedExecTimes};
 use agent_core::{
@@ -15,7 +17,7 @@ use agent_net::{OffloadError, OffloadRequest, Offloader};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +32,8 @@ pub struct ManagerConfig {
     pub policy: Policy,
     pub response_bytes: usize,
     pub cloud_expected: Duration,
+    /// Most hedged tasks as a share of accepted ones (0 disables hedging).
+    pub hedge_budget: f64,
 }
 
 /// Counters of what happened to tasks, for logs, the demo and metrics.
@@ -43,6 +47,10 @@ pub struct Stats {
     pub fell_back: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Tasks run on both paths, and which leg answered.
+    pub hedged: AtomicU64,
+    pub hedge_won_local: AtomicU64,
+    pub hedge_won_cloud: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -55,13 +63,57 @@ pub struct StatsSnapshot {
     pub fell_back: u64,
     pub failed: u64,
     pub cancelled: u64,
+    pub hedged: u64,
+    pub hedge_won_local: u64,
+    pub hedge_won_cloud: u64,
 }
 
 struct Job {
     task: Task,
     decision: Option<Decision>,
-    reply: oneshot::Sender<TaskResult>,
+    reply: Reply,
     fell_back: bool,
+}
+
+/// Where a job's one result goes.
+enum Reply {
+    One(oneshot::Sender<TaskResult>),
+    /// One leg of a hedged task.
+    Hedged(Arc<HedgedReply>),
+}
+
+/// The reply two legs share: the first success answers (or, when both
+/// fail, the last failure), and `done` tells the other leg to stop.
+struct HedgedReply {
+    tx: Mutex<Option<oneshot::Sender<TaskResult>>>,
+    legs: AtomicU32,
+    done: CancellationToken,
+}
+
+impl Reply {
+    /// Nobody waits for this job's result any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::One(tx) => tx.is_closed(),
+            Reply::Hedged(h) => {
+                h.done.is_cancelled()
+                    || h.tx
+                        .lock()
+                        .expect("hedge lock")
+                        .as_ref()
+                        .is_none_or(|tx| tx.is_closed())
+            }
+        }
+    }
+
+    /// Resolves when nobody waits for the result any more (for a hedged
+    /// leg: when the other leg answered).
+    async fn closed(&mut self) {
+        match self {
+            Reply::One(tx) => tx.closed().await,
+            Reply::Hedged(h) => h.done.cancelled().await,
+        }
+    }
 }
 
 struct LocalState {
@@ -170,6 +222,9 @@ impl Manager {
             fell_back: g(&s.fell_back),
             failed: g(&s.failed),
             cancelled: g(&s.cancelled),
+            hedged: g(&s.hedged),
+            hedge_won_local: g(&s.hedge_won_local),
+            hedge_won_cloud: g(&s.hedge_won_cloud),
         }
     }
 
@@ -203,18 +258,52 @@ impl Manager {
         let now = Instant::now();
         let decision = {
             let mut state = inner.state.lock().expect("state lock");
-            let decision = inner.decide(&state, &task, now);
-            if let Ok(d) = &decision {
+            let mut decision = inner.decide(&state, &task, now);
+            if let Ok(d) = &mut decision {
                 state.last_path.insert(task.task_type, d.path);
+                // Hedge within the budget, with a local leg that fits.
+                d.hedge = d.hedge
+                    && inner.offloader.is_some()
+                    && inner.local_specs.contains_key(&task.task_type)
+                    && state.queue.len() < state.queue.capacity()
+                    && inner.hedge_allowed();
             }
             match decision {
+                Ok(d) if d.hedge => {
+                    let expected = inner.local_estimate(task.task_type);
+                    let shared = Arc::new(HedgedReply {
+                        tx: Mutex::new(Some(tx)),
+                        legs: AtomicU32::new(2),
+                        done: CancellationToken::new(),
+                    });
+                    let leg = |task: Task| Job {
+                        task,
+                        decision: Some(d.clone()),
+                        reply: Reply::Hedged(shared.clone()),
+                        fell_back: false,
+                    };
+                    let (priority, deadline) = (task.priority, task.deadline);
+                    if state
+                        .queue
+                        .push(leg(task.clone()), priority, deadline, expected)
+                        .is_err()
+                    {
+                        unreachable!("the queue had room under the same lock");
+                    }
+                    inner.accept();
+                    inner.stats.hedged.fetch_add(1, Ordering::Relaxed);
+                    drop(state);
+                    inner.work_ready.notify_one();
+                    tokio::spawn(run_offload(self.inner.clone(), leg(task)));
+                    return Ok(rx);
+                }
                 Ok(d) if d.path == ExecPath::Local => {
                     let expected = inner.local_estimate(task.task_type);
                     let (priority, deadline) = (task.priority, task.deadline);
                     let job = Job {
                         task,
                         decision: Some(d),
-                        reply: tx,
+                        reply: Reply::One(tx),
                         fell_back: false,
                     };
                     if state.queue.push(job, priority, deadline, expected).is_err() {
@@ -238,7 +327,7 @@ impl Manager {
                 let job = Job {
                     task,
                     decision: Some(d),
-                    reply: tx,
+                    reply: Reply::One(tx),
                     fell_back: false,
                 };
                 tokio::spawn(run_offload(self.inner.clone(), job));
@@ -248,7 +337,7 @@ impl Manager {
                 Job {
                     task,
                     decision: None,
-                    reply: tx,
+                    reply: Reply::One(tx),
                     fell_back: false,
                 },
                 Err(e),
@@ -311,6 +400,18 @@ impl Inner {
     fn accept(&self) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.outstanding.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether one more hedge stays within the budget.
+    fn hedge_allowed(&self) -> bool {
+        let budget = self.cfg.hedge_budget;
+        if budget <= 0.0 {
+            return false;
+        }
+        let hedged = self.stats.hedged.load(Ordering::Relaxed) as f64;
+        let accepted = self.stats.accepted.load(Ordering::Relaxed) as f64;
+        // One hedge of slack, so the first at-risk tasks may hedge too.
+        hedged < budget * accepted + 1.0
     }
 
     fn local_estimate(&self, t: TaskType) -> Duration {
@@ -380,6 +481,35 @@ impl Inner {
         transport: Option<Transport>,
     ) {
         let s = &self.stats;
+        let Job {
+            task,
+            decision,
+            reply,
+            fell_back,
+        } = job;
+        let tx = match reply {
+            Reply::One(tx) => tx,
+            Reply::Hedged(h) => {
+                let last = h.legs.fetch_sub(1, Ordering::SeqCst) == 1;
+                // A failed leg answers only when the other one is done too;
+                // a leg that lost the race answers nothing.
+                let tx = (outcome.is_ok() || last)
+                    .then(|| h.tx.lock().expect("hedge lock").take())
+                    .flatten();
+                let Some(tx) = tx else {
+                    return;
+                };
+                h.done.cancel();
+                if outcome.is_ok() {
+                    match processed_by {
+                        Some(ExecPath::Cloud) => &s.hedge_won_cloud,
+                        _ => &s.hedge_won_local,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
+                tx
+            }
+        };
         match (&outcome, processed_by, transport) {
             (Err(_), _, _) => s.failed.fetch_add(1, Ordering::Relaxed),
             (Ok(_), Some(ExecPath::Cloud), Some(Transport::Quic)) => {
@@ -388,20 +518,20 @@ impl Inner {
             (Ok(_), Some(ExecPath::Cloud), _) => s.completed_grpc.fetch_add(1, Ordering::Relaxed),
             (Ok(_), _, _) => s.completed_local.fetch_add(1, Ordering::Relaxed),
         };
-        if job.fell_back {
+        if fell_back {
             s.fell_back.fetch_add(1, Ordering::Relaxed);
         }
         let result = TaskResult {
-            task_id: job.task.id,
+            task_id: task.id,
             outcome,
             processed_by,
             transport,
-            fell_back: job.fell_back,
-            duration: job.task.created_at.elapsed(),
-            decision: job.decision,
+            fell_back,
+            duration: task.created_at.elapsed(),
+            decision,
         };
         crate::metrics::record_result(&result);
-        if job.reply.send(result).is_err() {
+        if tx.send(result).is_err() {
             s.cancelled.fetch_add(1, Ordering::Relaxed);
         }
         if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -413,7 +543,9 @@ impl Inner {
     /// deadline, else fail with the offload's error.
     fn fall_back_or_fail(&self, mut job: Job, err: OffloadError, transport: Option<Transport>) {
         let task_error = err.into_task_error();
-        let retry_locally = !matches!(task_error, TaskError::InvalidInput(_))
+        // A hedged task's local leg is already queued or running.
+        let retry_locally = matches!(job.reply, Reply::One(_))
+            && !matches!(task_error, TaskError::InvalidInput(_))
             && self.local_specs.contains_key(&job.task.task_type);
         if retry_locally {
             let expected = self.local_estimate(job.task.task_type);

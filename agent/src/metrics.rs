@@ -17,6 +17,10 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
             ],
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("edge_prediction_error_ratio".into()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+        )?
         .install()?;
     Ok(())
 }
@@ -51,6 +55,20 @@ pub fn record_result(r: &TaskResult) {
     if let Some(d) = &r.decision {
         counter!("edge_decisions_total", "policy" => d.policy, "path" => d.path.as_str())
             .increment(1);
+        if d.hedge {
+            counter!("edge_hedged_tasks_total", "answered_by" => path).increment(1);
+        }
+        // How far the prediction of the path that answered was off.
+        let predicted = match r.processed_by {
+            Some(agent_core::ExecPath::Local) => d.local_outlook.map(|o| o.mean_ms),
+            Some(agent_core::ExecPath::Cloud) => d.offload_outlook.map(|o| o.mean_ms),
+            None => None,
+        };
+        let actual = r.duration.as_secs_f64() * 1e3;
+        if let (Some(p), true) = (predicted, r.outcome.is_ok() && actual > 0.0) {
+            histogram!("edge_prediction_error_ratio", "path" => path)
+                .record((p - actual).abs() / actual);
+        }
     }
 }
 

@@ -526,8 +526,9 @@ fn predictive_moves_the_rtt_by_its_trend() {
 
 #[test]
 fn hedges_only_when_both_paths_together_clearly_help() {
-    // (local inference samples, RTT samples, deadline, expect hedge)
-    let cases: Vec<(&str, Vec<f64>, Vec<f64>, u64, bool)> = vec![
+    /// (name, local inference samples, RTT samples, deadline, expect hedge)
+    type HedgeCase = (&'static str, Vec<f64>, Vec<f64>, u64, bool);
+    let cases: Vec<HedgeCase> = vec![
         ("both safe", vec![5.0; 10], vec![10.0; 20], 100, false),
         ("no deadline", vec![5.0; 10], heavy_tail(), 0, false),
         (

@@ -228,7 +228,7 @@ mod tests {
     fn a_step_of_the_level_empties_the_old_window() {
         let t0 = Instant::now();
         let mut w = RttWindow::new(60);
-        let jitter = |i: u64| if i % 2 == 0 { 1.0 } else { -1.0 };
+        let jitter = |i: u64| if i.is_multiple_of(2) { 1.0 } else { -1.0 };
         for i in 0..60 {
             w.push(t0 + Duration::from_millis(i), ms(40.0 + jitter(i)));
         }

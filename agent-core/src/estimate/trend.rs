@@ -101,7 +101,9 @@ mod tests {
     #[test]
     fn a_ramp_is_forecast_and_a_flat_link_is_not() {
         let t0 = Instant::now();
-        let cases: [(&str, fn(f64) -> f64, f64); 3] = [
+        /// (name, RTT over time, expected slope)
+        type Ramp = (&'static str, fn(f64) -> f64, f64);
+        let cases: [Ramp; 3] = [
             ("flat", |_| 40.0, 0.0),
             ("rising 20 ms/s", |t| 40.0 + 20.0 * t, 20.0),
             ("falling 5 ms/s", |t| 80.0 - 5.0 * t, -5.0),
