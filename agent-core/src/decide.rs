@@ -178,6 +178,23 @@ pub struct DecisionInput<'a> {
     pub cloud_dist_ms: &'a [f64],
     /// The path the policy chose for the previous task of this type.
     pub previous: Option<ExecPath>,
+    /// Recent residuals (actual - predicted, ms, sorted) of each path for
+    /// this task type; empty: none yet. They correct the predictions only
+    /// once both paths have some: correcting one path alone would favour
+    /// the other, unmeasured one.
+    pub local_residual_ms: &'a [f64],
+    pub cloud_residual_ms: &'a [f64],
+}
+
+impl DecisionInput<'_> {
+    /// The residuals to apply, per path: both or neither.
+    fn residuals(&self) -> (&[f64], &[f64]) {
+        if self.local_residual_ms.is_empty() || self.cloud_residual_ms.is_empty() {
+            (&[], &[])
+        } else {
+            (self.local_residual_ms, self.cloud_residual_ms)
+        }
+    }
 }
 
 /// A path's predicted latency distribution, and the chance it meets the
@@ -188,6 +205,9 @@ pub struct Outlook {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p_meet: Option<f64>,
+    /// The part of `mean_ms` that came from past residuals (the model's
+    /// own prediction is `mean_ms - correction_ms`).
+    pub correction_ms: f64,
 }
 
 impl Outlook {
@@ -203,7 +223,27 @@ impl Outlook {
             p50_ms: quantile(&values, 0.5),
             p95_ms: quantile(&values, 0.95),
             p_meet: left_ms.map(|l| values.iter().filter(|v| **v <= l).count() as f64 / n),
+            correction_ms: 0.0,
         })
+    }
+
+    /// The model's prediction plus each past residual (a latency stays
+    /// >= 0): the distribution of what will actually be seen.
+    fn corrected(values: Vec<f64>, residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
+        if residuals.is_empty() {
+            return Outlook::of(values, left_ms);
+        }
+        let res = grid(residuals, 6);
+        let all = values
+            .iter()
+            .flat_map(|v| res.iter().map(move |r| (v + r).max(0.0)))
+            .collect();
+        let mut o = Outlook::of(all, left_ms)?;
+        // What the residuals moved the mean by (the clamp at 0 can make
+        // it less than their mean).
+        let raw = values.iter().sum::<f64>() / values.len() as f64;
+        o.correction_ms = o.mean_ms - raw;
+        Some(o)
     }
 
     /// Mean and tail mixed by the task's priority.
@@ -421,7 +461,11 @@ fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook>
     } else {
         grid(input.local_dist_ms, 24)
     };
-    Outlook::of(inference.iter().map(|i| queue + i).collect(), left_ms)
+    Outlook::corrected(
+        inference.iter().map(|i| queue + i).collect(),
+        input.residuals().0,
+        left_ms,
+    )
 }
 
 /// Offload latency: transfer times plus every pair of an RTT sample and a
@@ -449,14 +493,14 @@ fn offload_outlook(
     let cloud = if input.cloud_dist_ms.is_empty() {
         vec![cost.cloud_inference_ms]
     } else {
-        grid(input.cloud_dist_ms, 12)
+        grid(input.cloud_dist_ms, 8)
     };
     let transfer = cost.upload_ms + cost.download_ms;
     let values = rtts
         .iter()
         .flat_map(|r| cloud.iter().map(move |c| transfer + r + c))
         .collect();
-    Outlook::of(values, left_ms)
+    Outlook::corrected(values, input.residuals().1, left_ms)
 }
 
 /// Decides where a task runs, or fails it early when no path can work.

@@ -15,7 +15,7 @@ pub use decide::{
     LocalStatus, OffloadCost, Outlook, Policy, Reason, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
-    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, RttWindow, Shift,
+    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, Residuals, RttWindow, Shift,
     ShiftDetector, WindowStats,
 };
 pub use queue::TaskQueue;

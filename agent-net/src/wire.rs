@@ -186,6 +186,7 @@ fn outlook_to_proto(o: Outlook) -> proto::PathOutlook {
         p50_ms: o.p50_ms,
         p95_ms: o.p95_ms,
         p_meet: o.p_meet,
+        correction_ms: o.correction_ms,
     }
 }
 
@@ -297,6 +298,7 @@ mod tests {
                 p50_ms: 9.0,
                 p95_ms: 14.0,
                 p_meet: Some(0.75),
+                correction_ms: 0.5,
             }),
             offload_outlook: None,
             hedge: true,

@@ -64,6 +64,11 @@ impl CloudHandler {
         self.limits.max_payload_bytes
     }
 
+    /// Requests waiting for an inference slot now.
+    pub fn waiting(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
     fn validate(&self, req: &proto::TaskRequest, now: Instant) -> Result<TaskType, TaskError> {
         if req.id.is_empty() {
             return Err(TaskError::InvalidInput("task id is empty".into()));
@@ -99,15 +104,16 @@ impl CloudHandler {
         let deadline =
             deadline_from_unix_nanos(req.deadline_unix_nano, received, SystemTime::now());
 
-        if self.pending.fetch_add(1, Ordering::SeqCst) >= self.limits.max_pending {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(TaskError::Overloaded(format!(
+        // The place in the waiting line is a guard: a request whose client
+        // goes away while it waits (its future dropped) gives it back too.
+        let waiting = Waiting::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
+            TaskError::Overloaded(format!(
                 "{} requests already waiting",
                 self.limits.max_pending
-            )));
-        }
+            ))
+        })?;
         let permit = self.permits.clone().acquire_owned().await;
-        self.pending.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
         let started = Instant::now();
         if deadline.is_some_and(|d| d <= started) {
@@ -124,8 +130,14 @@ impl CloudHandler {
         let payload = req.payload;
         let pool = self.pool.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let r = engine.process(task_type, &payload);
-            pool.lock().expect("engine pool lock").push(engine);
+            // A panicking model answers an error and its engine still goes
+            // back to the pool (before the permit, so a permit always finds
+            // an engine).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.process(task_type, &payload)
+            }))
+            .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(engine);
             drop(permit);
             r
         })
@@ -140,6 +152,28 @@ impl CloudHandler {
             inference_nano: inf.elapsed.as_nanos() as i64,
             ..output_response(&req.id, &inf.output)
         })
+    }
+}
+
+/// A place in the cloud's waiting line, given back on drop: on every path,
+/// including a request future dropped by a client that went away.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Takes a place if fewer than `max` are taken.
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Waiting<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -9,8 +9,8 @@
 use crate::infer::{Engine, EngineFactory, ModelSpec, SharedExecTimes};
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
-    Output, Policy, ProbeEvent, ProbeEventKind, SampleSource, Task, TaskError, TaskQueue,
-    TaskResult, TaskType, Transport,
+    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, SampleSource, Task, TaskError,
+    TaskQueue, TaskResult, TaskType, Transport,
 };
 use agent_net::wire::{error_from_kind, output_from_response, task_to_request};
 use agent_net::{OffloadError, OffloadRequest, Offloader};
@@ -130,6 +130,8 @@ struct Inner {
     local_specs: HashMap<TaskType, ModelSpec>,
     local_times: SharedExecTimes,
     cloud_times: Mutex<ExecTimeModel<TaskType>>,
+    /// What the predictions missed, per path and task type.
+    residuals: Mutex<Residuals<(ExecPath, TaskType)>>,
     state: Mutex<LocalState>,
     work_ready: Condvar,
     offloader: Option<Arc<dyn Offloader>>,
@@ -176,6 +178,7 @@ impl Manager {
             local_specs: parts.local_specs,
             local_times: parts.local_times,
             cloud_times: Mutex::new(cloud_times),
+            residuals: Mutex::new(Residuals::new(32, 4)),
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity),
                 in_flight: vec![None; n],
@@ -442,7 +445,16 @@ impl Inner {
             .lock()
             .expect("cloud times")
             .distribution_ms(task.task_type);
+        let (local_residual, cloud_residual) = {
+            let r = self.residuals.lock().expect("residuals lock");
+            (
+                r.sorted_ms((ExecPath::Local, task.task_type)),
+                r.sorted_ms((ExecPath::Cloud, task.task_type)),
+            )
+        };
         let input = DecisionInput {
+            local_residual_ms: &local_residual,
+            cloud_residual_ms: &cloud_residual,
             local_dist_ms: &local_dist,
             cloud_dist_ms: &cloud_dist,
             previous: state.last_path.get(&task.task_type).copied(),
@@ -521,6 +533,13 @@ impl Inner {
         if fell_back {
             s.fell_back.fetch_add(1, Ordering::Relaxed);
         }
+        self.learn_residual(
+            &task,
+            decision.as_ref(),
+            processed_by,
+            fell_back,
+            outcome.is_ok(),
+        );
         let result = TaskResult {
             task_id: task.id,
             outcome,
@@ -537,6 +556,28 @@ impl Inner {
         if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.drained.notify_waiters();
         }
+    }
+
+    /// Checks the prediction of a task that ran where its decision sent it
+    /// (no fallback, no hedge) against how long it actually took.
+    fn learn_residual(
+        &self,
+        task: &Task,
+        decision: Option<&Decision>,
+        ran: Option<ExecPath>,
+        fell_back: bool,
+        ok: bool,
+    ) {
+        let Some(d) = decision else { return };
+        if !ok || fell_back || d.hedge || ran != Some(d.path) {
+            return;
+        }
+        let Some(o) = d.outlook() else { return };
+        let actual_ms = task.created_at.elapsed().as_secs_f64() * 1e3;
+        self.residuals.lock().expect("residuals lock").observe(
+            (d.path, task.task_type),
+            actual_ms - (o.mean_ms - o.correction_ms),
+        );
     }
 
     /// After a failed offload: run locally if that can still meet the

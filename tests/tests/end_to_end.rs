@@ -77,8 +77,10 @@ async fn n_tasks_in_n_results_out_across_both_paths() {
             r.processed_by,
             d.path
         );
-        // The predicted local latency includes the inference (up to rounding).
-        assert!(d.local_total_ms >= d.local_inference_ms - 1e-9, "{d:?}");
+        // The prediction is the mean of the predicted distribution.
+        let lo = d.local_outlook.expect("local outlook");
+        assert!((d.local_total_ms - lo.mean_ms).abs() < 1e-6, "{d:?}");
+        assert!(lo.p95_ms >= lo.p50_ms && lo.p_meet.is_none(), "{d:?}");
     }
     let stats = edge.manager.stats();
     assert_eq!(stats.accepted, 150);
@@ -178,9 +180,18 @@ async fn saturated_local_queue_offloads() {
         .iter()
         .filter(|(r, _)| r.decision.as_ref().unwrap().local_queue_ms == 0.0)
         .collect();
+    // An idle worker wins on the model's own figures; it loses only when
+    // its recent tasks took longer than predicted (the learnt residuals,
+    // which grow when other tests load the machine).
+    let idle_offloaded: Vec<_> = idle
+        .iter()
+        .filter(|(r, _)| r.processed_by != "local")
+        .map(|(r, _)| r.decision.clone().unwrap())
+        .filter(|d| d.local_outlook.is_none_or(|l| l.correction_ms <= 0.0))
+        .collect();
     assert!(
-        idle.iter().all(|(r, _)| r.processed_by == "local"),
-        "an idle worker wins"
+        idle_offloaded.is_empty(),
+        "an idle worker wins: {idle_offloaded:#?}"
     );
     for (r, _) in offloaded {
         let d = r.decision.as_ref().unwrap();

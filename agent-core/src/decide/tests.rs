@@ -205,6 +205,8 @@ fn cost_model_table() {
             local_dist_ms: &[],
             cloud_dist_ms: &[],
             previous: None,
+            local_residual_ms: &[],
+            cloud_residual_ms: &[],
         };
         let got = decide(&input, &c.policy);
         match (&got, &c.expect) {
@@ -249,6 +251,8 @@ fn breakdown_adds_up() {
         local_dist_ms: &[],
         cloud_dist_ms: &[],
         previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
     };
     let dec = decide(&input, &Policy::CostModel { jitter_k: 2.0 }).unwrap();
     let o = dec.offload.unwrap();
@@ -417,6 +421,8 @@ fn deadline_aware_table() {
             local_dist_ms: &c.local,
             cloud_dist_ms: &c.cloud,
             previous: c.previous,
+            local_residual_ms: &[],
+            cloud_residual_ms: &[],
         };
         let got = decide(&input, &Policy::default());
         match (&got, &c.expect) {
@@ -464,6 +470,8 @@ fn outlooks_describe_the_distributions() {
         local_dist_ms: &local,
         cloud_dist_ms: &[],
         previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
     };
     let dec = decide(&input, &Policy::default()).unwrap();
     let l = dec.local_outlook.unwrap();
@@ -501,6 +509,8 @@ fn predictive_moves_the_rtt_by_its_trend() {
         local_dist_ms: &local,
         cloud_dist_ms: &[],
         previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
     };
     let now = decide(&input, &Policy::default()).unwrap();
     assert_eq!(
@@ -567,6 +577,8 @@ fn hedges_only_when_both_paths_together_clearly_help() {
             local_dist_ms: &local,
             cloud_dist_ms: &[],
             previous: None,
+            local_residual_ms: &[],
+            cloud_residual_ms: &[],
         };
         let dec = decide(&input, &Policy::default()).unwrap();
         assert_eq!(dec.hedge, want, "{name}: {dec}");
@@ -574,4 +586,83 @@ fn hedges_only_when_both_paths_together_clearly_help() {
         let seed = decide(&input, &Policy::CostModel { jitter_k: 2.0 });
         assert!(seed.map_or(true, |s| !s.hedge), "{name}");
     }
+}
+
+#[test]
+fn residuals_correct_the_prediction() {
+    // The model says local 5 ms and offload 12 ms, but local tasks have
+    // been taking 10-20 ms longer than predicted (contention the model
+    // does not see): the corrected local outlook is 20 ms on average and
+    // the task goes to the cloud.
+    let n = sampled_net(&[10.0; 20]);
+    let local = [5.0];
+    let late = [10.0, 15.0, 20.0];
+    let input = DecisionInput {
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 1000,
+        response_bytes: 0,
+        time_left: Some(d(18)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(0),
+            inference: d(5),
+            supported: true,
+        },
+        cloud: CloudStatus { inference: d(1) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
+    };
+    let plain = decide(&input, &Policy::default()).unwrap();
+    assert_eq!(plain.path, ExecPath::Local);
+    assert_eq!(plain.local_outlook.unwrap().correction_ms, 0.0);
+    // Residuals on one path alone are not applied (they would favour the
+    // other, unmeasured path).
+    let one_sided = decide(
+        &DecisionInput {
+            local_residual_ms: &late,
+            ..input.clone()
+        },
+        &Policy::default(),
+    )
+    .unwrap();
+    assert_eq!(one_sided.local_outlook, plain.local_outlook);
+    let on_time = [0.0; 4];
+    let corrected = decide(
+        &DecisionInput {
+            local_residual_ms: &late,
+            cloud_residual_ms: &on_time,
+            ..input.clone()
+        },
+        &Policy::default(),
+    )
+    .unwrap();
+    let l = corrected.local_outlook.unwrap();
+    assert!(
+        (l.mean_ms - 20.0).abs() < 1e-9 && (l.correction_ms - 15.0).abs() < 1e-9,
+        "{l:?}"
+    );
+    // 15, 20, 25 ms against an 18 ms deadline: one in three in time.
+    assert!((l.p_meet.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(
+        (corrected.path, corrected.reason),
+        (ExecPath::Cloud, Reason::OffloadLikelierInTime)
+    );
+    // A residual never makes a latency negative.
+    let early = [-100.0, -100.0];
+    let o = decide(
+        &DecisionInput {
+            cloud_residual_ms: &early,
+            local_residual_ms: &on_time,
+            ..input
+        },
+        &Policy::default(),
+    )
+    .unwrap()
+    .offload_outlook
+    .unwrap();
+    assert_eq!((o.mean_ms, o.correction_ms), (0.0, -12.0));
 }

@@ -2,11 +2,13 @@
 
 mod exec_time;
 mod link;
+mod residual;
 mod rtt_window;
 mod shift;
 mod trend;
 
 pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
+pub use residual::Residuals;
 pub use rtt_window::{quantile, RttWindow, WindowStats};
 pub use shift::{Shift, ShiftDetector};

@@ -194,6 +194,7 @@ async fn send_one(
         label: s.label,
         predicted: None,
         decision: None,
+        agent_ms: None,
     };
     match answer {
         Err(_) => rec.error = format!("no answer within {limit:?}"),
@@ -212,10 +213,17 @@ async fn send_one(
             rec.path = path_of(&r.processed_by);
             rec.transport = r.transport.clone();
             rec.fell_back = r.fell_back;
+            rec.agent_ms = Some(r.duration_nano as f64 / 1e6);
             rec.predicted = r.success.then_some(i64::from(r.predicted_class));
             rec.decision = r.decision.map(|d| {
                 let estimated = d.network_source != "none" && d.offload_total_ms > 0.0;
+                let path_outlook = match d.path.as_str() {
+                    "local" => d.local_outlook,
+                    _ => d.offload_outlook,
+                };
                 DecisionView {
+                    p_meet: path_outlook.and_then(|o| o.p_meet),
+                    hedged: d.hedged,
                     jitter_ms: estimated.then_some(d.jitter_ms),
                     policy: d.policy,
                     path: d.path,

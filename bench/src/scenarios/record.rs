@@ -34,6 +34,12 @@ pub struct DecisionView {
     pub cloud_inference_ms: f64,
     pub offload_total_ms: f64,
     pub network_source: String,
+    /// The chosen path's predicted probability of meeting the deadline.
+    #[serde(default)]
+    pub p_meet: Option<f64>,
+    /// Run on both paths (the first answer taken).
+    #[serde(default)]
+    pub hedged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +64,10 @@ pub struct TaskRecord {
     pub label: Option<u8>,
     pub predicted: Option<i64>,
     pub decision: Option<DecisionView>,
+    /// The agent's own measure of the task (from its API receiving it to
+    /// the answer); the rest of `latency_ms` is the way to and from it.
+    #[serde(default)]
+    pub agent_ms: Option<f64>,
 }
 
 impl TaskRecord {
@@ -117,6 +127,7 @@ pub(crate) mod tests {
             label: Some(3),
             predicted: (outcome == Outcome::Ok).then_some(3),
             decision: None,
+            agent_ms: None,
         }
     }
 

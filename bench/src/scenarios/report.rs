@@ -259,9 +259,9 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
         o,
         "## Prediction error\n\n\
          |predicted - actual| / actual of the path each task took (the decision's expected \
-         latency against what the submitter saw), over completed tasks that did not fall back: \
-         median / p90.\n\n\
-         | scenario | policy | local | cloud |\n|---|---|---|---|"
+         latency against what the submitter saw), over completed tasks that neither fell back \
+         nor were hedged: median / p90. Hedged: tasks run on both paths.\n\n\
+         | scenario | policy | local | cloud | hedged |\n|---|---|---|---|---|"
     );
     let show = |e: Option<(f64, f64)>| {
         e.map_or("-".into(), |(m, p)| {
@@ -275,12 +275,13 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
             }
             let _ = writeln!(
                 o,
-                "| {} (seed {}) | {} | {} | {} |",
+                "| {} (seed {}) | {} | {} | {} | {} |",
                 s.name,
                 s.seed,
                 rw.policy,
                 show(rw.summary.pred_err_local),
-                show(rw.summary.pred_err_cloud)
+                show(rw.summary.pred_err_cloud),
+                rw.summary.hedged
             );
         }
     }
@@ -496,6 +497,7 @@ mod tests {
             charged_mean_ms: Some(12.5),
             pred_err_local: Some((0.1, 0.3)),
             pred_err_cloud: None,
+            hedged: 3,
         };
         BenchResult {
             command: "cargo xtask bench --quick".into(),
@@ -567,7 +569,7 @@ mod tests {
         );
         assert!(md.contains("at commit 0123456789ab"));
         assert!(
-            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - |"),
+            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - | 3 |"),
             "{md}"
         );
         assert!(!md.contains("### Across seeds"));

@@ -40,6 +40,9 @@ pub struct Summary {
     pub pred_err_local: Option<(f64, f64)>,
     #[serde(default)]
     pub pred_err_cloud: Option<(f64, f64)>,
+    /// Tasks the agent ran on both paths.
+    #[serde(default)]
+    pub hedged: usize,
 }
 
 /// What a failed task without a deadline costs in the charged mean (ms).
@@ -104,6 +107,10 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             .then(|| records.iter().map(charged_ms).sum::<f64>() / records.len() as f64),
         pred_err_local: prediction_error(records, "local"),
         pred_err_cloud: prediction_error(records, "cloud"),
+        hedged: records
+            .iter()
+            .filter(|r| r.decision.as_ref().is_some_and(|d| d.hedged))
+            .count(),
     }
 }
 
@@ -121,6 +128,7 @@ fn prediction_error(records: &[TaskRecord], path: &str) -> Option<(f64, f64)> {
     let mut errs: Vec<f64> = records
         .iter()
         .filter(|r| r.completed() && !r.fell_back && r.path.as_deref() == Some(path))
+        .filter(|r| r.decision.as_ref().is_some_and(|d| !d.hedged))
         .filter_map(|r| {
             let d = r.decision.as_ref()?;
             let predicted = match d.path.as_str() {

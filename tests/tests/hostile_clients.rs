@@ -1,0 +1,91 @@
+//! Clients that go away never cost the cloud service its capacity: a
+//! request dropped while it waits for an inference slot gives its place in
+//! the waiting line back.
+
+use proto::TaskRequest;
+use std::sync::Arc;
+use std::time::Duration;
+use tests::*;
+
+fn digits_request(id: &str) -> TaskRequest {
+    TaskRequest {
+        id: id.into(),
+        r#type: proto::TaskType::ImageClassification as i32,
+        payload: test_set()[0].pixels.clone(),
+        priority: proto::Priority::Medium as i32,
+        deadline_unix_nano: 0,
+        context: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_waiters_give_their_place_back() {
+    let mut cfg = defaults();
+    cfg.cloud.concurrency = 1;
+    cfg.cloud.max_pending = 8;
+    let handler = Arc::new(agent::cloud::handler_from_config(&cfg.cloud).unwrap());
+    // Far more requests than places; every one is dropped mid-wait or
+    // mid-inference by its caller.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let h = handler.clone();
+        tasks.spawn(async move { h.handle(digits_request(&format!("gone-{i}"))).await });
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let refused_or_waiting = handler.waiting();
+    assert!(refused_or_waiting <= 8, "{refused_or_waiting} waiting");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    assert_eq!(handler.waiting(), 0, "places leaked by dropped requests");
+    // Full capacity is back: more than `max_pending` requests in a row all
+    // get their answer.
+    for i in 0..20 {
+        let r = handler
+            .handle(digits_request(&format!("ok-{i}")))
+            .await
+            .expect("served after the storm");
+        assert!(r.success);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impatient_grpc_clients_do_not_wedge_the_cloud() {
+    let mut cfg = defaults();
+    cfg.cloud.concurrency = 1;
+    cfg.cloud.max_pending = 16;
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let c = cloud_client(&cloud).await;
+    // 1,500 requests that give up after 2 ms, 100 at a time.
+    let mut gave_up = 0;
+    for round in 0..15 {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let mut c = c.clone();
+            let req = digits_request(&format!("impatient-{round}-{i}"));
+            batch.spawn(async move {
+                tokio::time::timeout(Duration::from_millis(2), c.offload_task(req))
+                    .await
+                    .is_err()
+            });
+        }
+        while let Some(r) = batch.join_next().await {
+            gave_up += usize::from(r.unwrap());
+        }
+    }
+    assert!(
+        gave_up > 16,
+        "only {gave_up} requests gave up: the storm is too weak"
+    );
+    // Then patient, valid requests are all served (before the fix every
+    // one was refused with "16 requests already waiting").
+    let mut c = c.clone();
+    for i in 0..40 {
+        let r = c
+            .offload_task(digits_request(&format!("patient-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} refused: {e}"))
+            .into_inner();
+        assert!(r.success, "{}", r.error_message);
+    }
+    cloud.shutdown().await.unwrap();
+}
