@@ -73,6 +73,36 @@ struct Job {
     decision: Option<Decision>,
     reply: Reply,
     fell_back: bool,
+    /// The task's place among the outstanding ones (shared by the legs of
+    /// a hedged task): released when the last holder is dropped, whether
+    /// the job was finished, cancelled or lost in a panic, so shutdown
+    /// never waits for a task nobody will finish.
+    claim: Arc<Claim>,
+}
+
+/// Tasks accepted and not yet finished; shutdown waits for zero.
+#[derive(Default)]
+struct Outstanding {
+    count: AtomicU64,
+    drained: Notify,
+}
+
+/// One accepted task's hold on [`Outstanding`], released on drop.
+struct Claim(Arc<Outstanding>);
+
+impl Claim {
+    fn new(o: &Arc<Outstanding>) -> Arc<Claim> {
+        o.count.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Claim(o.clone()))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 /// Where a job's one result goes.
@@ -141,8 +171,7 @@ struct Inner {
     cloud_dest: IpAddr,
     /// Cancelled when shutdown begins: no more tasks are accepted.
     intake_closed: CancellationToken,
-    outstanding: AtomicU64,
-    drained: Notify,
+    outstanding: Arc<Outstanding>,
     stats: Stats,
 }
 
@@ -192,8 +221,7 @@ impl Manager {
             probe_events: parts.probe_events,
             cloud_dest: parts.cloud_dest,
             intake_closed: CancellationToken::new(),
-            outstanding: AtomicU64::new(0),
-            drained: Notify::new(),
+            outstanding: Arc::default(),
             stats: Stats::default(),
             cfg,
         });
@@ -279,11 +307,13 @@ impl Manager {
                         legs: AtomicU32::new(2),
                         done: CancellationToken::new(),
                     });
+                    let claim = Claim::new(&inner.outstanding);
                     let leg = |task: Task| Job {
                         task,
                         decision: Some(d.clone()),
                         reply: Reply::Hedged(shared.clone()),
                         fell_back: false,
+                        claim: claim.clone(),
                     };
                     let (priority, deadline) = (task.priority, task.deadline);
                     if state
@@ -308,7 +338,9 @@ impl Manager {
                         decision: Some(d),
                         reply: Reply::One(tx),
                         fell_back: false,
+                        claim: Claim::new(&inner.outstanding),
                     };
+                    // A refused job drops its claim with it.
                     if state.queue.push(job, priority, deadline, expected).is_err() {
                         drop(state);
                         return rejected(TaskError::Overloaded(format!(
@@ -332,6 +364,7 @@ impl Manager {
                     decision: Some(d),
                     reply: Reply::One(tx),
                     fell_back: false,
+                    claim: Claim::new(&inner.outstanding),
                 };
                 tokio::spawn(run_offload(self.inner.clone(), job));
             }
@@ -342,6 +375,7 @@ impl Manager {
                     decision: None,
                     reply: Reply::One(tx),
                     fell_back: false,
+                    claim: Claim::new(&inner.outstanding),
                 },
                 Err(e),
                 None,
@@ -381,8 +415,8 @@ impl Manager {
     pub async fn shutdown(&self) {
         self.inner.intake_closed.cancel();
         loop {
-            let notified = self.inner.drained.notified();
-            if self.inner.outstanding.load(Ordering::SeqCst) == 0 {
+            let notified = self.inner.outstanding.drained.notified();
+            if self.inner.outstanding.count.load(Ordering::SeqCst) == 0 {
                 break;
             }
             notified.await;
@@ -402,7 +436,6 @@ impl Manager {
 impl Inner {
     fn accept(&self) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether one more hedge stays within the budget.
@@ -493,11 +526,14 @@ impl Inner {
         transport: Option<Transport>,
     ) {
         let s = &self.stats;
+        // `_claim` is released when this function returns, after the
+        // result went out.
         let Job {
             task,
             decision,
             reply,
             fell_back,
+            claim: _claim,
         } = job;
         let tx = match reply {
             Reply::One(tx) => tx,
@@ -552,9 +588,6 @@ impl Inner {
         crate::metrics::record_result(&result);
         if tx.send(result).is_err() {
             s.cancelled.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.drained.notify_waiters();
         }
     }
 

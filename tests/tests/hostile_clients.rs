@@ -89,3 +89,68 @@ async fn impatient_grpc_clients_do_not_wedge_the_cloud() {
     }
     cloud.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impatient_clients_do_not_wedge_the_edge() {
+    let mut cfg = defaults();
+    cfg.edge.workers = 1;
+    cfg.edge.queue_capacity = 64;
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let edge = start_edge(cfg.edge.clone(), cloud.grpc_addr.to_string()).await;
+    wait_reachable(&edge).await;
+    let c = client(&edge).await;
+    // 1,500 tasks that give up after 2 ms, 100 at a time: some queued
+    // locally, some offloaded, some refused for a full queue.
+    let mut gave_up = 0;
+    for round in 0..15 {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let mut c = c.clone();
+            let req = digits_request(&format!("impatient-{round}-{i}"));
+            batch.spawn(async move {
+                tokio::time::timeout(Duration::from_millis(2), c.offload_task(req))
+                    .await
+                    .is_err()
+            });
+        }
+        while let Some(r) = batch.join_next().await {
+            gave_up += usize::from(r.unwrap());
+        }
+    }
+    assert!(
+        gave_up > 64,
+        "only {gave_up} tasks gave up: the storm is too weak"
+    );
+    // Every task the edge accepted ended (answered or cancelled), and the
+    // next valid tasks are served at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = edge.manager.stats();
+        let ended = s.completed_local + s.completed_quic + s.completed_grpc + s.failed;
+        if ended == s.accepted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted tasks never ended: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.clone();
+    for i in 0..40 {
+        let started = std::time::Instant::now();
+        let r = c
+            .offload_task(digits_request(&format!("patient-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("task {i} refused: {e}"))
+            .into_inner();
+        assert!(r.success, "{}", r.error_message);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "task {i} was slow"
+        );
+    }
+    assert_eq!(edge.manager.queue_len(), 0);
+    edge.shutdown().await.unwrap();
+    cloud.shutdown().await.unwrap();
+}
