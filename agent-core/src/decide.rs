@@ -179,20 +179,22 @@ pub struct DecisionInput<'a> {
     /// The path the policy chose for the previous task of this type.
     pub previous: Option<ExecPath>,
     /// Recent residuals (actual - predicted, ms, sorted) of each path for
-    /// this task type; empty: none yet. They correct the predictions only
-    /// once both paths have some: correcting one path alone would favour
-    /// the other, unmeasured one.
+    /// this task type; empty: none yet. A path without residuals borrows
+    /// the other path's: much of what the model misses (the edge's own CPU
+    /// contention, the answer's way back) is common to both, and correcting
+    /// one path alone would favour the other, unmeasured one.
     pub local_residual_ms: &'a [f64],
     pub cloud_residual_ms: &'a [f64],
 }
 
 impl DecisionInput<'_> {
-    /// The residuals to apply, per path: both or neither.
+    /// The residuals to apply, per path.
     fn residuals(&self) -> (&[f64], &[f64]) {
-        if self.local_residual_ms.is_empty() || self.cloud_residual_ms.is_empty() {
-            (&[], &[])
-        } else {
-            (self.local_residual_ms, self.cloud_residual_ms)
+        match (self.local_residual_ms, self.cloud_residual_ms) {
+            ([], []) => (&[], &[]),
+            (l, []) => (l, l),
+            ([], c) => (c, c),
+            (l, c) => (l, c),
         }
     }
 }

@@ -13,9 +13,24 @@ pub type TaskApiClient = EdgeAiServiceClient<Channel>;
 
 /// Connects to the task API at `addr` (host:port, plaintext).
 pub async fn connect(addr: &str) -> anyhow::Result<TaskApiClient> {
-    let ch = Channel::from_shared(format!("http://{addr}"))?
+    connect_with(addr, None).await
+}
+
+/// Connects to the task API at `addr`, with mutual TLS when `tls` is given:
+/// the submitter's certificate (signed by the CA the edge trusts) and the
+/// name the edge's certificate must carry.
+pub async fn connect_with(
+    addr: &str,
+    tls: Option<(&crate::tls::TlsMaterial, &str)>,
+) -> anyhow::Result<TaskApiClient> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if let Some((material, server_name)) = tls {
+        endpoint = endpoint.tls_config(material.grpc_client(server_name))?;
+    }
+    let ch = endpoint
         .connect()
         .await
         .with_context(|| format!("connecting to the edge agent at {addr}"))?;

@@ -19,8 +19,13 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// Task-submission API (gRPC EdgeAIService) address.
+    /// Task-submission API (gRPC EdgeAIService) address. A non-loopback
+    /// address needs `api_tls` (or `--insecure`).
     pub listen: String,
+    /// Mutual TLS on the task API: the CA that must have signed the
+    /// submitters' certificates, and the API's own certificate and key.
+    /// Unset: plaintext, allowed on loopback only.
+    pub api_tls: Option<TlsConfig>,
     /// The cloud service's gRPC endpoint.
     pub cloud_grpc: String,
     /// The cloud service's QUIC endpoint, tried first; empty disables QUIC.
@@ -203,6 +208,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50061".into(),
+            api_tls: None,
             cloud_grpc: "127.0.0.1:50051".into(),
             cloud_quic: "127.0.0.1:50052".into(),
             cloud_server_name: "localhost".into(),
@@ -300,6 +306,9 @@ impl Config {
             }
         }
         cfg.edge.tls.resolve_paths(base.as_deref());
+        if let Some(t) = cfg.edge.api_tls.as_mut() {
+            t.resolve_paths(base.as_deref());
+        }
         cfg.cloud.tls.resolve_paths(base.as_deref());
         Ok(cfg)
     }

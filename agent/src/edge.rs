@@ -5,10 +5,11 @@ use crate::config::EdgeConfig;
 use crate::infer::{shared_exec_times, torch_engines};
 use crate::manager::{Manager, ManagerConfig, ManagerParts};
 use agent_core::LinkConfig;
+use agent_net::tls::TlsMaterial;
 use agent_net::wire::{error_to_status, result_to_response, task_from_request};
 use agent_net::{build_stack, resolve, CloudEndpoints, FailoverStats, Offloader};
 use agent_probe::{ActiveProbe, EbpfProbe};
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +91,21 @@ impl Edge {
         mut passive: Option<EbpfProbe>,
     ) -> anyhow::Result<Edge> {
         tch::set_num_threads(cfg.intra_op_threads.max(1));
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&cfg.listen)
+                .await
+                .with_context(|| format!("binding the task API on {}", cfg.listen))?,
+        };
+        let api_tls = api_access(cfg, listener.local_addr()?)?;
+        if let Some(addr) = &cfg.metrics_listen {
+            let addr = resolve(addr).await?;
+            ensure!(
+                addr.ip().is_loopback() || cfg.tls.insecure,
+                "the metrics endpoint {addr} is plaintext HTTP: bind it to loopback (and \
+                 scrape through a TLS proxy), or pass --insecure"
+            );
+        }
         let cloud = resolve(&cfg.cloud_grpc).await?;
         let link = LinkConfig {
             window: cfg.probe.window,
@@ -160,20 +176,20 @@ impl Edge {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
 
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(&cfg.listen)
-                .await
-                .with_context(|| format!("binding the task API on {}", cfg.listen))?,
-        };
         let api_addr = listener.local_addr()?;
         let api_stop = stop.child_token();
         let serving_stop = api_stop.clone();
         let svc = EdgeAiServiceServer::new(EdgeApi {
             manager: manager.clone(),
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = api_tls {
+            builder = builder
+                .tls_config(tls.grpc_server())
+                .context("TLS on the task API")?;
+        }
         let api = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -207,6 +223,32 @@ impl Edge {
         drop(self.passive);
         self.api.await??;
         Ok(())
+    }
+}
+
+/// Who may submit: with `api_tls`, only clients whose certificate the
+/// configured CA signed (mutual TLS); without it, anyone who can reach the
+/// address, which is allowed on loopback only unless `--insecure`.
+fn api_access(cfg: &EdgeConfig, addr: SocketAddr) -> anyhow::Result<Option<TlsMaterial>> {
+    match &cfg.api_tls {
+        Some(t) => {
+            let material = t.load(agent_net::tls::Side::Server)?;
+            ensure!(
+                material.is_some() || addr.ip().is_loopback(),
+                "[edge.api_tls] is insecure and the task API listens on {addr}: refusing to \
+                 serve unauthenticated submitters beyond loopback"
+            );
+            Ok(material)
+        }
+        None => {
+            ensure!(
+                addr.ip().is_loopback() || cfg.tls.insecure,
+                "the task API on {addr} would accept tasks from anyone on the network: set \
+                 [edge.api_tls] (mutual TLS; `agent gen-certs` makes a development CA), listen \
+                 on loopback, or pass --insecure"
+            );
+            Ok(None)
+        }
     }
 }
 

@@ -31,6 +31,13 @@ pub struct SubmitArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Mutual TLS to a task API that requires it: a folder with `ca.pem`,
+    /// `client.pem` and `client.key` (as `agent gen-certs` writes them).
+    #[arg(long)]
+    pub api_tls_dir: Option<PathBuf>,
+    /// The name the task API's certificate carries.
+    #[arg(long, default_value = "localhost")]
+    pub api_server_name: String,
 }
 
 pub fn parse_priority(s: &str) -> Result<Priority> {
@@ -121,7 +128,18 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
             .map(|p| Ok((p.display().to_string(), std::fs::read(p)?, None)))
             .collect::<Result<_>>()?
     };
-    let client = task_api::connect(&args.edge).await?;
+    let material = match &args.api_tls_dir {
+        Some(dir) => agent_net::tls::TlsConfig::from_dir(dir, agent_net::tls::Side::Client)
+            .load(agent_net::tls::Side::Client)?,
+        None => None,
+    };
+    let client = task_api::connect_with(
+        &args.edge,
+        material
+            .as_ref()
+            .map(|m| (m, args.api_server_name.as_str())),
+    )
+    .await?;
     let deadline = args.deadline_ms.map(Duration::from_millis);
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut handles = Vec::new();

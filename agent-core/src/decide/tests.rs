@@ -619,8 +619,8 @@ fn residuals_correct_the_prediction() {
     let plain = decide(&input, &Policy::default()).unwrap();
     assert_eq!(plain.path, ExecPath::Local);
     assert_eq!(plain.local_outlook.unwrap().correction_ms, 0.0);
-    // Residuals on one path alone are not applied (they would favour the
-    // other, unmeasured path).
+    // Residuals of one path alone apply to both (what the edge adds is
+    // common to both paths): the comparison stays as without them.
     let one_sided = decide(
         &DecisionInput {
             local_residual_ms: &late,
@@ -629,7 +629,12 @@ fn residuals_correct_the_prediction() {
         &Policy::default(),
     )
     .unwrap();
-    assert_eq!(one_sided.local_outlook, plain.local_outlook);
+    assert_eq!(one_sided.path, ExecPath::Local);
+    let (l, o) = (
+        one_sided.local_outlook.unwrap(),
+        one_sided.offload_outlook.unwrap(),
+    );
+    assert!((l.correction_ms - 15.0).abs() < 1e-9 && (o.correction_ms - 15.0).abs() < 1e-9);
     let on_time = [0.0; 4];
     let corrected = decide(
         &DecisionInput {

@@ -258,10 +258,13 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
     let _ = writeln!(
         o,
         "## Prediction error\n\n\
-         |predicted - actual| / actual of the path each task took (the decision's expected \
-         latency against what the submitter saw), over completed tasks that neither fell back \
-         nor were hedged: median / p90. Hedged: tasks run on both paths.\n\n\
-         | scenario | policy | local | cloud | hedged |\n|---|---|---|---|---|"
+         |predicted - actual| / actual of the path each task took: the decision's expected \
+         latency against the agent's own measure from the decision to the answer (what the \
+         decision could still change), over completed tasks that neither fell back nor were \
+         hedged: median / p90. Outside: the median of what the submitter saw beyond that (the \
+         way to and from the task API under the edge's CPU quota), the same for every path. \
+         Hedged: tasks run on both paths.\n\n\
+         | scenario | policy | local | cloud | outside (ms) | hedged |\n|---|---|---|---|---|---|"
     );
     let show = |e: Option<(f64, f64)>| {
         e.map_or("-".into(), |(m, p)| {
@@ -275,12 +278,13 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
             }
             let _ = writeln!(
                 o,
-                "| {} (seed {}) | {} | {} | {} | {} |",
+                "| {} (seed {}) | {} | {} | {} | {} | {} |",
                 s.name,
                 s.seed,
                 rw.policy,
                 show(rw.summary.pred_err_local),
                 show(rw.summary.pred_err_cloud),
+                ms(rw.summary.outside_ms),
                 rw.summary.hedged
             );
         }
@@ -498,6 +502,7 @@ mod tests {
             pred_err_local: Some((0.1, 0.3)),
             pred_err_cloud: None,
             hedged: 3,
+            outside_ms: Some(2.5),
         };
         BenchResult {
             command: "cargo xtask bench --quick".into(),
@@ -569,7 +574,7 @@ mod tests {
         );
         assert!(md.contains("at commit 0123456789ab"));
         assert!(
-            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - | 3 |"),
+            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - | 2.5 | 3 |"),
             "{md}"
         );
         assert!(!md.contains("### Across seeds"));

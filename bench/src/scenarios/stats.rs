@@ -35,7 +35,8 @@ pub struct Summary {
     #[serde(default)]
     pub charged_mean_ms: Option<f64>,
     /// Prediction error of the path taken, |predicted - actual| / actual
-    /// over completed tasks that did not fall back: median and p90.
+    /// over completed tasks that did not fall back, `actual` being the
+    /// agent's own measure (decision to answer): median and p90.
     #[serde(default)]
     pub pred_err_local: Option<(f64, f64)>,
     #[serde(default)]
@@ -43,6 +44,10 @@ pub struct Summary {
     /// Tasks the agent ran on both paths.
     #[serde(default)]
     pub hedged: usize,
+    /// Median of what the submitter saw beyond the agent's own measure
+    /// (the way to and from the task API, under the edge's CPU quota).
+    #[serde(default)]
+    pub outside_ms: Option<f64>,
 }
 
 /// What a failed task without a deadline costs in the charged mean (ms).
@@ -111,6 +116,15 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             .iter()
             .filter(|r| r.decision.as_ref().is_some_and(|d| d.hedged))
             .count(),
+        outside_ms: {
+            let mut v: Vec<f64> = records
+                .iter()
+                .filter(|r| r.completed())
+                .filter_map(|r| r.agent_ms.map(|a| r.latency_ms - a))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        },
     }
 }
 
@@ -136,8 +150,12 @@ fn prediction_error(records: &[TaskRecord], path: &str) -> Option<(f64, f64)> {
                 "cloud" => d.offload_total_ms,
                 _ => return None,
             };
-            (d.path == path && r.latency_ms > 0.0 && predicted.is_finite())
-                .then(|| (predicted - r.latency_ms).abs() / r.latency_ms)
+            // From the decision to the answer, as the agent measured it:
+            // what the decision could affect (the way to the agent's API
+            // has already happened when it decides; `outside_ms` reports it).
+            let actual = r.agent_ms.unwrap_or(r.latency_ms);
+            (d.path == path && actual > 0.0 && predicted.is_finite())
+                .then(|| (predicted - actual).abs() / actual)
         })
         .collect();
     errs.sort_by(f64::total_cmp);
