@@ -5,6 +5,8 @@
 
 mod decide;
 mod estimate;
+#[cfg(test)]
+mod proptests;
 mod queue;
 mod result;
 mod sample;

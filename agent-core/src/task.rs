@@ -114,11 +114,14 @@ pub fn deadline_to_unix_nanos(
 ) -> i64 {
     let Some(d) = deadline else { return 0 };
     let wall_now = unix_nanos(wall_now);
+    let apart =
+        |a: Instant, b: Instant| i64::try_from(a.duration_since(b).as_nanos()).unwrap_or(i64::MAX);
+    // Saturating: a deadline centuries away stays far away, never wraps.
     if d >= now {
-        wall_now + d.duration_since(now).as_nanos() as i64
+        wall_now.saturating_add(apart(d, now))
     } else {
         // Keep it positive but already expired.
-        (wall_now - now.duration_since(d).as_nanos() as i64).max(1)
+        wall_now.saturating_sub(apart(now, d)).max(1)
     }
 }
 
