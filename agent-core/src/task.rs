@@ -201,6 +201,9 @@ pub enum TaskError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The submitter went away before the answer (its task was dropped).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
 }
 
 #[cfg(test)]

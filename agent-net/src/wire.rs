@@ -198,6 +198,7 @@ pub fn error_kind(e: &TaskError) -> ErrorKind {
         TaskError::Overloaded(_) => ErrorKind::Overloaded,
         TaskError::Unavailable(_) => ErrorKind::Unavailable,
         TaskError::Internal(_) => ErrorKind::Internal,
+        TaskError::Cancelled(_) => ErrorKind::Cancelled,
     }
 }
 
@@ -209,6 +210,7 @@ pub fn error_to_status(e: &TaskError) -> Status {
         TaskError::Overloaded(_) => Code::ResourceExhausted,
         TaskError::Unavailable(_) => Code::Unavailable,
         TaskError::Internal(_) => Code::Internal,
+        TaskError::Cancelled(_) => Code::Cancelled,
     };
     Status::new(code, e.to_string())
 }
@@ -233,6 +235,7 @@ pub fn error_from_kind(kind: i32, msg: String) -> TaskError {
         ErrorKind::DeadlineExceeded => TaskError::DeadlineExceeded(msg),
         ErrorKind::Overloaded => TaskError::Overloaded(msg),
         ErrorKind::Unavailable => TaskError::Unavailable(msg),
+        ErrorKind::Cancelled => TaskError::Cancelled(msg),
         ErrorKind::Internal | ErrorKind::Unspecified => TaskError::Internal(msg),
     }
 }
@@ -269,6 +272,16 @@ mod tests {
             let back = error_from_kind(r.error_kind, r.error_message);
             assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&e));
         }
+        // Cancelled travels in-band as its own kind; as a gRPC status it
+        // reads as the deadline (tonic cancels requests whose grpc-timeout
+        // expired with CANCELLED).
+        let c = TaskError::Cancelled("gone".into());
+        let r = error_response("t", &c);
+        assert!(matches!(
+            error_from_kind(r.error_kind, r.error_message),
+            TaskError::Cancelled(_)
+        ));
+        assert_eq!(error_to_status(&c).code(), Code::Cancelled);
     }
 
     #[test]

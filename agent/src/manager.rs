@@ -263,6 +263,11 @@ impl Manager {
         self.inner.net.borrow().clone()
     }
 
+    /// Accepted tasks not finished yet.
+    pub fn outstanding(&self) -> u64 {
+        self.inner.outstanding.count.load(Ordering::SeqCst)
+    }
+
     pub fn queue_len(&self) -> usize {
         self.inner.state.lock().expect("state lock").queue.len()
     }
@@ -558,7 +563,9 @@ impl Inner {
                 tx
             }
         };
+        let cancelled = matches!(outcome, Err(TaskError::Cancelled(_)));
         match (&outcome, processed_by, transport) {
+            (Err(_), _, _) if cancelled => 0,
             (Err(_), _, _) => s.failed.fetch_add(1, Ordering::Relaxed),
             (Ok(_), Some(ExecPath::Cloud), Some(Transport::Quic)) => {
                 s.completed_quic.fetch_add(1, Ordering::Relaxed)
@@ -586,7 +593,8 @@ impl Inner {
             decision,
         };
         crate::metrics::record_result(&result);
-        if tx.send(result).is_err() {
+        // Counted once: cancelled before the answer, or answered to nobody.
+        if tx.send(result).is_err() || cancelled {
             s.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -658,7 +666,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     if job.reply.is_closed() {
         inner.finish(
             job,
-            Err(TaskError::Internal("submitter went away".into())),
+            Err(TaskError::Cancelled("submitter went away".into())),
             None,
             None,
         );
@@ -677,7 +685,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     let Some(outcome) = outcome else {
         inner.finish(
             job,
-            Err(TaskError::Internal("submitter went away".into())),
+            Err(TaskError::Cancelled("submitter went away".into())),
             None,
             None,
         );
@@ -741,7 +749,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn Engine>) {
         };
         let now = Instant::now();
         let outcome = if job.reply.is_closed() {
-            Err(TaskError::Internal("submitter went away".into()))
+            Err(TaskError::Cancelled("submitter went away".into()))
         } else if job.task.deadline.is_some_and(|d| d <= now) {
             Err(TaskError::DeadlineExceeded(
                 "expired while queued locally".into(),

@@ -33,6 +33,7 @@ fn error_label(e: &TaskError) -> &'static str {
         TaskError::Overloaded(_) => "overloaded",
         TaskError::Unavailable(_) => "unavailable",
         TaskError::Internal(_) => "internal",
+        TaskError::Cancelled(_) => "cancelled",
     }
 }
 

@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/lan.toml by `netem-tun tc-script --scenario bench/scenarios/lan.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# lan: LAN: RTT 1 ms +- 0.2 ms (0.5 ms +- 0.14 ms normal each way), no loss, no rate limit
+# lan: LAN: RTT 1 ms +- 0.2 ms (0.5 ms +- 0.14 ms normal each way), no loss, no rate limit; arrivals 20/s with a 60/s burst at 20-24 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

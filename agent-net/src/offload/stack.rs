@@ -49,8 +49,11 @@ impl Default for OffloadConfig {
     fn default() -> Self {
         Self {
             connect_timeout_ms: 1000,
-            quic_keep_alive_ms: 2000,
-            quic_idle_timeout_ms: 10_000,
+            // A dead cloud (killed, link down) is noticed within ~1 s and
+            // its in-flight offloads move to gRPC, instead of each waiting
+            // out a long idle timeout.
+            quic_keep_alive_ms: 250,
+            quic_idle_timeout_ms: 1000,
             quic_stream_errors: 3,
             quic_reprobe_min_ms: 1000,
             quic_reprobe_max_ms: 30_000,
