@@ -30,6 +30,18 @@ pub async fn connect_rtt(target: SocketAddr, timeout: Duration) -> Option<Durati
     }
 }
 
+/// How long one probe may take before it counts as lost: a few smoothed
+/// RTTs once the path is known (so a dead link is noticed within about a
+/// second, three lost probes in a row), never more than `max`.
+pub fn probe_timeout(srtt_ms: f64, samples: usize, max: Duration) -> Duration {
+    if samples < 3 || !srtt_ms.is_finite() || srtt_ms < 0.0 {
+        return max;
+    }
+    Duration::from_secs_f64((4.0 * srtt_ms + 50.0) / 1e3)
+        .max(Duration::from_millis(150))
+        .min(max)
+}
+
 impl ActiveProbe {
     /// Probes until `events` is closed or `stop` is cancelled. While a passive source is fresh the
     /// path's figures come from it, and the probe only checks, ten times less
@@ -62,7 +74,11 @@ impl ActiveProbe {
             if passive_fresh && last_ok.is_some_and(|t| t.elapsed() < self.interval * 10) {
                 continue;
             }
-            let kind = match connect_rtt(self.target, self.timeout).await {
+            let timeout = {
+                let s = status.borrow();
+                probe_timeout(s.rtt.srtt_ms, s.rtt.samples, self.timeout)
+            };
+            let kind = match connect_rtt(self.target, timeout).await {
                 Some(rtt) => {
                     last_ok = Some(Instant::now());
                     ProbeEventKind::Rtt(rtt)
@@ -81,6 +97,29 @@ impl ActiveProbe {
             if events.send(ev).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_timeout_follows_the_rtt_within_bounds() {
+        let max = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        let cases = [
+            // (srtt ms, samples, expected)
+            (40.0, 60, ms(210)),
+            (1.0, 60, ms(150)),
+            (500.0, 60, max),
+            (40.0, 2, max),
+            (f64::NAN, 60, max),
+            (-1.0, 60, max),
+        ];
+        for (srtt, n, want) in cases {
+            assert_eq!(probe_timeout(srtt, n, max), want, "{srtt} {n}");
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct EdgeConfig {
 pub struct ProbeConfig {
     /// Active probe period (TCP connect to the cloud endpoint).
     pub interval_ms: u64,
+    /// Longest a probe may take; once the RTT is known a probe counts as
+    /// lost after 4 x srtt + 50 ms (at least 150 ms), so a dead link is
+    /// noticed within about a second.
     pub timeout_ms: u64,
     /// RTT samples kept per source (the jitter window).
     pub window: usize,
