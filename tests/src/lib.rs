@@ -198,3 +198,37 @@ pub async fn send_image(
     };
     agent_net::task_api::send(client, submission).await
 }
+
+/// A valid digits image-classification request (the first test image).
+pub fn digits_request(id: &str) -> proto::TaskRequest {
+    proto::TaskRequest {
+        id: id.into(),
+        r#type: proto::TaskType::ImageClassification as i32,
+        payload: test_set()[0].pixels.clone(),
+        priority: proto::Priority::Medium as i32,
+        deadline_unix_nano: 0,
+        context: Default::default(),
+    }
+}
+
+/// 1,500 digits requests through `client` that give up after 2 ms, 100 at
+/// a time; returns how many gave up.
+pub async fn impatient_storm(client: &EdgeAiServiceClient<Channel>) -> usize {
+    let mut gave_up = 0;
+    for round in 0..15 {
+        let mut batch = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let mut c = client.clone();
+            let req = digits_request(&format!("impatient-{round}-{i}"));
+            batch.spawn(async move {
+                tokio::time::timeout(std::time::Duration::from_millis(2), c.offload_task(req))
+                    .await
+                    .is_err()
+            });
+        }
+        while let Some(r) = batch.join_next().await {
+            gave_up += usize::from(r.unwrap());
+        }
+    }
+    gave_up
+}

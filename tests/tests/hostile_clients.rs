@@ -2,21 +2,9 @@
 //! request dropped while it waits for an inference slot gives its place in
 //! the waiting line back.
 
-use proto::TaskRequest;
 use std::sync::Arc;
 use std::time::Duration;
 use tests::*;
-
-fn digits_request(id: &str) -> TaskRequest {
-    TaskRequest {
-        id: id.into(),
-        r#type: proto::TaskType::ImageClassification as i32,
-        payload: test_set()[0].pixels.clone(),
-        priority: proto::Priority::Medium as i32,
-        deadline_unix_nano: 0,
-        context: Default::default(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropped_waiters_give_their_place_back() {
@@ -56,22 +44,7 @@ async fn impatient_grpc_clients_do_not_wedge_the_cloud() {
     let cloud = start_cloud(cfg.cloud.clone()).await;
     let c = cloud_client(&cloud).await;
     // 1,500 requests that give up after 2 ms, 100 at a time.
-    let mut gave_up = 0;
-    for round in 0..15 {
-        let mut batch = tokio::task::JoinSet::new();
-        for i in 0..100 {
-            let mut c = c.clone();
-            let req = digits_request(&format!("impatient-{round}-{i}"));
-            batch.spawn(async move {
-                tokio::time::timeout(Duration::from_millis(2), c.offload_task(req))
-                    .await
-                    .is_err()
-            });
-        }
-        while let Some(r) = batch.join_next().await {
-            gave_up += usize::from(r.unwrap());
-        }
-    }
+    let gave_up = impatient_storm(&c).await;
     assert!(
         gave_up > 16,
         "only {gave_up} requests gave up: the storm is too weak"
@@ -101,22 +74,7 @@ async fn impatient_clients_do_not_wedge_the_edge() {
     let c = client(&edge).await;
     // 1,500 tasks that give up after 2 ms, 100 at a time: some queued
     // locally, some offloaded, some refused for a full queue.
-    let mut gave_up = 0;
-    for round in 0..15 {
-        let mut batch = tokio::task::JoinSet::new();
-        for i in 0..100 {
-            let mut c = c.clone();
-            let req = digits_request(&format!("impatient-{round}-{i}"));
-            batch.spawn(async move {
-                tokio::time::timeout(Duration::from_millis(2), c.offload_task(req))
-                    .await
-                    .is_err()
-            });
-        }
-        while let Some(r) = batch.join_next().await {
-            gave_up += usize::from(r.unwrap());
-        }
-    }
+    let gave_up = impatient_storm(&c).await;
     assert!(
         gave_up > 64,
         "only {gave_up} tasks gave up: the storm is too weak"

@@ -5,19 +5,7 @@
 use agent::edge::Edge;
 use agent_net::task_api::connect_with;
 use agent_net::tls::{Side, TlsConfig};
-use proto::TaskRequest;
 use tests::*;
-
-fn digits_request(id: &str) -> TaskRequest {
-    TaskRequest {
-        id: id.into(),
-        r#type: proto::TaskType::ImageClassification as i32,
-        payload: test_set()[0].pixels.clone(),
-        priority: proto::Priority::Medium as i32,
-        deadline_unix_nano: 0,
-        context: Default::default(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_clients_with_a_certificate_from_the_ca_may_submit() {
