@@ -7,5 +7,6 @@
 //! run as their own processes, and libtorch is not linked.
 
 pub mod ebpf;
+pub mod faults;
 pub mod scenarios;
 pub mod support;

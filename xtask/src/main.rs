@@ -6,6 +6,7 @@
 mod bench;
 mod bench_ebpf;
 mod bench_transport;
+mod faults;
 mod demo;
 mod ebpf;
 mod netem_check;
@@ -83,6 +84,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Fault and load suite: cloud killed, link down, 30 % loss, cancel storm, slow-loris, cloud overload, edge restart, with the real agents across the jitter lab; writes bench/results/faults.md (needs root). The last line is a JSON array, one object per fault.
+    Faults {
+        /// The JSON array is always the last line (kept for symmetry with the other checks).
+        #[arg(long)]
+        json: bool,
+        /// Extra arguments for `faults` (e.g. -- --only cloud-kill --soak 600).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -129,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { quick, args } => {
             setup::all()?;
             bench::run(quick, &args)
+        }
+        Cmd::Faults { json: _, args } => {
+            setup::all()?;
+            faults::run(&args)
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -5,9 +5,13 @@
 //!   to the edge agent's task API on schedule, records every task's fate,
 //!   writes JSON lines;
 //! - `calibrate`: times fixed CPU jobs (inside and outside the edge's cgroup);
-//! - `policies`: the agent's policy names, so the benchmark runs every one.
+//! - `policies`: the agent's policy names, so the benchmark runs every one;
+//! - `storm`, `slowloris`, `flood`: the load of the fault suite's faults
+//!   (`faults`, bench/src/faults).
 
 use agent_core::Policy;
+use agent_net::tls::{Side, TlsConfig};
+use bench::faults::load;
 use anyhow::{bail, Context, Result};
 use bench::scenarios::record::{path_of, DecisionView, Outcome, TaskRecord};
 use bench::scenarios::workload::{plan, PlannedTask};
@@ -50,6 +54,52 @@ enum Cmd {
     },
     /// Print the agent's policy names as a JSON array.
     Policies,
+    /// Impatient clients: requests abandoned after a few ms, then one
+    /// valid request; prints a JSON report (fault suite).
+    Storm {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1500)]
+        count: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        give_up_ms: u64,
+    },
+    /// Connections that dribble the HTTP/2 preface one byte a second and
+    /// never send a request; prints a JSON report (fault suite).
+    Slowloris {
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 500)]
+        conns: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Valid requests back to back from many clients; prints a JSON report
+    /// of the answers by status (fault suite).
+    Flood {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 600)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+/// A service speaking `EdgeAIService`: the edge's task API (plaintext) or
+/// the cloud (mutual TLS with the client certificate of `--tls-dir`).
+#[derive(clap::Args, Debug, Clone)]
+struct Target {
+    #[arg(long)]
+    target: String,
+    /// Certificates from `agent gen-certs` (the client's).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The name the server's certificate carries.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -73,11 +123,7 @@ struct DriverArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run(a) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(run(a)),
+        Cmd::Run(a) => block_on(run(a)),
         Cmd::Calibrate {
             iters,
             reps,
@@ -101,7 +147,95 @@ fn main() -> Result<()> {
             println!("{}", serde_json::json!(Policy::NAMES));
             Ok(())
         }
+        Cmd::Storm {
+            target,
+            count,
+            batch,
+            give_up_ms,
+        } => block_on(async move {
+            let client = connect_target(&target).await?;
+            let r = load::storm(
+                &client,
+                &valid_request()?,
+                count,
+                batch.max(1),
+                Duration::from_millis(give_up_ms),
+                Duration::from_secs(5),
+            )
+            .await;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }),
+        Cmd::Slowloris {
+            target,
+            conns,
+            seconds,
+        } => block_on(async move {
+            let r = load::slow_loris(
+                &target,
+                conns,
+                Duration::from_secs(seconds),
+                Duration::from_secs(1),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }),
+        Cmd::Flood {
+            target,
+            concurrency,
+            seconds,
+        } => block_on(async move {
+            let client = connect_target(&target).await?;
+            let r = load::flood(
+                &client,
+                &valid_request()?,
+                concurrency,
+                Duration::from_secs(seconds),
+                Duration::from_secs(10),
+            )
+            .await;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }),
     }
+}
+
+fn block_on(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+async fn connect_target(t: &Target) -> Result<EdgeAiServiceClient<Channel>> {
+    match &t.tls_dir {
+        None => connect(&t.target).await,
+        Some(dir) => {
+            let material = TlsConfig::from_dir(dir, Side::Client)
+                .load(Side::Client)?
+                .with_context(|| format!("no client certificate in {}", dir.display()))?;
+            agent_net::task_api::connect_with(&t.target, Some((&material, &t.server_name))).await
+        }
+    }
+}
+
+/// A valid image classification request (the first held-out image).
+fn valid_request() -> Result<proto::TaskRequest> {
+    let sets = datasets::workload::Workload::load()
+        .context("the load sends held-out images (models/heldout_*)")?;
+    let item = sets
+        .item("image_classification", 0)
+        .context("no held-out image")?;
+    Ok(proto::TaskRequest {
+        id: String::new(),
+        r#type: proto::TaskType::ImageClassification as i32,
+        payload: item.payload,
+        priority: proto::Priority::Medium as i32,
+        deadline_unix_nano: 0,
+        context: Default::default(),
+    })
 }
 
 fn priority(name: &str) -> Result<proto::Priority> {
