@@ -11,6 +11,11 @@
 //! - tracepoints tcp:tcp_retransmit_skb and sock:inet_sock_set_state, when
 //!   tracefs is available (mounted here if needed).
 //!
+//! Each of these parts ([`ProbePart`]) attaches on its own: one that cannot
+//! (no cgroup2 hierarchy visible, say, in an agent started with `ip netns
+//! exec`) is recorded with its reason ([`EbpfProbe::failed_parts`]) and
+//! logged once; the probe is unavailable only when no part attaches.
+//!
 //! Only flows to the endpoints in the filter map are measured
 //! ([`EbpfProbe::set_endpoints`]). Everything is detached when the probe is
 //! dropped; what could survive a crash, and how the next start removes it,
@@ -106,6 +111,55 @@ impl Default for EbpfProbeConfig {
     }
 }
 
+/// One independently attached piece of the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbePart {
+    /// `sockops_rtt` on the cgroup v2.
+    SockOps,
+    /// `tc_ingress` on the configured interface.
+    TcIngress,
+    /// `tc_egress` on the configured interface.
+    TcEgress,
+    /// Tracepoint tcp:tcp_retransmit_skb.
+    TracepointRetransmit,
+    /// Tracepoint sock:inet_sock_set_state.
+    TracepointSetState,
+}
+
+impl ProbePart {
+    pub const ALL: [ProbePart; 5] = [
+        ProbePart::SockOps,
+        ProbePart::TcIngress,
+        ProbePart::TcEgress,
+        ProbePart::TracepointRetransmit,
+        ProbePart::TracepointSetState,
+    ];
+
+    /// The name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbePart::SockOps => "sock_ops",
+            ProbePart::TcIngress => "tc_ingress",
+            ProbePart::TcEgress => "tc_egress",
+            ProbePart::TracepointRetransmit => "tracepoint_tcp_retransmit_skb",
+            ProbePart::TracepointSetState => "tracepoint_inet_sock_set_state",
+        }
+    }
+}
+
+impl std::fmt::Display for ProbePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn part_reasons(list: &[(ProbePart, String)]) -> String {
+    list.iter()
+        .map(|(p, r)| format!("{p}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Why the passive probe cannot run; the agent logs it once and falls back
 /// to active probing.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +179,8 @@ pub enum EbpfUnavailable {
     Setup { what: String, detail: String },
     #[error("the eBPF probe reads its ring buffer on a tokio task: call it inside a runtime")]
     NoRuntime,
+    #[error("no part of the probe could be attached: {}", part_reasons(.failed))]
+    NothingAttached { failed: Vec<(ProbePart, String)> },
 }
 
 fn paths(list: &[PathBuf]) -> String {
@@ -267,6 +323,28 @@ pub fn default_cgroup() -> Option<PathBuf> {
     roots.into_iter().next()
 }
 
+/// The cgroup for sock_ops: `explicit`, which must be a cgroup v2
+/// directory, else the hierarchy's root; the reason when there is none.
+fn sockops_cgroup(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    let Some(path) = explicit else {
+        return default_cgroup().ok_or_else(|| {
+            "no cgroup2 filesystem is visible in this mount namespace (an agent started with \
+             `ip netns exec` sees a /sys without one; set probe.cgroup to a cgroup v2 folder)"
+                .to_string()
+        });
+    };
+    let fs =
+        nix::sys::statfs::statfs(path).map_err(|e| format!("cgroup {}: {e}", path.display()))?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err(format!(
+            "{} is not a cgroup v2 folder (filesystem type {:#x})",
+            path.display(),
+            fs.filesystem_type().0
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
 /// tracefs, mounted at /sys/kernel/tracing if it is nowhere yet.
 fn tracefs() -> Result<PathBuf, String> {
     if let Some(p) = mounts_of("tracefs").into_iter().next() {
@@ -376,7 +454,24 @@ pub struct EbpfProbe {
     tc: Option<TcAttachment>,
     program_ids: Vec<u32>,
     attachments: Vec<String>,
+    parts: Parts,
     channel_capacity: usize,
+}
+
+/// Which parts attached, and why the others did not.
+#[derive(Debug, Default)]
+struct Parts {
+    attached: Vec<ProbePart>,
+    failed: Vec<(ProbePart, String)>,
+}
+
+impl Parts {
+    fn record(&mut self, part: ProbePart, res: Result<(), String>) {
+        match res {
+            Ok(()) => self.attached.push(part),
+            Err(reason) => self.failed.push((part, reason)),
+        }
+    }
 }
 
 impl EbpfProbe {
@@ -398,30 +493,20 @@ impl EbpfProbe {
         for line in leftovers::clean(&cfg.state_dir) {
             warn!("eBPF probe: leftover of an earlier run: {line}");
         }
-        let cgroup_path = match &cfg.cgroup {
-            Some(p) => p.clone(),
-            None => default_cgroup().ok_or_else(|| EbpfUnavailable::Kernel {
-                what: "a cgroup v2 hierarchy".into(),
-                detail: "no cgroup2 filesystem is mounted".into(),
-            })?,
-        };
-        let layout = match tracefs().and_then(|t| records::tracepoint_layout(&t)) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!("eBPF probe: no retransmit/state tracepoints: {e}");
-                None
-            }
-        };
+        // What a part needs beyond the object; a failure here costs only
+        // the parts that need it.
+        let cgroup_path = sockops_cgroup(cfg.cgroup.as_deref());
+        let layout = tracefs().and_then(|t| records::tracepoint_layout(&t));
         let l2 = match &cfg.tc_interface {
-            Some(iface) => l2_len(iface)?,
-            None => 14,
+            Some(iface) => l2_len(iface).map_err(|e| e.to_string()),
+            None => Ok(14),
         };
-        let tp_layout = layout.unwrap_or(TracepointLayout::DEFAULT);
+        let tp_layout = *layout.as_ref().unwrap_or(&TracepointLayout::DEFAULT);
         let clock = MonoClock::now();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(TP_LAYOUT_GLOBAL, &tp_layout, true)
-            .override_global(L2_LEN_GLOBAL, &l2, true);
+            .override_global(L2_LEN_GLOBAL, l2.as_ref().unwrap_or(&14), true);
         let loaded = match &object {
             ObjectSource::File(path) => loader.load_file(path),
             ObjectSource::Embedded(bytes) => loader.load(bytes),
@@ -448,59 +533,69 @@ impl EbpfProbe {
 
         let mut program_ids = Vec::new();
         let mut attachments = Vec::new();
+        let mut parts = Parts::default();
 
         // sock_ops on the cgroup. A link attachment always coexists with
         // other programs there, so no multi flag is passed.
-        {
-            let cgroup = std::fs::File::open(&cgroup_path)
-                .map_err(|e| setup_error(format!("cgroup {}", cgroup_path.display()), e))?;
-            let prog: &mut SockOps = program(&mut bpf, PROG_SOCKOPS)?;
-            prog.load()
-                .map_err(|e| kernel_error("loading the sock_ops program", &e))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| {
-                    kernel_error(
-                        &format!("attaching sock_ops to {}", cgroup_path.display()),
-                        &e,
-                    )
-                })?;
-            program_ids.extend(prog.info().ok().map(|i| i.id()));
-            attachments.push(format!("sock_ops on cgroup {}", cgroup_path.display()));
-        }
+        let res = cgroup_path.and_then(|path| {
+            attach_sockops(&mut bpf, &path, &mut program_ids)
+                .map(|()| attachments.push(format!("sock_ops on cgroup {}", path.display())))
+                .map_err(|e| e.to_string())
+        });
+        parts.record(ProbePart::SockOps, res);
 
-        let tc = match &cfg.tc_interface {
-            Some(iface) => Some(attach_tc(
+        let tc = match (&cfg.tc_interface, l2) {
+            (Some(iface), Ok(_)) => attach_tc(
                 &mut bpf,
                 iface,
                 cfg,
                 &mut program_ids,
                 &mut attachments,
-            )?),
-            None => None,
+                &mut parts,
+            ),
+            (Some(_), Err(reason)) => {
+                parts.record(ProbePart::TcEgress, Err(reason.clone()));
+                parts.record(ProbePart::TcIngress, Err(reason));
+                None
+            }
+            (None, _) => None,
         };
 
-        let mut retransmit_tracepoint = false;
-        if layout.is_some() {
-            for (name, category, event) in [
-                (PROG_TP_RETRANSMIT, "tcp", "tcp_retransmit_skb"),
-                (PROG_TP_SET_STATE, "sock", "inet_sock_set_state"),
-            ] {
-                let prog: &mut TracePoint = program(&mut bpf, name)?;
-                let res = prog.load().and_then(|()| prog.attach(category, event));
-                match res {
-                    Ok(_) => {
-                        program_ids.extend(prog.info().ok().map(|i| i.id()));
-                        attachments.push(format!("tracepoint {category}:{event}"));
-                        if name == PROG_TP_RETRANSMIT {
-                            retransmit_tracepoint = true;
-                        }
-                    }
-                    Err(e) => warn!(
-                        "eBPF probe: tracepoint {category}:{event} unavailable: {}",
-                        chain(&e)
-                    ),
-                }
-            }
+        for (part, name, category, event) in [
+            (
+                ProbePart::TracepointRetransmit,
+                PROG_TP_RETRANSMIT,
+                "tcp",
+                "tcp_retransmit_skb",
+            ),
+            (
+                ProbePart::TracepointSetState,
+                PROG_TP_SET_STATE,
+                "sock",
+                "inet_sock_set_state",
+            ),
+        ] {
+            let res = layout.as_ref().map_err(Clone::clone).and_then(|_| {
+                let prog: &mut TracePoint = program(&mut bpf, name).map_err(|e| e.to_string())?;
+                prog.load()
+                    .and_then(|()| prog.attach(category, event))
+                    .map_err(|e| format!("attaching to {category}:{event}: {}", chain(&e)))?;
+                program_ids.extend(prog.info().ok().map(|i| i.id()));
+                attachments.push(format!("tracepoint {category}:{event}"));
+                Ok(())
+            });
+            parts.record(part, res);
+        }
+        let retransmit_tracepoint = parts.attached.contains(&ProbePart::TracepointRetransmit);
+
+        if parts.attached.is_empty() {
+            // Nothing to undo: tc undid its qdisc and record itself.
+            return Err(EbpfUnavailable::NothingAttached {
+                failed: parts.failed,
+            });
+        }
+        for (part, reason) in &parts.failed {
+            warn!("eBPF probe: {part} not attached: {reason}");
         }
 
         let filter_map = bpf
@@ -553,6 +648,7 @@ impl EbpfProbe {
             tc,
             program_ids,
             attachments,
+            parts,
             channel_capacity: cfg.channel_capacity.max(1),
         })
     }
@@ -669,6 +765,21 @@ impl EbpfProbe {
         &self.attachments
     }
 
+    /// The parts that attached.
+    pub fn attached_parts(&self) -> &[ProbePart] {
+        &self.parts.attached
+    }
+
+    /// The parts that were wanted but could not attach, each with its reason
+    /// (logged once at load). tc parts are wanted only with an interface.
+    pub fn failed_parts(&self) -> &[(ProbePart, String)] {
+        &self.parts.failed
+    }
+
+    pub fn is_attached(&self, part: ProbePart) -> bool {
+        self.parts.attached.contains(&part)
+    }
+
     /// Whether retransmits come from the tracepoint (else from sock_ops counters).
     pub fn has_retransmit_tracepoint(&self) -> bool {
         self.retransmit_tracepoint
@@ -727,18 +838,96 @@ where
         })
 }
 
+fn attach_sockops(
+    bpf: &mut Ebpf,
+    cgroup_path: &Path,
+    program_ids: &mut Vec<u32>,
+) -> Result<(), EbpfUnavailable> {
+    let cgroup = std::fs::File::open(cgroup_path)
+        .map_err(|e| setup_error(format!("cgroup {}", cgroup_path.display()), e))?;
+    let prog: &mut SockOps = program(bpf, PROG_SOCKOPS)?;
+    prog.load()
+        .map_err(|e| kernel_error("loading the sock_ops program", &e))?;
+    prog.attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| {
+            kernel_error(
+                &format!("attaching sock_ops to {}", cgroup_path.display()),
+                &e,
+            )
+        })?;
+    program_ids.extend(prog.info().ok().map(|i| i.id()));
+    Ok(())
+}
+
+/// Attaches tc egress and ingress to `iface`, each on its own (recorded in
+/// `parts`); `None` when neither attached (then nothing is left behind).
 fn attach_tc(
     bpf: &mut Ebpf,
     iface: &str,
     cfg: &EbpfProbeConfig,
     program_ids: &mut Vec<u32>,
     attachments: &mut Vec<String>,
+    parts: &mut Parts,
+) -> Option<TcAttachment> {
+    let use_netlink = cfg.tc_attach == TcAttach::Netlink
+        || !KernelVersion::current()
+            .map(|v| v >= KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+    let mut tc = match prepare_tc(iface, cfg, use_netlink) {
+        Ok(tc) => tc,
+        Err(e) => {
+            let reason = e.to_string();
+            parts.record(ProbePart::TcEgress, Err(reason.clone()));
+            parts.record(ProbePart::TcIngress, Err(reason));
+            return None;
+        }
+    };
+    let how = if use_netlink {
+        "netlink filter"
+    } else {
+        "tcx link"
+    };
+    let mut any = false;
+    for (part, name, attach) in [
+        (ProbePart::TcEgress, PROG_TC_EGRESS, TcAttachType::Egress),
+        (ProbePart::TcIngress, PROG_TC_INGRESS, TcAttachType::Ingress),
+    ] {
+        let result = (|| {
+            let prog: &mut SchedClassifier = program(bpf, name)?;
+            prog.load()
+                .map_err(|e| kernel_error(&format!("loading {name}"), &e))?;
+            let options = if use_netlink {
+                TcAttachOptions::Netlink(NlOptions::default())
+            } else {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            };
+            prog.attach_with_options(iface, attach, options)
+                .map_err(|e| kernel_error(&format!("attaching {name} to {iface}"), &e))?;
+            program_ids.extend(prog.info().ok().map(|i| i.id()));
+            Ok::<_, EbpfUnavailable>(())
+        })();
+        if result.is_ok() {
+            any = true;
+            attachments.push(format!("{part} on {iface} ({how})"));
+        }
+        parts.record(part, result.map_err(|e| e.to_string()));
+    }
+    if !any {
+        // Undo the qdisc and the record; nothing of ours hangs off them.
+        detach_netlink_extras(&mut tc);
+        return None;
+    }
+    Some(tc)
+}
+
+/// What comes before the tc programs: the namespace, and for netlink the
+/// crash record and the clsact qdisc.
+fn prepare_tc(
+    iface: &str,
+    cfg: &EbpfProbeConfig,
+    use_netlink: bool,
 ) -> Result<TcAttachment, EbpfUnavailable> {
     let netns = Netns::current().map_err(|e| setup_error("network namespace", e))?;
-    let tcx = KernelVersion::current()
-        .map(|v| v >= KernelVersion::new(6, 6, 0))
-        .unwrap_or(false);
-    let use_netlink = cfg.tc_attach == TcAttach::Netlink || !tcx;
     let mut netlink = None;
     if use_netlink {
         let ifindex = nix::net::if_::if_nametoindex(iface)
@@ -786,44 +975,11 @@ fn attach_tc(
             }
         }
     }
-    let mut tc = TcAttachment {
+    Ok(TcAttachment {
         iface: iface.to_string(),
         netns,
         netlink,
-    };
-    for (name, attach) in [
-        (PROG_TC_EGRESS, TcAttachType::Egress),
-        (PROG_TC_INGRESS, TcAttachType::Ingress),
-    ] {
-        let result = (|| {
-            let prog: &mut SchedClassifier = program(bpf, name)?;
-            prog.load()
-                .map_err(|e| kernel_error(&format!("loading {name}"), &e))?;
-            let options = if use_netlink {
-                TcAttachOptions::Netlink(NlOptions::default())
-            } else {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
-            };
-            prog.attach_with_options(iface, attach, options)
-                .map_err(|e| kernel_error(&format!("attaching {name} to {iface}"), &e))?;
-            program_ids.extend(prog.info().ok().map(|i| i.id()));
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Undo the qdisc and the record; attached programs go with `bpf`.
-            detach_netlink_extras(&mut tc);
-            return Err(e);
-        }
-    }
-    attachments.push(format!(
-        "tc ingress+egress on {iface} ({})",
-        if use_netlink {
-            "netlink filters"
-        } else {
-            "tcx links"
-        }
-    ));
-    Ok(tc)
+    })
 }
 
 /// Removes the clsact qdisc we added (when nothing else hangs off it) and
@@ -938,6 +1094,35 @@ mod tests {
             kernel_error("x", &inval),
             EbpfUnavailable::Kernel { .. }
         ));
+    }
+
+    #[test]
+    fn a_cgroup_that_is_missing_or_not_cgroup2_is_explained() {
+        let missing = sockops_cgroup(Some(Path::new("/nonexistent/cgroup"))).unwrap_err();
+        assert!(missing.contains("/nonexistent/cgroup"), "{missing}");
+        let dir = std::env::temp_dir();
+        let plain = sockops_cgroup(Some(&dir)).unwrap_err();
+        assert!(plain.contains("not a cgroup v2 folder"), "{plain}");
+        if let Some(root) = default_cgroup() {
+            assert_eq!(sockops_cgroup(Some(&root)), Ok(root.clone()));
+            assert_eq!(sockops_cgroup(None), Ok(root));
+        }
+    }
+
+    #[test]
+    fn nothing_attached_lists_every_part_and_reason() {
+        let err = EbpfUnavailable::NothingAttached {
+            failed: vec![
+                (ProbePart::SockOps, "no cgroup2".into()),
+                (ProbePart::TcIngress, "no such device".into()),
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "no part of the probe could be attached: sock_ops: no cgroup2; tc_ingress: no such device"
+        );
+        let names: HashSet<&str> = ProbePart::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.len(), ProbePart::ALL.len());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use agent_core::{ProbeEvent, ProbeEventKind, SampleSource};
 use agent_probe::privileges;
-use agent_probe::{EbpfProbe, EbpfProbeConfig, EbpfUnavailable, TcAttach};
+use agent_probe::{EbpfProbe, EbpfProbeConfig, EbpfUnavailable, ProbePart, TcAttach};
 use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sched::CloneFlags;
 use std::fs::File;
@@ -882,6 +882,95 @@ fn after_dropping_privileges_the_probe_still_reads_and_refilters_then_detaches()
     );
     assert_unloaded(&ids);
     assert_no_tcx(&net);
+}
+
+/// Without a usable cgroup (as in an agent started with `ip netns exec`),
+/// the tc programs still attach and measure; sock_ops is reported failed
+/// with its reason; dropping the probe removes everything it attached.
+#[test]
+fn without_a_cgroup2_the_tc_parts_attach_and_sock_ops_is_reported() {
+    require_root();
+    init_tracing();
+    let object = object();
+    let net = TestNet::new(1);
+    let state = TempDir::new();
+    let plain_dir = TempDir::new();
+    std::fs::create_dir_all(&plain_dir.0).unwrap();
+    let missing = PathBuf::from(format!("/nonexistent/edge-agent-cgroup-{}", unique()));
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = tcp_echo_server(&net, Arc::clone(&stop));
+    let target = SocketAddr::from((net.ip(2), 5001));
+    for (cgroup, tc_attach, why) in [
+        (missing, TcAttach::Auto, "No such file"),
+        (
+            plain_dir.0.clone(),
+            TcAttach::Netlink,
+            "not a cgroup v2 folder",
+        ),
+    ] {
+        let cfg = EbpfProbeConfig {
+            object: Some(object.clone()),
+            cgroup: Some(cgroup.clone()),
+            tc_interface: Some(net.va.clone()),
+            endpoints: vec![IpAddr::V4(net.ip(2))],
+            tc_attach,
+            state_dir: state.0.clone(),
+            ..EbpfProbeConfig::default()
+        };
+        let (probe, mut rx) = start_probe(&rt, &net, cfg);
+        let ctx = format!("{tc_attach:?}: attached {:?}", probe.attachments());
+        assert!(probe.is_attached(ProbePart::TcIngress), "{ctx}");
+        assert!(probe.is_attached(ProbePart::TcEgress), "{ctx}");
+        assert!(!probe.is_attached(ProbePart::SockOps), "{ctx}");
+        let failed: Vec<_> = probe
+            .failed_parts()
+            .iter()
+            .filter(|(p, _)| *p == ProbePart::SockOps)
+            .collect();
+        assert_eq!(failed.len(), 1, "{ctx}; failed {:?}", probe.failed_parts());
+        let reason = &failed[0].1;
+        assert!(
+            reason.contains(&cgroup.display().to_string()) && reason.contains(why),
+            "{tc_attach:?}: sock_ops reason {reason:?}"
+        );
+        assert!(
+            probe
+                .failed_parts()
+                .iter()
+                .all(|(p, _)| !matches!(p, ProbePart::TcIngress | ProbePart::TcEgress)),
+            "{:?}",
+            probe.failed_parts()
+        );
+
+        // The tc parts measure.
+        in_ns(&net.a, move || tcp_workload(target)).join().unwrap();
+        let events = drain(&mut rx, Duration::from_millis(300));
+        let tc_ts = rtts(&events, net.ip(2), SampleSource::TcTimestamp);
+        assert!(
+            tc_ts.len() >= 20,
+            "{tc_attach:?}: tc samples {}",
+            tc_ts.len()
+        );
+        assert!(
+            rtts(&events, net.ip(2), SampleSource::SockOps).is_empty(),
+            "sock_ops samples without sock_ops"
+        );
+
+        let ids = probe.program_ids().to_vec();
+        drop(probe);
+        assert_unloaded(&ids);
+        assert_no_tcx(&net);
+        let qdiscs = net.in_a(&["tc", "qdisc", "show", "dev", &net.va]);
+        assert!(!qdiscs.contains("clsact"), "{tc_attach:?}: {qdiscs}");
+        let records = std::fs::read_dir(&state.0).map_or(0, |d| d.count());
+        assert_eq!(
+            records, 0,
+            "{tc_attach:?}: records left in the state folder"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
 }
 
 #[test]

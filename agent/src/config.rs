@@ -19,12 +19,17 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// Task-submission API (gRPC EdgeAIService) address. A non-loopback
-    /// address needs `api_tls` (or `--insecure`).
+    /// Task-submission API (gRPC EdgeAIService) address: host:port, or
+    /// `unix:/path/to.sock` for a Unix socket (local: who may submit is who
+    /// may write the socket file, see `api_socket_mode`). A non-loopback
+    /// host:port needs `api_tls` (or `--insecure`).
     pub listen: String,
+    /// Permissions of the task API's Unix socket file (e.g. 0o660: owner and
+    /// group may submit).
+    pub api_socket_mode: u32,
     /// Mutual TLS on the task API: the CA that must have signed the
     /// submitters' certificates, and the API's own certificate and key.
-    /// Unset: plaintext, allowed on loopback only.
+    /// Unset: plaintext, allowed on loopback and Unix sockets only.
     pub api_tls: Option<TlsConfig>,
     /// The cloud service's gRPC endpoint.
     pub cloud_grpc: String,
@@ -211,6 +216,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50061".into(),
+            api_socket_mode: 0o660,
             api_tls: None,
             cloud_grpc: "127.0.0.1:50051".into(),
             cloud_quic: "127.0.0.1:50052".into(),

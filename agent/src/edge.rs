@@ -12,16 +12,81 @@ use agent_probe::{ActiveProbe, EbpfProbe};
 use anyhow::{ensure, Context};
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+/// Where the task API listens; shown as host:port or `unix:/path`, the
+/// form `agent submit --edge` and `task_api::connect` take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ApiAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiAddr::Tcp(a) => write!(f, "{a}"),
+            ApiAddr::Unix(p) => write!(f, "{}{}", agent_net::task_api::UNIX_PREFIX, p.display()),
+        }
+    }
+}
+
+/// The task API's Unix socket file, removed when the server is done.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "could not remove the task API socket {}: {e}",
+                    self.0.display()
+                );
+            }
+        }
+    }
+}
+
+/// Binds the task API's Unix socket at `path` with permissions `mode`. A
+/// socket file left by an agent that is gone is replaced; one where an
+/// agent still answers, or a file that is not a socket, is an error.
+fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketFile)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket: refusing to replace it with the task API's",
+            path.display()
+        );
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "another process serves on {}: is an edge agent already running?",
+                path.display()
+            ),
+            Err(_) => {
+                tracing::info!("removing the stale task API socket {}", path.display());
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the task API on {}", path.display()))?;
+    let file = SocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+    Ok((listener, file))
+}
+
 pub struct Edge {
     pub manager: Arc<Manager>,
-    pub api_addr: SocketAddr,
+    pub api_addr: ApiAddr,
     /// QUIC <-> gRPC switches and probes; `None` when QUIC is not in use.
     pub failover: Option<Arc<FailoverStats>>,
     /// The attached eBPF probe; dropping it detaches the programs.
@@ -77,6 +142,7 @@ fn spawn_gauges(
 
 impl Edge {
     /// Starts everything; `listener` overrides `cfg.listen` (tests pass port 0).
+    /// `cfg.listen` may be `unix:/path/to.sock`.
     /// The passive probe is loaded here, in a running runtime, so capability
     /// dropping is left to the `edge` command (see [`Edge::start_with_probe`]).
     pub async fn start(cfg: &EdgeConfig, listener: Option<TcpListener>) -> anyhow::Result<Edge> {
@@ -91,13 +157,23 @@ impl Edge {
         mut passive: Option<EbpfProbe>,
     ) -> anyhow::Result<Edge> {
         tch::set_num_threads(cfg.intra_op_threads.max(1));
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(&cfg.listen)
-                .await
-                .with_context(|| format!("binding the task API on {}", cfg.listen))?,
+        let listener = match (listener, agent_net::task_api::unix_path(&cfg.listen)) {
+            (Some(l), _) => ApiListener::Tcp(l),
+            (None, Some(path)) => {
+                let (l, file) = bind_unix(path, cfg.api_socket_mode)?;
+                ApiListener::Unix(l, file)
+            }
+            (None, None) => ApiListener::Tcp(
+                TcpListener::bind(&cfg.listen)
+                    .await
+                    .with_context(|| format!("binding the task API on {}", cfg.listen))?,
+            ),
         };
-        let api_tls = api_access(cfg, listener.local_addr()?)?;
+        let api_addr = match &listener {
+            ApiListener::Tcp(l) => ApiAddr::Tcp(l.local_addr()?),
+            ApiListener::Unix(_, file) => ApiAddr::Unix(file.0.clone()),
+        };
+        let api_tls = api_access(cfg, &api_addr)?;
         if let Some(addr) = &cfg.metrics_listen {
             let addr = resolve(addr).await?;
             ensure!(
@@ -168,6 +244,7 @@ impl Edge {
         if let Some(addr) = &cfg.metrics_listen {
             let addr = resolve(addr).await?;
             crate::metrics::install(addr).with_context(|| format!("metrics listener on {addr}"))?;
+            crate::metrics::record_probe_parts(passive.as_ref());
             background.push(spawn_gauges(
                 manager.clone(),
                 Duration::from_secs(1),
@@ -176,7 +253,6 @@ impl Edge {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
 
-        let api_addr = listener.local_addr()?;
         let api_stop = stop.child_token();
         let serving_stop = api_stop.clone();
         let svc = EdgeAiServiceServer::new(EdgeApi {
@@ -188,14 +264,28 @@ impl Edge {
                 .tls_config(tls.grpc_server())
                 .context("TLS on the task API")?;
         }
+        let router = builder.add_service(svc);
         let api = tokio::spawn(async move {
-            builder
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    serving_stop.cancelled_owned(),
-                )
-                .await?;
+            let shutdown = serving_stop.cancelled_owned();
+            match listener {
+                ApiListener::Tcp(l) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(l),
+                            shutdown,
+                        )
+                        .await?
+                }
+                ApiListener::Unix(l, file) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(l),
+                            shutdown,
+                        )
+                        .await?;
+                    drop(file);
+                }
+            }
             Ok(())
         });
         Ok(Edge {
@@ -226,15 +316,25 @@ impl Edge {
     }
 }
 
+enum ApiListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
 /// Who may submit: with `api_tls`, only clients whose certificate the
 /// configured CA signed (mutual TLS); without it, anyone who can reach the
-/// address, which is allowed on loopback only unless `--insecure`.
-fn api_access(cfg: &EdgeConfig, addr: SocketAddr) -> anyhow::Result<Option<TlsMaterial>> {
+/// address, which is allowed on loopback only unless `--insecure`, or who
+/// may write the Unix socket file (local, so allowed).
+fn api_access(cfg: &EdgeConfig, addr: &ApiAddr) -> anyhow::Result<Option<TlsMaterial>> {
+    let local = match addr {
+        ApiAddr::Tcp(a) => a.ip().is_loopback(),
+        ApiAddr::Unix(_) => true,
+    };
     match &cfg.api_tls {
         Some(t) => {
             let material = t.load(agent_net::tls::Side::Server)?;
             ensure!(
-                material.is_some() || addr.ip().is_loopback(),
+                material.is_some() || local,
                 "[edge.api_tls] is insecure and the task API listens on {addr}: refusing to \
                  serve unauthenticated submitters beyond loopback"
             );
@@ -242,10 +342,10 @@ fn api_access(cfg: &EdgeConfig, addr: SocketAddr) -> anyhow::Result<Option<TlsMa
         }
         None => {
             ensure!(
-                addr.ip().is_loopback() || cfg.tls.insecure,
+                local || cfg.tls.insecure,
                 "the task API on {addr} would accept tasks from anyone on the network: set \
                  [edge.api_tls] (mutual TLS; `agent gen-certs` makes a development CA), listen \
-                 on loopback, or pass --insecure"
+                 on loopback or a unix: socket, or pass --insecure"
             );
             Ok(None)
         }

@@ -36,7 +36,7 @@ struct Cli {
 enum Cmd {
     /// Run the edge agent: probes, decisions, local inference, offload, task API.
     Edge {
-        /// Task-submission API address.
+        /// Task-submission API address: host:port, or unix:/path/to.sock.
         #[arg(long)]
         listen: Option<String>,
         /// The cloud service's gRPC address.

@@ -1,9 +1,10 @@
 //! Prometheus metrics: per-task counters and latency histograms recorded
-//! where results are produced, and gauges the edge samples from the
-//! manager and the network monitor. Exposed over HTTP at
-//! `edge.metrics_listen`.
+//! where results are produced, gauges the edge samples from the manager and
+//! the network monitor, the probe's health (which parts attached, samples
+//! per source). Exposed over HTTP at `edge.metrics_listen`.
 
-use agent_core::{NetworkStatus, SampleSource, TaskError, TaskResult};
+use agent_core::{NetworkStatus, ProbeEvent, ProbeEventKind, SampleSource, TaskError, TaskResult};
+use agent_probe::{EbpfProbe, ProbePart};
 use metrics::{counter, gauge, histogram};
 use std::net::SocketAddr;
 
@@ -93,4 +94,26 @@ pub fn record_network(s: &NetworkStatus) {
         let v = if s.source == Some(src) { 1.0 } else { 0.0 };
         gauge!("edge_rtt_source", "source" => src.as_str()).set(v);
     }
+}
+
+/// Which parts of the passive probe are attached: `edge_probe_part_up` is
+/// 1 or 0 per part (all 0 without a probe; why is in the log).
+pub fn record_probe_parts(probe: Option<&EbpfProbe>) {
+    for part in ProbePart::ALL {
+        let up = probe.is_some_and(|p| p.is_attached(part));
+        gauge!("edge_probe_part_up", "part" => part.as_str()).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Counts one event the monitor received, by source and kind.
+pub fn record_probe_event(ev: &ProbeEvent) {
+    let kind = match ev.kind {
+        ProbeEventKind::Rtt(_) => "rtt",
+        ProbeEventKind::ProbeLost => "lost",
+        ProbeEventKind::Retransmits(_) => "retransmits",
+        ProbeEventKind::SegmentsSent(_) => "segments_sent",
+        ProbeEventKind::Transfer { .. } => "transfer",
+    };
+    counter!("edge_probe_samples_total", "source" => ev.source.as_str(), "kind" => kind)
+        .increment(1);
 }

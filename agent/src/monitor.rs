@@ -28,9 +28,11 @@ pub fn spawn(cfg: LinkConfig, dest: IpAddr, stop: CancellationToken) -> Monitor 
                 _ = stop.cancelled() => break,
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
+                    crate::metrics::record_probe_event(&ev);
                     links.entry(ev.dest).or_insert_with(|| LinkEstimator::new(cfg.clone())).on_event(&ev);
                     // Drain what else is waiting before publishing once.
                     while let Ok(ev) = rx.try_recv() {
+                        crate::metrics::record_probe_event(&ev);
                         links.entry(ev.dest).or_insert_with(|| LinkEstimator::new(cfg.clone())).on_event(&ev);
                     }
                 }

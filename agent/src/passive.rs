@@ -1,5 +1,6 @@
-//! Glue between the eBPF probe and the monitor: load and attach (or say
-//! once, clearly, why not), then forward kernel samples to the estimators.
+//! Glue between the eBPF probe and the monitor: load and attach what can be
+//! attached (saying once, clearly, what could not and why), then forward
+//! kernel samples to the estimators.
 
 use crate::config::ProbeConfig;
 use agent_core::ProbeEvent;
@@ -26,7 +27,13 @@ pub fn load(cfg: &ProbeConfig, endpoints: &[IpAddr]) -> Option<EbpfProbe> {
     };
     match EbpfProbe::load(&probe_cfg) {
         Ok(p) => {
-            tracing::info!(attached = ?p.attachments(), "passive eBPF probe attached");
+            // Each part that failed has been logged once, with its reason.
+            let not_attached: Vec<&str> = p
+                .failed_parts()
+                .iter()
+                .map(|(part, _)| part.as_str())
+                .collect();
+            tracing::info!(attached = ?p.attachments(), ?not_attached, "passive eBPF probe attached");
             Some(p)
         }
         Err(e) => {

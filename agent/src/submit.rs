@@ -9,7 +9,7 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
-    /// The edge agent's task API.
+    /// The edge agent's task API: host:port, or unix:/path/to.sock.
     #[arg(long, default_value = "127.0.0.1:50061")]
     pub edge: String,
     /// Payload files: JPEG or PNG images for image_classification and

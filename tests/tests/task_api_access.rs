@@ -1,6 +1,6 @@
 //! Who may submit: with `[edge.api_tls]` the task API serves only clients
 //! whose certificate its CA signed; without it, the edge refuses to listen
-//! beyond loopback.
+//! beyond loopback; on a Unix socket, whoever may write the socket file.
 
 use agent::edge::Edge;
 use agent_net::task_api::connect_with;
@@ -85,4 +85,81 @@ async fn no_unauthenticated_task_api_beyond_loopback() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("metrics endpoint"), "{err}");
+}
+
+/// `edge.listen = "unix:/path"`: the API serves over the socket (to the
+/// library client and to `agent submit`), the file has `api_socket_mode`,
+/// a stale file is replaced, a live one is not, and shutdown removes it.
+/// Needs `cargo build --release -p agent` first (for `agent submit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_task_api_serves_and_is_removed_at_shutdown() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("edge-offload-test-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("edge.sock");
+    // A socket file left by an agent that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+
+    let mut cfg = defaults();
+    cfg.edge.listen = format!("unix:{}", sock.display());
+    cfg.edge.api_socket_mode = 0o600;
+    cfg.edge.cloud_grpc = dead_address();
+    cfg.edge.cloud_quic = String::new();
+    cfg.edge.tls = TlsConfig::from_dir(certs(), Side::Client);
+    cfg.edge.probe.passive = false;
+    let edge = Edge::start(&cfg.edge, None)
+        .await
+        .expect("an edge on a Unix socket starts without TLS");
+    assert_eq!(edge.api_addr.to_string(), cfg.edge.listen);
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+
+    // The library client.
+    let sample = &test_set()[0];
+    let mut c = agent_net::task_api::connect(&cfg.edge.listen)
+        .await
+        .expect("connecting over the Unix socket");
+    let r = c
+        .offload_task(digits_request("over-unix"))
+        .await
+        .expect("served over the Unix socket")
+        .into_inner();
+    assert!(r.success, "{}", r.error_message);
+    assert_eq!(r.predicted_class, i32::from(sample.label));
+
+    // `agent submit --edge unix:/path`.
+    let payload = dir.join("digit.bin");
+    std::fs::write(&payload, &sample.pixels).unwrap();
+    let out = tokio::process::Command::new(agent_binary())
+        .args(["submit", "--edge", &cfg.edge.listen, "--task-type"])
+        .arg("image_classification")
+        .arg(&payload)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent submit: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("class={} ", sample.label)) && !stdout.contains("failed"),
+        "{stdout}"
+    );
+
+    // While it serves, a second edge does not take the socket over.
+    let err = match Edge::start(&cfg.edge, None).await {
+        Ok(_) => panic!("a second edge replaced a live socket"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("already running"), "{err}");
+    assert!(sock.exists());
+
+    edge.shutdown().await.unwrap();
+    assert!(!sock.exists(), "the socket file outlived the edge");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
