@@ -32,7 +32,7 @@ mod records;
 
 use crate::privileges;
 use agent_common::{
-    FilterKey, Record, TracepointLayout, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
+    FilterKey, TracepointLayout, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
     PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS, RING_BUF_MAP,
     TP_LAYOUT_GLOBAL,
 };
@@ -47,7 +47,8 @@ use aya::{Ebpf, EbpfLoader};
 use caps::Capability;
 use leftovers::{RecordFile, TcRecord};
 use netlink::Netns;
-use records::{Converter, Counters, MonoClock};
+pub use records::convert_ring_items;
+use records::{record_from_bytes, Converter, Counters, MonoClock};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -815,10 +816,7 @@ fn drain(
     batch: &mut Vec<ProbeEvent>,
 ) {
     while let Some(item) = ring.next() {
-        if item.len() >= size_of::<Record>() {
-            // SAFETY: the kernel side writes whole Records; read_unaligned
-            // copes with the ring buffer's 8-byte alignment.
-            let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) };
+        if let Some(rec) = record_from_bytes(&item) {
             conv.convert(&rec, counters, batch);
         }
     }

@@ -9,7 +9,7 @@ pub mod privileges;
 
 pub use active::{connect_rtt, ActiveProbe};
 pub use ebpf::{
-    default_cgroup, filter_key, find_object, EbpfProbe, EbpfProbeConfig, EbpfStats,
-    EbpfUnavailable, ObjectSource, ProbePart, TcAttach, DEFAULT_STATE_DIR, OBJECT_ENV,
+    convert_ring_items, default_cgroup, filter_key, find_object, EbpfProbe, EbpfProbeConfig,
+    EbpfStats, EbpfUnavailable, ObjectSource, ProbePart, TcAttach, DEFAULT_STATE_DIR, OBJECT_ENV,
     OBJECT_RELATIVE,
 };

@@ -291,13 +291,19 @@ impl Config {
         self
     }
 
+    /// A configuration file's text; absent fields keep their defaults,
+    /// unknown ones are errors. Paths stay as written (see [`Config::load`]).
+    pub fn parse(text: &str) -> Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
     /// Loads `path`, or the defaults when `None`; model paths are resolved.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let (mut cfg, base) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config {}", p.display()))?;
-                let cfg: Config = toml::from_str(&text)
+                let cfg = Config::parse(&text)
                     .with_context(|| format!("parsing config {}", p.display()))?;
                 (cfg, p.parent().map(Path::to_path_buf))
             }
@@ -381,5 +387,104 @@ mod tests {
             .cloud
             .models
             .contains_key(&TaskType::ImageClassification));
+    }
+}
+
+/// Property tests of configuration files: any text parses to a
+/// configuration or fails, never panics; a configuration written out
+/// parses back to the same one.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Compared through JSON: `Config` has no `PartialEq`, and its model
+    /// maps come out of TOML in any order.
+    fn same(a: &Config, b: &Config) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    prop_compose! {
+        fn config()(
+            listen in "[a-z0-9.:]{0,20}",
+            workers in 0..64usize,
+            queue_capacity in any::<u32>(),
+            hedge_budget in 0.0..1.0f64,
+            device in prop::sample::select(vec!["auto", "cpu", "cuda"]),
+            interval_ms in 0..i64::MAX as u64,
+            passive in any::<bool>(),
+            tc_interface in prop::option::of("[a-z0-9]{1,15}"),
+            max_payload_bytes in 0..u32::MAX as usize,
+            digits in any::<bool>(),
+            side in 1..512usize,
+        ) -> Config {
+            let mut c = Config::default();
+            if digits {
+                c.edge.models = digits_models("edge", 0.2);
+            }
+            c.edge.listen = listen;
+            c.edge.workers = workers;
+            c.edge.queue_capacity = queue_capacity as usize;
+            c.edge.hedge_budget = hedge_budget;
+            c.edge.device = device.into();
+            c.edge.probe.interval_ms = interval_ms;
+            c.edge.probe.passive = passive;
+            c.edge.probe.tc_interface = tc_interface;
+            c.cloud.max_payload_bytes = max_payload_bytes;
+            for spec in c.cloud.models.values_mut() {
+                if let Some(InputSpec::Image { height, width, .. }) = &mut spec.input {
+                    (*height, *width) = (side, side);
+                }
+            }
+            c
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn configurations_round_trip_through_toml(c in config()) {
+            let text = toml::to_string(&c).unwrap();
+            let back = Config::parse(&text);
+            prop_assert!(back.is_ok(), "{:?}\n{text}", back.err());
+            prop_assert!(same(&back.unwrap(), &c), "{text}");
+        }
+
+        #[test]
+        fn edited_configurations_parse_or_fail_without_panicking(
+            c in config(),
+            cut in any::<prop::sample::Index>(),
+            insert in prop_oneof![".{0,12}", Just("= -1\n".to_string()), Just("\n[edge]\n".to_string())],
+        ) {
+            let text = toml::to_string(&c).unwrap();
+            let mut at = cut.index(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let _ = Config::parse(&text[..at]);
+            let spliced = format!("{}{insert}{}", &text[..at], &text[at..]);
+            if let Ok(back) = Config::parse(&spliced) {
+                // Whatever parsed is a configuration that writes out and reads back.
+                let again = Config::parse(&toml::to_string(&back).unwrap());
+                prop_assert!(again.is_ok_and(|a| same(&a, &back)), "{spliced}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_parses_or_fails_without_panicking(text in ".{0,300}") {
+            if let Ok(c) = Config::parse(&text) {
+                prop_assert!(toml::to_string(&c).is_ok());
+            }
+        }
+
+        #[test]
+        fn unknown_keys_are_refused(
+            section in prop::sample::select(vec!["edge", "cloud", "edge.probe", "edge.offload", "cloud.tls"]),
+            key in "zz_[a-z_]{0,10}",
+        ) {
+            let text = format!("[{section}]\n{key} = 1\n");
+            prop_assert!(Config::parse(&text).is_err(), "{text}");
+        }
     }
 }

@@ -421,3 +421,197 @@ tasks_per_s = 50
         assert_eq!(c.pop_due(10.0)[0].note, "storm");
     }
 }
+
+/// Property tests of scenario files: whatever text a file holds, parsing
+/// answers with a valid scenario or an error, never a panic; a valid
+/// scenario written out parses back equal.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    prop_compose! {
+        fn patch()(
+            up in prop::option::of(any::<bool>()),
+            delay_ms in prop::option::of(0.0..500.0f64),
+            jitter_ms in prop::option::of(0.0..100.0f64),
+            loss in prop::option::of(0.0..=1.0f64),
+            rate_mbit in prop::option::of(prop_oneof![Just(0.0), 0.01..1000.0f64]),
+            buffer_bytes in prop::option::of(0..1u64 << 40),
+        ) -> LinkPatch {
+            LinkPatch { up, delay_ms, jitter_ms, loss, rate_mbit, buffer_bytes, ..LinkPatch::default() }
+        }
+    }
+
+    /// Sorted times within `0..=duration`.
+    fn times(duration: f64, n: usize) -> impl Strategy<Value = Vec<f64>> {
+        prop::collection::vec(0.0..=1.0f64, 0..n).prop_map(move |mut f| {
+            f.sort_by(f64::total_cmp);
+            f.into_iter().map(|x| x * duration).collect()
+        })
+    }
+
+    fn mix() -> impl Strategy<Value = TaskMix> {
+        (
+            prop::sample::select(TASK_TYPES.to_vec()),
+            0.01..10.0f64,
+            prop::option::of(1..100_000u64),
+            prop::sample::select(PRIORITIES.to_vec()),
+        )
+            .prop_map(|(task, weight, deadline_ms, priority)| TaskMix {
+                task: task.into(),
+                weight,
+                deadline_ms,
+                priority: priority.into(),
+            })
+    }
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        (1.0..3600.0f64).prop_flat_map(|duration_s| {
+            (
+                ("[a-z][a-z0-9_-]{0,11}", ".{0,24}"),
+                (patch(), patch(), patch()),
+                (
+                    times(duration_s, 4),
+                    prop::collection::vec((patch(), "[ -~]{0,8}"), 4),
+                ),
+                (0.01..64.0f64, 1..16u32, prop::option::of(0.1..64.0f64)),
+                (0..=i64::MAX as u64, 0.1..200.0f64, any::<bool>()),
+                prop::collection::vec(mix(), 1..4),
+                (
+                    times(duration_s, 3),
+                    prop::collection::vec(0.0..200.0f64, 3),
+                ),
+            )
+                .prop_map(
+                    move |(
+                        (name, description),
+                        (link, uplink, downlink),
+                        (at, entries),
+                        (edge_cpu_share, local_workers, cloud_cpu_share),
+                        (seed, tasks_per_s, uniform),
+                        mix,
+                        (phase_at, rates),
+                    )| Scenario {
+                        name,
+                        description,
+                        duration_s,
+                        link,
+                        uplink,
+                        downlink,
+                        schedule: at
+                            .into_iter()
+                            .zip(entries)
+                            .map(|(at_s, (link, note))| ScheduleEntry {
+                                at_s,
+                                note,
+                                link,
+                                uplink: LinkPatch::default(),
+                                downlink: LinkPatch::default(),
+                            })
+                            .collect(),
+                        profile: Profile {
+                            edge_cpu_share,
+                            local_workers,
+                            cloud_cpu_share,
+                        },
+                        workload: Workload {
+                            seed,
+                            tasks_per_s,
+                            arrival: if uniform {
+                                Arrival::Uniform
+                            } else {
+                                Arrival::Poisson
+                            },
+                            mix,
+                            phases: phase_at
+                                .into_iter()
+                                .zip(rates)
+                                .map(|(at_s, tasks_per_s)| RatePhase {
+                                    at_s,
+                                    tasks_per_s,
+                                    note: String::new(),
+                                })
+                                .collect(),
+                        },
+                    },
+                )
+        })
+    }
+
+    /// What a successful parse promises the benchmark harness.
+    fn check_invariants(s: &Scenario) -> Result<(), TestCaseError> {
+        prop_assert!(!s.name.is_empty());
+        prop_assert!(s.duration_s.is_finite() && s.duration_s > 0.0);
+        prop_assert!(s.schedule.windows(2).all(|w| w[0].at_s <= w[1].at_s));
+        prop_assert!(s
+            .schedule
+            .iter()
+            .all(|e| (0.0..=s.duration_s).contains(&e.at_s)));
+        prop_assert!(!s.workload.mix.is_empty());
+        prop_assert!(s.workload.segments().iter().any(|&(_, r)| r > 0.0));
+        for dir in Dir::BOTH {
+            prop_assert!(s.params_at(dir, s.duration_s).validate().is_ok());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn valid_scenarios_round_trip_through_toml(s in scenario()) {
+            let text = toml::to_string(&s).unwrap();
+            let back = Scenario::parse(&text);
+            prop_assert!(back.is_ok(), "{:?}\n{text}", back.err());
+            let back = back.unwrap();
+            check_invariants(&back)?;
+            prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn arbitrary_text_parses_or_fails_without_panicking(text in ".{0,300}") {
+            if let Ok(s) = Scenario::parse(&text) {
+                check_invariants(&s)?;
+            }
+        }
+
+        #[test]
+        fn edited_scenarios_parse_to_valid_ones_or_fail(
+            s in scenario(),
+            cut in any::<prop::sample::Index>(),
+            insert in prop_oneof![Just(String::new()), ".{1,8}", Just("-1".to_string()), Just("nan".to_string())],
+        ) {
+            // Truncated files, and files with text spliced in (negative
+            // numbers, NaN, stray characters), anywhere.
+            let text = toml::to_string(&s).unwrap();
+            let mut at = cut.index(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let edited = format!("{}{insert}", &text[..at]);
+            if let Ok(s) = Scenario::parse(&edited) {
+                check_invariants(&s)?;
+            }
+            let spliced = format!("{}{insert}{}", &text[..at], &text[at..]);
+            if let Ok(s) = Scenario::parse(&spliced) {
+                check_invariants(&s)?;
+            }
+        }
+
+        #[test]
+        fn out_of_range_values_are_refused(s in scenario(), which in 0..6usize, bad in prop_oneof![Just(f64::NAN), -1e6..-0.001f64]) {
+            let mut s = s;
+            match which {
+                0 => s.duration_s = bad,
+                // Direction patches apply last, so nothing shadows these.
+                1 => s.downlink.loss = Some(1.0 - bad),
+                2 => s.uplink.delay_ms = Some(bad),
+                3 => s.profile.edge_cpu_share = bad,
+                4 => s.workload.mix[0].weight = bad,
+                _ => s.workload.tasks_per_s = bad,
+            }
+            prop_assert!(Scenario::parse(&toml::to_string(&s).unwrap()).is_err());
+        }
+    }
+}

@@ -6,10 +6,9 @@
 
 use super::Handler;
 use crate::tls::TlsMaterial;
-use crate::wire::error_response;
+use crate::wire::{decode_request_frame, encode_frame, error_response};
 use agent_core::TaskError;
 use anyhow::Context;
-use prost::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +118,7 @@ async fn stream(
     max_len: usize,
 ) {
     let response = match recv.read_to_end(max_len).await {
-        Ok(buf) => match proto::TaskRequest::decode_length_delimited(buf.as_slice()) {
+        Ok(buf) => match decode_request_frame(&buf) {
             Ok(req) => {
                 let id = req.id.clone();
                 // The client stopping its stream (cancelled, timed out)
@@ -151,11 +150,7 @@ async fn stream(
             return;
         }
     };
-    if send
-        .write_all(&response.encode_length_delimited_to_vec())
-        .await
-        .is_ok()
-    {
+    if send.write_all(&encode_frame(&response)).await.is_ok() {
         let _ = send.finish();
         // Keep the stream until the peer has the data (or is gone), so a
         // closing connection does not cut the answer off.

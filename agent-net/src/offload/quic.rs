@@ -9,7 +9,6 @@ use crate::tls::TlsMaterial;
 use agent_core::Transport;
 use anyhow::Context;
 use async_trait::async_trait;
-use prost::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -220,7 +219,7 @@ impl StreamError {
 impl Offloader for QuicOffloader {
     async fn offload(&self, req: &OffloadRequest) -> Result<OffloadReply, OffloadError> {
         let left = time_left(req.deadline)?;
-        let request = req.request.encode_length_delimited_to_vec();
+        let request = crate::wire::encode_frame(&req.request);
         let bytes_up = request.len();
         let started = Instant::now();
         let attempt = async {
@@ -254,11 +253,9 @@ impl Offloader for QuicOffloader {
         };
         let elapsed = started.elapsed();
         let response =
-            proto::TaskResponse::decode_length_delimited(bytes.as_slice()).map_err(|e| {
-                OffloadError::Transport {
-                    transport: QUIC,
-                    message: format!("malformed response: {e}"),
-                }
+            crate::wire::decode_response_frame(&bytes).map_err(|e| OffloadError::Transport {
+                transport: QUIC,
+                message: format!("malformed response: {e}"),
             })?;
         if !response.success {
             return Err(OffloadError::Rejected(crate::wire::error_from_kind(

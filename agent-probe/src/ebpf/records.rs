@@ -193,6 +193,34 @@ impl Converter {
     }
 }
 
+/// A ring-buffer item as a record; `None` when it is shorter than one (the
+/// kernel side writes whole records; bytes past one are ignored).
+pub fn record_from_bytes(item: &[u8]) -> Option<Record> {
+    if item.len() < std::mem::size_of::<Record>() {
+        return None;
+    }
+    // SAFETY: the length is checked; a Record is integers without padding
+    // (agent-common asserts its size), so any bytes are a valid one, and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Record>()) })
+}
+
+/// Ring-buffer items converted as the probe's reader converts them, with a
+/// fresh converter: the whole path from the kernel's bytes to events, for
+/// the property tests and the fuzz target.
+pub fn convert_ring_items<'a>(
+    items: impl IntoIterator<Item = &'a [u8]>,
+    retransmit_tracepoint: bool,
+) -> Vec<ProbeEvent> {
+    let mut conv = Converter::new(MonoClock::now(), retransmit_tracepoint);
+    let counters = Counters::default();
+    let mut out = Vec::new();
+    for rec in items.into_iter().filter_map(record_from_bytes) {
+        conv.convert(&rec, &counters, &mut out);
+    }
+    out
+}
+
 /// Field name -> (offset, size) from a tracefs `format` file.
 pub fn parse_format(text: &str) -> HashMap<String, (u16, u16)> {
     let mut fields = HashMap::new();
@@ -485,5 +513,152 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].source, SampleSource::TcTimestamp);
+    }
+}
+
+/// Property tests of the ring-buffer records: whatever bytes arrive (a
+/// kernel program of another version, a corrupted item), conversion never
+/// panics, and a well-formed record converts to its fields.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use agent_common::{RecordBody, RttBody, IPPROTO_TCP, KIND_RTT};
+    use proptest::prelude::*;
+
+    const RECORD: usize = std::mem::size_of::<Record>();
+
+    fn bytes_of(rec: &Record) -> Vec<u8> {
+        // SAFETY: Record has no padding (80 bytes of integers), so all of it is initialised.
+        unsafe { std::slice::from_raw_parts((rec as *const Record).cast::<u8>(), RECORD) }.to_vec()
+    }
+
+    prop_compose! {
+        fn flow()(
+            local in any::<[u32; 4]>(),
+            remote in any::<[u32; 4]>(),
+            local_port in any::<u16>(),
+            remote_port in any::<u16>(),
+            family in prop_oneof![Just(AF_INET), Just(AF_INET6), any::<u8>()],
+        ) -> Flow {
+            Flow { local, remote, local_port, remote_port, family, proto: IPPROTO_TCP, _pad: [0; 2] }
+        }
+    }
+
+    /// A record that shrinks and prints (Record has no Debug: its body is a union).
+    #[derive(Clone, Copy)]
+    struct Rec(Record);
+
+    impl std::fmt::Debug for Rec {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let r = &self.0;
+            f.debug_struct("Record")
+                .field("kind", &r.kind)
+                .field("source", &r.source)
+                .field("ts_ns", &r.ts_ns)
+                .field("flow", &r.flow)
+                // SAFETY: every body variant is plain integers.
+                .field("body", &unsafe { r.body.rtt })
+                .finish()
+        }
+    }
+
+    prop_compose! {
+        fn record()(
+            kind in prop_oneof![1..=3u8, any::<u8>()],
+            source in prop_oneof![1..=4u8, any::<u8>()],
+            ts_ns in any::<u64>(),
+            flow in flow(),
+            body in any::<[u64; 3]>(),
+        ) -> Rec {
+            let mut r = Record::new(kind, source, ts_ns, flow);
+            r.body = RecordBody {
+                rtt: RttBody {
+                    rtt_ns: body[0],
+                    srtt_ns: body[1],
+                    data_segs_out: body[2] as u32,
+                    total_retrans: (body[2] >> 32) as u32,
+                },
+            };
+            Rec(r)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_items_convert_without_panicking(
+            items in prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..RECORD),
+                    prop::collection::vec(any::<u8>(), RECORD..RECORD + 16),
+                    record().prop_map(|r| bytes_of(&r.0)),
+                ],
+                0..8,
+            ),
+            tracepoint in any::<bool>(),
+        ) {
+            let events = convert_ring_items(items.iter().map(Vec::as_slice), tracepoint);
+            // At most an RTT, a segment count and a retransmit count per whole record.
+            let whole = items.iter().filter(|i| i.len() >= RECORD).count();
+            prop_assert!(events.len() <= 3 * whole, "{} events from {whole} records", events.len());
+            // Short items are dropped, never read past their end.
+            let short: Vec<&[u8]> = items.iter().map(Vec::as_slice).filter(|i| i.len() < RECORD).collect();
+            prop_assert!(convert_ring_items(short, tracepoint).is_empty());
+        }
+
+        #[test]
+        fn records_read_back_from_their_bytes_at_any_alignment(Rec(rec) in record(), shift in 0..8usize, tail in 0..16usize) {
+            let mut buf = vec![0xAA; shift];
+            buf.extend_from_slice(&bytes_of(&rec));
+            buf.extend(std::iter::repeat_n(0x55, tail));
+            let back = record_from_bytes(&buf[shift..]).unwrap();
+            prop_assert_eq!((back.kind, back.source, back.ts_ns), (rec.kind, rec.source, rec.ts_ns));
+            prop_assert_eq!(back.flow, rec.flow);
+            prop_assert_eq!(back.decode(), rec.decode());
+            prop_assert!(record_from_bytes(&buf[shift..shift + RECORD - 1]).is_none());
+        }
+
+        #[test]
+        fn sockops_rtt_records_become_their_fields(
+            remote in any::<[u8; 4]>(),
+            rtt_ns in any::<u64>(),
+            segs in any::<u32>(),
+            retrans in any::<u32>(),
+            tracepoint in any::<bool>(),
+        ) {
+            let flow = Flow {
+                remote: [u32::from_ne_bytes(remote), 0, 0, 0],
+                family: AF_INET,
+                proto: IPPROTO_TCP,
+                ..Flow::default()
+            };
+            let mut rec = Record::new(KIND_RTT, SOURCE_SOCKOPS, 5, flow);
+            rec.body = RecordBody { rtt: RttBody { rtt_ns, srtt_ns: 0, data_segs_out: segs, total_retrans: retrans } };
+            let events = convert_ring_items([bytes_of(&rec).as_slice()], tracepoint);
+            let mut want = vec![ProbeEventKind::Rtt(Duration::from_nanos(rtt_ns))];
+            if segs > 0 {
+                want.push(ProbeEventKind::SegmentsSent(segs));
+            }
+            if !tracepoint && retrans > 0 {
+                want.push(ProbeEventKind::Retransmits(retrans));
+            }
+            prop_assert_eq!(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(), want);
+            let dest = IpAddr::V4(Ipv4Addr::from(remote));
+            prop_assert!(events.iter().all(|e| e.dest == dest && e.source == SampleSource::SockOps));
+        }
+
+        #[test]
+        fn unknown_families_and_kinds_yield_nothing(Rec(rec) in record(), family in 11..=255u8, kind in 4..=255u8) {
+            let mut bad_family = rec;
+            bad_family.flow.family = family;
+            prop_assert!(convert_ring_items([bytes_of(&bad_family).as_slice()], false).is_empty());
+            let mut bad_kind = rec;
+            bad_kind.kind = kind;
+            if bad_kind.flow.family != AF_INET && bad_kind.flow.family != AF_INET6 {
+                bad_kind.flow.family = AF_INET;
+            }
+            prop_assert!(convert_ring_items([bytes_of(&bad_kind).as_slice()], false).is_empty());
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use payload::{prepare, Prepared};
 pub use spec::{InputSpec, ModelSpec, OutputSpec};
 pub use tokenizer::Vocab;
 pub use torch::{parse_device, TorchEngine};

@@ -219,3 +219,204 @@ mod tests {
         assert!(check(&spec, &[0; 5]).is_err());
     }
 }
+
+/// Property tests of the payload decoders: whatever bytes a client sends,
+/// `check` and `prepare` answer with the model's input or an error, never
+/// a panic or an allocation past the pixel limit. Image cases are few:
+/// decoding is slow in debug builds.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(w: u32, h: u32, seed: u8, format: ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([x as u8 ^ seed, y as u8, seed.wrapping_mul(3)])
+        });
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+
+    /// A PNG signature and a well-formed IHDR claiming `w` x `h`, no pixel data.
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&w.to_be_bytes());
+        chunk.extend_from_slice(&h.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        png
+    }
+
+    const SIDE: usize = 8;
+    const MAX_PIXELS: u64 = 64 * 64;
+
+    fn image_spec() -> InputSpec {
+        InputSpec::Image {
+            height: SIDE,
+            width: SIDE,
+            max_pixels: MAX_PIXELS,
+        }
+    }
+
+    /// What a successful image decode must look like.
+    fn check_rgb(p: &Prepared) -> Result<(), TestCaseError> {
+        match p {
+            Prepared::Rgb {
+                data,
+                height,
+                width,
+                source,
+            } => {
+                prop_assert_eq!((*height, *width), (SIDE as u32, SIDE as u32));
+                prop_assert_eq!(data.len(), SIDE * SIDE * 3);
+                prop_assert!(source.0 >= 1 && source.1 >= 1);
+                prop_assert!(u64::from(source.0) * u64::from(source.1) <= MAX_PIXELS);
+            }
+            other => prop_assert!(false, "an image spec prepared {other:?}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn damaged_images_decode_or_fail_without_panicking(
+            w in 1..24u32,
+            h in 1..24u32,
+            jpeg in any::<bool>(),
+            seed in any::<u8>(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = encode(w, h, seed, if jpeg { ImageFormat::Jpeg } else { ImageFormat::Png });
+            for (i, v) in flips {
+                let at = i.index(bytes.len());
+                bytes[at] = v;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let checked = check(&image_spec(), &bytes);
+            match prepare(&image_spec(), &bytes, None) {
+                Ok(p) => {
+                    prop_assert!(checked.is_ok());
+                    check_rgb(&p)?;
+                }
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn valid_images_decode_at_their_size(
+            w in 1..40u32,
+            h in 1..40u32,
+            jpeg in any::<bool>(),
+            seed in any::<u8>(),
+        ) {
+            let bytes = encode(w, h, seed, if jpeg { ImageFormat::Jpeg } else { ImageFormat::Png });
+            let p = prepare(&image_spec(), &bytes, None).unwrap();
+            check_rgb(&p)?;
+            let Prepared::Rgb { data, source, .. } = p else { unreachable!() };
+            prop_assert_eq!(source, (w, h));
+            if !jpeg && (w, h) == (SIDE as u32, SIDE as u32) {
+                // Lossless and not resized: the pixels themselves.
+                prop_assert_eq!(&data[..3], &[seed, 0, seed.wrapping_mul(3)]);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_as_images_or_decoded(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                // Past the format sniffing: a PNG or JPEG signature, then noise.
+                (prop_oneof![Just(b"\x89PNG\r\n\x1a\n".to_vec()), Just(vec![0xFF, 0xD8, 0xFF])],
+                 prop::collection::vec(any::<u8>(), 0..256))
+                    .prop_map(|(mut sig, rest)| { sig.extend(rest); sig }),
+            ],
+        ) {
+            match prepare(&image_spec(), &bytes, None) {
+                Ok(p) => check_rgb(&p)?,
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn headers_past_the_limits_are_refused_from_the_header(w in any::<u32>(), h in any::<u32>()) {
+            let png = png_header(w, h);
+            let within = w >= 1
+                && h >= 1
+                && w <= MAX_SIDE
+                && h <= MAX_SIDE
+                && u64::from(w) * u64::from(h) <= MAX_PIXELS;
+            match check(&image_spec(), &png) {
+                Ok(()) => prop_assert!(within, "{w}x{h} passed the check"),
+                Err(e) => prop_assert!(!within || w == 0 || h == 0, "{w}x{h}: {e}"),
+            }
+            // There is no pixel data: never an image, whatever the header says.
+            prop_assert!(prepare(&image_spec(), &png, None).is_err());
+        }
+
+        #[test]
+        fn gray_payloads_pass_only_at_their_exact_size(
+            height in 1..16usize,
+            width in 1..16usize,
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let spec = InputSpec::Gray8 { height, width };
+            match prepare(&spec, &bytes, None) {
+                Ok(Prepared::Gray8(data)) => prop_assert_eq!(data, bytes),
+                Ok(other) => prop_assert!(false, "{other:?}"),
+                Err(_) => prop_assert_ne!(bytes.len(), height * width),
+            }
+        }
+
+        #[test]
+        fn text_is_tokenized_within_the_limits_or_refused(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..200),
+                "[a-zA-Z0-9' .,é]{0,200}".prop_map(String::into_bytes),
+            ],
+            max_tokens in 1..32usize,
+            max_bytes in 0..160usize,
+        ) {
+            let spec = InputSpec::Text { vocab: "unused".into(), max_tokens, max_bytes };
+            let vocab = Vocab::parse("the\ngreat\nfilm\nit's\n9\n");
+            let valid = bytes.len() <= max_bytes && std::str::from_utf8(&bytes).is_ok();
+            prop_assert_eq!(check(&spec, &bytes).is_ok(), valid);
+            match prepare(&spec, &bytes, Some(&vocab)) {
+                Ok(Prepared::Tokens(ids)) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(ids.len(), max_tokens);
+                    prop_assert!(ids.iter().all(|&id| (0..vocab.len() as i64 + 2).contains(&id)), "{ids:?}");
+                    // Padding only at the end.
+                    let first_pad = ids.iter().position(|&id| id == 0).unwrap_or(ids.len());
+                    prop_assert!(ids[first_pad..].iter().all(|&id| id == 0), "{ids:?}");
+                }
+                Ok(other) => prop_assert!(false, "{other:?}"),
+                Err(_) => prop_assert!(!valid),
+            }
+            // Without a vocabulary a text payload is never prepared.
+            prop_assert!(prepare(&spec, &bytes, None).is_err());
+        }
+    }
+}

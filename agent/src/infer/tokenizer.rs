@@ -123,3 +123,69 @@ mod tests {
         assert_eq!(v.encode("", 3), vec![0, 0, 0]);
     }
 }
+
+/// Property tests of the tokenizer: any text, any vocabulary file.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Whether `t` matches `[a-z0-9]+('[a-z]+)?` as a whole.
+    fn is_token(t: &str) -> bool {
+        let (word, rest) = match t.split_once('\'') {
+            Some((w, r)) => (w, Some(r)),
+            None => (t, None),
+        };
+        !word.is_empty()
+            && word.bytes().all(word_byte)
+            && rest.is_none_or(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn tokens_are_in_order_lowercase_pieces_of_the_text(
+            text in prop_oneof![".{0,120}", "[a-zA-Z0-9' \\-é]{0,120}"],
+        ) {
+            let lower = text.to_ascii_lowercase();
+            let mut from = 0;
+            for t in tokens(&text) {
+                prop_assert!(is_token(&t), "{t:?} from {text:?}");
+                let at = lower[from..].find(&t);
+                prop_assert!(at.is_some(), "{t:?} not after byte {from} of {text:?}");
+                from += at.unwrap() + t.len();
+            }
+        }
+
+        #[test]
+        fn encoding_respects_the_vocabulary_and_the_length(
+            vocab_text in ".{0,200}",
+            text in ".{0,200}",
+            max_tokens in 0..48usize,
+        ) {
+            let vocab = Vocab::parse(&vocab_text);
+            prop_assert!(vocab.len() <= vocab_text.lines().count());
+            let ids = vocab.encode(&text, max_tokens);
+            prop_assert_eq!(ids.len(), max_tokens);
+            let n = tokens(&text).len().min(max_tokens);
+            prop_assert!(ids[..n].iter().all(|&id| id == UNKNOWN || (2..vocab.len() as i64 + 2).contains(&id)));
+            prop_assert!(ids[n..].iter().all(|&id| id == PAD));
+        }
+
+        #[test]
+        fn known_words_get_their_line_numbers(
+            words in prop::collection::btree_set("[a-z0-9]{1,6}", 1..20),
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+            max_tokens in 1..40usize,
+        ) {
+            let words: Vec<String> = words.into_iter().collect();
+            let vocab = Vocab::parse(&words.join("\n"));
+            let chosen: Vec<usize> = picks.iter().map(|i| i.index(words.len())).collect();
+            let text = chosen.iter().map(|&i| words[i].to_uppercase()).collect::<Vec<_>>().join(", ");
+            let mut want: Vec<i64> = chosen.iter().take(max_tokens).map(|&i| i as i64 + 2).collect();
+            want.resize(max_tokens, PAD);
+            prop_assert_eq!(vocab.encode(&text, max_tokens), want);
+        }
+    }
+}
