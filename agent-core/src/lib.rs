@@ -20,7 +20,7 @@ pub use estimate::{
     quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, Residuals, RttWindow, Shift,
     ShiftDetector, WindowStats,
 };
-pub use queue::TaskQueue;
+pub use queue::{QueueFull, TaskQueue};
 pub use result::TaskResult;
 pub use sample::{ProbeEvent, ProbeEventKind, SampleSource};
 pub use task::{

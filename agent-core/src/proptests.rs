@@ -151,13 +151,13 @@ proptest! {
     }
 
     #[test]
-    fn queue_is_bounded_and_pops_by_priority(ops in prop::collection::vec((any::<bool>(), 0u8..4), 0..200), cap in 1usize..20) {
-        let mut q = TaskQueue::new(cap);
+    fn queue_is_bounded_and_pops_by_priority(ops in prop::collection::vec((any::<bool>(), 0u8..4), 0..200), cap in 1usize..20, cap_bytes in 0usize..100) {
+        let mut q = TaskQueue::new(cap, cap_bytes);
         let mut held = 0usize;
         for (push, p) in ops {
             if push {
                 let priority = [Priority::Low, Priority::Medium, Priority::High, Priority::Critical][p as usize];
-                if q.push(priority, priority, None, Duration::from_millis(1)).is_ok() {
+                if q.push(priority, priority, None, Duration::from_millis(1), 7 * p as usize).is_ok() {
                     held += 1;
                 }
             } else if q.pop().is_some() {
@@ -165,6 +165,7 @@ proptest! {
             }
             prop_assert_eq!(q.len(), held);
             prop_assert!(q.len() <= cap);
+            prop_assert!(q.bytes() <= cap_bytes);
         }
         let mut last = Priority::Critical;
         while let Some((p, _)) = q.pop() {

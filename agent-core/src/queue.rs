@@ -1,5 +1,7 @@
-//! The local task queue: bounded, ordered by priority, then deadline, then
-//! arrival. Pure data structure; the manager wraps it in a lock.
+//! The local task queue: bounded in tasks and in payload bytes (large
+//! payloads would exhaust memory long before the task count), ordered by
+//! priority, then deadline, then arrival. Pure data structure; the manager
+//! wraps it in a lock.
 
 use crate::task::Priority;
 use std::cmp::{Ordering, Reverse};
@@ -11,6 +13,7 @@ struct Entry<T> {
     deadline: Option<Instant>,
     seq: u64,
     expected: Duration,
+    bytes: usize,
     item: T,
 }
 
@@ -39,17 +42,35 @@ impl<T> Ord for Entry<T> {
     }
 }
 
+/// Why [`TaskQueue::push`] refused an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueFull {
+    #[error("local queue full ({capacity} tasks)")]
+    Tasks { capacity: usize },
+    #[error("local queue full: {queued} bytes of {limit} queued, {item} more do not fit")]
+    Bytes {
+        queued: usize,
+        limit: usize,
+        item: usize,
+    },
+}
+
 pub struct TaskQueue<T> {
     heap: BinaryHeap<Entry<T>>,
     capacity: usize,
+    capacity_bytes: usize,
+    bytes: usize,
     next_seq: u64,
 }
 
 impl<T> TaskQueue<T> {
-    pub fn new(capacity: usize) -> Self {
+    /// At most `capacity` items holding at most `capacity_bytes` together.
+    pub fn new(capacity: usize, capacity_bytes: usize) -> Self {
         Self {
             heap: BinaryHeap::new(),
             capacity,
+            capacity_bytes,
+            bytes: 0,
             next_seq: 0,
         }
     }
@@ -66,34 +87,67 @@ impl<T> TaskQueue<T> {
         self.capacity
     }
 
-    /// Adds an item with its expected service time; gives it back when full.
+    /// Payload bytes of the queued items.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
+    /// Whether an item of `bytes` would be accepted now.
+    pub fn room_for(&self, bytes: usize) -> Result<(), QueueFull> {
+        if self.heap.len() >= self.capacity {
+            return Err(QueueFull::Tasks {
+                capacity: self.capacity,
+            });
+        }
+        if bytes > self.capacity_bytes.saturating_sub(self.bytes) {
+            return Err(QueueFull::Bytes {
+                queued: self.bytes,
+                limit: self.capacity_bytes,
+                item: bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds an item of `bytes` with its expected service time; gives it
+    /// back, with the limit it hit, when full.
     pub fn push(
         &mut self,
         item: T,
         priority: Priority,
         deadline: Option<Instant>,
         expected: Duration,
-    ) -> Result<(), T> {
-        if self.heap.len() >= self.capacity {
-            return Err(item);
+        bytes: usize,
+    ) -> Result<(), (T, QueueFull)> {
+        if let Err(full) = self.room_for(bytes) {
+            return Err((item, full));
         }
         self.heap.push(Entry {
             priority,
             deadline,
             seq: self.next_seq,
             expected,
+            bytes,
             item,
         });
+        self.bytes += bytes;
         self.next_seq += 1;
         Ok(())
     }
 
     pub fn pop(&mut self) -> Option<(T, Duration)> {
-        self.heap.pop().map(|e| (e.item, e.expected))
+        let e = self.heap.pop()?;
+        self.bytes -= e.bytes;
+        Some((e.item, e.expected))
     }
 
     /// Removes every item (used when shutting down without draining).
     pub fn drain(&mut self) -> Vec<T> {
+        self.bytes = 0;
         self.heap.drain().map(|e| e.item).collect()
     }
 
@@ -129,15 +183,15 @@ mod tests {
     #[test]
     fn pops_by_priority_then_deadline_then_fifo() {
         let t0 = Instant::now();
-        let mut q = TaskQueue::new(10);
-        q.push("low", Priority::Low, None, ms(1)).unwrap();
-        q.push("med-a", Priority::Medium, None, ms(1)).unwrap();
-        q.push("med-late", Priority::Medium, Some(t0 + ms(50)), ms(1))
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push("low", Priority::Low, None, ms(1), 0).unwrap();
+        q.push("med-a", Priority::Medium, None, ms(1), 0).unwrap();
+        q.push("med-late", Priority::Medium, Some(t0 + ms(50)), ms(1), 0)
             .unwrap();
-        q.push("med-b", Priority::Medium, None, ms(1)).unwrap();
-        q.push("med-early", Priority::Medium, Some(t0 + ms(10)), ms(1))
+        q.push("med-b", Priority::Medium, None, ms(1), 0).unwrap();
+        q.push("med-early", Priority::Medium, Some(t0 + ms(10)), ms(1), 0)
             .unwrap();
-        q.push("crit", Priority::Critical, None, ms(1)).unwrap();
+        q.push("crit", Priority::Critical, None, ms(1), 0).unwrap();
         let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect();
         assert_eq!(
             order,
@@ -147,20 +201,121 @@ mod tests {
 
     #[test]
     fn full_queue_gives_the_item_back() {
-        let mut q = TaskQueue::new(2);
-        q.push(1, Priority::Low, None, ms(1)).unwrap();
-        q.push(2, Priority::Low, None, ms(1)).unwrap();
-        assert_eq!(q.push(3, Priority::Critical, None, ms(1)), Err(3));
+        let mut q = TaskQueue::new(2, usize::MAX);
+        q.push(1, Priority::Low, None, ms(1), 0).unwrap();
+        q.push(2, Priority::Low, None, ms(1), 0).unwrap();
+        assert_eq!(
+            q.push(3, Priority::Critical, None, ms(1), 0),
+            Err((3, QueueFull::Tasks { capacity: 2 }))
+        );
         assert_eq!(q.len(), 2);
+    }
+
+    /// A step: push (id, bytes) or pop, and what the queue must answer.
+    enum Op {
+        Push(u32, usize, Result<(), QueueFull>),
+        Pop(Option<u32>),
+        Drain(usize),
+    }
+
+    #[test]
+    fn count_and_byte_limits_refuse_and_bytes_come_back_on_removal() {
+        use Op::*;
+        let tasks = |capacity| Err(QueueFull::Tasks { capacity });
+        let bytes = |queued, limit, item| {
+            Err(QueueFull::Bytes {
+                queued,
+                limit,
+                item,
+            })
+        };
+        // (name, count capacity, byte capacity, steps with the bytes held
+        // after each)
+        type Case = (&'static str, usize, usize, Vec<(Op, usize)>);
+        let cases: Vec<Case> = vec![
+            (
+                "count limit first",
+                2,
+                1000,
+                vec![
+                    (Push(1, 10, Ok(())), 10),
+                    (Push(2, 10, Ok(())), 20),
+                    (Push(3, 10, tasks(2)), 20),
+                    (Pop(Some(1)), 10),
+                    (Push(3, 10, Ok(())), 20),
+                ],
+            ),
+            (
+                "byte limit first",
+                10,
+                100,
+                vec![
+                    (Push(1, 60, Ok(())), 60),
+                    (Push(2, 40, Ok(())), 100),
+                    (Push(3, 1, bytes(100, 100, 1)), 100),
+                    (Push(4, 0, Ok(())), 100),
+                    (Pop(Some(1)), 40),
+                    (Push(3, 61, bytes(40, 100, 61)), 40),
+                    (Push(3, 60, Ok(())), 100),
+                ],
+            ),
+            (
+                "an item larger than the budget never fits",
+                10,
+                100,
+                vec![(Push(1, 101, bytes(0, 100, 101)), 0), (Pop(None), 0)],
+            ),
+            (
+                "drain releases everything",
+                10,
+                100,
+                vec![
+                    (Push(1, 50, Ok(())), 50),
+                    (Push(2, 50, Ok(())), 100),
+                    (Drain(2), 0),
+                    (Push(3, 100, Ok(())), 100),
+                ],
+            ),
+        ];
+        for (name, cap, cap_bytes, steps) in cases {
+            let mut q = TaskQueue::new(cap, cap_bytes);
+            for (i, (op, held)) in steps.into_iter().enumerate() {
+                match op {
+                    Push(id, b, want) => {
+                        let got = q.push(id, Priority::Medium, None, ms(1), b);
+                        assert_eq!(got.map_err(|(_, e)| e), want, "{name} step {i}");
+                    }
+                    Pop(want) => assert_eq!(q.pop().map(|(id, _)| id), want, "{name} step {i}"),
+                    Drain(n) => assert_eq!(q.drain().len(), n, "{name} step {i}"),
+                }
+                assert_eq!(q.bytes(), held, "{name} step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_limit_that_was_hit() {
+        assert_eq!(
+            QueueFull::Tasks { capacity: 512 }.to_string(),
+            "local queue full (512 tasks)"
+        );
+        let full = QueueFull::Bytes {
+            queued: 900,
+            limit: 1000,
+            item: 200,
+        };
+        assert!(full
+            .to_string()
+            .starts_with("local queue full: 900 bytes of 1000 queued"));
     }
 
     #[test]
     fn wait_estimate_counts_work_ahead() {
-        let mut q = TaskQueue::new(10);
+        let mut q = TaskQueue::new(10, usize::MAX);
         assert_eq!(q.wait_estimate(Priority::Medium, &[], 1), Duration::ZERO);
-        q.push(1, Priority::Low, None, ms(10)).unwrap();
-        q.push(2, Priority::Medium, None, ms(4)).unwrap();
-        q.push(3, Priority::High, None, ms(6)).unwrap();
+        q.push(1, Priority::Low, None, ms(10), 0).unwrap();
+        q.push(2, Priority::Medium, None, ms(4), 0).unwrap();
+        q.push(3, Priority::High, None, ms(6), 0).unwrap();
         // A medium task waits behind medium and high work plus the in-flight task.
         assert_eq!(q.wait_estimate(Priority::Medium, &[ms(2)], 1), ms(12));
         // Two workers: one busy for 2 ms. High (6) goes to the idle one,
@@ -169,7 +324,7 @@ mod tests {
         assert_eq!(q.wait_estimate(Priority::Critical, &[], 1), Duration::ZERO);
         assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(20));
         // An idle second worker means no wait at all for an empty queue.
-        let empty: TaskQueue<u8> = TaskQueue::new(1);
+        let empty: TaskQueue<u8> = TaskQueue::new(1, usize::MAX);
         assert_eq!(
             empty.wait_estimate(Priority::Low, &[ms(9)], 2),
             Duration::ZERO

@@ -15,7 +15,8 @@ pub use offload::{
     build_stack, time_left, Breaker, BreakerConfig, BreakerState, CloudEndpoints, Failover,
     FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded, Mode, OffloadConfig,
     OffloadError, OffloadReply, OffloadRequest, OffloadStack, Offloader, QuicClientConfig,
-    QuicFailure, QuicOffloader, RetryConfig, Retrying, Route, Verdict,
+    QuicFailure, QuicOffloader, RateLimitConfig, RateLimited, RetryConfig, Retrying, Route,
+    Verdict,
 };
 pub use tls::{TlsConfig, TlsMaterial};
 

@@ -44,6 +44,9 @@ pub struct EdgeConfig {
     /// Local inference workers (each owns a model instance).
     pub workers: usize,
     pub queue_capacity: usize,
+    /// Payload bytes the local queue holds at most: large payloads fill
+    /// memory long before `queue_capacity` tasks.
+    pub queue_capacity_bytes: usize,
     pub max_concurrent_offloads: usize,
     /// Most tasks run on both paths (hedged), as a share of accepted
     /// tasks; 0 disables hedging.
@@ -225,6 +228,7 @@ impl Default for EdgeConfig {
             offload: OffloadConfig::default(),
             workers: 1,
             queue_capacity: 512,
+            queue_capacity_bytes: 256 << 20,
             max_concurrent_offloads: 64,
             hedge_budget: 0.05,
             device: "auto".into(),

@@ -222,6 +222,7 @@ impl Edge {
             ManagerConfig {
                 workers: cfg.workers,
                 queue_capacity: cfg.queue_capacity,
+                queue_capacity_bytes: cfg.queue_capacity_bytes,
                 max_concurrent_offloads: cfg.max_concurrent_offloads,
                 policy: cfg.policy.clone(),
                 response_bytes: cfg.response_bytes,

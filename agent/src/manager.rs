@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ManagerConfig {
     pub workers: usize,
     pub queue_capacity: usize,
+    /// Payload bytes the local queue holds at most.
+    pub queue_capacity_bytes: usize,
     pub max_concurrent_offloads: usize,
     pub policy: Policy,
     pub response_bytes: usize,
@@ -209,7 +211,7 @@ impl Manager {
             cloud_times: Mutex::new(cloud_times),
             residuals: Mutex::new(Residuals::new(32, 4)),
             state: Mutex::new(LocalState {
-                queue: TaskQueue::new(cfg.queue_capacity),
+                queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
                 last_path: HashMap::new(),
                 stopping: false,
@@ -301,7 +303,7 @@ impl Manager {
                 d.hedge = d.hedge
                     && inner.offloader.is_some()
                     && inner.local_specs.contains_key(&task.task_type)
-                    && state.queue.len() < state.queue.capacity()
+                    && state.queue.room_for(task.payload.len()).is_ok()
                     && inner.hedge_allowed();
             }
             match decision {
@@ -321,9 +323,10 @@ impl Manager {
                         claim: claim.clone(),
                     };
                     let (priority, deadline) = (task.priority, task.deadline);
+                    let bytes = task.payload.len();
                     if state
                         .queue
-                        .push(leg(task.clone()), priority, deadline, expected)
+                        .push(leg(task.clone()), priority, deadline, expected, bytes)
                         .is_err()
                     {
                         unreachable!("the queue had room under the same lock");
@@ -338,6 +341,7 @@ impl Manager {
                 Ok(d) if d.path == ExecPath::Local => {
                     let expected = inner.local_estimate(task.task_type);
                     let (priority, deadline) = (task.priority, task.deadline);
+                    let bytes = task.payload.len();
                     let job = Job {
                         task,
                         decision: Some(d),
@@ -346,12 +350,11 @@ impl Manager {
                         claim: Claim::new(&inner.outstanding),
                     };
                     // A refused job drops its claim with it.
-                    if state.queue.push(job, priority, deadline, expected).is_err() {
+                    if let Err((_, full)) =
+                        state.queue.push(job, priority, deadline, expected, bytes)
+                    {
                         drop(state);
-                        return rejected(TaskError::Overloaded(format!(
-                            "local queue full ({} tasks)",
-                            inner.cfg.queue_capacity
-                        )));
+                        return rejected(TaskError::Overloaded(full.to_string()));
                     }
                     inner.accept();
                     drop(state);
@@ -624,6 +627,9 @@ impl Inner {
     /// After a failed offload: run locally if that can still meet the
     /// deadline, else fail with the offload's error.
     fn fall_back_or_fail(&self, mut job: Job, err: OffloadError, transport: Option<Transport>) {
+        if matches!(err, OffloadError::RateLimited { .. }) {
+            crate::metrics::record_rate_limited();
+        }
         let task_error = err.into_task_error();
         // A hedged task's local leg is already queued or running.
         let retry_locally = matches!(job.reply, Reply::One(_))
@@ -638,13 +644,14 @@ impl Inner {
                 let mut state = self.state.lock().expect("state lock");
                 if !state.stopping {
                     let (p, d) = (job.task.priority, job.task.deadline);
-                    match state.queue.push(job, p, d, expected) {
+                    let bytes = job.task.payload.len();
+                    match state.queue.push(job, p, d, expected, bytes) {
                         Ok(()) => {
                             drop(state);
                             self.work_ready.notify_one();
                             return;
                         }
-                        Err(j) => job = j,
+                        Err((j, _)) => job = j,
                     }
                 }
             }

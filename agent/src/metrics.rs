@@ -38,6 +38,11 @@ fn error_label(e: &TaskError) -> &'static str {
     }
 }
 
+/// An offload not sent because the rate limit towards the cloud was reached.
+pub fn record_rate_limited() {
+    counter!("edge_offload_rate_limited_total").increment(1);
+}
+
 /// Records one finished task (a no-op when no exporter is installed).
 pub fn record_result(r: &TaskResult) {
     let path = r.processed_by.map_or("none", |p| p.as_str());

@@ -42,7 +42,7 @@ pub enum Verdict {
     Healthy,
     /// The transport failed.
     Failed,
-    /// No verdict: deadline passed, call cancelled.
+    /// No verdict: deadline passed, call cancelled or never sent.
     Neutral,
 }
 
@@ -51,7 +51,11 @@ impl Verdict {
         match r {
             Ok(_) | Err(OffloadError::Rejected(_)) => Verdict::Healthy,
             Err(OffloadError::Connect { .. } | OffloadError::Transport { .. }) => Verdict::Failed,
-            Err(OffloadError::Timeout | OffloadError::CircuitOpen { .. }) => Verdict::Neutral,
+            Err(
+                OffloadError::Timeout
+                | OffloadError::CircuitOpen { .. }
+                | OffloadError::RateLimited { .. },
+            ) => Verdict::Neutral,
         }
     }
 }

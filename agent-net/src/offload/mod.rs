@@ -1,11 +1,12 @@
 //! Offloading to the cloud service. The manager sees one [`Offloader`];
-//! transports (gRPC, QUIC) implement it, and failover, retries and circuit
-//! breaking wrap it as layers.
+//! transports (gRPC, QUIC) implement it, and failover, retries, circuit
+//! breaking and the rate limit wrap it as layers.
 
 mod breaker;
 mod failover;
 mod grpc;
 mod quic;
+mod ratelimit;
 mod retry;
 mod stack;
 
@@ -15,6 +16,7 @@ pub use failover::{
 };
 pub use grpc::GrpcOffloader;
 pub use quic::{QuicClientConfig, QuicOffloader};
+pub use ratelimit::{RateLimitConfig, RateLimited};
 pub use retry::{RetryConfig, Retrying};
 pub use stack::{build_stack, CloudEndpoints, OffloadConfig, OffloadStack};
 
@@ -72,6 +74,10 @@ pub enum OffloadError {
     /// The deadline passed before the cloud answered.
     #[error("deadline passed before the cloud answered")]
     Timeout,
+    /// The edge's own offload rate limit towards this cloud was reached;
+    /// nothing was sent.
+    #[error("offload rate limit reached ({per_second}/s)")]
+    RateLimited { per_second: f64 },
 }
 
 impl OffloadError {
@@ -82,6 +88,7 @@ impl OffloadError {
             | OffloadError::Transport { .. }
             | OffloadError::CircuitOpen { .. } => TaskError::Unavailable(self.to_string()),
             OffloadError::Timeout => TaskError::DeadlineExceeded(self.to_string()),
+            OffloadError::RateLimited { .. } => TaskError::Overloaded(self.to_string()),
         }
     }
 }

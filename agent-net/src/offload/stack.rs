@@ -1,11 +1,12 @@
 //! The edge's offload stack, outermost first:
-//! retries -> failover (QUIC first, gRPC fallback) -> a circuit breaker per
+//! rate limit -> retries -> failover (QUIC first, gRPC fallback) -> a circuit breaker per
 //! transport -> the transports.
 
 use super::breaker::{BreakerConfig, Guarded};
 use super::failover::{Failover, FailoverConfig};
 use super::grpc::GrpcOffloader;
 use super::quic::{QuicClientConfig, QuicOffloader};
+use super::ratelimit::{RateLimitConfig, RateLimited};
 use super::retry::{RetryConfig, Retrying};
 use super::Offloader;
 use crate::tls::TlsMaterial;
@@ -13,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `[edge.offload]`: timeouts, retries, circuit breaker, QUIC failover.
+/// `[edge.offload]`: timeouts, retries, circuit breaker, QUIC failover,
+/// rate limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OffloadConfig {
@@ -43,6 +45,10 @@ pub struct OffloadConfig {
     pub breaker_open_ms: u64,
     /// Largest message either transport carries.
     pub max_message_bytes: usize,
+    /// Offloads per second towards the cloud (0: no limit); over it a task
+    /// is not sent and runs locally instead.
+    pub rate_limit_per_s: f64,
+    pub rate_limit_burst: u32,
 }
 
 impl Default for OffloadConfig {
@@ -64,6 +70,9 @@ impl Default for OffloadConfig {
             breaker_failures: 5,
             breaker_open_ms: 2000,
             max_message_bytes: 16 << 20,
+            // Generous: a guard against runaway load, not a tuning knob.
+            rate_limit_per_s: 500.0,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -85,6 +94,13 @@ impl OffloadConfig {
         BreakerConfig {
             failure_threshold: self.breaker_failures,
             open_for: Duration::from_millis(self.breaker_open_ms),
+        }
+    }
+
+    pub fn rate_limit(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            per_second: self.rate_limit_per_s,
+            burst: self.rate_limit_burst,
         }
     }
 }
@@ -144,7 +160,7 @@ pub async fn build_stack(
         }
         _ => (grpc, None),
     };
-    let offloader = Arc::new(Retrying::new(
+    let retrying: Arc<dyn Offloader> = Arc::new(Retrying::new(
         inner,
         RetryConfig {
             max_retries: o.retries,
@@ -152,6 +168,11 @@ pub async fn build_stack(
             max_delay: Duration::from_millis(o.retry_max_ms),
         },
     ));
+    // Outermost, so a task costs one token however often it is retried.
+    let offloader: Arc<dyn Offloader> = match RateLimited::new(retrying.clone(), o.rate_limit()) {
+        Some(limited) => Arc::new(limited),
+        None => retrying,
+    };
     Ok(OffloadStack {
         offloader,
         failover,
