@@ -47,6 +47,8 @@ pub struct Stats {
     pub completed_quic: AtomicU64,
     pub completed_grpc: AtomicU64,
     pub fell_back: AtomicU64,
+    /// Offloads given up on while a local run could still meet the deadline.
+    pub rescued: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
     /// Tasks run on both paths, and which leg answered.
@@ -63,12 +65,22 @@ pub struct StatsSnapshot {
     pub completed_quic: u64,
     pub completed_grpc: u64,
     pub fell_back: u64,
+    pub rescued: u64,
     pub failed: u64,
     pub cancelled: u64,
     pub hedged: u64,
     pub hedge_won_local: u64,
     pub hedge_won_cloud: u64,
 }
+
+/// Added to twice the local estimate when deciding that the cloud is too
+/// late for a deadline: room for the local queue and a slow run.
+const RESCUE_SLACK: Duration = Duration::from_millis(10);
+/// Least time a task without a deadline waits for the cloud before it runs
+/// locally: a dead link or peer surfaces as a transport error within about
+/// a second (keep-alives), but requests queued behind a failing connect
+/// can wait longer.
+const NO_DEADLINE_PATIENCE: Duration = Duration::from_secs(2);
 
 struct Job {
     task: Task,
@@ -253,6 +265,7 @@ impl Manager {
             completed_quic: g(&s.completed_quic),
             completed_grpc: g(&s.completed_grpc),
             fell_back: g(&s.fell_back),
+            rescued: g(&s.rescued),
             failed: g(&s.failed),
             cancelled: g(&s.cancelled),
             hedged: g(&s.hedged),
@@ -683,11 +696,49 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         request: task_to_request(&job.task, Instant::now(), SystemTime::now()),
         deadline: job.task.deadline,
     };
+    // A cloud that has not answered while a local run could still meet the
+    // deadline is given up on then (a dead link or peer whose failure has
+    // not surfaced yet, a queue at the cloud): the task runs locally.
+    // A task without a deadline waits a few times its predicted offload
+    // time (at least NO_DEADLINE_PATIENCE) before it runs locally instead.
+    let can_run_here = inner.local_specs.contains_key(&job.task.task_type);
+    let rescue_at = match (&job.reply, job.task.deadline) {
+        (Reply::One(_), Some(deadline)) if can_run_here => {
+            let margin = inner.local_estimate(job.task.task_type) * 2 + RESCUE_SLACK;
+            deadline
+                .checked_sub(margin)
+                .filter(|at| *at > Instant::now())
+        }
+        (Reply::One(_), None) if can_run_here => {
+            let predicted = job
+                .decision
+                .as_ref()
+                .and_then(|d| d.offload.as_ref())
+                .map_or(Duration::ZERO, |o| {
+                    Duration::from_secs_f64((o.total_ms * 4.0).clamp(0.0, 3.6e6) / 1e3)
+                });
+            Some(Instant::now() + predicted.max(NO_DEADLINE_PATIENCE))
+        }
+        _ => None,
+    };
+    let rescue = async move {
+        match rescue_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     // A submitter that goes away cancels the offload: dropping it drops
     // the stream, and the cloud drops the work.
     let outcome = tokio::select! {
         r = offloader.offload(&req) => Some(r),
         _ = job.reply.closed() => None,
+        _ = rescue => {
+            tracing::debug!(task = %job.task.id, "cloud too slow; running locally");
+            inner.stats.rescued.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::record_rescue();
+            inner.fall_back_or_fail(job, OffloadError::Timeout, None);
+            return;
+        }
     };
     let Some(outcome) = outcome else {
         inner.finish(

@@ -38,6 +38,11 @@ fn error_label(e: &TaskError) -> &'static str {
     }
 }
 
+/// An offload given up on so that the task could still run locally in time.
+pub fn record_rescue() {
+    counter!("edge_offload_rescues_total").increment(1);
+}
+
 /// An offload not sent because the rate limit towards the cloud was reached.
 pub fn record_rate_limited() {
     counter!("edge_offload_rate_limited_total").increment(1);

@@ -1,8 +1,9 @@
 //! The benchmarks, one crate with a binary each: the scenario benchmark
 //! (`scenario-bench` + its workload driver `scenario-driver`,
 //! [`scenarios`]), the eBPF probe's accuracy check and overhead
-//! (`probe-check`, `ebpf-overhead`, [`ebpf`]) and the transport benchmark
-//! (`bench-transport`), over the jitter lab (`jitter-lab`). [`support`]
+//! (`probe-check`, `ebpf-overhead`, [`ebpf`]), the transport benchmark
+//! (`bench-transport`) and the fault and load suite (`faults`, [`faults`]),
+//! over the jitter lab (`jitter-lab`). [`support`]
 //! holds what they share. Nothing here runs a model: the agents under test
 //! run as their own processes, and libtorch is not linked.
 

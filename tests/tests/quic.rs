@@ -292,6 +292,7 @@ async fn certificates_from_another_ca_are_rejected_on_both_transports() {
             Some(material.grpc_client("localhost")),
             1 << 20,
             Duration::from_secs(2),
+            OffloadConfig::default().grpc_keep_alive(),
         )
         .unwrap();
         for (transport, o) in [
@@ -318,6 +319,7 @@ async fn certificates_from_another_ca_are_rejected_on_both_transports() {
         None,
         1 << 20,
         Duration::from_secs(2),
+        OffloadConfig::default().grpc_keep_alive(),
     )
     .unwrap();
     assert!(matches!(

@@ -6,9 +6,9 @@
 mod bench;
 mod bench_ebpf;
 mod bench_transport;
-mod faults;
 mod demo;
 mod ebpf;
+mod faults;
 mod netem_check;
 mod probe_check;
 mod setup;

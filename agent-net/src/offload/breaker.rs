@@ -133,6 +133,10 @@ pub struct Guarded {
     inner: Arc<dyn Offloader>,
     transport: &'static str,
     breaker: Mutex<Breaker>,
+    /// Counts openings of the circuit: calls in flight when it opens are
+    /// abandoned at once, so their tasks move on (retry over the other
+    /// transport, or run locally) instead of waiting on a failed endpoint.
+    openings: tokio::sync::watch::Sender<u64>,
 }
 
 impl Guarded {
@@ -141,6 +145,7 @@ impl Guarded {
             inner,
             transport,
             breaker: Mutex::new(Breaker::new(cfg)),
+            openings: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -154,7 +159,10 @@ impl Guarded {
         b.record(verdict, Instant::now());
         match b.state() {
             BreakerState::Open { .. } if !was_open || verdict == Verdict::Failed => {
-                tracing::warn!(transport = self.transport, "circuit open: failing fast")
+                tracing::warn!(transport = self.transport, "circuit open: failing fast");
+                if !was_open {
+                    self.openings.send_modify(|n| *n += 1);
+                }
             }
             BreakerState::Closed { .. } if was_open => {
                 tracing::info!(transport = self.transport, "circuit closed again")
@@ -192,11 +200,22 @@ impl Offloader for Guarded {
                 transport: self.transport,
             });
         }
+        let mut opened = self.openings.subscribe();
         let mut pending = Pending {
             guarded: self,
             done: false,
         };
-        let r = self.inner.offload(req).await;
+        let r = tokio::select! {
+            r = self.inner.offload(req) => r,
+            _ = opened.changed() => {
+                // The circuit already counts the failures that opened it.
+                pending.done = true;
+                return Err(OffloadError::Transport {
+                    transport: self.transport,
+                    message: "circuit opened while in flight: offload abandoned".into(),
+                });
+            }
+        };
         pending.done = true;
         self.record(Verdict::of(&r));
         r
@@ -289,5 +308,66 @@ mod tests {
             b.record(Verdict::Neutral, t0);
         }
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    /// Hangs on requests with id "hang"; every other one fails at once.
+    struct HangOrFail;
+
+    #[async_trait]
+    impl Offloader for HangOrFail {
+        async fn offload(&self, req: &OffloadRequest) -> Result<OffloadReply, OffloadError> {
+            if req.request.id == "hang" {
+                std::future::pending::<()>().await;
+            }
+            Err(OffloadError::Transport {
+                transport: "fake",
+                message: "down".into(),
+            })
+        }
+        async fn ready(&self) -> Result<(), OffloadError> {
+            Ok(())
+        }
+    }
+
+    fn req(id: &str) -> OffloadRequest {
+        OffloadRequest {
+            request: proto::TaskRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+            deadline: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_are_abandoned_when_the_circuit_opens() {
+        let g = Arc::new(Guarded::new(Arc::new(HangOrFail), "fake", CFG));
+        let hung = tokio::spawn({
+            let g = g.clone();
+            async move { g.offload(&req("hang")).await }
+        });
+        tokio::task::yield_now().await;
+        // Still hanging while the circuit is closed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!hung.is_finished());
+        for _ in 0..CFG.failure_threshold {
+            assert!(g.offload(&req("x")).await.is_err());
+        }
+        assert!(matches!(g.state(), BreakerState::Open { .. }));
+        let r = tokio::time::timeout(Duration::from_secs(1), hung)
+            .await
+            .expect("abandoned at once")
+            .unwrap();
+        match r {
+            Err(OffloadError::Transport { message, .. }) => {
+                assert!(message.contains("abandoned"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // New calls fail fast while it is open.
+        assert!(matches!(
+            g.offload(&req("hang")).await,
+            Err(OffloadError::CircuitOpen { .. })
+        ));
     }
 }

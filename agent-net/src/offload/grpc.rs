@@ -23,12 +23,14 @@ impl GrpcOffloader {
         tls: Option<ClientTlsConfig>,
         max_message: usize,
         connect_timeout: Duration,
+        (keep_alive, keep_alive_timeout): (Duration, Duration),
     ) -> anyhow::Result<Self> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_interval(keep_alive)
+            .keep_alive_timeout(keep_alive_timeout)
             .keep_alive_while_idle(true);
         if let Some(tls) = tls {
             ep = ep.tls_config(tls)?;

@@ -25,6 +25,10 @@ pub struct OffloadConfig {
     pub quic_keep_alive_ms: u64,
     /// A silent QUIC connection is declared dead after this.
     pub quic_idle_timeout_ms: u64,
+    /// HTTP/2 pings on the gRPC connection, and how long one may go
+    /// unanswered before the connection (and every offload on it) fails.
+    pub grpc_keep_alive_ms: u64,
+    pub grpc_keep_alive_timeout_ms: u64,
     /// Consecutive QUIC stream errors that switch to gRPC (a failed
     /// handshake switches at once).
     pub quic_stream_errors: u32,
@@ -60,6 +64,11 @@ impl Default for OffloadConfig {
             // out a long idle timeout.
             quic_keep_alive_ms: 250,
             quic_idle_timeout_ms: 1000,
+            // The same for gRPC: a link that goes silent under an
+            // established connection fails its offloads in ~1 s, not when
+            // TCP gives up.
+            grpc_keep_alive_ms: 250,
+            grpc_keep_alive_timeout_ms: 1000,
             quic_stream_errors: 3,
             quic_reprobe_min_ms: 1000,
             quic_reprobe_max_ms: 30_000,
@@ -88,6 +97,14 @@ impl OffloadConfig {
             congestion: self.quic_congestion.clone(),
             max_message: self.max_message_bytes,
         }
+    }
+
+    /// The gRPC client's keep-alive: (ping interval, ping timeout).
+    pub fn grpc_keep_alive(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.grpc_keep_alive_ms),
+            Duration::from_millis(self.grpc_keep_alive_timeout_ms),
+        )
     }
 
     fn breaker(&self) -> BreakerConfig {
@@ -134,6 +151,7 @@ pub async fn build_stack(
         tls.map(|t| t.grpc_client(&cloud.server_name)),
         o.max_message_bytes,
         Duration::from_millis(o.connect_timeout_ms),
+        o.grpc_keep_alive(),
     )?;
     let grpc: Arc<dyn Offloader> = Arc::new(Guarded::new(Arc::new(grpc), "grpc", o.breaker()));
     let (inner, failover) = match tls {

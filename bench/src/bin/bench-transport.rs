@@ -232,6 +232,7 @@ async fn client(
                 Some(tls.grpc_client("localhost")),
                 max,
                 Duration::from_secs(3),
+                OffloadConfig::default().grpc_keep_alive(),
             )?),
         ),
     ];

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 const CLOUD_KILL_INFLIGHT_LIMIT_S: f64 = 2.0;
 
 #[derive(Parser)]
-#[command(name = "faults", about = "Fault and load suite of the edge offloading agent")]
+#[command(
+    name = "faults",
+    about = "Fault and load suite of the edge offloading agent"
+)]
 struct Args {
     /// Faults to run (comma-separated; default: all).
     #[arg(long, value_delimiter = ',')]
@@ -48,6 +51,9 @@ struct Args {
     /// The command line to print in the report (default: this one).
     #[arg(long)]
     command: Option<String>,
+    /// The agents' log level; their logs are in the work folder.
+    #[arg(long, default_value = "warn")]
+    agent_log: String,
 }
 
 fn main() -> Result<()> {
@@ -74,7 +80,11 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?
     };
     if a.fault_at <= 0.0 || a.fault_at >= a.seconds {
-        bail!("--fault-at must fall inside the run (0 < {} < {})", a.fault_at, a.seconds);
+        bail!(
+            "--fault-at must fall inside the run (0 < {} < {})",
+            a.fault_at,
+            a.seconds
+        );
     }
     let opts = faults::Options {
         faults,
@@ -91,6 +101,7 @@ fn main() -> Result<()> {
             .command
             .clone()
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        agent_log: a.agent_log.clone(),
     };
     let r = match faults::run(&opts) {
         Ok(r) => r,

@@ -11,8 +11,8 @@
 
 use agent_core::Policy;
 use agent_net::tls::{Side, TlsConfig};
-use bench::faults::load;
 use anyhow::{bail, Context, Result};
+use bench::faults::load;
 use bench::scenarios::record::{path_of, DecisionView, Outcome, TaskRecord};
 use bench::scenarios::workload::{plan, PlannedTask};
 use clap::{Parser, Subcommand};

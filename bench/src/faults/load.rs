@@ -98,7 +98,10 @@ pub async fn slow_loris(
             let mut buf = [0u8; 512];
             let mut i = 0;
             while Instant::now() < end {
-                if s.write_all(&PREFACE[i % PREFACE.len()..][..1]).await.is_err() {
+                if s.write_all(&PREFACE[i % PREFACE.len()..][..1])
+                    .await
+                    .is_err()
+                {
                     return (true, true);
                 }
                 i += 1;

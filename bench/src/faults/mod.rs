@@ -220,7 +220,7 @@ pub fn summarize(
         .map(|r| (r.sent_ms + r.latency_ms - end_ms) / 1e3)
         .min_by(f64::total_cmp);
     let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     d.error_kinds = kinds;
     (row, d)
 }
@@ -233,7 +233,10 @@ fn error_kind(msg: &str) -> String {
         .collect();
     let mut s = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if s.len() > 120 {
-        let cut = (0..=120).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=120)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
         s.truncate(cut);
         s.push('…');
     }
@@ -297,10 +300,7 @@ mod tests {
             at(rec(7, Outcome::Ok, 0.0, "cloud"), 13_500.0, 200.0),
         ];
         let (row, d) = summarize("cloud-kill", &records, 10.0, 13.0);
-        assert_eq!(
-            (row.sent, row.results, row.errors, row.lost),
-            (8, 6, 1, 1)
-        );
+        assert_eq!((row.sent, row.results, row.errors, row.lost), (8, 6, 1, 1));
         assert_eq!(d.refused, 1);
         assert_eq!(d.inflight, 2);
         assert!((row.worst_inflight_s.unwrap() - 1.8).abs() < 1e-9);

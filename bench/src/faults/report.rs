@@ -214,12 +214,10 @@ pub fn soak_plot(path: &Path, k: &SoakResult) -> Result<()> {
         .draw()
         .map_err(err)?;
     for (i, (_, color)) in series.iter().enumerate() {
-        let pts = k.points.iter().map(|p| {
-            (
-                p.t_s,
-                if i == 0 { p.edge_fds } else { p.cloud_fds } as f64,
-            )
-        });
+        let pts = k
+            .points
+            .iter()
+            .map(|p| (p.t_s, if i == 0 { p.edge_fds } else { p.cloud_fds } as f64));
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(err)?;

@@ -47,6 +47,8 @@ pub struct Options {
     /// Where `agent`, `netem-tun` and `scenario-driver` are.
     pub bin_dir: PathBuf,
     pub command: String,
+    /// The agents' log level (their stderr goes to the work folder).
+    pub agent_log: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,9 +91,13 @@ impl Ctx<'_> {
     fn start_cloud(&self, s: &Ready, certs: &Path, dir: &Path, tag: &str) -> Result<Proc> {
         let addr = &s.cloud_addr;
         let mut cmd = self.in_ns(&s.cloud_ns, &self.agent)?;
-        cmd.args(["--log", "warn", "--tls-dir"])
+        cmd.args(["--log", &self.o.agent_log, "--tls-dir"])
             .arg(certs)
-            .args(["cloud", "--listen-grpc", &format!("{addr}:{CLOUD_GRPC_PORT}")])
+            .args([
+                "cloud",
+                "--listen-grpc",
+                &format!("{addr}:{CLOUD_GRPC_PORT}"),
+            ])
             .args(["--listen-quic", &format!("{addr}:{CLOUD_QUIC_PORT}")]);
         let cloud = Proc::spawn(
             &format!("cloud service ({tag})"),
@@ -115,7 +121,7 @@ impl Ctx<'_> {
     ) -> Result<Proc> {
         let addr = &s.cloud_addr;
         let mut cmd = self.in_ns(&s.edge_ns, &self.agent)?;
-        cmd.args(["--log", "warn", "--tls-dir"])
+        cmd.args(["--log", &self.o.agent_log, "--tls-dir"])
             .arg(certs)
             .args(["edge", "--listen", EDGE_API])
             .args(["--cloud-grpc", &format!("{addr}:{CLOUD_GRPC_PORT}")])
@@ -177,13 +183,7 @@ impl Ctx<'_> {
     }
 
     /// Runs a load subcommand of the driver in `ns` and returns its JSON.
-    fn load(
-        &self,
-        ns: &str,
-        dir: &Path,
-        name: &str,
-        args: &[String],
-    ) -> Result<Proc> {
+    fn load(&self, ns: &str, dir: &Path, name: &str, args: &[String]) -> Result<Proc> {
         let mut cmd = self.in_ns(ns, &self.driver)?;
         cmd.args(args);
         Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))

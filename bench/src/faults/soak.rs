@@ -52,7 +52,10 @@ impl SoakResult {
         let half: Vec<&SoakPoint> = self.points.iter().filter(|p| p.t_s >= mid).collect();
         let (a, b) = (half.first()?, half.last()?);
         Some((
-            (b.edge_rss_mib - a.edge_rss_mib, b.edge_fds as i64 - a.edge_fds as i64),
+            (
+                b.edge_rss_mib - a.edge_rss_mib,
+                b.edge_fds as i64 - a.edge_fds as i64,
+            ),
             (
                 b.cloud_rss_mib - a.cloud_rss_mib,
                 b.cloud_fds as i64 - a.cloud_fds as i64,
