@@ -63,6 +63,9 @@ pub struct EdgeConfig {
     pub probe: ProbeConfig,
     /// Prometheus exporter address (`GET /metrics`); unset means none.
     pub metrics_listen: Option<String>,
+    /// Store and forward for tasks without a deadline while the cloud is
+    /// unreachable (off unless `path` is set).
+    pub store: crate::store::StoreConfig,
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
@@ -238,6 +241,7 @@ impl Default for EdgeConfig {
             cloud_expected_ms: 10.0,
             probe: ProbeConfig::default(),
             metrics_listen: None,
+            store: Default::default(),
             models: workload_models("edge", [15.0, 50.0, 1.0]),
         }
     }

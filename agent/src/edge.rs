@@ -4,6 +4,7 @@
 use crate::config::EdgeConfig;
 use crate::infer::{shared_exec_times, torch_engines};
 use crate::manager::{Manager, ManagerConfig, ManagerParts};
+use crate::store::TaskStore;
 use agent_core::LinkConfig;
 use agent_net::tls::TlsMaterial;
 use agent_net::wire::{error_to_status, result_to_response, task_from_request};
@@ -218,6 +219,16 @@ impl Edge {
         let failover = stack.failover;
         let times = shared_exec_times(0.2, Duration::from_millis(1));
         let factory = torch_engines(cfg.models.clone(), &cfg.device, times.clone())?;
+        let store = TaskStore::open(&cfg.store)?.map(Arc::new);
+        if let Some(s) = &store {
+            let c = s.counts();
+            tracing::info!(
+                path = %cfg.store.path,
+                held = c.pending,
+                results = c.results,
+                "task store open"
+            );
+        }
         let manager = Arc::new(Manager::start(
             ManagerConfig {
                 workers: cfg.workers,
@@ -228,6 +239,7 @@ impl Edge {
                 response_bytes: cfg.response_bytes,
                 cloud_expected: Duration::from_secs_f64(cfg.cloud_expected_ms / 1e3),
                 hedge_budget: cfg.hedge_budget,
+                hold_runnable_locally: cfg.store.hold_runnable_locally,
             },
             ManagerParts {
                 local_specs: cfg.models.clone(),
@@ -237,6 +249,7 @@ impl Edge {
                 net: monitor.status.clone(),
                 probe_events: monitor.events.clone(),
                 cloud_dest: cloud.ip(),
+                store,
             },
         )?);
 

@@ -14,6 +14,7 @@ mod manager;
 mod metrics;
 mod monitor;
 mod passive;
+pub mod store;
 pub mod submit;
 
 pub use manager::{Manager, StatsSnapshot};

@@ -7,12 +7,13 @@
 //! answers and cancels the other leg.
 
 use crate::infer::{Engine, EngineFactory, ModelSpec, SharedExecTimes};
+use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
     Output, Policy, ProbeEvent, ProbeEventKind, Residuals, SampleSource, Task, TaskError,
     TaskQueue, TaskResult, TaskType, Transport,
 };
-use agent_net::wire::{error_from_kind, output_from_response, task_to_request};
+use agent_net::wire::{error_from_kind, error_response, output_from_response, task_to_request};
 use agent_net::{OffloadError, OffloadRequest, Offloader};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,6 +37,9 @@ pub struct ManagerConfig {
     pub cloud_expected: Duration,
     /// Most hedged tasks as a share of accepted ones (0 disables hedging).
     pub hedge_budget: f64,
+    /// With a store: hold tasks a local model could run too, not only
+    /// those no local model can (`[edge.store] hold_runnable_locally`).
+    pub hold_runnable_locally: bool,
 }
 
 /// Counters of what happened to tasks, for logs, the demo and metrics.
@@ -49,6 +53,9 @@ pub struct Stats {
     pub fell_back: AtomicU64,
     /// Offloads given up on while a local run could still meet the deadline.
     pub rescued: AtomicU64,
+    /// Tasks held in the store for the cloud, and held tasks forwarded.
+    pub held: AtomicU64,
+    pub forwarded: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
     /// Tasks run on both paths, and which leg answered.
@@ -66,6 +73,8 @@ pub struct StatsSnapshot {
     pub completed_grpc: u64,
     pub fell_back: u64,
     pub rescued: u64,
+    pub held: u64,
+    pub forwarded: u64,
     pub failed: u64,
     pub cancelled: u64,
     pub hedged: u64,
@@ -187,6 +196,30 @@ struct Inner {
     intake_closed: CancellationToken,
     outstanding: Arc<Outstanding>,
     stats: Stats,
+    store: Option<Arc<TaskStore>>,
+    /// Submitters waiting for a held task's result.
+    held: Mutex<Held>,
+    /// Wakes the forwarder when a task is held.
+    forward_ready: Notify,
+}
+
+#[derive(Default)]
+struct Held {
+    jobs: HashMap<String, Vec<Job>>,
+    /// Shutdown began: a held task's submitter is answered at once.
+    closed: bool,
+}
+
+/// Between two attempts of the forwarder while the cloud stays away.
+const FORWARD_RETRY: Duration = Duration::from_secs(1);
+/// Held tasks forwarded at once.
+const FORWARD_BATCH: usize = 8;
+
+fn held_message(id: &str) -> String {
+    format!(
+        "task {id:?} is held in the edge's store and is sent when the cloud is back, also after a \
+         restart of the edge; submit the same task id again to get its result"
+    )
 }
 
 pub struct Manager {
@@ -203,6 +236,8 @@ pub struct ManagerParts {
     pub net: watch::Receiver<NetworkStatus>,
     pub probe_events: mpsc::Sender<ProbeEvent>,
     pub cloud_dest: IpAddr,
+    /// Store and forward (`None`: off).
+    pub store: Option<Arc<TaskStore>>,
 }
 
 impl Manager {
@@ -237,8 +272,16 @@ impl Manager {
             intake_closed: CancellationToken::new(),
             outstanding: Arc::default(),
             stats: Stats::default(),
+            store: parts.store,
+            held: Mutex::default(),
+            forward_ready: Notify::new(),
             cfg,
         });
+        if inner.store.is_some() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(forward_loop(inner.clone()));
+            }
+        }
         let workers = engines
             .into_iter()
             .enumerate()
@@ -266,6 +309,8 @@ impl Manager {
             completed_grpc: g(&s.completed_grpc),
             fell_back: g(&s.fell_back),
             rescued: g(&s.rescued),
+            held: g(&s.held),
+            forwarded: g(&s.forwarded),
             failed: g(&s.failed),
             cancelled: g(&s.cancelled),
             hedged: g(&s.hedged),
@@ -304,6 +349,9 @@ impl Manager {
             if let Err(e) = spec.validate_payload(&task.payload) {
                 return rejected(e);
             }
+        }
+        if let Some(rx) = inner.answer_known(&task) {
+            return Ok(rx);
         }
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
@@ -435,6 +483,18 @@ impl Manager {
     /// Stops accepting, lets every accepted task finish, then stops workers.
     pub async fn shutdown(&self) {
         self.inner.intake_closed.cancel();
+        // Held tasks stay in the store; their submitters learn how to get
+        // the result later.
+        let waiting: Vec<Job> = {
+            let mut h = self.inner.held.lock().expect("held lock");
+            h.closed = true;
+            h.jobs.drain().flat_map(|(_, jobs)| jobs).collect()
+        };
+        for job in waiting {
+            let msg = held_message(&job.task.id);
+            self.inner
+                .finish(job, Err(TaskError::Unavailable(msg)), None, None);
+        }
         loop {
             let notified = self.inner.outstanding.drained.notified();
             if self.inner.outstanding.count.load(Ordering::SeqCst) == 0 {
@@ -640,6 +700,10 @@ impl Inner {
     /// After a failed offload: run locally if that can still meet the
     /// deadline, else fail with the offload's error.
     fn fall_back_or_fail(&self, mut job: Job, err: OffloadError, transport: Option<Transport>) {
+        job = match self.try_hold(job, &err) {
+            Some(job) => job,
+            None => return,
+        };
         if matches!(err, OffloadError::RateLimited { .. }) {
             crate::metrics::record_rate_limited();
         }
@@ -670,6 +734,176 @@ impl Inner {
             }
         }
         self.finish(job, Err(task_error), None, transport);
+    }
+}
+
+impl Inner {
+    /// A task whose id the store knows: its kept result, or a wait for the
+    /// held task's result.
+    fn answer_known(&self, task: &Task) -> Option<oneshot::Receiver<TaskResult>> {
+        let store = self.store.as_ref()?;
+        let kept = match store.result(&task.id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "task store unreadable");
+                return None;
+            }
+        };
+        let pending = kept.is_none() && store.is_pending(&task.id).unwrap_or(false);
+        if kept.is_none() && !pending {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.accept();
+        let job = Job {
+            task: task.clone(),
+            decision: None,
+            reply: Reply::One(tx),
+            fell_back: false,
+            claim: Claim::new(&self.outstanding),
+        };
+        match kept {
+            Some(resp) => self.answer_from_cloud(job, &resp, None),
+            None => self.wait_for_held(job),
+        }
+        Some(rx)
+    }
+
+    /// Holds the task in the store when it should wait for the cloud;
+    /// gives the job back otherwise (or when the store is full).
+    fn try_hold(&self, job: Job, err: &OffloadError) -> Option<Job> {
+        let Some(store) = &self.store else {
+            return Some(job);
+        };
+        let unreachable = matches!(
+            err,
+            OffloadError::Connect { .. }
+                | OffloadError::Transport { .. }
+                | OffloadError::CircuitOpen { .. }
+                | OffloadError::Timeout
+        );
+        let wants_cloud =
+            self.cfg.hold_runnable_locally || !self.local_specs.contains_key(&job.task.task_type);
+        if !(unreachable
+            && wants_cloud
+            && job.task.deadline.is_none()
+            && matches!(job.reply, Reply::One(_)))
+        {
+            return Some(job);
+        }
+        let req = task_to_request(&job.task, Instant::now(), SystemTime::now());
+        if let Err(e) = store.hold(&req) {
+            tracing::warn!(task = %job.task.id, error = %e, "cannot hold the task for the cloud");
+            return Some(job);
+        }
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::record_store(true, store.counts());
+        tracing::debug!(task = %job.task.id, error = %err, "held for the cloud");
+        self.forward_ready.notify_one();
+        self.wait_for_held(job);
+        None
+    }
+
+    fn wait_for_held(&self, job: Job) {
+        let mut h = self.held.lock().expect("held lock");
+        if h.closed {
+            drop(h);
+            let msg = held_message(&job.task.id);
+            self.finish(job, Err(TaskError::Unavailable(msg)), None, None);
+        } else {
+            h.jobs.entry(job.task.id.clone()).or_default().push(job);
+        }
+    }
+
+    /// Answers a job with what the cloud answered for it.
+    fn answer_from_cloud(
+        &self,
+        job: Job,
+        resp: &proto::TaskResponse,
+        transport: Option<Transport>,
+    ) {
+        if resp.success {
+            let out = output_from_response(resp);
+            self.finish(job, Ok(out), Some(ExecPath::Cloud), transport);
+        } else {
+            let e = error_from_kind(resp.error_kind, resp.error_message.clone());
+            self.finish(job, Err(e), None, transport);
+        }
+    }
+
+    /// A held task's answer: kept in the store, given to whoever waits.
+    fn deliver_held(&self, id: &str, resp: &proto::TaskResponse, transport: Option<Transport>) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.complete(id, resp) {
+                tracing::warn!(task = id, error = %e, "cannot keep a forwarded task's result");
+            }
+            crate::metrics::record_store(false, store.counts());
+        }
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let jobs = self
+            .held
+            .lock()
+            .expect("held lock")
+            .jobs
+            .remove(id)
+            .unwrap_or_default();
+        for job in jobs {
+            self.answer_from_cloud(job, resp, transport);
+        }
+    }
+}
+
+/// Sends the held tasks, oldest first, whenever the cloud answers; stops
+/// at the first transport failure and tries again a second later.
+async fn forward_loop(inner: Arc<Inner>) {
+    let (Some(store), Some(offloader)) = (inner.store.clone(), inner.offloader.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = inner.intake_closed.cancelled() => return,
+            _ = inner.forward_ready.notified() => {}
+            _ = tokio::time::sleep(FORWARD_RETRY) => {}
+        }
+        let pending = match store.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "task store unreadable");
+                continue;
+            }
+        };
+        'batches: for batch in pending.chunks(FORWARD_BATCH) {
+            let mut set = tokio::task::JoinSet::new();
+            for req in batch.iter().cloned() {
+                let off = offloader.clone();
+                set.spawn(async move {
+                    let r = off
+                        .offload(&OffloadRequest {
+                            request: req.clone(),
+                            deadline: None,
+                        })
+                        .await;
+                    (req.id, r)
+                });
+            }
+            let mut failed = false;
+            while let Some(done) = set.join_next().await {
+                let Ok((id, r)) = done else { continue };
+                match r {
+                    Ok(reply) => inner.deliver_held(&id, &reply.response, Some(reply.transport)),
+                    Err(OffloadError::Rejected(e)) => {
+                        inner.deliver_held(&id, &error_response(&id, &e), None)
+                    }
+                    Err(e) => {
+                        tracing::debug!(task = %id, error = %e, "cloud still away; held");
+                        failed = true;
+                    }
+                }
+            }
+            if failed || inner.intake_closed.is_cancelled() {
+                break 'batches;
+            }
+        }
     }
 }
 

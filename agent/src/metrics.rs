@@ -48,6 +48,19 @@ pub fn record_rate_limited() {
     counter!("edge_offload_rate_limited_total").increment(1);
 }
 
+/// A task held in the store (`held`) or a held task forwarded, with what
+/// the store holds now.
+pub fn record_store(held: bool, c: crate::store::StoreCounts) {
+    if held {
+        counter!("edge_store_held_total").increment(1);
+    } else {
+        counter!("edge_store_forwarded_total").increment(1);
+    }
+    gauge!("edge_store_pending_tasks").set(c.pending as f64);
+    gauge!("edge_store_pending_bytes").set(c.pending_bytes as f64);
+    gauge!("edge_store_results").set(c.results as f64);
+}
+
 /// Records one finished task (a no-op when no exporter is installed).
 pub fn record_result(r: &TaskResult) {
     let path = r.processed_by.map_or("none", |p| p.as_str());

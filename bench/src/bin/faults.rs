@@ -20,7 +20,7 @@ const CLOUD_KILL_INFLIGHT_LIMIT_S: f64 = 2.0;
     about = "Fault and load suite of the edge offloading agent"
 )]
 struct Args {
-    /// Faults to run (comma-separated; default: all).
+    /// Faults to run (comma-separated; default: all; `soak` alone: only the soak).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Link and workload.
@@ -38,6 +38,9 @@ struct Args {
     /// Also soak for this many seconds (memory and descriptors sampled).
     #[arg(long)]
     soak: Option<f64>,
+    /// Link and workload of the soak.
+    #[arg(long, default_value = "bench/faults/soak.toml")]
+    soak_scenario: PathBuf,
     /// The edge's policy during the soak.
     #[arg(long, default_value = "deadline-aware")]
     soak_policy: String,
@@ -66,11 +69,13 @@ fn main() -> Result<()> {
             .context("the program's folder")?
             .to_path_buf(),
     };
+    // `--only soak` runs the soak alone.
     let faults = if a.only.is_empty() {
         Fault::ALL.to_vec()
     } else {
         a.only
             .iter()
+            .filter(|n| *n != "soak")
             .map(|n| {
                 Fault::from_name(n).with_context(|| {
                     let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
@@ -94,6 +99,7 @@ fn main() -> Result<()> {
         policy: a.policy.clone(),
         soak_s: a.soak,
         soak_policy: a.soak_policy.clone(),
+        soak_scenario: a.soak_scenario.clone(),
         out_dir: a.out.clone(),
         work_dir: a.work.clone(),
         bin_dir,

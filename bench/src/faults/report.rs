@@ -99,12 +99,12 @@ pub fn render(r: &SuiteResult) -> String {
 fn render_soak(s: &mut String, k: &SoakResult) {
     let _ = writeln!(
         s,
-        "## Soak\n\n{:.0} s at {} tasks/s with the `{}` policy (both paths busy): {} sent, {} \
-         results ({} ran in the cloud), {} errors, **{} lost**. Memory (resident set) and open \
-         file descriptors of both agents every few seconds; the last line is after the load \
-         stopped. Curve: [soak.png](soak.png).\n",
+        "## Soak\n\n{:.0} s of {} with the `{}` policy: {} sent, {} results ({} ran in the \
+         cloud), {} errors, **{} lost**. Memory (resident set) and open file descriptors of both \
+         agents every few seconds; the last line is after the load stopped. Curve: \
+         [soak.png](soak.png).\n",
         k.seconds,
-        k.tasks_per_s,
+        k.scenario,
         k.policy,
         k.row.sent,
         k.row.results,

@@ -42,6 +42,8 @@ pub struct Options {
     /// Length of the soak run; `None`: no soak.
     pub soak_s: Option<f64>,
     pub soak_policy: String,
+    /// Link and workload of the soak (bench/faults/soak.toml).
+    pub soak_scenario: PathBuf,
     pub out_dir: PathBuf,
     pub work_dir: PathBuf,
     /// Where `agent`, `netem-tun` and `scenario-driver` are.
@@ -81,6 +83,7 @@ struct Stack {
     dir: PathBuf,
     cloud: Proc,
     edge: Proc,
+    scenario: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -136,13 +139,13 @@ impl Ctx<'_> {
         Ok(edge)
     }
 
-    fn start_stack(&self, name: &str, policy: &str) -> Result<Stack> {
+    fn start_stack(&self, name: &str, policy: &str, scenario: &Path) -> Result<Stack> {
         let dir = self.o.work_dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let prefix = format!("fs{}", std::process::id());
         let mut cmd = Command::new(&self.netem_tun);
         cmd.args(["run", "--scenario"])
-            .arg(&self.o.scenario)
+            .arg(scenario)
             .args(["--ns-prefix", &prefix]);
         let lab = Proc::spawn("netem-tun", cmd, &dir.join("netem-tun.log"))?;
         let ready = lab.wait_line(|l| l.starts_with("ready "), Duration::from_secs(30))?;
@@ -163,6 +166,7 @@ impl Ctx<'_> {
             dir,
             cloud,
             edge,
+            scenario: scenario.to_path_buf(),
         })
     }
 
@@ -173,7 +177,7 @@ impl Ctx<'_> {
         let mut cmd = self.in_ns(&s.net.edge_ns, &self.driver)?;
         cmd.args(["run", "--edge", EDGE_API, "--policy", policy])
             .arg("--scenario")
-            .arg(&self.o.scenario)
+            .arg(&s.scenario)
             .args(["--duration", &seconds.to_string()])
             .arg("--out")
             .arg(&out);
@@ -340,7 +344,7 @@ fn apply(ctx: &Ctx, s: &mut Stack, fault: Fault) -> Result<serde_json::Value> {
 
 fn run_fault(ctx: &Ctx, fault: Fault) -> Result<(FaultRow, FaultDetail)> {
     let o = ctx.o;
-    let mut s = ctx.start_stack(fault.name(), &o.policy)?;
+    let mut s = ctx.start_stack(fault.name(), &o.policy, &o.scenario)?;
     // The edge measures the link before the workload starts.
     std::thread::sleep(Duration::from_secs(3));
     let (mut driver, out) = ctx.start_driver(&s, o.run_s, &o.policy)?;
@@ -373,7 +377,7 @@ fn run_fault(ctx: &Ctx, fault: Fault) -> Result<(FaultRow, FaultDetail)> {
 
 fn run_soak(ctx: &Ctx, seconds: f64) -> Result<SoakResult> {
     let policy = &ctx.o.soak_policy;
-    let mut s = ctx.start_stack("soak", policy)?;
+    let mut s = ctx.start_stack("soak", policy, &ctx.o.soak_scenario)?;
     std::thread::sleep(Duration::from_secs(3));
     let (driver, out) = ctx.start_driver(&s, seconds, policy)?;
     let mut driver = driver;
@@ -412,9 +416,10 @@ fn run_soak(ctx: &Ctx, seconds: f64) -> Result<SoakResult> {
     stop_stack(s)?;
     let records = read_records(&out)?;
     let (row, _) = summarize("soak", &records, seconds, seconds);
-    let sc = Scenario::load(&ctx.o.scenario)?;
+    let sc = Scenario::load(&ctx.o.soak_scenario)?;
     Ok(SoakResult {
         seconds,
+        scenario: sc.description.clone(),
         tasks_per_s: sc.workload.tasks_per_s,
         policy: policy.clone(),
         offloaded: records.iter().filter(|r| r.offloaded()).count(),

@@ -17,6 +17,9 @@ pub struct SoakPoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SoakResult {
     pub seconds: f64,
+    /// The soak scenario's description.
+    #[serde(default)]
+    pub scenario: String,
     pub tasks_per_s: f64,
     pub policy: String,
     pub row: super::FaultRow,
@@ -88,6 +91,7 @@ mod tests {
         };
         let r = SoakResult {
             seconds: 100.0,
+            scenario: String::new(),
             tasks_per_s: 1.0,
             policy: "x".into(),
             row: super::super::FaultRow {
