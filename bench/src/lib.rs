@@ -11,3 +11,4 @@ pub mod ebpf;
 pub mod faults;
 pub mod scenarios;
 pub mod support;
+pub mod transport;

@@ -3,7 +3,9 @@
 //! loopback and across the jitter lab's emulated link (RTT 10 ms, 1 %
 //! loss; needs root). Builds `bench-transport` and `netem-tun` (release)
 //! and runs `bench-transport run`; with --json the last line is one JSON
-//! array of `{transport, payload_bytes, link, p50_us, p99_us, rps}`.
+//! array of `{transport, payload_bytes, link, p50_us, p99_us, rps}` (every
+//! round's rows). Writes bench/results/transport.md: three alternating
+//! rounds, medians with their range, QUIC/gRPC p99 ratios.
 
 use crate::util::{self, cargo, project_root};
 use anyhow::Result;
@@ -28,7 +30,17 @@ pub fn run(quick: bool, json: bool) -> Result<()> {
             .to_str()
             .expect("UTF-8 path"),
     );
-    c.arg("run");
+    let shown = format!(
+        "cargo xtask bench-transport{}{}",
+        if quick { " --quick" } else { "" },
+        if json { " --json" } else { "" }
+    );
+    c.current_dir(project_root()).arg("run").args([
+        "--out",
+        "bench/results/transport.md",
+        "--command",
+        &shown,
+    ]);
     if quick {
         c.arg("--quick");
     }

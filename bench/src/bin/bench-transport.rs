@@ -21,10 +21,11 @@ use agent_net::{
 };
 use anyhow::{bail, Context, Result};
 use bench::scenarios::stats::percentile;
+use bench::support::stamp;
+use bench::transport::{self, Row};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use jitter_lab::lab::Ready;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -60,6 +61,15 @@ enum Cmd {
         /// Loopback only (no namespaces, no root needed).
         #[arg(long)]
         loopback_only: bool,
+        /// Rounds per link, each measuring both transports at every size.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Write the Markdown report here (e.g. bench/results/transport.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The command line to print in the report (default: this one).
+        #[arg(long)]
+        command: Option<String>,
     },
     /// Serve gRPC and QUIC over the size-checking handler.
     Serve {
@@ -88,16 +98,6 @@ enum Cmd {
         #[arg(long)]
         quic_congestion: Option<String>,
     },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Row {
-    transport: String,
-    payload_bytes: usize,
-    link: String,
-    p50_us: u64,
-    p99_us: u64,
-    rps: f64,
 }
 
 /// Answers every request with a small response naming the payload size it
@@ -133,7 +133,20 @@ fn main() -> Result<()> {
             json,
             scenario,
             loopback_only,
-        } => rt.block_on(run(quick, json, &scenario, loopback_only)),
+            rounds,
+            out,
+            command,
+        } => {
+            let o = RunOptions {
+                quick,
+                json,
+                loopback_only,
+                rounds: rounds.max(1),
+                out,
+                command: command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+            };
+            rt.block_on(run(&o, &scenario))
+        }
         Cmd::Serve {
             listen_grpc,
             listen_quic,
@@ -439,29 +452,53 @@ async fn stop_lab(mut lab: Child) {
     }
 }
 
-async fn run(quick: bool, json: bool, scenario: &Path, loopback_only: bool) -> Result<()> {
+struct RunOptions {
+    quick: bool,
+    json: bool,
+    loopback_only: bool,
+    rounds: usize,
+    out: Option<PathBuf>,
+    command: String,
+}
+
+async fn run(o: &RunOptions, scenario: &Path) -> Result<()> {
+    let (quick, json, loopback_only) = (o.quick, o.json, o.loopback_only);
+    let commit = stamp::source_commit();
     let exe = std::env::current_exe()?;
     let certs = std::env::temp_dir().join(format!("bench-transport-certs-{}", std::process::id()));
     agent_net::tls::gen_certs(&certs, &[])?;
     let result = async {
-        let mut rows = run_link(&exe, &certs, "loopback", None, "127.0.0.1", quick).await?;
+        let mut rows = Vec::new();
+        for _ in 0..o.rounds {
+            rows.extend(run_link(&exe, &certs, "loopback", None, "127.0.0.1", quick).await?);
+        }
         if loopback_only {
             eprintln!("lossy link skipped (--loopback-only)");
         } else if !is_root() {
             bail!("the lossy link needs root (network namespaces); use --loopback-only without it");
         } else {
             let (lab, edge_ns, cloud_ns, cloud_addr) = start_lab(scenario).await?;
-            let r = run_link(
-                &exe,
-                &certs,
-                "lossy-1pct",
-                Some((&edge_ns, &cloud_ns)),
-                &cloud_addr,
-                quick,
-            )
-            .await;
+            let mut r = Ok(());
+            for _ in 0..o.rounds {
+                match run_link(
+                    &exe,
+                    &certs,
+                    "lossy-1pct",
+                    Some((&edge_ns, &cloud_ns)),
+                    &cloud_addr,
+                    quick,
+                )
+                .await
+                {
+                    Ok(more) => rows.extend(more),
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
             stop_lab(lab).await;
-            rows.extend(r?);
+            r?;
         }
         Ok(rows)
     }
@@ -477,6 +514,24 @@ async fn run(quick: bool, json: bool, scenario: &Path, loopback_only: bool) -> R
                 r.link, r.transport, r.payload_bytes, r.p50_us, r.p99_us, r.rps
             );
         }
+    }
+    if let Some(out) = &o.out {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|d| String::from_utf8_lossy(&d.stdout).trim().to_string())
+            .unwrap_or_default();
+        let md = transport::render(&transport::Report {
+            command: &o.command,
+            date_utc: &date,
+            commit: &commit,
+            machine: &stamp::machine(),
+            quick,
+            rounds: o.rounds,
+            rows: &rows,
+        });
+        std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
     }
     println!("{}", serde_json::to_string(&rows)?);
     Ok(())
