@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -283,11 +284,18 @@ impl Edge {
             let shutdown = serving_stop.cancelled_owned();
             match listener {
                 ApiListener::Tcp(l) => {
+                    // No Nagle: a small response frame written behind an
+                    // unacknowledged one would otherwise wait for the
+                    // submitter's delayed ACK (~40 ms).
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l).map(|c| {
+                        c.inspect(|s| {
+                            if let Err(e) = s.set_nodelay(true) {
+                                tracing::debug!(error = %e, "TCP_NODELAY on a task API connection");
+                            }
+                        })
+                    });
                     router
-                        .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(l),
-                            shutdown,
-                        )
+                        .serve_with_incoming_shutdown(incoming, shutdown)
                         .await?
                 }
                 ApiListener::Unix(l, file) => {

@@ -936,22 +936,25 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     // A task without a deadline waits a few times its predicted offload
     // time (at least NO_DEADLINE_PATIENCE) before it runs locally instead.
     let can_run_here = inner.local_specs.contains_key(&job.task.task_type);
+    let predicted = job
+        .decision
+        .as_ref()
+        .and_then(|d| d.offload.as_ref())
+        .map_or(Duration::ZERO, |o| {
+            Duration::from_secs_f64(o.total_ms.clamp(0.0, 3.6e6) / 1e3)
+        });
+    let now = Instant::now();
     let rescue_at = match (&job.reply, job.task.deadline) {
+        // Only once the cloud is clearly late (twice its predicted time):
+        // a deadline that leaves less room keeps the offload to the end.
         (Reply::One(_), Some(deadline)) if can_run_here => {
             let margin = inner.local_estimate(job.task.task_type) * 2 + RESCUE_SLACK;
             deadline
                 .checked_sub(margin)
-                .filter(|at| *at > Instant::now())
+                .filter(|at| *at >= now + predicted * 2)
         }
         (Reply::One(_), None) if can_run_here => {
-            let predicted = job
-                .decision
-                .as_ref()
-                .and_then(|d| d.offload.as_ref())
-                .map_or(Duration::ZERO, |o| {
-                    Duration::from_secs_f64((o.total_ms * 4.0).clamp(0.0, 3.6e6) / 1e3)
-                });
-            Some(Instant::now() + predicted.max(NO_DEADLINE_PATIENCE))
+            Some(now + (predicted * 4).max(NO_DEADLINE_PATIENCE))
         }
         _ => None,
     };

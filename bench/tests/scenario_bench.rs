@@ -111,7 +111,14 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     let by = |p: &str| rows.iter().find(|r| r["policy"] == p).unwrap()["summary"].clone();
     assert_eq!(by("always-local")["offloaded"], 0);
     let off = by("always-offload");
-    assert_eq!(off["offloaded"], off["completed"]);
+    // Every task is sent to the cloud; a few may run locally after all
+    // (an offload that failed, or was so late that only a local run could
+    // still meet the deadline).
+    let (offloaded, completed) = (
+        off["offloaded"].as_u64().unwrap(),
+        off["completed"].as_u64().unwrap(),
+    );
+    assert!(offloaded * 10 >= completed * 9, "{off}");
     // Offloading pays the 40 ms round trip; running locally does not (the
     // mix's median task, a small image or a text, is cheaper than that).
     assert!(off["p50_ms"].as_f64().unwrap() > 35.0, "{off}");

@@ -163,3 +163,60 @@ async fn a_unix_socket_task_api_serves_and_is_removed_at_shutdown() {
     assert!(!sock.exists(), "the socket file outlived the edge");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Sockets of this process connected from or to `local` (by file
+/// descriptor), with whether TCP_NODELAY is set on each.
+fn nodelay_of_connections(local: std::net::SocketAddr) -> Vec<bool> {
+    use nix::sys::socket::{getpeername, getsockname, getsockopt, sockopt, SockaddrStorage};
+    use std::os::fd::BorrowedFd;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let name = getsockname::<SockaddrStorage>(fd).ok();
+        let on_api = name
+            .and_then(|n| n.as_sockaddr_in().map(|a| std::net::SocketAddr::from(*a)))
+            .is_some_and(|a| a == local);
+        // The listener has no peer; accepted connections do.
+        if on_api && getpeername::<SockaddrStorage>(fd).is_ok() {
+            // SAFETY: the descriptor stays open for this call (the edge's
+            // connection is alive while its client is).
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            found.push(getsockopt(&b, sockopt::TcpNoDelay).unwrap());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_api_turns_nagle_off_on_its_connections() {
+    let cfg = defaults();
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let edge = start_edge(cfg.edge.clone(), cloud.grpc_addr.to_string()).await;
+    let api: std::net::SocketAddr = edge.api_addr.to_string().parse().unwrap();
+    let mut c = client(&edge).await;
+    let r = c
+        .offload_task(digits_request("nodelay"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.success, "{r:?}");
+    // The edge's end of the connection: accepted with Nagle off.
+    let sockets = nodelay_of_connections(api);
+    assert!(
+        !sockets.is_empty(),
+        "the edge's accepted connection is found"
+    );
+    assert!(
+        sockets.iter().all(|&on| on),
+        "TCP_NODELAY on every accepted connection: {sockets:?}"
+    );
+    edge.shutdown().await.unwrap();
+    cloud.shutdown().await.unwrap();
+}

@@ -6,6 +6,7 @@
 //! lost or the tasks in flight at a cloud kill waited 2 s or more.
 
 use anyhow::{bail, Context, Result};
+use bench::faults::load::StormReport;
 use bench::faults::{self, Fault};
 use bench::support::procs;
 use clap::Parser;
@@ -121,12 +122,27 @@ fn main() -> Result<()> {
         opts.out_dir.join("faults.md").display(),
         r.wall_s / 60.0
     );
+    let mut bad = Vec::new();
+    for (row, d) in &r.faults {
+        if row.fault != Fault::CancelStorm.name() {
+            continue;
+        }
+        for side in ["cloud", "edge"] {
+            let served = serde_json::from_value::<StormReport>(d.load[side].clone())
+                .is_ok_and(|s| s.served_after());
+            if !served {
+                bad.push(format!(
+                    "{}: no valid request served by the {side} after the storm",
+                    row.fault
+                ));
+            }
+        }
+    }
     let mut rows: Vec<_> = r.faults.iter().map(|(row, _)| row.clone()).collect();
     if let Some(s) = &r.soak {
         rows.push(s.row.clone());
     }
     println!("{}", serde_json::to_string(&rows)?);
-    let mut bad = Vec::new();
     for row in &rows {
         if row.lost > 0 {
             bad.push(format!("{}: {} tasks lost", row.fault, row.lost));

@@ -154,15 +154,23 @@ fn main() -> Result<()> {
             give_up_ms,
         } => block_on(async move {
             let client = connect_target(&target).await?;
-            let r = load::storm(
+            let req = valid_request()?;
+            let mut r = load::storm(
                 &client,
-                &valid_request()?,
+                &req,
                 count,
                 batch.max(1),
                 Duration::from_millis(give_up_ms),
                 Duration::from_secs(5),
             )
             .await;
+            if !r.after_ok {
+                // The server may have closed the storm's connection: a
+                // client that reconnects must be served at once.
+                let fresh = connect_target(&target).await?;
+                let timeout = Duration::from_secs(5);
+                r.fresh = Some(load::one_request(&fresh, &req, "after-storm-fresh", timeout).await);
+            }
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }),

@@ -17,12 +17,56 @@ pub struct StormReport {
     pub sent: usize,
     /// Requests the client abandoned before an answer came.
     pub gave_up: usize,
-    /// Whether one valid request right after the storm was answered, and
-    /// how long it took (ms).
+    /// Whether one valid request right after the storm, on the storm's
+    /// own connection, was answered with a result, and how long it took
+    /// (ms). A server may close a connection that reset this many streams
+    /// (HTTP/2 rapid-reset protection); then this one fails.
     pub after_ok: bool,
     pub after_ms: f64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub after_error: String,
+    /// The same on a new connection, made when the first one failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh: Option<OneRequest>,
+}
+
+/// One valid request's fate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OneRequest {
+    pub ok: bool,
+    pub ms: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl StormReport {
+    /// A valid request succeeded after the storm, on the storm's
+    /// connection or on a new one.
+    pub fn served_after(&self) -> bool {
+        self.after_ok || self.fresh.as_ref().is_some_and(|f| f.ok)
+    }
+}
+
+/// Sends one valid request and waits up to `timeout` for a result.
+pub async fn one_request(
+    client: &EdgeAiServiceClient<Channel>,
+    req: &proto::TaskRequest,
+    id: &str,
+    timeout: Duration,
+) -> OneRequest {
+    let mut c = client.clone();
+    let mut q = req.clone();
+    q.id = id.into();
+    let t = Instant::now();
+    let mut r = OneRequest::default();
+    match tokio::time::timeout(timeout, c.offload_task(q)).await {
+        Ok(Ok(resp)) if resp.get_ref().success => r.ok = true,
+        Ok(Ok(resp)) => r.error = resp.into_inner().error_message,
+        Ok(Err(status)) => r.error = format!("{:?}: {}", status.code(), status.message()),
+        Err(_) => r.error = format!("no answer within {timeout:?}"),
+    }
+    r.ms = t.elapsed().as_secs_f64() * 1e3;
+    r
 }
 
 /// `count` requests, `batch` at a time, each abandoned after `give_up`;
@@ -55,17 +99,10 @@ pub async fn storm(
             r.gave_up += usize::from(gave_up.unwrap_or(false));
         }
     }
-    let mut c = client.clone();
-    let mut q = req.clone();
-    q.id = "after-storm".into();
-    let t = Instant::now();
-    match tokio::time::timeout(after_timeout, c.offload_task(q)).await {
-        Ok(Ok(resp)) if resp.get_ref().success => r.after_ok = true,
-        Ok(Ok(resp)) => r.after_error = resp.into_inner().error_message,
-        Ok(Err(status)) => r.after_error = format!("{:?}: {}", status.code(), status.message()),
-        Err(_) => r.after_error = format!("no answer within {after_timeout:?}"),
-    }
-    r.after_ms = t.elapsed().as_secs_f64() * 1e3;
+    let after = one_request(client, req, "after-storm", after_timeout).await;
+    r.after_ok = after.ok;
+    r.after_ms = after.ms;
+    r.after_error = after.error;
     r
 }
 

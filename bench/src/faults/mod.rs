@@ -74,7 +74,9 @@ impl Fault {
             Fault::Loss30 => "30 % random loss both ways for 10 s",
             Fault::CancelStorm => {
                 "1,500 requests given up after 2 ms, 100 at a time, against the cloud and against \
-                 the edge's task API at once; then one valid request to each"
+                 the edge's task API at once; then one valid request to each on the storm's \
+                 connection and, if the server closed it (HTTP/2 rapid-reset protection), one on a \
+                 new connection; both services must serve it"
             }
             Fault::SlowLoris => {
                 "500 connections to the edge's task API sending the HTTP/2 preface one byte a \
