@@ -5,8 +5,8 @@
 use super::load::{FloodReport, SlowLorisReport, StormReport};
 use super::soak::{self, SoakPoint, SoakResult};
 use super::{summarize, Fault, FaultDetail, FaultRow};
-use crate::scenarios::record::TaskRecord;
-use crate::support::procs::{self, Proc};
+use crate::scenarios::run::{lab_command, output, read_records};
+use crate::support::procs::Proc;
 use crate::support::stamp;
 use anyhow::{bail, ensure, Context, Result};
 use jitter_lab::lab::Ready;
@@ -199,38 +199,6 @@ fn json_of<T: for<'de> Deserialize<'de>>(p: &Proc, limit: Duration) -> Result<T>
     serde_json::from_str(&line).with_context(|| format!("{}: bad report {line:?}", p.name))
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    procs::unblock_signals_at_spawn(cmd);
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn lab_command(lab: &mut Proc, cmd: &str) -> Result<()> {
-    lab.send_line(cmd)?;
-    let reply = lab.wait_line(
-        |l| l.starts_with("ok") || l.starts_with("error"),
-        Duration::from_secs(10),
-    )?;
-    ensure!(
-        reply.starts_with("ok"),
-        "netem-tun refused {cmd:?}: {reply}"
-    );
-    Ok(())
-}
-
-fn read_records(path: &Path) -> Result<Vec<TaskRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad record {l:?}")))
-        .collect()
-}
-
 fn stop_stack(mut s: Stack) -> Result<()> {
     s.edge.stop(Duration::from_secs(15))?;
     s.cloud.stop(Duration::from_secs(10))?;
@@ -375,6 +343,19 @@ fn run_fault(ctx: &Ctx, fault: Fault) -> Result<(FaultRow, FaultDetail)> {
     Ok((row, d))
 }
 
+/// Memory and descriptors of both agents now.
+fn soak_point(s: &Stack, t0: Instant) -> Result<SoakPoint> {
+    let (edge_rss_mib, edge_fds) = soak::sample(s.edge.pid())?;
+    let (cloud_rss_mib, cloud_fds) = soak::sample(s.cloud.pid())?;
+    Ok(SoakPoint {
+        t_s: t0.elapsed().as_secs_f64(),
+        edge_rss_mib,
+        edge_fds,
+        cloud_rss_mib,
+        cloud_fds,
+    })
+}
+
 fn run_soak(ctx: &Ctx, seconds: f64) -> Result<SoakResult> {
     let policy = &ctx.o.soak_policy;
     let mut s = ctx.start_stack("soak", policy, &ctx.o.soak_scenario)?;
@@ -387,30 +368,14 @@ fn run_soak(ctx: &Ctx, seconds: f64) -> Result<SoakResult> {
     let mut next = Duration::ZERO;
     while t0.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(next.saturating_sub(t0.elapsed()));
-        let (edge_rss_mib, edge_fds) = soak::sample(s.edge.pid())?;
-        let (cloud_rss_mib, cloud_fds) = soak::sample(s.cloud.pid())?;
-        points.push(SoakPoint {
-            t_s: t0.elapsed().as_secs_f64(),
-            edge_rss_mib,
-            edge_fds,
-            cloud_rss_mib,
-            cloud_fds,
-        });
+        points.push(soak_point(&s, t0)?);
         next += SOAK_EVERY;
     }
     driver.wait_line(|l| l.starts_with("done"), Duration::from_secs(180))?;
     let st = driver.wait_timeout(Duration::from_secs(10))?;
     ensure!(st.is_some_and(|s| s.success()), "soak driver: {st:?}");
     // Memory once the load has stopped.
-    let (edge_rss_mib, edge_fds) = soak::sample(s.edge.pid())?;
-    let (cloud_rss_mib, cloud_fds) = soak::sample(s.cloud.pid())?;
-    points.push(SoakPoint {
-        t_s: t0.elapsed().as_secs_f64(),
-        edge_rss_mib,
-        edge_fds,
-        cloud_rss_mib,
-        cloud_fds,
-    });
+    points.push(soak_point(&s, t0)?);
     drop(driver);
     let _ = &mut s;
     stop_stack(s)?;

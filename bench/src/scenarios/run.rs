@@ -89,7 +89,7 @@ fn drop_cgroup(cg: CpuCgroup) {
     procs::unregister_cgroup(&path);
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     procs::unblock_signals_at_spawn(cmd);
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     ensure!(
@@ -101,7 +101,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// Sends a command to the emulator's stdin and waits for its reply.
-fn lab_command(lab: &mut Proc, cmd: &str) -> Result<()> {
+pub(crate) fn lab_command(lab: &mut Proc, cmd: &str) -> Result<()> {
     lab.send_line(cmd)?;
     let reply = lab.wait_line(
         |l| l.starts_with("ok") || l.starts_with("error"),
@@ -136,7 +136,7 @@ fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<(f64, f64)>> {
         .collect()
 }
 
-fn read_records(path: &Path) -> Result<Vec<TaskRecord>> {
+pub(crate) fn read_records(path: &Path) -> Result<Vec<TaskRecord>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
