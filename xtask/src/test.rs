@@ -1,5 +1,6 @@
-//! `cargo xtask test`: builds everything (the eBPF object included) and runs
-//! every test of the workspace. Tests that need root, namespaces or the eBPF
+//! `cargo xtask test`: builds everything (the eBPF object included), checks
+//! the deployment files (`cargo xtask check-deploy`) and runs every test of
+//! the workspace. Tests that need root, namespaces or the eBPF
 //! object run for real; the test runner is cargo test.
 
 use crate::util::{self, cargo};
@@ -9,6 +10,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     let object = crate::ebpf::build()?;
     eprintln!("test: eBPF object at {}", object.display());
     util::run(cargo().args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
+    // Before the tests, so that cargo test's summary stays the last lines.
+    crate::deploy::run()?;
     util::run(
         cargo()
             .args(["test", "--release", "--workspace", "--no-fail-fast"])
