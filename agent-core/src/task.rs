@@ -171,6 +171,10 @@ pub struct Output {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boxes: Vec<Detection>,
     pub model: String,
+    /// The version of the model that answered (it changes when a new
+    /// model is swapped in live).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_version: String,
 }
 
 /// One detected object, in the pixels of the image as it was sent.

@@ -16,7 +16,7 @@ pub use offload::{
     FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded, Mode, OffloadConfig,
     OffloadError, OffloadReply, OffloadRequest, OffloadStack, Offloader, QuicClientConfig,
     QuicFailure, QuicOffloader, RateLimitConfig, RateLimited, RetryConfig, Retrying, Route,
-    Verdict,
+    StackHealth, Verdict,
 };
 pub use tls::{TlsConfig, TlsMaterial};
 

@@ -104,6 +104,7 @@ pub fn output_from_response(r: &proto::TaskResponse) -> Output {
             })
             .collect(),
         model: r.model_name.clone(),
+        model_version: r.model_version.clone(),
     }
 }
 
@@ -130,6 +131,7 @@ pub fn output_response(task_id: &str, o: &Output) -> proto::TaskResponse {
             })
             .collect(),
         model_name: o.model.clone(),
+        model_version: o.model_version.clone(),
         ..Default::default()
     }
 }
@@ -432,6 +434,7 @@ mod proptests {
                 0..4,
             ),
             model in "[a-z_0-9]{0,12}",
+            model_version in "[a-z_0-9.]{0,8}",
         ) -> Output {
             Output {
                 class,
@@ -444,6 +447,7 @@ mod proptests {
                     })
                     .collect(),
                 model,
+                model_version,
             }
         }
     }

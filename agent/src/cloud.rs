@@ -2,14 +2,16 @@
 //! cloud models) behind every listener of [`agent_net::CloudListeners`].
 
 use crate::config::CloudConfig;
-use crate::infer::{shared_exec_times, torch_engines, Engine, EngineFactory, ModelSpec};
+use crate::infer::{
+    shared_exec_times, torch_engines, EngineFactory, EnginePool, ModelSpec, SharedExecTimes,
+};
 use agent_core::{deadline_from_unix_nanos, TaskError, TaskType};
 use agent_net::tls::Side;
 use agent_net::wire::{output_response, task_type_from_proto};
 use agent_net::{CloudListeners, Handler, ListenConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::Semaphore;
 
@@ -35,7 +37,8 @@ pub struct CloudHandler {
     specs: HashMap<TaskType, ModelSpec>,
     // Shared with the inference threads: a request whose client went away
     // is dropped mid-inference, and the engine and permit still come back.
-    pool: Arc<Mutex<Vec<Box<dyn Engine>>>>,
+    // A model update swaps the pool's engines.
+    pool: Arc<EnginePool>,
     permits: Arc<Semaphore>,
     pending: AtomicUsize,
     limits: CloudLimits,
@@ -53,7 +56,7 @@ impl CloudHandler {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             specs,
-            pool: Arc::new(Mutex::new(pool)),
+            pool: EnginePool::new(pool),
             permits: Arc::new(Semaphore::new(n)),
             pending: AtomicUsize::new(0),
             limits,
@@ -62,6 +65,11 @@ impl CloudHandler {
 
     pub fn max_payload_bytes(&self) -> usize {
         self.limits.max_payload_bytes
+    }
+
+    /// The inference engines (a model update swaps them).
+    pub fn engines(&self) -> Arc<EnginePool> {
+        self.pool.clone()
     }
 
     /// Requests waiting for an inference slot now.
@@ -123,21 +131,18 @@ impl CloudHandler {
         }
         let mut engine = self
             .pool
-            .lock()
-            .expect("engine pool lock")
-            .pop()
+            .try_checkout()
             .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
         let payload = req.payload;
-        let pool = self.pool.clone();
         let result = tokio::task::spawn_blocking(move || {
             // A panicking model answers an error and its engine still goes
             // back to the pool (before the permit, so a permit always finds
             // an engine).
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.process(task_type, &payload)
+                engine.engine().process(task_type, &payload)
             }))
             .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
-            pool.lock().unwrap_or_else(|e| e.into_inner()).push(engine);
+            drop(engine);
             drop(permit);
             r
         })
@@ -147,7 +152,6 @@ impl CloudHandler {
         Ok(proto::TaskResponse {
             processed_by: "cloud".into(),
             duration_nano: received.elapsed().as_nanos() as i64,
-            model_version: inf.model_version,
             queue_nano: started.duration_since(received).as_nanos() as i64,
             inference_nano: inf.elapsed.as_nanos() as i64,
             ..output_response(&req.id, &inf.output)
@@ -179,10 +183,14 @@ impl Drop for Waiting<'_> {
 
 /// Builds the handler from the cloud section of the configuration.
 pub fn handler_from_config(cfg: &CloudConfig) -> anyhow::Result<CloudHandler> {
+    Ok(handler_and_times(cfg)?.0)
+}
+
+fn handler_and_times(cfg: &CloudConfig) -> anyhow::Result<(CloudHandler, SharedExecTimes)> {
     tch::set_num_threads(cfg.intra_op_threads.max(1));
     let times = shared_exec_times(0.2, std::time::Duration::from_millis(1));
-    let factory = torch_engines(cfg.models.clone(), &cfg.device, times)?;
-    CloudHandler::new(
+    let factory = torch_engines(cfg.models.clone(), &cfg.device, times.clone())?;
+    let handler = CloudHandler::new(
         cfg.models.clone(),
         &factory,
         CloudLimits {
@@ -190,17 +198,37 @@ pub fn handler_from_config(cfg: &CloudConfig) -> anyhow::Result<CloudHandler> {
             max_pending: cfg.max_pending,
             max_payload_bytes: cfg.max_payload_bytes,
         },
-    )
+    )?;
+    Ok((handler, times))
 }
 
 /// Starts the cloud service: the models behind every listener.
+/// With `metrics_listen`, the admin listener (/metrics, /healthz, /readyz)
+/// answers from before the models load and is ready once the listeners are.
 pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
+    let admin = crate::admin::CloudAdmin::start(cfg).await?;
     let tls = cfg.tls.load(Side::Server)?;
-    let handler = Arc::new(handler_from_config(cfg)?);
+    let (handler, times) = handler_and_times(cfg)?;
+    let handler = Arc::new(handler);
+    // The updater stops by itself once the handler (and its pool) is gone.
+    if let Some(models) = crate::update::ModelUpdater::new(
+        "cloud",
+        &cfg.model_updates,
+        cfg.models.clone(),
+        &handler.engines(),
+        cfg.concurrency.max(1),
+        &cfg.device,
+        times,
+    )? {
+        models.spawn(tokio_util::sync::CancellationToken::new());
+    }
     let listen = ListenConfig {
         grpc: cfg.listen_grpc.clone(),
         quic: cfg.listen_quic.clone(),
         max_concurrent_streams: cfg.max_concurrent_streams,
     };
-    CloudListeners::start(handler, &listen, tls.as_ref()).await
+    let metered = Arc::new(crate::metrics::Metered::new(handler.clone()));
+    let listeners = CloudListeners::start(metered, &listen, tls.as_ref()).await?;
+    admin.serving(handler);
+    Ok(listeners)
 }

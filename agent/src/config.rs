@@ -61,11 +61,14 @@ pub struct EdgeConfig {
     /// Cloud-side time assumed until offloads have been measured (ms).
     pub cloud_expected_ms: f64,
     pub probe: ProbeConfig,
-    /// Prometheus exporter address (`GET /metrics`); unset means none.
+    /// Admin HTTP listener: `GET /metrics` (Prometheus), `/healthz`,
+    /// `/readyz`; unset means none. Plain HTTP: loopback unless `--insecure`.
     pub metrics_listen: Option<String>,
     /// Store and forward for tasks without a deadline while the cloud is
     /// unreachable (off unless `path` is set).
     pub store: crate::store::StoreConfig,
+    /// Signed model updates swapped in without a restart.
+    pub model_updates: crate::update::ModelUpdateConfig,
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
@@ -113,6 +116,11 @@ pub struct CloudConfig {
     pub max_payload_bytes: usize,
     pub device: String,
     pub intra_op_threads: i32,
+    /// Admin HTTP listener: `GET /metrics` (Prometheus), `/healthz`,
+    /// `/readyz`; unset means none. Plain HTTP: loopback unless `--insecure`.
+    pub metrics_listen: Option<String>,
+    /// Signed model updates swapped in without a restart.
+    pub model_updates: crate::update::ModelUpdateConfig,
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
@@ -242,6 +250,7 @@ impl Default for EdgeConfig {
             probe: ProbeConfig::default(),
             metrics_listen: None,
             store: Default::default(),
+            model_updates: Default::default(),
             models: workload_models("edge", [15.0, 50.0, 1.0]),
         }
     }
@@ -275,6 +284,8 @@ impl Default for CloudConfig {
             max_payload_bytes: 1 << 20,
             device: "auto".into(),
             intra_op_threads: 1,
+            metrics_listen: None,
+            model_updates: Default::default(),
             models: workload_models("cloud", [8.0, 20.0, 3.0]),
         }
     }

@@ -1,6 +1,7 @@
 //! The edge agent assembled from its parts: monitor + probes -> manager
 //! (decision, local workers, offloader) -> the task-submission API.
 
+use crate::admin::Role;
 use crate::config::EdgeConfig;
 use crate::infer::{shared_exec_times, torch_engines};
 use crate::manager::{Manager, ManagerConfig, ManagerParts};
@@ -8,7 +9,7 @@ use crate::store::TaskStore;
 use agent_core::LinkConfig;
 use agent_net::tls::TlsMaterial;
 use agent_net::wire::{error_to_status, result_to_response, task_from_request};
-use agent_net::{build_stack, resolve, CloudEndpoints, FailoverStats, Offloader};
+use agent_net::{build_stack, resolve, CloudEndpoints, FailoverStats, Offloader, StackHealth};
 use agent_probe::{ActiveProbe, EbpfProbe};
 use anyhow::{ensure, Context};
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
@@ -91,8 +92,13 @@ pub struct Edge {
     pub api_addr: ApiAddr,
     /// QUIC <-> gRPC switches and probes; `None` when QUIC is not in use.
     pub failover: Option<Arc<FailoverStats>>,
-    /// The attached eBPF probe; dropping it detaches the programs.
-    pub passive: Option<EbpfProbe>,
+    /// The attached eBPF probe; dropping it (after the background tasks,
+    /// which share it) detaches the programs.
+    /// (Behind a mutex: the probe is not `Sync`; the sampler reads its
+    /// drop counters once a second.)
+    pub passive: Option<Arc<std::sync::Mutex<EbpfProbe>>>,
+    /// Signed model updates (`None` without `model_updates.dir`).
+    pub models: Option<Arc<crate::update::ModelUpdater>>,
     api: JoinHandle<anyhow::Result<()>>,
     /// Stops the task API (first, so no new work arrives while the
     /// manager drains) and, as its parent, every background task.
@@ -123,23 +129,36 @@ fn cloud_endpoints(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
     ips
 }
 
-/// Samples the queue and the network figures into the metrics every `period`.
-fn spawn_gauges(
-    manager: Arc<Manager>,
-    period: Duration,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let sample = async {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                crate::metrics::record_queue_len(manager.queue_len());
-                crate::metrics::record_network(&manager.network_status());
-            }
-        };
-        stop.run_until_cancelled(sample).await;
-    })
+/// The gauges the admin listener samples every second: the queue, the
+/// network figures, the offload stack's state, the probe's losses.
+fn sample_gauges(
+    manager: &Manager,
+    health: &StackHealth,
+    failover: Option<&FailoverStats>,
+    passive: Option<&std::sync::Mutex<EbpfProbe>>,
+) {
+    crate::metrics::record_queue_len(manager.queue_len());
+    crate::metrics::record_network(&manager.network_status());
+    crate::metrics::record_offload_health(health, failover);
+    if let Some(p) = passive {
+        let stats = p.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        crate::metrics::record_probe_drops(&stats);
+    }
+}
+
+/// `/readyz` of the edge: the models are loaded (the manager runs) and an
+/// estimate of the cloud exists (at least one RTT sample).
+fn readiness(manager: &Manager, stopping: &CancellationToken, cloud: &str) -> Result<(), String> {
+    if stopping.is_cancelled() {
+        return Err("shutting down".into());
+    }
+    let s = manager.network_status();
+    if s.source.is_none() {
+        return Err(format!(
+            "no estimate of the cloud yet: no RTT sample from {cloud}"
+        ));
+    }
+    Ok(())
 }
 
 impl Edge {
@@ -176,14 +195,19 @@ impl Edge {
             ApiListener::Unix(_, file) => ApiAddr::Unix(file.0.clone()),
         };
         let api_tls = api_access(cfg, &api_addr)?;
-        if let Some(addr) = &cfg.metrics_listen {
-            let addr = resolve(addr).await?;
-            ensure!(
-                addr.ip().is_loopback() || cfg.tls.insecure,
-                "the metrics endpoint {addr} is plaintext HTTP: bind it to loopback (and \
-                 scrape through a TLS proxy), or pass --insecure"
-            );
-        }
+        let stop = CancellationToken::new();
+        // A start that fails stops whatever it started already.
+        let stop_on_error = stop.clone().drop_guard();
+        // Serving from the start: /healthz while the models load, /readyz
+        // once they have and the cloud has been measured.
+        let mut admin = match &cfg.metrics_listen {
+            Some(addr) => Some(
+                crate::admin::Admin::start(addr, cfg.tls.insecure, Role::Edge, stop.clone())
+                    .await
+                    .with_context(|| format!("metrics endpoint on {addr}"))?,
+            ),
+            None => None,
+        };
         let cloud = resolve(&cfg.cloud_grpc).await?;
         let link = LinkConfig {
             window: cfg.probe.window,
@@ -191,7 +215,6 @@ impl Edge {
             default_bandwidth_bps: cfg.probe.default_bandwidth_mbit * 1e6,
             ..LinkConfig::default()
         };
-        let stop = CancellationToken::new();
         let monitor = crate::monitor::spawn(link, cloud.ip(), stop.clone());
         let probe = ActiveProbe {
             target: cloud,
@@ -208,6 +231,7 @@ impl Edge {
         if passive_task.is_none() {
             passive = None;
         }
+        let passive = passive.map(|p| Arc::new(std::sync::Mutex::new(p)));
 
         let tls = cfg.tls.load(agent_net::tls::Side::Client)?;
         let cloud_endpoints = CloudEndpoints {
@@ -218,6 +242,7 @@ impl Edge {
         let stack = build_stack(&cfg.offload, &cloud_endpoints, tls.as_ref()).await?;
         let offloader: Arc<dyn Offloader> = stack.offloader;
         let failover = stack.failover;
+        let health = stack.health;
         let times = shared_exec_times(0.2, Duration::from_millis(1));
         let factory = torch_engines(cfg.models.clone(), &cfg.device, times.clone())?;
         let store = TaskStore::open(&cfg.store)?.map(Arc::new);
@@ -245,7 +270,7 @@ impl Edge {
             ManagerParts {
                 local_specs: cfg.models.clone(),
                 engine_factory: factory,
-                local_times: times,
+                local_times: times.clone(),
                 offloader: Some(offloader),
                 net: monitor.status.clone(),
                 probe_events: monitor.events.clone(),
@@ -256,19 +281,33 @@ impl Edge {
 
         let mut background: Vec<JoinHandle<()>> =
             std::iter::once(probe_task).chain(passive_task).collect();
-        if let Some(addr) = &cfg.metrics_listen {
-            let addr = resolve(addr).await?;
-            crate::metrics::install(addr).with_context(|| format!("metrics listener on {addr}"))?;
-            crate::metrics::record_probe_parts(passive.as_ref());
-            background.push(spawn_gauges(
-                manager.clone(),
-                Duration::from_secs(1),
-                stop.clone(),
-            ));
-            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        let models = crate::update::ModelUpdater::new(
+            "edge",
+            &cfg.model_updates,
+            cfg.models.clone(),
+            &manager.engines(),
+            cfg.workers.max(1),
+            &cfg.device,
+            times,
+        )?;
+        if let Some(m) = &models {
+            background.push(m.clone().spawn(stop.clone()));
+        }
+        let api_stop = stop.child_token();
+        if let Some(admin) = admin.as_mut() {
+            crate::metrics::record_probe_parts(
+                passive
+                    .as_deref()
+                    .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()))
+                    .as_deref(),
+            );
+            let (m, fo, p) = (manager.clone(), failover.clone(), passive.clone());
+            admin.set_sampler(move || sample_gauges(&m, &health, fo.as_deref(), p.as_deref()));
+            let (m, stopping, cloud) = (manager.clone(), api_stop.clone(), cfg.cloud_grpc.clone());
+            admin.set_ready(move || readiness(&m, &stopping, &cloud));
+            background.extend(admin.take_tasks());
         }
 
-        let api_stop = stop.child_token();
         let serving_stop = api_stop.clone();
         let svc = EdgeAiServiceServer::new(EdgeApi {
             manager: manager.clone(),
@@ -310,6 +349,7 @@ impl Edge {
             }
             Ok(())
         });
+        stop_on_error.disarm();
         Ok(Edge {
             manager,
             api_addr,
@@ -319,6 +359,7 @@ impl Edge {
             api_stop,
             stop,
             background,
+            models,
         })
     }
 

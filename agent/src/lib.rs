@@ -5,6 +5,7 @@
 //! offload layers, listeners), `agent-probe` (eBPF and active probes).
 //! See ARCHITECTURE.md for the data flow.
 
+pub mod admin;
 pub mod cloud;
 pub mod config;
 pub mod demo;
@@ -16,5 +17,6 @@ mod monitor;
 mod passive;
 pub mod store;
 pub mod submit;
+pub mod update;
 
 pub use manager::{Manager, StatsSnapshot};

@@ -51,7 +51,7 @@ enum Cmd {
         /// Local inference workers.
         #[arg(long)]
         workers: Option<usize>,
-        /// Serve Prometheus metrics at this address (GET /metrics).
+        /// Admin HTTP listener: GET /metrics (Prometheus), /healthz, /readyz.
         #[arg(long)]
         metrics_listen: Option<String>,
     },
@@ -65,6 +65,9 @@ enum Cmd {
         /// Inferences run at once.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Admin HTTP listener: GET /metrics (Prometheus), /healthz, /readyz.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Send images to a running edge agent and print the results.
     Submit(agent::submit::SubmitArgs),
@@ -72,6 +75,9 @@ enum Cmd {
     Demo(agent::demo::DemoArgs),
     /// Print the effective configuration as TOML.
     PrintConfig,
+    /// Signed model updates: a signing key, and signing a manifest.
+    #[command(subcommand)]
+    Models(ModelsCmd),
     /// Write a development CA and server and client certificates signed by
     /// it (ca.pem, server.pem/key, client.pem/key) for mutual TLS.
     GenCerts {
@@ -82,6 +88,26 @@ enum Cmd {
         /// localhost, 127.0.0.1 and ::1 are always included.
         #[arg(long)]
         san: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Write a new ed25519 signing key (signing.key, owner-only) and its
+    /// public key (signing.pub, for `model_updates.public_key`).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fill in the SHA-256 of every model file named by DIR/manifest.toml
+    /// and sign it (DIR/manifest.toml.sig). Copy the model files to the
+    /// gateways' update folder first, the manifest and signature last.
+    Sign {
+        /// The private key from `agent models keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -160,7 +186,11 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
             listen_grpc,
             listen_quic,
             concurrency,
+            metrics_listen,
         } => {
+            if metrics_listen.is_some() {
+                cfg.cloud.metrics_listen = metrics_listen.clone();
+            }
             if let Some(v) = listen_grpc {
                 cfg.cloud.listen_grpc = v.clone();
             }
@@ -209,6 +239,29 @@ async fn run(cmd: Cmd, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
                 tls::CLIENT_KEY,
                 out.display()
             );
+            Ok(())
+        }
+        Cmd::Models(ModelsCmd::Keygen { out }) => {
+            let (key, public) = agent::update::keygen(&out)?;
+            println!(
+                "wrote {} (keep it secret) and {} (model_updates.public_key)",
+                key.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Cmd::Models(ModelsCmd::Sign { key, dir }) => {
+            let m = agent::update::sign(&dir, &key)?;
+            for (t, e) in &m.models {
+                println!(
+                    "{} {} {} sha256={}",
+                    t.as_str(),
+                    e.version,
+                    e.file.display(),
+                    e.sha256
+                );
+            }
+            println!("signed {}", dir.join(agent::update::MANIFEST).display());
             Ok(())
         }
         Cmd::PrintConfig => {

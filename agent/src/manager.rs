@@ -6,7 +6,7 @@
 //! task runs on both paths: two legs share one reply, the first success
 //! answers and cancels the other leg.
 
-use crate::infer::{Engine, EngineFactory, ModelSpec, SharedExecTimes};
+use crate::infer::{EngineFactory, EnginePool, ModelSpec, SharedExecTimes};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
@@ -182,6 +182,8 @@ struct Inner {
     cfg: ManagerConfig,
     local_specs: HashMap<TaskType, ModelSpec>,
     local_times: SharedExecTimes,
+    /// One engine per worker; a model update swaps them all.
+    engines: Arc<EnginePool>,
     cloud_times: Mutex<ExecTimeModel<TaskType>>,
     /// What the predictions missed, per path and task type.
     residuals: Mutex<Residuals<(ExecPath, TaskType)>>,
@@ -255,6 +257,7 @@ impl Manager {
         let inner = Arc::new(Inner {
             local_specs: parts.local_specs,
             local_times: parts.local_times,
+            engines: EnginePool::new(engines),
             cloud_times: Mutex::new(cloud_times),
             residuals: Mutex::new(Residuals::new(32, 4)),
             state: Mutex::new(LocalState {
@@ -282,14 +285,12 @@ impl Manager {
                 rt.spawn(forward_loop(inner.clone()));
             }
         }
-        let workers = engines
-            .into_iter()
-            .enumerate()
-            .map(|(i, engine)| {
+        let workers = (0..n)
+            .map(|i| {
                 let inner = inner.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{i}"))
-                    .spawn(move || worker_loop(inner, i, engine))
+                    .spawn(move || worker_loop(inner, i))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Manager {
@@ -317,6 +318,11 @@ impl Manager {
             hedge_won_local: g(&s.hedge_won_local),
             hedge_won_cloud: g(&s.hedge_won_cloud),
         }
+    }
+
+    /// The local workers' engines (a model update swaps them).
+    pub fn engines(&self) -> Arc<EnginePool> {
+        self.inner.engines.clone()
     }
 
     pub fn network_status(&self) -> NetworkStatus {
@@ -511,6 +517,7 @@ impl Manager {
             }
         })
         .await;
+        self.inner.engines.close();
     }
 }
 
@@ -668,7 +675,7 @@ impl Inner {
             duration: task.created_at.elapsed(),
             decision,
         };
-        crate::metrics::record_result(&result);
+        crate::metrics::record_result(&result, task.task_type);
         // Counted once: cancelled before the answer, or answered to nobody.
         if tx.send(result).is_err() || cancelled {
             s.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -1027,7 +1034,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
     }
 }
 
-fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn Engine>) {
+fn worker_loop(inner: Arc<Inner>, index: usize) {
     loop {
         let job = {
             let mut state = inner.state.lock().expect("state lock");
@@ -1043,6 +1050,11 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn Engine>) {
             }
         };
         let now = Instant::now();
+        if !job.fell_back {
+            // Acceptance to a worker: the wait in the local queue (a task
+            // that fell back also spent its failed offload).
+            crate::metrics::record_queue_wait(job.task.task_type, now - job.task.created_at);
+        }
         let outcome = if job.reply.is_closed() {
             Err(TaskError::Cancelled("submitter went away".into()))
         } else if job.task.deadline.is_some_and(|d| d <= now) {
@@ -1051,9 +1063,16 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut engine: Box<dyn Engine>) {
             ))
         } else {
             let t = &job.task;
-            std::panic::catch_unwind(AssertUnwindSafe(|| engine.process(t.task_type, &t.payload)))
+            // As many engines as workers: one is always free for this
+            // worker, from the newest generation of models.
+            match inner.engines.checkout() {
+                Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    engine.engine().process(t.task_type, &t.payload)
+                }))
                 .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())))
-                .map(|inf| inf.output)
+                .map(|inf| inf.output),
+                None => Err(TaskError::Unavailable("the edge is shutting down".into())),
+            }
         };
         inner.state.lock().expect("state lock").in_flight[index] = None;
         let ran = outcome.is_ok().then_some(ExecPath::Local);

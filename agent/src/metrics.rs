@@ -1,29 +1,213 @@
 //! Prometheus metrics: per-task counters and latency histograms recorded
-//! where results are produced, gauges the edge samples from the manager and
-//! the network monitor, the probe's health (which parts attached, samples
-//! per source). Exposed over HTTP at `edge.metrics_listen`.
+//! where results are produced, gauges sampled every second from the
+//! manager, the network monitor, the offload stack and the probe, and the
+//! cloud service's request metrics ([`Metered`]). Served by the admin
+//! listener (`crate::admin`) at `GET /metrics`. Names follow Prometheus
+//! conventions: `edge_` or `cloud_` prefix, base units (seconds, bytes,
+//! ratios), counters end in `_total`, labels from small fixed sets.
 
-use agent_core::{NetworkStatus, ProbeEvent, ProbeEventKind, SampleSource, TaskError, TaskResult};
-use agent_probe::{EbpfProbe, ProbePart};
-use metrics::{counter, gauge, histogram};
-use std::net::SocketAddr;
+use crate::admin::Role;
+use agent_core::{
+    NetworkStatus, ProbeEvent, ProbeEventKind, Reason, SampleSource, TaskError, TaskResult,
+    TaskType, Transport,
+};
+use agent_net::{BreakerState, FailoverStats, StackHealth};
+use agent_probe::{EbpfProbe, EbpfStats, ProbePart};
+use metrics::Unit;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Starts the exporter's HTTP listener (`GET /metrics`).
-pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(listen)
+/// Installs the process's recorder once and returns its handle (a second
+/// call, e.g. the demo's edge after its cloud, shares the first one).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            Matcher::Suffix("_seconds".into()),
             &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
             ],
         )?
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("edge_prediction_error_ratio".into()),
+            Matcher::Full("edge_prediction_error_ratio".into()),
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
         )?
-        .install()?;
-    Ok(())
+        .install_recorder()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// HELP text (and units) of every metric of `role`: `promtool check
+/// metrics` wants one for each family.
+pub fn describe(role: Role) {
+    match role {
+        Role::Edge => describe_edge(),
+        Role::Cloud => describe_cloud(),
+    }
+}
+
+fn describe_edge() {
+    describe_counter!(
+        "edge_tasks_total",
+        "Tasks finished, by where they ran (path: local, cloud, none), transport, task type \
+         and outcome (ok or the error kind)."
+    );
+    describe_histogram!(
+        "edge_task_latency_seconds",
+        Unit::Seconds,
+        "Acceptance to result of the tasks that succeeded, by path and task type."
+    );
+    describe_histogram!(
+        "edge_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a task waited in the local queue before a worker took it, by task type."
+    );
+    describe_counter!(
+        "edge_decisions_total",
+        "Decisions by policy, chosen path and coarse reason (cheaper, deadline, unreachable, \
+         no_estimate, no_local_model, threshold, hysteresis, policy)."
+    );
+    describe_counter!(
+        "edge_hedged_tasks_total",
+        "Tasks run on both paths, by the path that answered."
+    );
+    describe_histogram!(
+        "edge_prediction_error_ratio",
+        "|predicted - actual| / actual latency of the path that answered."
+    );
+    describe_counter!(
+        "edge_tasks_rejected_total",
+        "Tasks refused at submission, by reason."
+    );
+    describe_counter!(
+        "edge_offload_fallbacks_total",
+        "Offloads that failed and ran locally instead."
+    );
+    describe_counter!(
+        "edge_offload_rate_limited_total",
+        "Offloads not sent because the rate limit towards the cloud was reached."
+    );
+    describe_counter!(
+        "edge_offload_rescues_total",
+        "Offloads given up on so that the task could still run locally in time."
+    );
+    describe_counter!(
+        "edge_store_held_total",
+        "Tasks held in the store and forward database."
+    );
+    describe_counter!(
+        "edge_store_forwarded_total",
+        "Held tasks forwarded to the cloud."
+    );
+    describe_gauge!("edge_store_pending_tasks", "Tasks held in the store now.");
+    describe_gauge!(
+        "edge_store_pending_bytes",
+        Unit::Bytes,
+        "Payload bytes held in the store now."
+    );
+    describe_gauge!("edge_store_results", "Results kept in the store now.");
+    describe_gauge!(
+        "edge_local_queue_length",
+        "Tasks waiting in the local queue."
+    );
+    describe_gauge!(
+        "edge_cloud_reachable",
+        "1 while the cloud answers the probes (a fresh RTT sample), else 0."
+    );
+    describe_gauge!(
+        "edge_rtt_srtt_seconds",
+        Unit::Seconds,
+        "Smoothed RTT to the cloud (RFC 6298) from the reporting source."
+    );
+    describe_gauge!(
+        "edge_rtt_p99_seconds",
+        Unit::Seconds,
+        "99th percentile of the RTT window."
+    );
+    describe_gauge!(
+        "edge_jitter_stddev_seconds",
+        Unit::Seconds,
+        "Standard deviation of the RTT window."
+    );
+    describe_gauge!(
+        "edge_jitter_rfc3550_seconds",
+        Unit::Seconds,
+        "RFC 3550 interarrival jitter of the RTT samples."
+    );
+    describe_gauge!(
+        "edge_loss_ratio",
+        "Loss towards the cloud: failed probes, or retransmits over segments."
+    );
+    describe_gauge!(
+        "edge_bandwidth_bytes_per_second",
+        "Throughput towards the cloud measured from offload transfers (the configured \
+         default until the first one)."
+    );
+    describe_gauge!(
+        "edge_rtt_source",
+        "1 for the probe source the network figures come from, 0 for the others."
+    );
+    describe_gauge!(
+        "edge_probe_part_up",
+        "1 per attached part of the eBPF probe, 0 when it did not attach."
+    );
+    describe_counter!(
+        "edge_probe_samples_total",
+        "Events into the network monitor, by source and kind."
+    );
+    describe_counter!(
+        "edge_probe_events_dropped_total",
+        "eBPF probe events lost: stage kernel (ring buffer full) or channel (reader behind)."
+    );
+    describe_gauge!(
+        "edge_breaker_state",
+        "Circuit breaker per transport: 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(
+        "edge_offload_transport_active",
+        "1 for the transport offloads take now (QUIC, or gRPC after a failover)."
+    );
+    describe_counter!(
+        "edge_failover_switches_total",
+        "Switches between QUIC and gRPC, by the transport switched to."
+    );
+}
+
+fn describe_cloud() {
+    describe_counter!(
+        "cloud_requests_total",
+        "Requests answered, by transport, task type and outcome (ok or the error kind)."
+    );
+    describe_histogram!(
+        "cloud_inference_duration_seconds",
+        Unit::Seconds,
+        "Model inference time of the requests that succeeded, by task type."
+    );
+    describe_histogram!(
+        "cloud_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a request waited for an inference slot, by task type."
+    );
+    describe_histogram!(
+        "cloud_request_duration_seconds",
+        Unit::Seconds,
+        "Arrival to answer of every request, by transport."
+    );
+    describe_counter!(
+        "cloud_admission_refusals_total",
+        "Requests refused before inference, by reason (overloaded, invalid_input, \
+         unsupported, deadline, unavailable)."
+    );
+    describe_gauge!(
+        "cloud_pending_requests",
+        "Requests waiting for an inference slot now."
+    );
+    describe_gauge!("cloud_inflight_requests", "Requests being handled now.");
 }
 
 fn error_label(e: &TaskError) -> &'static str {
@@ -61,25 +245,56 @@ pub fn record_store(held: bool, c: crate::store::StoreCounts) {
     gauge!("edge_store_results").set(c.results as f64);
 }
 
-/// Records one finished task (a no-op when no exporter is installed).
-pub fn record_result(r: &TaskResult) {
+/// The decision's reason, coarsely: a small fixed set of label values.
+fn reason_label(r: Reason) -> &'static str {
+    match r {
+        Reason::FixedByPolicy => "policy",
+        Reason::LocalCheaper | Reason::OffloadCheaper => "cheaper",
+        Reason::OnlyLocalMeetsDeadline
+        | Reason::OnlyOffloadMeetsDeadline
+        | Reason::LocalLikelierInTime
+        | Reason::OffloadLikelierInTime => "deadline",
+        Reason::CloudUnreachable => "unreachable",
+        Reason::NoNetworkEstimate => "no_estimate",
+        Reason::NoLocalModel => "no_local_model",
+        Reason::ThresholdLinkGoodQueueLong | Reason::ThresholdNotMet => "threshold",
+        Reason::KeptPrevious => "hysteresis",
+    }
+}
+
+/// Records one finished task of `task_type` (a no-op when no recorder is
+/// installed).
+pub fn record_result(r: &TaskResult, task_type: TaskType) {
     let path = r.processed_by.map_or("none", |p| p.as_str());
     let transport = r.transport.map_or("none", |t| t.as_str());
+    let task_type = task_type.as_str();
     let outcome = match &r.outcome {
         Ok(_) => "ok",
         Err(e) => error_label(e),
     };
-    counter!("edge_tasks_total", "path" => path, "transport" => transport, "outcome" => outcome)
-        .increment(1);
+    counter!(
+        "edge_tasks_total",
+        "path" => path,
+        "transport" => transport,
+        "task_type" => task_type,
+        "outcome" => outcome
+    )
+    .increment(1);
     if r.fell_back {
         counter!("edge_offload_fallbacks_total").increment(1);
     }
     if r.outcome.is_ok() {
-        histogram!("edge_task_latency_seconds", "path" => path).record(r.duration.as_secs_f64());
+        histogram!("edge_task_latency_seconds", "path" => path, "task_type" => task_type)
+            .record(r.duration.as_secs_f64());
     }
     if let Some(d) = &r.decision {
-        counter!("edge_decisions_total", "policy" => d.policy, "path" => d.path.as_str())
-            .increment(1);
+        counter!(
+            "edge_decisions_total",
+            "policy" => d.policy,
+            "path" => d.path.as_str(),
+            "reason" => reason_label(d.reason)
+        )
+        .increment(1);
         if d.hedge {
             counter!("edge_hedged_tasks_total", "answered_by" => path).increment(1);
         }
@@ -97,6 +312,12 @@ pub fn record_result(r: &TaskResult) {
     }
 }
 
+/// A local worker took a task that waited `wait` in the queue.
+pub fn record_queue_wait(task_type: TaskType, wait: Duration) {
+    histogram!("edge_queue_wait_seconds", "task_type" => task_type.as_str())
+        .record(wait.as_secs_f64());
+}
+
 pub fn record_rejection(e: &TaskError) {
     counter!("edge_tasks_rejected_total", "reason" => error_label(e)).increment(1);
 }
@@ -112,7 +333,7 @@ pub fn record_network(s: &NetworkStatus) {
     gauge!("edge_jitter_stddev_seconds").set(s.rtt.stddev_ms / 1e3);
     gauge!("edge_jitter_rfc3550_seconds").set(s.rtt.rfc3550_ms / 1e3);
     gauge!("edge_loss_ratio").set(s.loss_rate);
-    gauge!("edge_bandwidth_bits_per_second").set(s.bandwidth_bps);
+    gauge!("edge_bandwidth_bytes_per_second").set(s.bandwidth_bps / 8.0);
     for src in SampleSource::ALL {
         let v = if s.source == Some(src) { 1.0 } else { 0.0 };
         gauge!("edge_rtt_source", "source" => src.as_str()).set(v);
@@ -139,4 +360,135 @@ pub fn record_probe_event(ev: &ProbeEvent) {
     };
     counter!("edge_probe_samples_total", "source" => ev.source.as_str(), "kind" => kind)
         .increment(1);
+}
+
+/// Events the eBPF probe lost (counted by the probe; absolute values).
+pub fn record_probe_drops(stats: &EbpfStats) {
+    counter!("edge_probe_events_dropped_total", "stage" => "kernel").absolute(stats.kernel_drops);
+    counter!("edge_probe_events_dropped_total", "stage" => "channel").absolute(stats.channel_drops);
+}
+
+/// The offload stack's state: each circuit breaker (0 closed, 1 half-open,
+/// 2 open), the transport in use, the failover's switches so far.
+pub fn record_offload_health(health: &StackHealth, failover: Option<&FailoverStats>) {
+    for (transport, state) in health.breakers(Instant::now()) {
+        let v = match state {
+            BreakerState::Closed { .. } => 0.0,
+            BreakerState::HalfOpen { .. } => 1.0,
+            BreakerState::Open { .. } => 2.0,
+        };
+        gauge!("edge_breaker_state", "transport" => transport).set(v);
+    }
+    let active = health.active_transport();
+    for t in [Transport::Quic, Transport::Grpc] {
+        let v = if t == active { 1.0 } else { 0.0 };
+        gauge!("edge_offload_transport_active", "transport" => t.as_str()).set(v);
+    }
+    if let Some(f) = failover {
+        counter!("edge_failover_switches_total", "to" => "grpc")
+            .absolute(f.to_grpc.load(Ordering::Relaxed));
+        counter!("edge_failover_switches_total", "to" => "quic")
+            .absolute(f.to_quic.load(Ordering::Relaxed));
+    }
+}
+
+/// The cloud service's handler with its metrics: requests by transport and
+/// outcome, inference and queue-wait histograms by task type, admission
+/// refusals, requests in flight.
+pub struct Metered<H> {
+    inner: Arc<H>,
+}
+
+impl<H: agent_net::Handler> Metered<H> {
+    pub fn new(inner: Arc<H>) -> Metered<H> {
+        Metered { inner }
+    }
+
+    async fn measured(
+        &self,
+        transport: &'static str,
+        req: proto::TaskRequest,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        let task_type =
+            agent_net::wire::task_type_from_proto(req.r#type).map_or("unknown", |t| t.as_str());
+        let received = Instant::now();
+        let _in_flight = InFlight::enter();
+        let r = self.inner.handle(req).await;
+        let outcome = match &r {
+            Ok(resp) => {
+                let secs = |nanos: i64| Duration::from_nanos(nanos.max(0) as u64).as_secs_f64();
+                histogram!("cloud_inference_duration_seconds", "task_type" => task_type)
+                    .record(secs(resp.inference_nano));
+                histogram!("cloud_queue_wait_seconds", "task_type" => task_type)
+                    .record(secs(resp.queue_nano));
+                "ok"
+            }
+            Err(e) => {
+                let refused = matches!(
+                    e,
+                    TaskError::Overloaded(_)
+                        | TaskError::InvalidInput(_)
+                        | TaskError::UnsupportedTaskType(_)
+                        | TaskError::DeadlineExceeded(_)
+                        | TaskError::Unavailable(_)
+                );
+                if refused {
+                    counter!("cloud_admission_refusals_total", "reason" => error_label(e))
+                        .increment(1);
+                }
+                error_label(e)
+            }
+        };
+        counter!(
+            "cloud_requests_total",
+            "transport" => transport,
+            "task_type" => task_type,
+            "outcome" => outcome
+        )
+        .increment(1);
+        histogram!("cloud_request_duration_seconds", "transport" => transport)
+            .record(received.elapsed().as_secs_f64());
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: agent_net::Handler> agent_net::Handler for Metered<H> {
+    async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        self.measured("unknown", req).await
+    }
+
+    async fn handle_via(
+        &self,
+        transport: Transport,
+        req: proto::TaskRequest,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        self.measured(transport.as_str(), req).await
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.inner.max_payload_bytes()
+    }
+}
+
+/// One request in the cloud's handler, counted in `cloud_inflight_requests`
+/// until dropped (also when its client goes away mid-request).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        gauge!("cloud_inflight_requests").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("cloud_inflight_requests").decrement(1.0);
+    }
+}
+
+/// Requests waiting for an inference slot in the cloud now.
+pub fn record_cloud_pending(n: usize) {
+    gauge!("cloud_pending_requests").set(n as f64);
 }

@@ -35,6 +35,13 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
         self.seeds.insert(key, expected);
     }
 
+    /// Drops what was measured for `key` (a new model serves it): the seed
+    /// stands until the new model's first measurement.
+    pub fn forget(&mut self, key: K) {
+        self.ewma.remove(&key);
+        self.recent.remove(&key);
+    }
+
     pub fn observe(&mut self, key: K, measured: Duration) {
         let m = measured.as_secs_f64();
         let alpha = self.alpha;
@@ -78,6 +85,19 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_falls_back_to_the_new_seed() {
+        let mut m = ExecTimeModel::new(0.5, Duration::from_millis(1));
+        m.seed(1, Duration::from_millis(10));
+        m.observe(1, Duration::from_millis(40));
+        m.observe(1, Duration::from_millis(40));
+        assert_eq!(m.estimate(1), Duration::from_millis(40));
+        m.seed(1, Duration::from_millis(20));
+        m.forget(1);
+        assert_eq!(m.estimate(1), Duration::from_millis(20));
+        assert_eq!(m.distribution_ms(1), vec![20.0]);
+    }
 
     #[test]
     fn seed_then_calibrate() {

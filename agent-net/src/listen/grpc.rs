@@ -19,7 +19,7 @@ impl EdgeAiService for GrpcCloud {
         request: Request<proto::TaskRequest>,
     ) -> Result<Response<proto::TaskResponse>, Status> {
         self.handler
-            .handle(request.into_inner())
+            .handle_via(agent_core::Transport::Grpc, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| error_to_status(&e))

@@ -15,6 +15,16 @@ use tokio_util::sync::CancellationToken;
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError>;
+    /// [`Handler::handle`] for a request that arrived over `transport`
+    /// (the listeners call this one, so a handler can count by transport).
+    async fn handle_via(
+        &self,
+        transport: agent_core::Transport,
+        req: proto::TaskRequest,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        let _ = transport;
+        self.handle(req).await
+    }
     /// Largest payload accepted; listeners size their read limits from it.
     fn max_payload_bytes(&self) -> usize;
 }

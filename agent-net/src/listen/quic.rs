@@ -125,7 +125,7 @@ async fn stream(
                 // drops the work here too.
                 let stopped = send.stopped();
                 tokio::select! {
-                    r = handler.handle(req) => r.unwrap_or_else(|e| error_response(&id, &e)),
+                    r = handler.handle_via(agent_core::Transport::Quic, req) => r.unwrap_or_else(|e| error_response(&id, &e)),
                     _ = stopped => return,
                 }
             }

@@ -153,6 +153,11 @@ impl Guarded {
         self.breaker.lock().expect("breaker lock").state()
     }
 
+    /// The transport this breaker guards ("quic", "grpc").
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
     fn record(&self, verdict: Verdict) {
         let mut b = self.breaker.lock().expect("breaker lock");
         let was_open = !matches!(b.state(), BreakerState::Closed { .. });

@@ -18,7 +18,7 @@ pub use grpc::GrpcOffloader;
 pub use quic::{QuicClientConfig, QuicOffloader};
 pub use ratelimit::{RateLimitConfig, RateLimited};
 pub use retry::{RetryConfig, Retrying};
-pub use stack::{build_stack, CloudEndpoints, OffloadConfig, OffloadStack};
+pub use stack::{build_stack, CloudEndpoints, OffloadConfig, OffloadStack, StackHealth};
 
 use agent_core::{TaskError, Transport};
 use async_trait::async_trait;

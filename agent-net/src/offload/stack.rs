@@ -2,8 +2,8 @@
 //! rate limit -> retries -> failover (QUIC first, gRPC fallback) -> a circuit breaker per
 //! transport -> the transports.
 
-use super::breaker::{BreakerConfig, Guarded};
-use super::failover::{Failover, FailoverConfig};
+use super::breaker::{BreakerConfig, BreakerState, Guarded};
+use super::failover::{Failover, FailoverConfig, Route};
 use super::grpc::GrpcOffloader;
 use super::quic::{QuicClientConfig, QuicOffloader};
 use super::ratelimit::{RateLimitConfig, RateLimited};
@@ -137,6 +137,44 @@ pub struct OffloadStack {
     pub offloader: Arc<dyn Offloader>,
     /// Present when QUIC is in use.
     pub failover: Option<Arc<super::failover::FailoverStats>>,
+    /// The circuit breakers and the failover's route, for the metrics.
+    pub health: StackHealth,
+}
+
+/// Read-only views of the stack's state machines: each transport's circuit
+/// breaker and which transport offloads take now.
+#[derive(Clone)]
+pub struct StackHealth {
+    breakers: Vec<Arc<Guarded>>,
+    failover: Option<Arc<Failover>>,
+}
+
+impl StackHealth {
+    /// (transport, state) for each circuit breaker. An open circuit whose
+    /// open time is over reports half-open: the next call is the trial.
+    pub fn breakers(&self, now: std::time::Instant) -> Vec<(&'static str, BreakerState)> {
+        self.breakers
+            .iter()
+            .map(|b| {
+                let state = match b.state() {
+                    BreakerState::Open { until } if until <= now => BreakerState::HalfOpen {
+                        trial_in_flight: false,
+                    },
+                    s => s,
+                };
+                (b.transport(), state)
+            })
+            .collect()
+    }
+
+    /// The transport offloads go over now: the failover's route, or gRPC
+    /// when QUIC is not in use.
+    pub fn active_transport(&self) -> agent_core::Transport {
+        match self.failover.as_ref().map(|f| f.route()) {
+            Some(Route::Quic) => agent_core::Transport::Quic,
+            Some(Route::Grpc) | None => agent_core::Transport::Grpc,
+        }
+    }
 }
 
 /// Builds the stack towards `cloud`. QUIC is used when an endpoint is
@@ -153,13 +191,19 @@ pub async fn build_stack(
         Duration::from_millis(o.connect_timeout_ms),
         o.grpc_keep_alive(),
     )?;
-    let grpc: Arc<dyn Offloader> = Arc::new(Guarded::new(Arc::new(grpc), "grpc", o.breaker()));
+    let grpc_guard = Arc::new(Guarded::new(Arc::new(grpc), "grpc", o.breaker()));
+    let mut health = StackHealth {
+        breakers: vec![grpc_guard.clone()],
+        failover: None,
+    };
+    let grpc: Arc<dyn Offloader> = grpc_guard;
     let (inner, failover) = match tls {
         Some(tls) if !cloud.quic.is_empty() => {
             let addr = crate::resolve(&cloud.quic).await?;
             let quic = QuicOffloader::new(addr, tls, o.quic_client(&cloud.server_name))?;
-            let quic: Arc<dyn Offloader> =
-                Arc::new(Guarded::new(Arc::new(quic), "quic", o.breaker()));
+            let quic_guard = Arc::new(Guarded::new(Arc::new(quic), "quic", o.breaker()));
+            health.breakers.insert(0, quic_guard.clone());
+            let quic: Arc<dyn Offloader> = quic_guard;
             let f = Failover::new(
                 quic,
                 grpc,
@@ -170,7 +214,9 @@ pub async fn build_stack(
                 },
             );
             let stats = f.stats();
-            (Arc::new(f) as Arc<dyn Offloader>, Some(stats))
+            let f = Arc::new(f);
+            health.failover = Some(f.clone());
+            (f as Arc<dyn Offloader>, Some(stats))
         }
         None if !cloud.quic.is_empty() => {
             tracing::warn!("QUIC disabled: it has no plaintext mode and --insecure is set; offloading over plaintext gRPC");
@@ -194,5 +240,6 @@ pub async fn build_stack(
     Ok(OffloadStack {
         offloader,
         failover,
+        health,
     })
 }

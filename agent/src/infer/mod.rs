@@ -2,6 +2,7 @@
 //! [`torch::TorchEngine`] runs TorchScript models through libtorch.
 
 mod payload;
+mod pool;
 mod spec;
 mod tokenizer;
 mod torch;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use payload::{prepare, Prepared};
+pub use pool::{EnginePool, PooledEngine};
 pub use spec::{InputSpec, ModelSpec, OutputSpec};
 pub use tokenizer::Vocab;
 pub use torch::{parse_device, TorchEngine};
@@ -39,7 +41,6 @@ pub trait Engine: Send {
 #[derive(Debug, Clone)]
 pub struct Inference {
     pub output: Output,
-    pub model_version: String,
     pub elapsed: Duration,
 }
 

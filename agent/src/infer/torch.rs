@@ -99,6 +99,7 @@ fn classify(logits: &Tensor, spec: &ModelSpec) -> Output {
         label: spec.label(class),
         boxes: Vec::new(),
         model: spec.name.clone(),
+        model_version: spec.version.clone(),
     }
 }
 
@@ -156,6 +157,7 @@ fn detect(
         },
         boxes,
         model: spec.name.clone(),
+        model_version: spec.version.clone(),
     })
 }
 
@@ -249,11 +251,7 @@ impl Engine for TorchEngine {
             .lock()
             .expect("exec-time lock")
             .observe(task_type, elapsed);
-        Ok(Inference {
-            output,
-            model_version: m.spec.version.clone(),
-            elapsed,
-        })
+        Ok(Inference { output, elapsed })
     }
 
     fn estimate(&self, task_type: TaskType) -> Duration {
