@@ -69,6 +69,9 @@ pub struct EdgeConfig {
     pub store: crate::store::StoreConfig,
     /// Signed model updates swapped in without a restart.
     pub model_updates: crate::update::ModelUpdateConfig,
+    /// Decision audit log: one JSON line per finished task with the whole
+    /// explanation, appended to this file; unset: none.
+    pub audit_log: Option<PathBuf>,
     pub models: HashMap<TaskType, ModelSpec>,
 }
 
@@ -251,6 +254,7 @@ impl Default for EdgeConfig {
             metrics_listen: None,
             store: Default::default(),
             model_updates: Default::default(),
+            audit_log: None,
             models: workload_models("edge", [15.0, 50.0, 1.0]),
         }
     }

@@ -133,11 +133,12 @@ fn cloud_endpoints(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
 /// network figures, the offload stack's state, the probe's losses.
 fn sample_gauges(
     manager: &Manager,
+    queue_capacity: usize,
     health: &StackHealth,
     failover: Option<&FailoverStats>,
     passive: Option<&std::sync::Mutex<EbpfProbe>>,
 ) {
-    crate::metrics::record_queue_len(manager.queue_len());
+    crate::metrics::record_queue_len(manager.queue_len(), queue_capacity);
     crate::metrics::record_network(&manager.network_status());
     crate::metrics::record_offload_health(health, failover);
     if let Some(p) = passive {
@@ -276,6 +277,11 @@ impl Edge {
                 probe_events: monitor.events.clone(),
                 cloud_dest: cloud.ip(),
                 store,
+                audit: cfg
+                    .audit_log
+                    .as_deref()
+                    .map(crate::audit::AuditLog::open)
+                    .transpose()?,
             },
         )?);
 
@@ -302,7 +308,10 @@ impl Edge {
                     .as_deref(),
             );
             let (m, fo, p) = (manager.clone(), failover.clone(), passive.clone());
-            admin.set_sampler(move || sample_gauges(&m, &health, fo.as_deref(), p.as_deref()));
+            let capacity = cfg.queue_capacity;
+            admin.set_sampler(move || {
+                sample_gauges(&m, capacity, &health, fo.as_deref(), p.as_deref())
+            });
             let (m, stopping, cloud) = (manager.clone(), api_stop.clone(), cfg.cloud_grpc.clone());
             admin.set_ready(move || readiness(&m, &stopping, &cloud));
             background.extend(admin.take_tasks());

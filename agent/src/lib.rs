@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for the data flow.
 
 pub mod admin;
+mod audit;
 pub mod cloud;
 pub mod config;
 pub mod demo;

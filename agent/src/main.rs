@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "agent",
     version,
@@ -21,6 +21,16 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, global = true, default_value = "info", env = "EDGE_AGENT_LOG")]
     log: String,
+    /// Log lines as text, or as JSON objects (one per line, the event's
+    /// fields at the top level) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EDGE_AGENT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     /// TLS files from `agent gen-certs` (ca.pem and this side's certificate
     /// and key); overrides the [tls] paths of the side that runs.
     #[arg(long, global = true, env = "EDGE_AGENT_TLS_DIR")]
@@ -32,7 +42,13 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Subcommand)]
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Clone)]
 enum Cmd {
     /// Run the edge agent: probes, decisions, local inference, offload, task API.
     Edge {
@@ -91,7 +107,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum ModelsCmd {
     /// Write a new ed25519 signing key (signing.key, owner-only) and its
     /// public key (signing.pub, for `model_updates.public_key`).
@@ -118,20 +134,15 @@ fn parse_policy(name: &str) -> Result<Policy> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .init();
-    let mut cfg = Config::load(cli.config.as_deref())?;
-    if let Some(dir) = &cli.tls_dir {
-        cfg.edge.tls = TlsConfig::from_dir(dir, Side::Client);
-        cfg.cloud.tls = TlsConfig::from_dir(dir, Side::Server);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    if cli.insecure {
-        cfg.edge.tls.insecure = true;
-        cfg.cloud.tls.insecure = true;
-    }
-    apply_overrides(&mut cfg, &cli.cmd)?;
+    let cfg = effective_config(&cli)?;
     // Attach the eBPF probe before any runtime thread exists: Linux keeps
     // capabilities per thread, so dropping them now covers the whole process.
     let probe = match cli.cmd {
@@ -149,7 +160,78 @@ fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(cli.cmd, cfg, probe))
+        .block_on(run(cli, cfg, probe))
+}
+
+/// The configuration file with the command line's settings over it.
+fn effective_config(cli: &Cli) -> Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.tls_dir {
+        cfg.edge.tls = TlsConfig::from_dir(dir, Side::Client);
+        cfg.cloud.tls = TlsConfig::from_dir(dir, Side::Server);
+    }
+    if cli.insecure {
+        cfg.edge.tls.insecure = true;
+        cfg.cloud.tls.insecure = true;
+    }
+    apply_overrides(&mut cfg, &cli.cmd)?;
+    Ok(cfg)
+}
+
+/// On SIGHUP, reads the configuration again and applies what can change
+/// live: the edge's policy and hedge budget (the model folders are looked
+/// at by their own watchers on the same signal). Other changes are named
+/// as needing a restart. A configuration that does not load changes
+/// nothing.
+fn reload_on_hangup(cli: Cli, running: Config, manager: Option<std::sync::Arc<agent::Manager>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("no SIGHUP handler, configuration reload is off: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut running = running;
+        while hup.recv().await.is_some() {
+            let new = match effective_config(&cli) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("SIGHUP: configuration not reloaded, nothing changed: {e:#}");
+                    continue;
+                }
+            };
+            if let Some(m) = &manager {
+                m.reconfigure(new.edge.policy.clone(), new.edge.hedge_budget);
+                tracing::info!(
+                    policy = new.edge.policy.name(),
+                    hedge_budget = new.edge.hedge_budget,
+                    "SIGHUP: configuration reloaded"
+                );
+            }
+            // What else differs takes a restart.
+            let mut rest = new.clone();
+            rest.edge.policy = running.edge.policy.clone();
+            rest.edge.hedge_budget = running.edge.hedge_budget;
+            let side = |c: &Config| match &cli.cmd {
+                Cmd::Edge { .. } => toml::to_string(&c.edge).unwrap_or_default(),
+                _ => toml::to_string(&c.cloud).unwrap_or_default(),
+            };
+            let (before, after) = (side(&running), side(&rest));
+            let changed: Vec<&str> = after
+                .lines()
+                .filter(|l| !before.lines().any(|b| b == *l))
+                .collect();
+            if !changed.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: these settings changed and take effect after a restart: {}",
+                    changed.join("; ")
+                );
+            }
+            running = new;
+        }
+    });
 }
 
 /// Command-line settings override the configuration file.
@@ -206,10 +288,11 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
     Ok(())
 }
 
-async fn run(cmd: Cmd, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
-    match cmd {
+async fn run(cli: Cli, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
+    match cli.cmd.clone() {
         Cmd::Edge { .. } => {
             let edge = agent::edge::Edge::start_with_probe(&cfg.edge, None, probe).await?;
+            reload_on_hangup(cli, cfg.clone(), Some(edge.manager.clone()));
             println!(
                 "edge listening api={} policy={}",
                 edge.api_addr,
@@ -221,6 +304,7 @@ async fn run(cmd: Cmd, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
         }
         Cmd::Cloud { .. } => {
             let cloud = agent::cloud::start(&cfg.cloud).await?;
+            reload_on_hangup(cli, cfg.clone(), None);
             // One machine-readable line: scripts and the demo wait for it.
             println!("{}", cloud.listening_line());
             shutdown_signal().await;

@@ -180,6 +180,8 @@ struct LocalState {
 
 struct Inner {
     cfg: ManagerConfig,
+    /// The settings a configuration reload (SIGHUP) may change.
+    live: Mutex<Live>,
     local_specs: HashMap<TaskType, ModelSpec>,
     local_times: SharedExecTimes,
     /// One engine per worker; a model update swaps them all.
@@ -199,10 +201,16 @@ struct Inner {
     outstanding: Arc<Outstanding>,
     stats: Stats,
     store: Option<Arc<TaskStore>>,
+    audit: Option<crate::audit::AuditLog>,
     /// Submitters waiting for a held task's result.
     held: Mutex<Held>,
     /// Wakes the forwarder when a task is held.
     forward_ready: Notify,
+}
+
+struct Live {
+    policy: Policy,
+    hedge_budget: f64,
 }
 
 #[derive(Default)]
@@ -240,6 +248,8 @@ pub struct ManagerParts {
     pub cloud_dest: IpAddr,
     /// Store and forward (`None`: off).
     pub store: Option<Arc<TaskStore>>,
+    /// The decision audit log (`None`: off).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl Manager {
@@ -276,8 +286,13 @@ impl Manager {
             outstanding: Arc::default(),
             stats: Stats::default(),
             store: parts.store,
+            audit: parts.audit,
             held: Mutex::default(),
             forward_ready: Notify::new(),
+            live: Mutex::new(Live {
+                policy: cfg.policy.clone(),
+                hedge_budget: cfg.hedge_budget,
+            }),
             cfg,
         });
         if inner.store.is_some() {
@@ -318,6 +333,19 @@ impl Manager {
             hedge_won_local: g(&s.hedge_won_local),
             hedge_won_cloud: g(&s.hedge_won_cloud),
         }
+    }
+
+    /// Changes the policy and the hedge budget for the tasks that come next
+    /// (a configuration reload).
+    pub fn reconfigure(&self, policy: Policy, hedge_budget: f64) {
+        let mut live = self.inner.live.lock().expect("live lock");
+        live.policy = policy;
+        live.hedge_budget = hedge_budget;
+    }
+
+    /// The policy deciding now.
+    pub fn policy(&self) -> Policy {
+        self.inner.live.lock().expect("live lock").policy.clone()
     }
 
     /// The local workers' engines (a model update swaps them).
@@ -528,7 +556,7 @@ impl Inner {
 
     /// Whether one more hedge stays within the budget.
     fn hedge_allowed(&self) -> bool {
-        let budget = self.cfg.hedge_budget;
+        let budget = self.live.lock().expect("live lock").hedge_budget;
         if budget <= 0.0 {
             return false;
         }
@@ -602,7 +630,7 @@ impl Inner {
                     .estimate(task.task_type),
             },
         };
-        agent_core::decide(&input, &self.cfg.policy)
+        agent_core::decide(&input, &self.live.lock().expect("live lock").policy)
     }
 
     /// Sends the task's one result and updates the counters.
@@ -676,6 +704,22 @@ impl Inner {
             decision,
         };
         crate::metrics::record_result(&result, task.task_type);
+        if let Some(audit) = &self.audit {
+            audit.record(&result, task.task_type, task.priority);
+        }
+        tracing::debug!(
+            task_id = %result.task_id,
+            task_type = task.task_type.as_str(),
+            path = result.processed_by.map_or("none", |p| p.as_str()),
+            transport = result.transport.map_or("none", |t| t.as_str()),
+            policy = result.decision.as_ref().map_or("none", |d| d.policy),
+            reason = %result.decision.as_ref().map(|d| d.reason.to_string()).unwrap_or_default(),
+            fell_back = result.fell_back,
+            duration_ms = result.duration.as_secs_f64() * 1e3,
+            model_version = result.outcome.as_ref().map_or("", |o| o.model_version.as_str()),
+            error = %result.outcome.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            "task finished"
+        );
         // Counted once: cancelled before the answer, or answered to nobody.
         if tx.send(result).is_err() || cancelled {
             s.cancelled.fetch_add(1, Ordering::Relaxed);

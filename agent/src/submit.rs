@@ -7,7 +7,7 @@ use datasets::workload::{Truth, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct SubmitArgs {
     /// The edge agent's task API: host:port, or unix:/path/to.sock.
     #[arg(long, default_value = "127.0.0.1:50061")]
