@@ -144,6 +144,21 @@ fn exec_start_program(unit: &str) -> Option<&str> {
         })
 }
 
+/// The programs of every Exec*= line (ExecStart, ExecReload, ...).
+fn exec_programs(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.starts_with("Exec").then(|| l.split_once('=')).flatten()
+        })
+        .filter_map(|(_, v)| {
+            v.trim_start_matches(['-', '@', ':', '+', '!'])
+                .split_whitespace()
+                .next()
+        })
+        .collect()
+}
+
 /// `systemd-analyze verify` checks that ExecStart's program exists, so each
 /// unit is verified in a throwaway root (`--root`) holding systemd's own
 /// units (targets the units name) and the built agent at the unit's path.
@@ -173,6 +188,16 @@ fn systemd_units(tools: &Tools, agent: &Path, work: &Path) -> Result<String> {
             std::fs::create_dir_all(at.parent().context("ExecStart path")?)?;
             if std::fs::hard_link(agent, &at).is_err() {
                 std::fs::copy(agent, &at)?;
+            }
+        }
+        // The other commands (ExecReload=/bin/kill ...) are system tools:
+        // the host's copy stands in.
+        for other in exec_programs(&text).into_iter().filter(|p| *p != program) {
+            let at = root.join(other.trim_start_matches('/'));
+            if !at.exists() {
+                std::fs::create_dir_all(at.parent().context("Exec path")?)?;
+                std::fs::copy(other, &at)
+                    .with_context(|| format!("{}: {other} is not on this machine", name(unit)))?;
             }
         }
         std::fs::copy(unit, etc.join(name(unit)))?;
@@ -332,6 +357,11 @@ mod tests {
         let unit = "[Service]\nType=exec\nExecStart=-/opt/edge-agent/bin/agent edge --x 1\n";
         assert_eq!(exec_start_program(unit), Some("/opt/edge-agent/bin/agent"));
         assert_eq!(exec_start_program("[Service]\n"), None);
+        let both = format!("{unit}ExecReload=/bin/kill -HUP $MAINPID\n");
+        assert_eq!(
+            exec_programs(&both),
+            vec!["/opt/edge-agent/bin/agent", "/bin/kill"]
+        );
     }
 
     #[test]
