@@ -21,7 +21,7 @@ pub use estimate::{
     ShiftDetector, WindowStats,
 };
 pub use queue::{QueueFull, TaskQueue};
-pub use result::TaskResult;
+pub use result::{RunTiming, TaskResult};
 pub use sample::{ProbeEvent, ProbeEventKind, SampleSource};
 pub use task::{
     deadline_from_unix_nanos, deadline_to_unix_nanos, unix_nanos, Detection, ExecPath, Output,

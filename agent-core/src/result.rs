@@ -18,6 +18,20 @@ pub struct TaskResult {
     /// From acceptance to result.
     pub duration: Duration,
     pub decision: Option<Decision>,
+    /// How the run that answered spent its time, as measured where it ran
+    /// (the local worker, or the cloud's report); `None` when nothing ran
+    /// or nobody measured.
+    pub timing: Option<RunTiming>,
+}
+
+/// The time of one run: waiting before inference, and the inference
+/// itself (decoding included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunTiming {
+    /// Locally: from acceptance to a worker starting it; in the cloud: the
+    /// wait the cloud reports.
+    pub queued: Duration,
+    pub inference: Duration,
 }
 
 impl fmt::Display for TaskResult {

@@ -5,11 +5,11 @@
 
 use agent_core::{
     deadline_from_unix_nanos, deadline_to_unix_nanos, Decision, Detection, ExecPath, Outlook,
-    Output, Priority, Task, TaskError, TaskResult, TaskType,
+    Output, Priority, RunTiming, Task, TaskError, TaskResult, TaskType,
 };
 use prost::Message;
 use proto::ErrorKind;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::{Code, Status};
 
 pub fn task_type_from_proto(v: i32) -> Option<TaskType> {
@@ -153,8 +153,21 @@ pub fn result_to_response(result: &TaskResult) -> proto::TaskResponse {
         .unwrap_or_default();
     resp.fell_back = result.fell_back;
     resp.duration_nano = i64::try_from(result.duration.as_nanos()).unwrap_or(i64::MAX);
+    if let Some(t) = result.timing {
+        resp.queue_nano = i64::try_from(t.queued.as_nanos()).unwrap_or(i64::MAX);
+        resp.inference_nano = i64::try_from(t.inference.as_nanos()).unwrap_or(i64::MAX);
+    }
     resp.decision = result.decision.as_ref().map(decision_to_proto);
     resp
+}
+
+/// How the cloud says it spent a request's time (none when it did not
+/// measure an inference).
+pub fn timing_from_response(r: &proto::TaskResponse) -> Option<RunTiming> {
+    (r.inference_nano > 0).then(|| RunTiming {
+        queued: Duration::from_nanos(r.queue_nano.max(0) as u64),
+        inference: Duration::from_nanos(r.inference_nano as u64),
+    })
 }
 
 pub fn decision_to_proto(d: &Decision) -> proto::Decision {
@@ -317,6 +330,33 @@ mod tests {
             TaskError::Cancelled(_)
         ));
         assert_eq!(error_to_status(&c).code(), Code::Cancelled);
+    }
+
+    #[test]
+    fn a_runs_timing_reaches_the_response_and_back() {
+        let t = RunTiming {
+            queued: Duration::from_micros(120),
+            inference: Duration::from_micros(38),
+        };
+        let result = TaskResult {
+            task_id: "t".into(),
+            outcome: Err(TaskError::Internal("x".into())),
+            processed_by: Some(ExecPath::Local),
+            transport: None,
+            fell_back: false,
+            duration: Duration::from_micros(300),
+            decision: None,
+            timing: Some(t),
+        };
+        let r = result_to_response(&result);
+        assert_eq!((r.queue_nano, r.inference_nano), (120_000, 38_000));
+        assert_eq!(timing_from_response(&r), Some(t));
+        let r = result_to_response(&TaskResult {
+            timing: None,
+            ..result
+        });
+        assert_eq!((r.queue_nano, r.inference_nano), (0, 0));
+        assert_eq!(timing_from_response(&r), None);
     }
 
     #[test]

@@ -139,6 +139,7 @@ mod tests {
             fell_back: false,
             duration: Duration::from_millis(12),
             decision: None,
+            timing: None,
         }
     }
 

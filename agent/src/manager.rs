@@ -10,10 +10,12 @@ use crate::infer::{EngineFactory, EnginePool, ModelSpec, SharedExecTimes};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
-    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, SampleSource, Task, TaskError,
-    TaskQueue, TaskResult, TaskType, Transport,
+    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource, Task,
+    TaskError, TaskQueue, TaskResult, TaskType, Transport,
 };
-use agent_net::wire::{error_from_kind, error_response, output_from_response, task_to_request};
+use agent_net::wire::{
+    error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
+};
 use agent_net::{OffloadError, OffloadRequest, Offloader};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -501,6 +503,7 @@ impl Manager {
                 fell_back: false,
                 duration: started.elapsed(),
                 decision: None,
+                timing: None,
             }),
             Err(e) => TaskResult {
                 task_id: id,
@@ -510,6 +513,7 @@ impl Manager {
                 fell_back: false,
                 duration: started.elapsed(),
                 decision: None,
+                timing: None,
             },
         }
     }
@@ -641,6 +645,18 @@ impl Inner {
         processed_by: Option<ExecPath>,
         transport: Option<Transport>,
     ) {
+        self.finish_timed(job, outcome, processed_by, transport, None);
+    }
+
+    /// [`Inner::finish`], with how the run that answered spent its time.
+    fn finish_timed(
+        &self,
+        job: Job,
+        outcome: Result<Output, TaskError>,
+        processed_by: Option<ExecPath>,
+        transport: Option<Transport>,
+        timing: Option<RunTiming>,
+    ) {
         let s = &self.stats;
         // `_claim` is released when this function returns, after the
         // result went out.
@@ -702,6 +718,7 @@ impl Inner {
             fell_back,
             duration: task.created_at.elapsed(),
             decision,
+            timing,
         };
         crate::metrics::record_result(&result, task.task_type);
         if let Some(audit) = &self.audit {
@@ -1057,11 +1074,12 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
                 },
             });
             let output = output_from_response(r);
-            inner.finish(
+            inner.finish_timed(
                 job,
                 Ok(output),
                 Some(ExecPath::Cloud),
                 Some(reply.transport),
+                timing_from_response(r),
             );
         }
         Ok(reply) => {
@@ -1099,6 +1117,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
             // that fell back also spent its failed offload).
             crate::metrics::record_queue_wait(job.task.task_type, now - job.task.created_at);
         }
+        let mut timing = None;
         let outcome = if job.reply.is_closed() {
             Err(TaskError::Cancelled("submitter went away".into()))
         } else if job.task.deadline.is_some_and(|d| d <= now) {
@@ -1114,12 +1133,18 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
                     engine.engine().process(t.task_type, &t.payload)
                 }))
                 .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())))
-                .map(|inf| inf.output),
+                .map(|inf| {
+                    timing = Some(RunTiming {
+                        queued: now - t.created_at,
+                        inference: inf.elapsed,
+                    });
+                    inf.output
+                }),
                 None => Err(TaskError::Unavailable("the edge is shutting down".into())),
             }
         };
         inner.state.lock().expect("state lock").in_flight[index] = None;
         let ran = outcome.is_ok().then_some(ExecPath::Local);
-        inner.finish(job, outcome, ran, None);
+        inner.finish_timed(job, outcome, ran, None, timing);
     }
 }
