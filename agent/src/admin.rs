@@ -161,9 +161,11 @@ impl CloudAdmin {
     }
 
     /// The models are loaded and the listeners bound: ready.
-    pub fn serving(self, handler: Arc<crate::cloud::CloudHandler>) {
+    pub fn serving(self, handler: Arc<crate::cloud::CloudHandler>, max_pending: usize) {
         if let Some(admin) = self.0 {
-            admin.set_sampler(move || crate::metrics::record_cloud_pending(handler.waiting()));
+            admin.set_sampler(move || {
+                crate::metrics::record_cloud_pending(handler.waiting(), max_pending)
+            });
             admin.set_ready(|| Ok(()));
         }
     }

@@ -46,10 +46,45 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 /// metrics` wants one for each family.
 pub fn describe(role: Role) {
     match role {
-        Role::Edge => describe_edge(),
-        Role::Cloud => describe_cloud(),
+        Role::Edge => {
+            describe_edge();
+            // Counters exist from the start at 0, so rate() and the alerts
+            // see them before the first event.
+            for name in [
+                "edge_offload_fallbacks_total",
+                "edge_offload_rescues_total",
+                "edge_offload_rate_limited_total",
+            ] {
+                counter!(name).increment(0);
+            }
+            for reason in ["invalid_input", "unsupported", "overloaded", "unavailable"] {
+                counter!("edge_tasks_rejected_total", "reason" => reason).increment(0);
+            }
+            for path in ["local", "cloud"] {
+                counter!("edge_hedged_tasks_total", "answered_by" => path).increment(0);
+            }
+            // 0 without a passive probe too: nothing was dropped.
+            for stage in ["kernel", "channel"] {
+                counter!("edge_probe_events_dropped_total", "stage" => stage).increment(0);
+            }
+        }
+        Role::Cloud => {
+            describe_cloud();
+            for reason in REFUSALS {
+                counter!("cloud_admission_refusals_total", "reason" => reason).increment(0);
+            }
+        }
     }
 }
+
+/// The reasons the cloud refuses a request before inference.
+const REFUSALS: [&str; 5] = [
+    "overloaded",
+    "invalid_input",
+    "unsupported",
+    "deadline",
+    "unavailable",
+];
 
 fn describe_edge() {
     describe_counter!(
@@ -114,6 +149,10 @@ fn describe_edge() {
     describe_gauge!(
         "edge_local_queue_length",
         "Tasks waiting in the local queue."
+    );
+    describe_gauge!(
+        "edge_local_queue_capacity",
+        "Tasks the local queue holds at most (edge.queue_capacity)."
     );
     describe_gauge!(
         "edge_cloud_reachable",
@@ -206,6 +245,10 @@ fn describe_cloud() {
     describe_gauge!(
         "cloud_pending_requests",
         "Requests waiting for an inference slot now."
+    );
+    describe_gauge!(
+        "cloud_pending_capacity",
+        "Requests allowed to wait for an inference slot (cloud.max_pending)."
     );
     describe_gauge!("cloud_inflight_requests", "Requests being handled now.");
 }
@@ -322,8 +365,9 @@ pub fn record_rejection(e: &TaskError) {
     counter!("edge_tasks_rejected_total", "reason" => error_label(e)).increment(1);
 }
 
-pub fn record_queue_len(n: usize) {
+pub fn record_queue_len(n: usize, capacity: usize) {
     gauge!("edge_local_queue_length").set(n as f64);
+    gauge!("edge_local_queue_capacity").set(capacity as f64);
 }
 
 pub fn record_network(s: &NetworkStatus) {
@@ -424,15 +468,7 @@ impl<H: agent_net::Handler> Metered<H> {
                 "ok"
             }
             Err(e) => {
-                let refused = matches!(
-                    e,
-                    TaskError::Overloaded(_)
-                        | TaskError::InvalidInput(_)
-                        | TaskError::UnsupportedTaskType(_)
-                        | TaskError::DeadlineExceeded(_)
-                        | TaskError::Unavailable(_)
-                );
-                if refused {
+                if REFUSALS.contains(&error_label(e)) {
                     counter!("cloud_admission_refusals_total", "reason" => error_label(e))
                         .increment(1);
                 }
@@ -489,6 +525,7 @@ impl Drop for InFlight {
 }
 
 /// Requests waiting for an inference slot in the cloud now.
-pub fn record_cloud_pending(n: usize) {
+pub fn record_cloud_pending(n: usize, capacity: usize) {
     gauge!("cloud_pending_requests").set(n as f64);
+    gauge!("cloud_pending_capacity").set(capacity as f64);
 }
