@@ -1,0 +1,320 @@
+//! The decision path's costs (issue 12, item 5): `agent_core::decide` with
+//! the default policy on realistic inputs (a full 60-sample RTT window, 32
+//! recent execution times per path, 32 residuals per path, a deadline), the
+//! same with the inputs gathered from the estimators as the manager does,
+//! and the estimators' updates (an RTT sample into `RttWindow` and
+//! `LinkEstimator`, the shift detector included; `ExecTimeModel::observe`).
+//!
+//! Criterion gives each one's mean and median with their confidence
+//! intervals. A single decision's tail is not in those, so after criterion
+//! the binary times 100,000 individual calls of each with `Instant` and
+//! prints one `percall` line per benchmark (p50/p99/p99.9/max in ns; each
+//! timing includes one `Instant::now()` pair, about 20-40 ns).
+//! `cargo xtask bench-decision` runs it and writes bench/results/decision.md.
+
+use agent_core::{
+    decide, CloudStatus, DecisionInput, ExecPath, ExecTimeModel, LinkConfig, LinkEstimator,
+    LocalStatus, NetworkStatus, Policy, Priority, ProbeEvent, ProbeEventKind, Residuals, RttWindow,
+    SampleSource, TaskType,
+};
+use criterion::{criterion_group, Criterion};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// Deterministic noise (xorshift64*), so every run measures the same inputs.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Roughly normal (sum of uniforms), mean 0, sd 1.
+    fn gauss(&mut self) -> f64 {
+        (0..12).map(|_| self.next()).sum::<f64>() - 6.0
+    }
+}
+
+const DEST: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+
+/// A jittery 20 ms link: 20 ms +- 3 ms, never below 5 ms.
+fn rtt_sample(n: &mut Noise) -> Duration {
+    Duration::from_secs_f64((20.0 + 3.0 * n.gauss()).max(5.0) / 1e3)
+}
+
+fn rtt_event(at: Instant, rtt: Duration) -> ProbeEvent {
+    ProbeEvent {
+        dest: DEST,
+        source: SampleSource::SockOps,
+        at,
+        kind: ProbeEventKind::Rtt(rtt),
+    }
+}
+
+/// What the edge holds after a while of traffic: a link estimator with a
+/// full window (a sample every 10 ms), execution-time models and residuals
+/// with their 32 recent values each.
+struct State {
+    now: Instant,
+    link: LinkEstimator,
+    local_times: ExecTimeModel<TaskType>,
+    cloud_times: ExecTimeModel<TaskType>,
+    residuals: Residuals<(ExecPath, TaskType)>,
+}
+
+const TT: TaskType = TaskType::ImageClassification;
+
+fn state() -> State {
+    let mut n = Noise(0x9e37_79b9_7f4a_7c15);
+    let t0 = Instant::now();
+    let mut link = LinkEstimator::new(LinkConfig::default());
+    let mut at = t0;
+    for _ in 0..120 {
+        at += Duration::from_millis(10);
+        link.on_event(&rtt_event(at, rtt_sample(&mut n)));
+    }
+    let mut local_times = ExecTimeModel::new(0.2, Duration::from_millis(15));
+    let mut cloud_times = ExecTimeModel::new(0.2, Duration::from_millis(8));
+    let mut residuals = Residuals::new(32, 4);
+    for _ in 0..64 {
+        local_times.observe(
+            TT,
+            Duration::from_secs_f64((15.0 + n.gauss()).max(1.0) / 1e3),
+        );
+        cloud_times.observe(
+            TT,
+            Duration::from_secs_f64((8.0 + n.gauss()).max(1.0) / 1e3),
+        );
+        residuals.observe((ExecPath::Local, TT), 0.5 + n.gauss());
+        residuals.observe((ExecPath::Cloud, TT), 1.5 + 2.0 * n.gauss());
+    }
+    State {
+        now: at + Duration::from_millis(5),
+        link,
+        local_times,
+        cloud_times,
+        residuals,
+    }
+}
+
+/// The inputs the manager passes for one image task: 20 KB payload, a
+/// 100 ms deadline, one task ahead in the queue.
+struct Inputs {
+    net: NetworkStatus,
+    local_dist: Vec<f64>,
+    cloud_dist: Vec<f64>,
+    local_res: Vec<f64>,
+    cloud_res: Vec<f64>,
+}
+
+impl Inputs {
+    fn gather(s: &State) -> Inputs {
+        Inputs {
+            net: s.link.snapshot(s.now),
+            local_dist: s.local_times.distribution_ms(TT),
+            cloud_dist: s.cloud_times.distribution_ms(TT),
+            local_res: s.residuals.sorted_ms((ExecPath::Local, TT)),
+            cloud_res: s.residuals.sorted_ms((ExecPath::Cloud, TT)),
+        }
+    }
+
+    fn input(&self, time_left: Option<Duration>) -> DecisionInput<'_> {
+        DecisionInput {
+            task_type: TT,
+            priority: Priority::High,
+            payload_bytes: 20_000,
+            response_bytes: 128,
+            time_left,
+            net: &self.net,
+            local: LocalStatus {
+                queue_wait: Duration::from_millis(15),
+                inference: Duration::from_millis(15),
+                supported: true,
+            },
+            cloud: CloudStatus {
+                inference: Duration::from_millis(8),
+            },
+            local_dist_ms: &self.local_dist,
+            cloud_dist_ms: &self.cloud_dist,
+            previous: Some(ExecPath::Local),
+            local_residual_ms: &self.local_res,
+            cloud_residual_ms: &self.cloud_res,
+        }
+    }
+}
+
+const DEADLINE: Option<Duration> = Some(Duration::from_millis(100));
+
+/// A named benchmark body.
+type Case = (&'static str, Box<dyn FnMut()>);
+
+/// Every benchmark as a closure over its own state, so criterion and the
+/// per-call timing run the very same code.
+fn cases() -> Vec<Case> {
+    let policy = Policy::default();
+    let s = state();
+    let inputs = Inputs::gather(&s);
+    assert_eq!(inputs.net.rtt_sorted_ms.len(), 60, "a full window");
+    assert_eq!(inputs.local_dist.len(), 32);
+    assert_eq!(inputs.local_res.len(), 32);
+    let mut cases: Vec<Case> = Vec::new();
+    {
+        let (inputs, policy) = (Inputs::gather(&s), policy.clone());
+        cases.push((
+            "decide/deadline-aware",
+            Box::new(move || {
+                black_box(decide(black_box(&inputs.input(DEADLINE)), &policy).ok());
+            }),
+        ));
+    }
+    {
+        let (inputs, policy) = (Inputs::gather(&s), policy.clone());
+        cases.push((
+            "decide/deadline-aware-no-deadline",
+            Box::new(move || {
+                black_box(decide(black_box(&inputs.input(None)), &policy).ok());
+            }),
+        ));
+    }
+    {
+        let inputs = Inputs::gather(&s);
+        let policy = Policy::CostModel { jitter_k: 1.0 };
+        cases.push((
+            "decide/cost-model",
+            Box::new(move || {
+                black_box(decide(black_box(&inputs.input(DEADLINE)), &policy).ok());
+            }),
+        ));
+    }
+    {
+        // The manager's whole step: the estimators' figures copied out
+        // (network snapshot, distributions, sorted residuals), then decide.
+        let s = state();
+        let policy = policy.clone();
+        cases.push((
+            "decide/with-inputs",
+            Box::new(move || {
+                let inputs = Inputs {
+                    net: black_box(&s.link).snapshot(s.now),
+                    local_dist: s.local_times.distribution_ms(TT),
+                    cloud_dist: s.cloud_times.distribution_ms(TT),
+                    local_res: s.residuals.sorted_ms((ExecPath::Local, TT)),
+                    cloud_res: s.residuals.sorted_ms((ExecPath::Cloud, TT)),
+                };
+                black_box(decide(&inputs.input(DEADLINE), &policy).ok());
+            }),
+        ));
+    }
+    {
+        let mut w = RttWindow::new(60);
+        let mut n = Noise(7);
+        let mut at = Instant::now();
+        for _ in 0..60 {
+            at += Duration::from_millis(10);
+            w.push(at, rtt_sample(&mut n));
+        }
+        cases.push((
+            "estimate/rtt-window-push",
+            Box::new(move || {
+                at += Duration::from_millis(10);
+                w.push(at, rtt_sample(&mut n));
+                black_box(&w);
+            }),
+        ));
+    }
+    {
+        let mut s = state();
+        let mut n = Noise(11);
+        let mut at = s.now;
+        cases.push((
+            "estimate/link-estimator-rtt-event",
+            Box::new(move || {
+                at += Duration::from_millis(10);
+                s.link.on_event(&rtt_event(at, rtt_sample(&mut n)));
+                black_box(&s.link);
+            }),
+        ));
+    }
+    {
+        let s = state();
+        cases.push((
+            "estimate/link-estimator-snapshot",
+            Box::new(move || {
+                black_box(black_box(&s.link).snapshot(s.now));
+            }),
+        ));
+    }
+    {
+        let mut s = state();
+        let mut n = Noise(13);
+        cases.push((
+            "estimate/exec-time-observe",
+            Box::new(move || {
+                let d = Duration::from_secs_f64((15.0 + n.gauss()).max(1.0) / 1e3);
+                s.local_times.observe(TT, d);
+                black_box(&s.local_times);
+            }),
+        ));
+    }
+    cases
+}
+
+fn bench(c: &mut Criterion) {
+    for (name, mut f) in cases() {
+        c.bench_function(name, |b| b.iter(&mut f));
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[u64], q: f64) -> u64 {
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// 100,000 individually timed calls of each case (after 10,000 to warm
+/// up): one `percall NAME n=.. p50_ns=.. p99_ns=.. p999_ns=.. max_ns=..`
+/// line each.
+fn per_call() {
+    const N: usize = 100_000;
+    for (name, mut f) in cases() {
+        for _ in 0..N / 10 {
+            f();
+        }
+        let mut ns: Vec<u64> = (0..N)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_nanos() as u64
+            })
+            .collect();
+        ns.sort_unstable();
+        println!(
+            "percall {name} n={N} p50_ns={} p99_ns={} p999_ns={} max_ns={}",
+            pct(&ns, 0.50),
+            pct(&ns, 0.99),
+            pct(&ns, 0.999),
+            ns[N - 1]
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    // `cargo test --benches` runs the binary with no `--bench`: a smoke
+    // run of every case, no measurement.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    if !measuring {
+        for (_, mut f) in cases() {
+            f();
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    per_call();
+}
