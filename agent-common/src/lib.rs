@@ -14,6 +14,12 @@ pub const FILTER_MAP: &str = "FILTER";
 pub const TP_LAYOUT_GLOBAL: &str = "TP_LAYOUT";
 /// Name of the global holding the link-layer header length of the tc interface.
 pub const L2_LEN_GLOBAL: &str = "L2_LEN";
+/// Name of the global holding the per-flow RTT sample interval (u64 ns).
+pub const SAMPLE_INTERVAL_GLOBAL: &str = "SAMPLE_INTERVAL_NS";
+/// Default shortest time between two RTT samples of one flow and source
+/// (sock_ops socket, tc timestamp flow, QUIC spin flow), in nanoseconds;
+/// 0 keeps every sample. See `cargo xtask bench-ebpf` for what it saves.
+pub const DEFAULT_SAMPLE_INTERVAL_NS: u64 = 10_000_000;
 
 /// Program names inside the object.
 pub const PROG_SOCKOPS: &str = "sockops_rtt";

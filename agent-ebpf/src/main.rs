@@ -12,6 +12,12 @@
 //! Everything leaves through the one `EVENTS` ring buffer as an
 //! `agent_common::Record`. The `FILTER` map, written by userspace, says which
 //! remote endpoints matter; other traffic costs one or two hash lookups.
+//!
+//! What it costs is bounded per flow, as ePPing does: at most one RTT
+//! sample per flow and source every `SAMPLE_INTERVAL_NS` (set by the
+//! loader), so a bulk flow's thousands of ACKs per second cost a map lookup
+//! each and a ring-buffer record only every interval; and nothing is sent
+//! that userspace would drop (state changes other than ESTABLISHED and CLOSE).
 #![no_std]
 #![no_main]
 
@@ -20,8 +26,9 @@ mod tcp_ts;
 
 use agent_common::{
     FilterKey, Flow, Record, RecordBody, RetransmitBody, RttBody, StateBody, TracepointLayout,
-    AF_INET, AF_INET6, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP, KIND_RETRANSMIT, KIND_RTT,
-    KIND_STATE, RING_BUF_BYTES, RING_BUF_WAKEUP_RECORDS, SOURCE_SOCKOPS, SOURCE_TRACEPOINT,
+    AF_INET, AF_INET6, DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP,
+    KIND_RETRANSMIT, KIND_RTT, KIND_STATE, RING_BUF_BYTES, RING_BUF_WAKEUP_RECORDS, SOURCE_SOCKOPS,
+    SOURCE_TRACEPOINT, TCP_CLOSE, TCP_ESTABLISHED,
 };
 use aya_ebpf::{
     bindings::{
@@ -29,9 +36,9 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, TC_ACT_UNSPEC,
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{classifier, map, sock_ops, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{SockOpsContext, TcContext, TracePointContext},
     Global,
 };
@@ -45,6 +52,15 @@ static TP_LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout::DEFAU
 /// layer-3 devices (TUN, WireGuard). Filled in by the loader.
 #[no_mangle]
 static L2_LEN: Global<u32> = Global::new(14);
+
+/// Shortest time between two RTT samples of one flow and source, in ns
+/// (0: every sample). Filled in by the loader.
+#[no_mangle]
+static SAMPLE_INTERVAL_NS: Global<u64> = Global::new(DEFAULT_SAMPLE_INTERVAL_NS);
+
+/// Time of the last sock_ops sample sent per socket (by socket cookie).
+#[map]
+static SOCK_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
@@ -76,6 +92,18 @@ fn watched(family: u8, remote: &[u32; 4]) -> bool {
 fn now_ns() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// True when a sample at `now` comes too soon after the one at `*last`
+/// (the flow's rate limit); otherwise takes the slot (`*last = now`).
+#[inline(always)]
+fn rate_limited(last: &mut u64, now: u64) -> bool {
+    let interval = SAMPLE_INTERVAL_NS.load();
+    if interval != 0 && *last != 0 && now.wrapping_sub(*last) < interval {
+        return true;
+    }
+    *last = now;
+    false
 }
 
 #[inline(always)]
@@ -124,6 +152,23 @@ pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
             }
         }
         BPF_SOCK_OPS_RTT_CB => {
+            // The rate limit first: most callbacks of a busy socket end here,
+            // after one lookup keyed by the socket's cookie.
+            let now = now_ns();
+            // SAFETY: the helper takes the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            match SOCK_LAST.get_ptr_mut(&cookie) {
+                // SAFETY: LRU value pointer from a successful lookup; a racing
+                // callback of the same socket costs or adds one sample.
+                Some(last) => {
+                    if rate_limited(unsafe { &mut *last }, now) {
+                        return 1;
+                    }
+                }
+                None => {
+                    let _ = SOCK_LAST.insert(&cookie, &now, 0);
+                }
+            }
             let flow = sockops_flow(&ctx);
             // The filter may have shrunk since the socket was established.
             if flow.family != 0 && watched(flow.family, &flow.remote) {
@@ -150,7 +195,7 @@ pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
                     data_segs_out: segs,
                     total_retrans: retrans,
                 };
-                emit_rtt(SOURCE_SOCKOPS, now_ns(), flow, body);
+                emit_rtt(SOURCE_SOCKOPS, now, flow, body);
             }
         }
         _ => {}
@@ -404,6 +449,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
+    let new_state: i32 = read(ctx, l.ss_newstate)?;
+    // Userspace only counts flows that start and end.
+    if new_state as u32 != TCP_ESTABLISHED && new_state as u32 != TCP_CLOSE {
+        return Ok(());
+    }
     let mut flow = tp_addrs(
         ctx,
         l.ss_family,
@@ -418,7 +468,6 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     flow.local_port = read(ctx, l.ss_sport)?;
     flow.remote_port = read(ctx, l.ss_dport)?;
     let old_state: i32 = read(ctx, l.ss_oldstate)?;
-    let new_state: i32 = read(ctx, l.ss_newstate)?;
     let mut rec = Record::new(KIND_STATE, SOURCE_TRACEPOINT, now_ns(), flow);
     rec.body = RecordBody {
         state: StateBody {

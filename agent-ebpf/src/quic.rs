@@ -21,13 +21,14 @@
 //! one unit, and samples are only emitted while the penalty is zero. A new
 //! flow starts with a penalty, so it must spin cleanly for a few round trips
 //! first. The price: a flow sending one packet per half round trip
-//! (strict ping-pong) is never trusted.
+//! (strict ping-pong) is never trusted. Samples obey the per-flow rate
+//! limit (`SAMPLE_INTERVAL_NS`); edges are tracked regardless.
 
 use agent_common::{Flow, RttBody, SOURCE_QUIC_SPIN};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 use aya_log_ebpf::debug;
 
-use crate::{emit_rtt, now_ns};
+use crate::{emit_rtt, now_ns, rate_limited};
 
 const SPIN_BIT: u8 = 0x20;
 /// Penalty a new flow starts with: eight good edges (four round trips) before the first sample.
@@ -61,6 +62,8 @@ struct SpinState {
     _pad: [u16; 3],
     /// Time of the last egress edge.
     egress_edge_ns: u64,
+    /// Time of the last sample sent (the flow's rate limit).
+    last_sample_ns: u64,
 }
 
 /// Per-flow spin tracking, keyed by the flow in egress orientation.
@@ -94,6 +97,7 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
             ingress_run: 1,
             _pad: [0; 3],
             egress_edge_ns: 0,
+            last_sample_ns: 0,
         };
         if egress {
             st.egress_val = val;
@@ -147,7 +151,7 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
     if st.penalty > 0 {
         st.penalty -= 1;
     }
-    if !ready {
+    if !ready || rate_limited(&mut st.last_sample_ns, now) {
         return Ok(());
     }
     if st.validated == 0 {

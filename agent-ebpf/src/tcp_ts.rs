@@ -1,39 +1,52 @@
 //! TCP timestamp matching in the tc programs (passive RTT, ePPing-style).
 //!
-//! Egress: the first packet of a flow carrying a new TSval stores
-//! (flow, TSval) -> time. Ingress: a packet whose TSecr echoes a stored TSval
-//! yields one RTT sample (now - stored time) and removes the entry, so each
-//! TSval is timed once from its first departure to its first echo. Both maps
-//! are LRU: entries whose echo never comes age out under pressure.
+//! One timing per flow at a time: egress, the first packet carrying a new
+//! TSval and data (pure ACKs are not timed: their echo waits for the peer's
+//! next data, which measures the application, not the path) starts timing
+//! that TSval when no timing is pending and the flow's rate limit
+//! (`SAMPLE_INTERVAL_NS`) allows. Ingress, an ACK whose TSecr echoes the
+//! pending TSval yields one RTT sample (now - departure); an echo of a later
+//! TSval means the timed one will never be echoed (the peer's TS.Recent only
+//! moves forward: the timed segment was lost or its ACK was), so the timing
+//! is abandoned. Everything per flow lives in one small LRU entry: one
+//! lookup per packet, no insert or delete per sample, and userspace gets at
+//! most one record per flow per interval.
 
 use agent_common::{Flow, RttBody, SOURCE_TC_TCP_TS};
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap, programs::TcContext};
+use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::{emit_rtt, now_ns};
+use crate::{emit_rtt, now_ns, rate_limited};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TsKey {
-    flow: Flow,
-    tsval: u32,
-    _pad: u32,
+struct TsFlow {
+    /// Last TSval seen leaving on a packet with data: later packets reusing
+    /// it are not timed (they left after the first one).
+    last_tsval: u32,
+    /// The TSval being timed (when `pending_ns != 0`).
+    pending_tsval: u32,
+    /// When the pending TSval first left; 0: nothing pending.
+    pending_ns: u64,
+    /// When the last timing started (the flow's rate limit).
+    last_start_ns: u64,
 }
 
-/// Departure time of (egress flow, TSval) still waiting for its echo.
+/// Per-flow timing state, keyed by the flow in egress orientation.
 #[map]
-static TS_SENT: LruHashMap<TsKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static TS_FLOWS: LruHashMap<Flow, TsFlow> = LruHashMap::with_max_entries(8192, 0);
 
-/// Last TSval seen leaving per flow: later packets reusing it are not timed
-/// (they left after the first one, so their echo would understate the RTT).
-#[map]
-static TS_LAST: LruHashMap<Flow, u32> = LruHashMap::with_max_entries(4096, 0);
+/// A timing older than this is given up even without a later echo (the
+/// peer stopped echoing): tc then starts a new one.
+const PENDING_MAX_NS: u64 = 2_000_000_000;
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_TIMESTAMP: u8 = 8;
 const TCPOLEN_TIMESTAMP: u8 = 10;
-const TCP_FLAG_ACK: u8 = 0x10;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<(), i64> {
@@ -48,47 +61,68 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
         return Ok(());
     };
     if egress {
-        record_departure(flow, tsval);
+        // SYN and FIN are answered at once like data; a bare ACK is not.
+        let data = ctx.len() as usize > l4 + hdr_len;
+        if data || flags & (TCP_FLAG_SYN | TCP_FLAG_FIN) != 0 {
+            departure(flow, tsval, flags & TCP_FLAG_SYN != 0);
+        }
     } else if flags & TCP_FLAG_ACK != 0 && tsecr != 0 {
-        match_echo(flow, tsecr);
+        echo(flow, tsecr);
     }
     Ok(())
 }
 
 #[inline(always)]
-fn record_departure(flow: &Flow, tsval: u32) {
-    if let Some(last) = TS_LAST.get_ptr_mut(flow) {
-        // SAFETY: LRU value pointer from a successful lookup; a racing update only costs a sample.
-        unsafe {
-            if *last == tsval {
-                return;
-            }
-            *last = tsval;
-        }
-    } else {
-        let _ = TS_LAST.insert(flow, &tsval, 0);
-    }
-    let key = TsKey {
-        flow: *flow,
-        tsval,
-        _pad: 0,
+fn departure(flow: &Flow, tsval: u32, syn: bool) {
+    let now = now_ns();
+    let Some(st) = TS_FLOWS.get_ptr_mut(flow) else {
+        // A flow seen first mid-stream may be past this TSval's first
+        // packet: wait for the next new one. A SYN is the first.
+        let st = TsFlow {
+            last_tsval: tsval,
+            pending_tsval: tsval,
+            pending_ns: if syn { now } else { 0 },
+            last_start_ns: if syn { now } else { 0 },
+        };
+        let _ = TS_FLOWS.insert(flow, &st, 0);
+        return;
     };
-    let _ = TS_SENT.insert(&key, &now_ns(), BPF_NOEXIST as u64);
+    // SAFETY: LRU value pointer from a successful lookup; egress and ingress
+    // may race on it, which at worst costs or skews one sample.
+    let st = unsafe { &mut *st };
+    if st.last_tsval == tsval {
+        return;
+    }
+    st.last_tsval = tsval;
+    if st.pending_ns != 0 && now.wrapping_sub(st.pending_ns) < PENDING_MAX_NS {
+        return;
+    }
+    if rate_limited(&mut st.last_start_ns, now) {
+        return;
+    }
+    st.pending_tsval = tsval;
+    st.pending_ns = now;
 }
 
 #[inline(always)]
-fn match_echo(flow: &Flow, tsecr: u32) {
-    let key = TsKey {
-        flow: *flow,
-        tsval: tsecr,
-        _pad: 0,
-    };
-    let Some(sent) = TS_SENT.get_ptr(&key) else {
+fn echo(flow: &Flow, tsecr: u32) {
+    let Some(st) = TS_FLOWS.get_ptr_mut(flow) else {
         return;
     };
-    // SAFETY: value pointer from a successful lookup.
-    let sent = unsafe { *sent };
-    let _ = TS_SENT.remove(&key);
+    // SAFETY: as in `departure`.
+    let st = unsafe { &mut *st };
+    let sent = st.pending_ns;
+    if sent == 0 {
+        return;
+    }
+    if tsecr != st.pending_tsval {
+        // Serial-number order (RFC 7323): an echo of a later TSval ends the timing.
+        if (tsecr.wrapping_sub(st.pending_tsval) as i32) > 0 {
+            st.pending_ns = 0;
+        }
+        return;
+    }
+    st.pending_ns = 0;
     let now = now_ns();
     if now <= sent {
         return;

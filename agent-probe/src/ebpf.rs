@@ -32,9 +32,9 @@ mod records;
 
 use crate::privileges;
 use agent_common::{
-    FilterKey, TracepointLayout, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS, RING_BUF_MAP,
-    TP_LAYOUT_GLOBAL,
+    FilterKey, TracepointLayout, DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAP, L2_LEN_GLOBAL,
+    PROG_SOCKOPS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE,
+    RING_BUF_DRAIN_MS, RING_BUF_MAP, SAMPLE_INTERVAL_GLOBAL, TP_LAYOUT_GLOBAL,
 };
 use agent_core::ProbeEvent;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
@@ -95,7 +95,13 @@ pub struct EbpfProbeConfig {
     pub state_dir: PathBuf,
     /// Capacity of the event channel; events beyond it are counted and dropped.
     pub channel_capacity: usize,
+    /// Shortest time between two RTT samples of one flow and source (the
+    /// kernel's per-flow rate limit, like ePPing's); zero keeps every sample.
+    pub sample_interval: Duration,
 }
+
+/// The default per-flow sample interval ([`EbpfProbeConfig::sample_interval`]).
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_nanos(DEFAULT_SAMPLE_INTERVAL_NS);
 
 impl Default for EbpfProbeConfig {
     fn default() -> Self {
@@ -108,6 +114,7 @@ impl Default for EbpfProbeConfig {
             tc_attach: TcAttach::Auto,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             channel_capacity: 8192,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
         }
     }
 }
@@ -504,10 +511,13 @@ impl EbpfProbe {
         };
         let tp_layout = *layout.as_ref().unwrap_or(&TracepointLayout::DEFAULT);
         let clock = MonoClock::now();
+        let sample_interval_ns = u64::try_from(cfg.sample_interval.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(TP_LAYOUT_GLOBAL, &tp_layout, true)
-            .override_global(L2_LEN_GLOBAL, l2.as_ref().unwrap_or(&14), true);
+            .override_global(L2_LEN_GLOBAL, l2.as_ref().unwrap_or(&14), true)
+            // Not required: an object built before the rate limit loads without it.
+            .override_global(SAMPLE_INTERVAL_GLOBAL, &sample_interval_ns, false);
         let loaded = match &object {
             ObjectSource::File(path) => loader.load_file(path),
             ObjectSource::Embedded(bytes) => loader.load(bytes),
@@ -626,7 +636,7 @@ impl EbpfProbe {
         .map_err(|e| setup_error("DROPS map", chain(&e)))?;
 
         info!(
-            "eBPF probe attached ({}): {}; watching {} endpoint(s){}",
+            "eBPF probe attached ({}): {}; watching {} endpoint(s){}; at most one RTT sample per flow every {:?}",
             object,
             attachments.join(", "),
             cfg.endpoints.len(),
@@ -634,7 +644,8 @@ impl EbpfProbe {
                 " and everything else"
             } else {
                 ""
-            }
+            },
+            cfg.sample_interval
         );
         Ok(EbpfProbe {
             bpf: Some(bpf),

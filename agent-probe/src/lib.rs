@@ -10,6 +10,6 @@ pub mod privileges;
 pub use active::{connect_rtt, ActiveProbe};
 pub use ebpf::{
     convert_ring_items, default_cgroup, filter_key, find_object, EbpfProbe, EbpfProbeConfig,
-    EbpfStats, EbpfUnavailable, ObjectSource, ProbePart, TcAttach, DEFAULT_STATE_DIR, OBJECT_ENV,
-    OBJECT_RELATIVE,
+    EbpfStats, EbpfUnavailable, ObjectSource, ProbePart, TcAttach, DEFAULT_SAMPLE_INTERVAL,
+    DEFAULT_STATE_DIR, OBJECT_ENV, OBJECT_RELATIVE,
 };

@@ -458,6 +458,8 @@ fn tcp_rtt_from_sockops_and_tc_timestamps_only_for_watched_endpoints() {
         tc_interface: Some(net.va.clone()),
         endpoints: watched.to_vec(),
         state_dir: state.0.clone(),
+        // Every sample: these tests count them (the rate limit has its own test).
+        sample_interval: Duration::ZERO,
         ..EbpfProbeConfig::default()
     };
     let (probe, mut rx) = start_probe(&rt, &net, cfg);
@@ -564,6 +566,79 @@ fn tcp_rtt_from_sockops_and_tc_timestamps_only_for_watched_endpoints() {
 }
 
 #[test]
+fn the_per_flow_rate_limit_bounds_samples_and_keeps_segment_counts() {
+    require_root();
+    init_tracing();
+    let object = object();
+    let net = TestNet::new(1);
+    let cgroup = TestCgroup::new();
+    let state = TempDir::new();
+    let target = net.ip(2);
+    let rt = runtime();
+    let interval = Duration::from_millis(25);
+    let cfg = EbpfProbeConfig {
+        object: Some(object),
+        cgroup: Some(cgroup.0.clone()),
+        tc_interface: Some(net.va.clone()),
+        endpoints: vec![IpAddr::V4(target)],
+        state_dir: state.0.clone(),
+        sample_interval: interval,
+        ..EbpfProbeConfig::default()
+    };
+    let (probe, mut rx) = start_probe(&rt, &net, cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = tcp_echo_server(&net, Arc::clone(&stop));
+    let started = Instant::now();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_process", "--ignored", "--nocapture"])
+        .env(HELPER_ENV, "tcp-client")
+        .env("EBPF_TEST_NS", &net.a)
+        .env("EBPF_TEST_CGROUP", &cgroup.0)
+        .env(
+            "EBPF_TEST_TARGETS",
+            SocketAddr::from((target, 5001)).to_string(),
+        )
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "TCP client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = drain(&mut rx, Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+
+    // One flow: at most one sample per interval and source (plus the first).
+    let most = (elapsed.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
+    for source in [SampleSource::SockOps, SampleSource::TcTimestamp] {
+        let n = rtts(&events, target, source).len();
+        eprintln!("{source:?}: {n} samples in {elapsed:?} (at most {most})");
+        assert!(n >= 2, "{source:?}: {n} samples");
+        assert!(
+            n <= most,
+            "{source:?}: {n} samples in {elapsed:?}, limit {interval:?}"
+        );
+    }
+    // The cumulative counters make the skipped samples' segments count
+    // anyway, up to the last sample sent (100 requests, then 1 MiB).
+    let segments: u32 = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            ProbeEventKind::SegmentsSent(n) => Some(n),
+            _ => None,
+        })
+        .sum();
+    assert!(segments >= 80, "segments sent: {segments}");
+    let ids = probe.program_ids().to_vec();
+    drop(probe);
+    assert_unloaded(&ids);
+    assert_no_tcx(&net);
+}
+
+#[test]
 fn quic_spin_bit_rtt_only_from_spinning_watched_flows() {
     require_root();
     init_tracing();
@@ -579,6 +654,8 @@ fn quic_spin_bit_rtt_only_from_spinning_watched_flows() {
         tc_interface: Some(net.va.clone()),
         endpoints: [real, random, constant].map(IpAddr::V4).to_vec(),
         state_dir: state.0.clone(),
+        // Every sample: these tests count them (the rate limit has its own test).
+        sample_interval: Duration::ZERO,
         ..EbpfProbeConfig::default()
     };
     let (probe, mut rx) = start_probe(&rt, &net, cfg);
@@ -842,6 +919,8 @@ fn after_dropping_privileges_the_probe_still_reads_and_refilters_then_detaches()
         tc_interface: Some(net.va.clone()),
         endpoints: vec![IpAddr::V4(first)],
         state_dir: state.0.clone(),
+        // Every sample: these tests count them (the rate limit has its own test).
+        sample_interval: Duration::ZERO,
         ..EbpfProbeConfig::default()
     };
     // Capability sets are per thread: this thread plays the agent's main thread.

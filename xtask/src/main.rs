@@ -59,17 +59,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// eBPF probe overhead: iperf3 on a veth pair with and without the probe; writes bench/results/ebpf-overhead.md (needs root).
+    /// eBPF probe overhead: alternating rounds with and without the probe on a veth pair (bulk, 128-byte segments, 128 flows), ratios with 95 % intervals, ns per program run; writes bench/results/ebpf-overhead.md and .json (needs root, iperf3).
     BenchEbpf {
-        /// Pairs of rounds (one without the probe, one with).
-        #[arg(long, default_value_t = 40)]
+        /// Round pairs (one without the probe, one with) per workload.
+        #[arg(long, default_value_t = 12)]
         rounds: u32,
         /// Seconds per iperf3 run.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 2)]
         seconds: u32,
-        /// Where to write the Markdown report (default: bench/results/ebpf-overhead.md).
+        /// Where to write the Markdown report (default: bench/results/ebpf-overhead.md; the JSON goes beside it).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// The probe's per-flow sample interval in ms (0: every sample; default: the probe's).
+        #[arg(long)]
+        sample_interval_ms: Option<f64>,
+        /// Measure this eBPF object instead of the one just built.
+        #[arg(long)]
+        object: Option<std::path::PathBuf>,
     },
     /// QUIC vs gRPC offload latency and throughput (1 KB, 64 KB, 1 MB) on loopback and a 1 %-loss link.
     BenchTransport {
@@ -136,9 +145,19 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seconds,
             out,
+            json,
+            sample_interval_ms,
+            object,
         } => {
             setup::all()?;
-            bench_ebpf::run(rounds, seconds, out)
+            bench_ebpf::run(bench_ebpf::Options {
+                rounds,
+                seconds,
+                out,
+                json,
+                sample_interval_ms,
+                object,
+            })
         }
         Cmd::BenchTransport { quick, json } => {
             setup::all()?;

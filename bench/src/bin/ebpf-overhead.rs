@@ -1,12 +1,15 @@
-//! `ebpf-overhead`: TCP throughput on a veth pair with and without the
-//! passive probe attached, alternating (see `bench::ebpf::overhead`).
-//! Prints the report as Markdown (also written to `--out`), then one JSON
-//! object on the last line. Needs root, iperf3 and the eBPF object.
+//! `ebpf-overhead`: throughput on a veth pair with and without the passive
+//! probe attached, alternating, for bulk TCP, small segments and many
+//! flows, and the programs' own run time (see `bench::ebpf::overhead`).
+//! Prints the report as Markdown (also written to `--out`, with the full
+//! JSON beside it), or with `--json` one JSON object on the last line.
+//! Needs root, iperf3 and the eBPF object.
 
-use bench::ebpf::overhead::{self, OverheadOptions, Parts};
+use bench::ebpf::overhead::{self, OverheadOptions, Parts, Workload};
 use bench::support::cleanup::Cleanup;
 use clap::Parser;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -14,18 +17,15 @@ use std::path::PathBuf;
     about = "Throughput cost of the eBPF probe (needs root, iperf3)"
 )]
 struct Args {
-    /// Pairs of rounds (one without the probe, one with).
-    #[arg(long, default_value_t = 5)]
+    /// Round pairs (one without the probe, one with) per workload.
+    #[arg(long, default_value_t = 12)]
     rounds: u32,
     /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     seconds: u32,
-    /// Parallel TCP streams per run.
-    #[arg(long, default_value_t = 1)]
-    streams: u32,
-    /// Seconds of the small-message stress round (0 skips it).
-    #[arg(long, default_value_t = 5)]
-    stress_seconds: u32,
+    /// Workloads to run (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
     /// The one CPU everything runs on (iperf3 client and server, the probe's
     /// reader); the kernel programs run there too, in the packets' path.
     #[arg(long, default_value_t = 0)]
@@ -33,9 +33,16 @@ struct Args {
     /// Which programs the measured flows pass through in the rounds with the probe.
     #[arg(long, value_enum, default_value_t = Parts::All)]
     parts: Parts,
-    /// Also write the Markdown report here.
+    /// The probe's per-flow sample interval in milliseconds (0: every sample;
+    /// default: the probe's default).
+    #[arg(long)]
+    sample_interval_ms: Option<f64>,
+    /// Also write the Markdown report here, and the JSON report beside it (.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print one JSON object on the last line instead of the Markdown.
+    #[arg(long)]
+    json: bool,
     /// The command line to record in the report (default: this one).
     #[arg(long)]
     command: Option<String>,
@@ -55,13 +62,22 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    let defaults = OverheadOptions::default();
     let opts = OverheadOptions {
         rounds: args.rounds,
         seconds: args.seconds,
-        streams: args.streams,
-        stress_seconds: args.stress_seconds,
+        workloads: if args.workloads.is_empty() {
+            defaults.workloads
+        } else {
+            args.workloads
+        },
         parts: args.parts,
         object: args.object,
+        sample_interval: args
+            .sample_interval_ms
+            .map_or(defaults.sample_interval, |ms| {
+                Duration::from_secs_f64(ms.max(0.0) / 1e3)
+            }),
         placement,
     };
     let progress = |m: &str| eprintln!("ebpf-overhead: {m}");
@@ -78,15 +94,20 @@ fn main() {
         .command
         .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
     let md = report.markdown(&command);
-    print!("{md}");
+    let json = serde_json::to_string(&report).expect("the report serializes");
     if let Some(out) = &args.out {
-        if let Err(e) = std::fs::write(out, &md) {
-            eprintln!("ebpf-overhead: writing {}: {e}", out.display());
-            std::process::exit(2);
+        let pretty = serde_json::to_string_pretty(&report).expect("the report serializes");
+        for (path, text) in [(out.clone(), &md), (out.with_extension("json"), &pretty)] {
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("ebpf-overhead: writing {}: {e}", path.display());
+                std::process::exit(2);
+            }
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("the report serializes")
-    );
+    if args.json {
+        eprint!("{md}");
+        println!("{json}");
+    } else {
+        print!("{md}");
+    }
 }

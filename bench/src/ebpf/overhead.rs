@@ -1,27 +1,49 @@
-//! Overhead of the passive probe on the data path: TCP throughput (iperf3)
-//! between two namespaces joined by a veth pair, with and without the
-//! probe attached, in alternating rounds of one run (off/on, then on/off,
-//! so drift in the machine's load falls on both sides alike).
+//! Overhead of the passive probe on the data path: TCP between two
+//! namespaces joined by a veth pair, with and without the probe attached,
+//! in alternating rounds of one run, for three workloads:
+//!
+//! - `bulk`: one iperf3 stream (Gbit/s);
+//! - `small`: one stream of 128-byte writes with TCP_NODELAY (`iperf3 -l
+//!   128 -N`), counted in messages per second, so nearly every write is a
+//!   packet and every packet an ACK: the most probe runs per byte;
+//! - `many`: 128 concurrent iperf3 streams (Gbit/s), so per-flow state is
+//!   looked up and created for many flows at once.
+//!
+//! Each round index runs every workload once with and once without the
+//! probe, the order flipping from one index to the next (off/on, then
+//! on/off), so drift in the machine's load falls on both sides alike.
+//! Per workload the report gives the median with and without, their ratio
+//! and a 95 % bootstrap percentile interval of that ratio of medians
+//! (the rounds with and without resampled independently, 10 000
+//! resamples, fixed seed).
 //!
 //! "With" means all of it, as the agent runs it: sock_ops on the cgroup
 //! both iperf3 ends run in (this process joins it, they inherit it), tc
 //! ingress and egress on the client's veth, the two tracepoints, the
 //! iperf3 server's address in the filter (so every packet is parsed and
-//! matched, every ACK yields a sock_ops sample), and the ring-buffer reader
-//! feeding an estimator as the monitor does. Rounds "with" also give the
-//! rate of records the reader sustained, and its losses. A last round
-//! with many small-message streams pushes the record rate up to see where
-//! the reader stands.
+//! matched, every ACK runs sock_ops), and the ring-buffer reader feeding an
+//! estimator as the monitor does. Then one more round per workload with
+//! the kernel's BPF run-time statistics on gives each program's runs per
+//! second and nanoseconds per run (per packet for tc: one skb, a GSO
+//! burst on a veth; per RTT callback, one per ACK, for sock_ops). The
+//! statistics cost time themselves, so those rounds are not in the ratios.
+//!
+//! Everything created is removed on every way out: the namespaces (and
+//! with them the veth pair and the tcx programs), the cgroups, the probe's
+//! programs (each detach is verified), the statistics descriptor.
 
 use crate::ebpf::detach::{self, Detached};
 use crate::support::cleanup::Cleanup;
 use crate::support::probe_cgroup::CgroupGuard;
 use agent_core::ProbeEvent;
 use agent_core::{LinkConfig, LinkEstimator};
-use agent_probe::{EbpfProbe, EbpfProbeConfig};
+use agent_probe::{EbpfProbe, EbpfProbeConfig, DEFAULT_SAMPLE_INTERVAL};
 use anyhow::{bail, Context, Result};
 use jitter_lab::sys::{self, netns};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -34,22 +56,86 @@ pub const PREFIX: &str = "povh";
 /// Cgroup of the runs that keep sock_ops away from the flows.
 const IDLE_PREFIX: &str = "povh-idle";
 const PORT: &str = "5201";
+/// Bytes per write in the small-segment workload.
+pub const SMALL_BYTES: u32 = 128;
+/// Streams of the many-flows workload (iperf3's maximum).
+pub const MANY_FLOWS: u32 = 128;
+/// Bootstrap resamples for the ratio's interval.
+const RESAMPLES: usize = 10_000;
+/// Targets of issue 12 (with / without).
+pub const BULK_TARGET: f64 = 0.97;
+pub const SMALL_TARGET: f64 = 0.95;
+
+/// The traffic of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// One bulk TCP stream.
+    Bulk,
+    /// 128-byte writes, TCP_NODELAY, one stream.
+    Small,
+    /// 128 concurrent bulk streams.
+    Many,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Bulk, Workload::Small, Workload::Many];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Bulk => "bulk",
+            Workload::Small => "small",
+            Workload::Many => "many",
+        }
+    }
+
+    /// What the rounds of this workload count.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::Small => "messages/s",
+            _ => "Gbit/s",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Workload::Bulk => "one TCP stream, iperf3 default writes".into(),
+            Workload::Small => format!(
+                "one TCP stream of {SMALL_BYTES}-byte writes, TCP_NODELAY (iperf3 -l {SMALL_BYTES} -N)"
+            ),
+            Workload::Many => format!("{MANY_FLOWS} concurrent TCP streams (iperf3 -P {MANY_FLOWS})"),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct OverheadOptions {
-    /// Pairs of rounds (one without, one with the probe).
+    /// Round pairs (one without, one with the probe) per workload.
     pub rounds: u32,
     /// Seconds per iperf3 run.
     pub seconds: u32,
-    /// Parallel streams per iperf3 run.
-    pub streams: u32,
-    /// Seconds of the small-message stress round (0: none).
-    pub stress_seconds: u32,
+    pub workloads: Vec<Workload>,
     /// Which programs see the traffic in the rounds with the probe.
     pub parts: Parts,
     pub object: Option<PathBuf>,
+    /// The probe's per-flow sample interval (default: the probe's default).
+    pub sample_interval: Duration,
     /// How [`place`] set up this process (reported).
     pub placement: Placement,
+}
+
+impl Default for OverheadOptions {
+    fn default() -> Self {
+        OverheadOptions {
+            rounds: 12,
+            seconds: 2,
+            workloads: Workload::ALL.to_vec(),
+            parts: Parts::All,
+            object: None,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            placement: Placement::default(),
+        }
+    }
 }
 
 /// Where the benchmark runs: one CPU for the whole data path and the
@@ -97,30 +183,16 @@ pub enum Parts {
     Sockops,
 }
 
-impl Default for OverheadOptions {
-    fn default() -> Self {
-        OverheadOptions {
-            rounds: 5,
-            seconds: 5,
-            streams: 1,
-            stress_seconds: 5,
-            parts: Parts::All,
-            object: None,
-            placement: Placement::default(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     pub index: u32,
+    pub workload: Workload,
     pub probe: bool,
+    /// Gbit/s (bulk, many) or messages/s (small).
+    pub value: f64,
     pub gbit_s: f64,
     /// Retransmitted segments iperf3 reports (should be 0 on a veth).
     pub retransmits: u64,
-    /// Client and server host CPU use (percent of one core) per iperf3.
-    pub cpu_client_pct: f64,
-    pub cpu_server_pct: f64,
     /// With the probe: what its reader took out of the ring buffer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reader: Option<ReaderStats>,
@@ -141,29 +213,37 @@ pub struct ReaderStats {
     pub reader_cpu_pct: f64,
 }
 
+/// One workload's result.
 #[derive(Debug, Clone, Serialize)]
-pub struct StressRound {
-    pub streams: u32,
-    pub message_bytes: u32,
-    pub seconds: u32,
-    pub gbit_s: f64,
-    pub reader: ReaderStats,
+pub struct WorkloadSummary {
+    pub workload: Workload,
+    pub unit: &'static str,
+    pub rounds_with: usize,
+    pub rounds_without: usize,
+    pub median_with: f64,
+    pub median_without: f64,
+    /// median with / median without.
+    pub ratio: f64,
+    /// 95 % bootstrap percentile interval of the ratio of medians.
+    pub ratio_ci95: [f64; 2],
+    /// Records per second the reader took in the rounds with the probe (mean).
+    pub records_per_s: f64,
+    /// The reader's CPU time in the rounds with the probe (mean, % of one CPU).
+    pub reader_cpu_pct: f64,
+    /// Per program, from the statistics round of this workload.
+    pub programs: Vec<ProgramCost>,
+    /// The statistics round's own throughput (same unit).
+    pub stats_round_value: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgramCost {
     pub name: String,
+    pub runs: u64,
     pub runs_per_s: f64,
     pub ns_per_run: f64,
     /// Percent of one CPU.
     pub cpu_pct: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProgramCostRound {
-    pub gbit_s: f64,
-    pub cpu_pct_total: f64,
-    pub programs: Vec<ProgramCost>,
 }
 
 /// (name, run time ns, run count) of the loaded programs among `ids`.
@@ -183,34 +263,37 @@ fn program_stats(ids: &[u32]) -> Vec<(String, u64, u64)> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OverheadReport {
+    pub bulk_ratio: Option<f64>,
+    pub bulk_ratio_ci_low: Option<f64>,
+    pub bulk_ratio_ci_high: Option<f64>,
+    pub small_ratio: Option<f64>,
+    pub small_ratio_ci_low: Option<f64>,
+    pub small_ratio_ci_high: Option<f64>,
+    pub many_ratio: Option<f64>,
+    pub many_ratio_ci_low: Option<f64>,
+    pub many_ratio_ci_high: Option<f64>,
+    /// Per program: nanoseconds per run over every statistics round
+    /// (tc: per skb; sock_ops: per RTT callback, one per ACK).
+    pub ns_per_packet: BTreeMap<String, f64>,
+    /// bulk >= 0.97 and small >= 0.95 (medians).
+    pub targets_met: bool,
+    pub ci_method: &'static str,
+    pub sample_interval_ms: f64,
+    pub object: String,
+    pub workloads: Vec<WorkloadSummary>,
     pub rounds: Vec<Round>,
-    pub mean_without_gbit_s: f64,
-    pub mean_with_gbit_s: f64,
-    /// mean with / mean without.
-    pub ratio: f64,
-    /// Median over the pairs of (with / without) of the same pair.
-    pub median_pair_ratio: f64,
-    /// Mean of the pairs' ratios and its 95 % confidence interval (t).
-    pub mean_pair_ratio: f64,
-    pub pair_ratio_ci95: [f64; 2],
-    /// (1 - ratio) in percent.
-    pub throughput_loss_pct: f64,
-    /// Records per second the reader sustained in the rounds with the probe.
-    pub reader_records_per_s_mean: f64,
     pub kernel_drops: u64,
     pub channel_drops: u64,
-    pub stress: Option<StressRound>,
-    /// The programs' own CPU time under the same load (separate round:
-    /// the kernel's run-time statistics cost time themselves).
-    pub program_cost: ProgramCostRound,
     pub parts: Parts,
     pub placement: Placement,
     pub attachments: Vec<String>,
     /// Every probe of the run left nothing behind.
     pub detached: bool,
     pub last_detach: Option<Detached>,
+    pub epping: &'static str,
     pub machine: Machine,
     pub iperf3: String,
+    pub seconds_per_round: u32,
     pub duration_s: f64,
 }
 
@@ -223,7 +306,15 @@ pub struct Machine {
     pub cpu_model: String,
     pub loadavg_start: String,
     pub loadavg_end: String,
+    /// The busiest processes outside this run at the start (`top`).
+    pub busy_at_start: String,
 }
+
+/// Why ePPing is not in the alternating run (stated in every report).
+pub const EPPING: &str = "not run: ePPing (xdp-project/bpf-examples, pping/) is in no package \
+registry this project can use (Debian 12: no pping or bpf-examples package, xdp-tools does not \
+ship it; PyPI, crates.io: no such package), and building it from its GitHub source is not \
+possible here";
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -231,7 +322,28 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn machine(loadavg_start: String) -> Machine {
+/// The processes above 20 % CPU right now, from one `top` sample.
+fn busy() -> String {
+    let out = sys::run("top", &["-bn1", "-w", "200"]).unwrap_or_default();
+    let busy: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("PID"))
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let cpu: f64 = f.get(8)?.parse().ok()?;
+            let name = f.get(11)?;
+            (cpu >= 20.0).then(|| format!("{name} {cpu:.0} %"))
+        })
+        .collect();
+    if busy.is_empty() {
+        "nothing above 20 % of a CPU".into()
+    } else {
+        busy.join(", ")
+    }
+}
+
+fn machine(loadavg_start: String, busy_at_start: String) -> Machine {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -253,6 +365,7 @@ fn machine(loadavg_start: String) -> Machine {
         cpu_model,
         loadavg_start,
         loadavg_end: loadavg(),
+        busy_at_start,
     }
 }
 
@@ -322,26 +435,21 @@ fn iperf3_server(pair: &Pair) -> Result<Child> {
 struct Iperf {
     gbit_s: f64,
     retransmits: u64,
-    cpu_client_pct: f64,
-    cpu_server_pct: f64,
 }
 
-fn iperf3(
-    pair: &Pair,
-    seconds: u32,
-    streams: u32,
-    len: Option<u32>,
-    nodelay: bool,
-) -> Result<Iperf> {
+fn iperf3(pair: &Pair, seconds: u32, workload: Workload) -> Result<Iperf> {
     let mut c = netns::command(&pair.a, "iperf3")?;
     c.args(["-J", "-p", PORT, "-c"])
         .arg(pair.addr_b.to_string())
-        .args(["-t", &seconds.to_string(), "-P", &streams.to_string()]);
-    if let Some(l) = len {
-        c.args(["-l", &l.to_string()]);
-    }
-    if nodelay {
-        c.arg("-N");
+        .args(["-t", &seconds.to_string()]);
+    match workload {
+        Workload::Bulk => {}
+        Workload::Small => {
+            c.args(["-l", &SMALL_BYTES.to_string(), "-N"]);
+        }
+        Workload::Many => {
+            c.args(["-P", &MANY_FLOWS.to_string()]);
+        }
     }
     let out = c.output().context("running iperf3")?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
@@ -361,13 +469,15 @@ fn iperf3(
     Ok(Iperf {
         gbit_s: bps / 1e9,
         retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        cpu_client_pct: end["cpu_utilization_percent"]["host_total"]
-            .as_f64()
-            .unwrap_or(0.0),
-        cpu_server_pct: end["cpu_utilization_percent"]["remote_total"]
-            .as_f64()
-            .unwrap_or(0.0),
     })
+}
+
+/// The round's figure in the workload's unit.
+fn value(workload: Workload, gbit_s: f64) -> f64 {
+    match workload {
+        Workload::Small => (gbit_s * 1e9 / 8.0 / f64::from(SMALL_BYTES)).round(),
+        _ => r3(gbit_s),
+    }
 }
 
 /// The cgroup the iperf3 flows run in, and an empty one (sock_ops sees nothing there).
@@ -383,16 +493,17 @@ struct Attached {
     consumed: Arc<AtomicU64>,
 }
 
-fn attach(pair: &Pair, cgs: &Cgroups, parts: Parts, object: Option<PathBuf>) -> Result<Attached> {
+fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions) -> Result<Attached> {
     let cfg = EbpfProbeConfig {
-        object,
-        cgroup: Some(match parts {
+        object: opts.object.clone(),
+        cgroup: Some(match opts.parts {
             Parts::Tc => cgs.idle.path.clone(),
             _ => cgs.flows.path.clone(),
         }),
-        tc_interface: (parts != Parts::Sockops).then(|| pair.va.clone()),
+        tc_interface: (opts.parts != Parts::Sockops).then(|| pair.va.clone()),
         endpoints: vec![IpAddr::V4(pair.addr_b)],
         state_dir: std::env::temp_dir().join(format!("{PREFIX}{}-state", std::process::id())),
+        sample_interval: opts.sample_interval,
         ..EbpfProbeConfig::default()
     };
     let mut probe = netns::run_in(&pair.a, move || {
@@ -426,7 +537,6 @@ async fn consume(mut rx: mpsc::Receiver<ProbeEvent>, consumed: Arc<AtomicU64>) {
     }
 }
 
-/// Stops the reader, detaches, and checks that nothing is left.
 /// User and system CPU time of this process so far (every thread, no children).
 fn self_cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
@@ -439,6 +549,7 @@ fn self_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Stops the reader, detaches, and checks that nothing is left.
 fn detach_all(att: Attached, pair: &Pair, seconds: f64, cpu: Duration) -> (ReaderStats, Detached) {
     let s = att.probe.stats();
     let ids = att.probe.program_ids().to_vec();
@@ -465,30 +576,96 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn median(v: &[f64]) -> f64 {
+/// Median (the mean of the middle two for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    crate::scenarios::stats::percentile(&v, 0.5).unwrap_or(0.0)
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
-/// Half width of the 95 % confidence interval of the mean (Student's t).
-fn ci95_half_width(v: &[f64]) -> f64 {
-    const T975: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
-    ];
-    let n = v.len();
-    if n < 2 {
-        return f64::NAN;
+/// 95 % bootstrap percentile interval of median(with) / median(without):
+/// both groups resampled independently with replacement.
+pub fn ratio_ci95(with: &[f64], without: &[f64], resamples: usize, seed: u64) -> [f64; 2] {
+    if with.is_empty() || without.is_empty() {
+        return [f64::NAN, f64::NAN];
     }
-    let m = mean(v);
-    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
-    T975.get(n - 2).copied().unwrap_or(1.96) * sd / (n as f64).sqrt()
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut draw = |v: &[f64]| -> f64 {
+        let s: Vec<f64> = (0..v.len())
+            .map(|_| v[rng.random_range(0..v.len())])
+            .collect();
+        median(&s)
+    };
+    let mut ratios: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let w = draw(with);
+            w / draw(without)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| ratios[((q * (ratios.len() - 1) as f64).round() as usize).min(ratios.len() - 1)];
+    [at(0.025), at(0.975)]
 }
 
 fn r3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
+}
+
+fn r4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// One round with the kernel's run-time statistics on: per-program runs
+/// and run time, and the round's throughput.
+fn stats_round(
+    pair: &Pair,
+    cgs: &Cgroups,
+    opts: &OverheadOptions,
+    workload: Workload,
+    all_clean: &mut bool,
+) -> Result<(Vec<ProgramCost>, f64)> {
+    let att = attach(pair, cgs, opts)?;
+    let ids = att.probe.program_ids().to_vec();
+    // Statistics stay on while this descriptor is open (dropped on every way out).
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let before = program_stats(&ids);
+    let t0 = Instant::now();
+    let run = iperf3(pair, opts.seconds, workload);
+    let secs = t0.elapsed().as_secs_f64();
+    let after = program_stats(&ids);
+    drop(stats_fd);
+    let (_, det) = detach_all(att, pair, f64::from(opts.seconds), Duration::ZERO);
+    *all_clean &= det.clean();
+    let r = run?;
+    let programs = after
+        .iter()
+        .map(|(name, ns, n)| {
+            let (ns0, n0) = before
+                .iter()
+                .find(|b| &b.0 == name)
+                .map_or((0, 0), |b| (b.1, b.2));
+            let (dns, dn) = (ns - ns0, n - n0);
+            ProgramCost {
+                name: name.clone(),
+                runs: dn,
+                runs_per_s: (dn as f64 / secs).round(),
+                ns_per_run: if dn == 0 {
+                    0.0
+                } else {
+                    (dns as f64 / dn as f64).round()
+                },
+                cpu_pct: r3(dns as f64 / secs / 1e7),
+            }
+        })
+        .collect();
+    Ok((programs, value(workload, r.gbit_s)))
 }
 
 pub fn run(
@@ -498,7 +675,7 @@ pub fn run(
 ) -> Result<OverheadReport> {
     sys::require_root("ebpf-overhead")?;
     let started = Instant::now();
-    let load_start = loadavg();
+    let (load_start, busy_start) = (loadavg(), busy());
     sweep_stale();
     let iperf_version = sys::run("iperf3", &["--version"])
         .context("iperf3 is not installed (apt package iperf3)")?
@@ -534,8 +711,10 @@ pub fn run(
             let _ = s.wait();
         });
     }
-    progress("warm-up: 2 s without the probe (not counted)");
-    iperf3(&pair, 2, opts.streams, None, false)?;
+    progress("warm-up: 1 s of each workload without the probe (not counted)");
+    for &w in &opts.workloads {
+        iperf3(&pair, 1, w)?;
+    }
 
     let mut rounds = Vec::new();
     let mut attachments = Vec::new();
@@ -547,159 +726,151 @@ pub fn run(
         } else {
             [true, false]
         };
-        for with in order {
-            let index = rounds.len() as u32;
-            let att = if with {
-                let a = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
-                attachments = a.probe.attachments().to_vec();
-                Some(a)
-            } else {
-                None
-            };
-            let cpu0 = self_cpu();
-            let run = iperf3(&pair, opts.seconds, opts.streams, None, false);
-            let cpu = self_cpu() - cpu0;
-            let reader = att.map(|a| {
-                let (stats, det) = detach_all(a, &pair, f64::from(opts.seconds), cpu);
-                all_clean &= det.clean();
-                last_detach = Some(det);
-                stats
-            });
-            let r = run?;
-            progress(&format!(
-                "round {index}: probe {}: {:.3} Gbit/s{}",
-                if with { "on " } else { "off" },
-                r.gbit_s,
-                reader
-                    .as_ref()
-                    .map(|s| format!(", {} records/s", s.records_per_s))
-                    .unwrap_or_default()
-            ));
-            rounds.push(Round {
-                index,
-                probe: with,
-                gbit_s: r3(r.gbit_s),
-                retransmits: r.retransmits,
-                cpu_client_pct: r3(r.cpu_client_pct),
-                cpu_server_pct: r3(r.cpu_server_pct),
-                reader,
-            });
+        for &workload in &opts.workloads {
+            for with in order {
+                let index = rounds.len() as u32;
+                let att = if with {
+                    let a = attach(&pair, &cgs, opts)?;
+                    attachments = a.probe.attachments().to_vec();
+                    Some(a)
+                } else {
+                    None
+                };
+                let cpu0 = self_cpu();
+                let run = iperf3(&pair, opts.seconds, workload);
+                let cpu = self_cpu() - cpu0;
+                let reader = att.map(|a| {
+                    let (stats, det) = detach_all(a, &pair, f64::from(opts.seconds), cpu);
+                    all_clean &= det.clean();
+                    last_detach = Some(det);
+                    stats
+                });
+                let r = run?;
+                let v = value(workload, r.gbit_s);
+                progress(&format!(
+                    "round {index} ({}/{}): {} probe {}: {v} {}{}",
+                    pair_no + 1,
+                    opts.rounds,
+                    workload.name(),
+                    if with { "on " } else { "off" },
+                    workload.unit(),
+                    reader
+                        .as_ref()
+                        .map(|s| format!(", {} records/s", s.records_per_s))
+                        .unwrap_or_default()
+                ));
+                rounds.push(Round {
+                    index,
+                    workload,
+                    probe: with,
+                    value: v,
+                    gbit_s: r3(r.gbit_s),
+                    retransmits: r.retransmits,
+                    reader,
+                });
+            }
         }
     }
 
-    let stress = if opts.stress_seconds > 0 {
-        let (streams, len) = (8, 256);
+    let mut workloads = Vec::new();
+    let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (i, &workload) in opts.workloads.iter().enumerate() {
         progress(&format!(
-            "stress: {streams} streams of {len}-byte writes (TCP_NODELAY) for {} s with the probe",
-            opts.stress_seconds
+            "program cost: {} s of {} with the probe and the kernel's BPF run-time statistics on",
+            opts.seconds,
+            workload.name()
         ));
-        let att = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
-        let cpu0 = self_cpu();
-        let run = iperf3(&pair, opts.stress_seconds, streams, Some(len), true);
-        let cpu = self_cpu() - cpu0;
-        let (reader, det) = detach_all(att, &pair, f64::from(opts.stress_seconds), cpu);
-        all_clean &= det.clean();
-        last_detach = Some(det);
-        Some(StressRound {
-            streams,
-            message_bytes: len,
-            seconds: opts.stress_seconds,
-            gbit_s: r3(run?.gbit_s),
-            reader,
-        })
-    } else {
-        None
-    };
-
-    progress(&format!(
-        "program cost: {} s with the probe and the kernel's BPF run-time statistics on",
-        opts.seconds
-    ));
-    let program_cost = {
-        let att = attach(&pair, &cgs, opts.parts, opts.object.clone())?;
-        let ids = att.probe.program_ids().to_vec();
-        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enabling BPF run-time statistics")?;
-        let before = program_stats(&ids);
-        let t0 = Instant::now();
-        let run = iperf3(&pair, opts.seconds, opts.streams, None, false);
-        let secs = t0.elapsed().as_secs_f64();
-        let after = program_stats(&ids);
-        drop(stats_fd);
-        let (_, det) = detach_all(att, &pair, f64::from(opts.seconds), Duration::ZERO);
-        all_clean &= det.clean();
-        let gbit_s = r3(run?.gbit_s);
-        let programs: Vec<ProgramCost> = after
-            .iter()
-            .map(|(name, ns, n)| {
-                let (ns0, n0) = before
-                    .iter()
-                    .find(|b| &b.0 == name)
-                    .map_or((0, 0), |b| (b.1, b.2));
-                let (dns, dn) = (ns - ns0, n - n0);
-                ProgramCost {
-                    name: name.clone(),
-                    runs_per_s: (dn as f64 / secs).round(),
-                    ns_per_run: if dn == 0 {
-                        0.0
-                    } else {
-                        (dns as f64 / dn as f64).round()
-                    },
-                    cpu_pct: r3(dns as f64 / secs / 1e7),
-                }
-            })
-            .collect();
-        ProgramCostRound {
-            gbit_s,
-            cpu_pct_total: r3(programs.iter().map(|p| p.cpu_pct).sum()),
-            programs,
+        let (programs, stats_value) = stats_round(&pair, &cgs, opts, workload, &mut all_clean)?;
+        for p in &programs {
+            let t = totals.entry(p.name.clone()).or_default();
+            t.0 += (p.ns_per_run * p.runs as f64) as u64;
+            t.1 += p.runs;
         }
-    };
+        let of = |with: bool| -> Vec<f64> {
+            rounds
+                .iter()
+                .filter(|r| r.workload == workload && r.probe == with)
+                .map(|r| r.value)
+                .collect()
+        };
+        let (with, without) = (of(true), of(false));
+        let readers: Vec<&ReaderStats> = rounds
+            .iter()
+            .filter(|r| r.workload == workload)
+            .filter_map(|r| r.reader.as_ref())
+            .collect();
+        let ci = ratio_ci95(&with, &without, RESAMPLES, 12 + i as u64);
+        workloads.push(WorkloadSummary {
+            workload,
+            unit: workload.unit(),
+            rounds_with: with.len(),
+            rounds_without: without.len(),
+            median_with: median(&with),
+            median_without: median(&without),
+            ratio: r4(median(&with) / median(&without)),
+            ratio_ci95: [r4(ci[0]), r4(ci[1])],
+            records_per_s: mean(&readers.iter().map(|r| r.records_per_s).collect::<Vec<_>>())
+                .round(),
+            reader_cpu_pct: r3(mean(
+                &readers.iter().map(|r| r.reader_cpu_pct).collect::<Vec<_>>(),
+            )),
+            programs,
+            stats_round_value: stats_value,
+        });
+    }
 
-    let (with, without): (Vec<&Round>, Vec<&Round>) = rounds.iter().partition(|r| r.probe);
-    let gbit = |v: &[&Round]| v.iter().map(|r| r.gbit_s).collect::<Vec<_>>();
-    let (mean_with, mean_without) = (mean(&gbit(&with)), mean(&gbit(&without)));
-    let pair_ratios: Vec<f64> = rounds
-        .chunks(2)
-        .filter_map(|p| {
-            let on = p.iter().find(|r| r.probe)?;
-            let off = p.iter().find(|r| !r.probe)?;
-            Some(on.gbit_s / off.gbit_s)
+    let pick = |w: Workload| workloads.iter().find(|s| s.workload == w);
+    let ratio = |w: Workload| pick(w).map(|s| s.ratio);
+    let ci = |w: Workload, i: usize| pick(w).map(|s| s.ratio_ci95[i]);
+    let ns_per_packet = totals
+        .into_iter()
+        .map(|(name, (ns, n))| {
+            let v = if n == 0 {
+                0.0
+            } else {
+                (ns as f64 / n as f64).round()
+            };
+            (name, v)
         })
         .collect();
-    let readers: Vec<&ReaderStats> = with.iter().filter_map(|r| r.reader.as_ref()).collect();
-    let ratio = mean_with / mean_without;
-    let kernel_drops = readers.iter().map(|r| r.kernel_drops).sum::<u64>()
-        + stress.as_ref().map_or(0, |s| s.reader.kernel_drops);
-    let channel_drops = readers.iter().map(|r| r.channel_drops).sum::<u64>()
-        + stress.as_ref().map_or(0, |s| s.reader.channel_drops);
+    let readers = rounds.iter().filter_map(|r| r.reader.as_ref());
+    let kernel_drops = readers.clone().map(|r| r.kernel_drops).sum();
+    let channel_drops = readers.map(|r| r.channel_drops).sum();
     let report = OverheadReport {
-        mean_without_gbit_s: r3(mean_without),
-        mean_with_gbit_s: r3(mean_with),
-        ratio: r3(ratio),
-        median_pair_ratio: r3(median(&pair_ratios)),
-        mean_pair_ratio: r3(mean(&pair_ratios)),
-        pair_ratio_ci95: {
-            let h = ci95_half_width(&pair_ratios);
-            [r3(mean(&pair_ratios) - h), r3(mean(&pair_ratios) + h)]
-        },
-        throughput_loss_pct: ((1.0 - ratio) * 1000.0).round() / 10.0,
-        reader_records_per_s_mean: mean(
-            &readers.iter().map(|r| r.records_per_s).collect::<Vec<_>>(),
-        )
-        .round(),
+        bulk_ratio: ratio(Workload::Bulk),
+        bulk_ratio_ci_low: ci(Workload::Bulk, 0),
+        bulk_ratio_ci_high: ci(Workload::Bulk, 1),
+        small_ratio: ratio(Workload::Small),
+        small_ratio_ci_low: ci(Workload::Small, 0),
+        small_ratio_ci_high: ci(Workload::Small, 1),
+        many_ratio: ratio(Workload::Many),
+        many_ratio_ci_low: ci(Workload::Many, 0),
+        many_ratio_ci_high: ci(Workload::Many, 1),
+        ns_per_packet,
+        targets_met: ratio(Workload::Bulk).is_some_and(|r| r >= BULK_TARGET)
+            && ratio(Workload::Small).is_some_and(|r| r >= SMALL_TARGET),
+        ci_method: "bootstrap percentile interval of the ratio of medians (rounds with and \
+                    without resampled independently, 10000 resamples, fixed seed)",
+        sample_interval_ms: opts.sample_interval.as_secs_f64() * 1e3,
+        object: opts
+            .object
+            .as_ref()
+            .map_or("the agent's default search".into(), |p| {
+                p.display().to_string()
+            }),
+        workloads,
+        rounds,
         kernel_drops,
         channel_drops,
-        rounds,
-        stress,
-        program_cost,
         parts: opts.parts,
         placement: opts.placement.clone(),
         attachments,
         detached: all_clean,
         last_detach,
-        machine: machine(load_start),
+        epping: EPPING,
+        machine: machine(load_start, busy_start),
         iperf3: iperf_version,
+        seconds_per_round: opts.seconds,
         duration_s: 0.0,
     };
     cleanup.run();
@@ -716,17 +887,22 @@ pub fn sweep_stale() {
     netns::sweep_orphans(PREFIX, "ebpf-overhead");
 }
 
+fn opt(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| v.to_string())
+}
+
 impl OverheadReport {
     /// The report as Markdown (the results file's body).
     pub fn markdown(&self, command: &str) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let m = &self.machine;
+        let _ = writeln!(s, "# eBPF probe overhead\n");
         let _ = writeln!(s, "Command: `{command}` at commit {}\n", m.commit);
         let _ = writeln!(
             s,
-            "Machine: {} CPUs ({}), kernel {}, {}; load average {} at the start, {} at the end.\n",
-            m.cpus, m.cpu_model, m.kernel, self.iperf3, m.loadavg_start, m.loadavg_end
+            "Machine: {} CPUs ({}), kernel {}, {}; load average {} at the start ({}), {} at the end. Run time {} s.\n",
+            m.cpus, m.cpu_model, m.kernel, self.iperf3, m.loadavg_start, m.busy_at_start, m.loadavg_end, self.duration_s
         );
         let _ = writeln!(
             s,
@@ -736,7 +912,10 @@ impl OverheadReport {
         );
         let _ = writeln!(
             s,
-            "Attached in the rounds with the probe: {}; the flows pass through: {}.\n",
+            "Probe: {} ({}), per-flow sample interval {} ms. Attached in the rounds with the probe: {}; the flows pass through: {}.\n",
+            self.object,
+            if self.object.contains("before") { "the programs before the rate limit" } else { "as built" },
+            self.sample_interval_ms,
             self.attachments.join(", "),
             match self.parts {
                 Parts::All => "all of them",
@@ -744,84 +923,141 @@ impl OverheadReport {
                 Parts::Sockops => "sock_ops and the tracepoints only (no tc)",
             }
         );
-        let _ = writeln!(s, "| round | probe | Gbit/s | retransmits | client CPU % | server CPU % | records/s read | reader CPU % | kernel drops | channel drops |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "## Throughput with / without the probe\n");
+        let _ = writeln!(
+            s,
+            "{} s per round, alternating; interval: {}.\n",
+            self.seconds_per_round, self.ci_method
+        );
+        let _ = writeln!(s, "| workload | rounds with / without | median without | median with | ratio | 95 % CI | target | records/s read | reader CPU % |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for w in &self.workloads {
+            let target = match w.workload {
+                Workload::Bulk => format!(">= {BULK_TARGET}"),
+                Workload::Small => format!(">= {SMALL_TARGET}"),
+                Workload::Many => "-".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} ({}) | {} / {} | {} {} | {} {} | **{}** | {} to {} | {target} | {} | {} |",
+                w.workload.name(),
+                w.workload.describe(),
+                w.rounds_with,
+                w.rounds_without,
+                w.median_without,
+                w.unit,
+                w.median_with,
+                w.unit,
+                w.ratio,
+                w.ratio_ci95[0],
+                w.ratio_ci95[1],
+                w.records_per_s,
+                w.reader_cpu_pct
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nTargets (bulk >= {BULK_TARGET}, small >= {SMALL_TARGET}, on the medians) met: {}. Records lost: {} in the kernel (ring buffer full), {} in the channel.\n",
+            self.targets_met, self.kernel_drops, self.channel_drops
+        );
+        let _ = writeln!(s, "## The programs' own cost\n");
+        let _ = writeln!(
+            s,
+            "From the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`, turned on through \
+             BPF_ENABLE_STATS for one extra round per workload, not counted above): nanoseconds per run \
+             (tc: per skb, a GSO burst on a veth; sock_ops: per RTT callback, one per ACK) and share of one CPU.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| workload | program | runs/s | ns per run | % of one CPU |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for w in &self.workloads {
+            for p in &w.programs {
+                let _ = writeln!(
+                    s,
+                    "| {} | `{}` | {} | {} | {} |",
+                    w.workload.name(),
+                    p.name,
+                    p.runs_per_s,
+                    p.ns_per_run,
+                    p.cpu_pct
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nOver all three: {}.\n",
+            self.ns_per_packet
+                .iter()
+                .map(|(k, v)| format!("`{k}` {v} ns"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(s, "## ePPing\n");
+        let _ = writeln!(s, "{}.\n", self.epping);
+        let _ = writeln!(s, "## Rounds\n");
+        let _ = writeln!(s, "| round | workload | probe | value | Gbit/s | retransmits | records/s read | reader CPU % |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for r in &self.rounds {
-            let (rate, cpu, kd, cd) =
-                r.reader
-                    .as_ref()
-                    .map_or(Default::default(), |x: &ReaderStats| {
-                        (
-                            x.records_per_s.to_string(),
-                            x.reader_cpu_pct.to_string(),
-                            x.kernel_drops.to_string(),
-                            x.channel_drops.to_string(),
-                        )
-                    });
+            let (rate, cpu) = r.reader.as_ref().map_or(Default::default(), |x| {
+                (x.records_per_s.to_string(), x.reader_cpu_pct.to_string())
+            });
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {rate} | {cpu} | {kd} | {cd} |",
+                "| {} | {} | {} | {} {} | {} | {} | {rate} | {cpu} |",
                 r.index,
+                r.workload.name(),
                 if r.probe { "on" } else { "off" },
+                r.value,
+                r.workload.unit(),
                 r.gbit_s,
-                r.retransmits,
-                r.cpu_client_pct,
-                r.cpu_server_pct
+                r.retransmits
             );
         }
         let _ = writeln!(
             s,
-            "\nMean without: {} Gbit/s; with: {} Gbit/s; ratio with/without {}: throughput loss {} %. \
-             Per pair (with / without, adjacent rounds): mean {} (95 % CI {} to {}), median {}.\n",
-            self.mean_without_gbit_s,
-            self.mean_with_gbit_s,
-            self.ratio,
-            self.throughput_loss_pct,
-            self.mean_pair_ratio,
-            self.pair_ratio_ci95[0],
-            self.pair_ratio_ci95[1],
-            self.median_pair_ratio
-        );
-        let _ = writeln!(
-            s,
-            "Reader: {} records/s on average in the rounds with the probe; {} records lost in the kernel (ring buffer full), {} in the channel.",
-            self.reader_records_per_s_mean, self.kernel_drops, self.channel_drops
-        );
-        if let Some(st) = &self.stress {
-            let _ = writeln!(
-                s,
-                "\nStress ({} streams of {}-byte writes, TCP_NODELAY, {} s): {} Gbit/s, {} records read ({} records/s: {} sock_ops, {} tc timestamp samples), {} consumed by the estimator, {} kernel drops, {} channel drops.",
-                st.streams,
-                st.message_bytes,
-                st.seconds,
-                st.gbit_s,
-                st.reader.records,
-                st.reader.records_per_s,
-                st.reader.sockops_rtt,
-                st.reader.tc_tcp_ts_rtt,
-                st.reader.events_consumed,
-                st.reader.kernel_drops,
-                st.reader.channel_drops
-            );
-        }
-        let pc = &self.program_cost;
-        let _ = writeln!(
-            s,
-            "\nThe programs' own CPU time (kernel BPF run-time statistics, a separate {} Gbit/s round): {} % of one CPU in all:",
-            pc.gbit_s, pc.cpu_pct_total
-        );
-        for p in &pc.programs {
-            let _ = writeln!(
-                s,
-                "- `{}`: {} runs/s, {} ns per run, {} % of one CPU",
-                p.name, p.runs_per_s, p.ns_per_run, p.cpu_pct
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\nEvery probe detached cleanly (no program loaded, no tcx program left): {}. Run time {} s.",
-            self.detached, self.duration_s
+            "\nEvery probe detached cleanly (no program loaded, no tcx program left): {}. \
+             JSON summary: bulk {} ({} to {}), small {} ({} to {}), many {} ({} to {}).",
+            self.detached,
+            opt(self.bulk_ratio),
+            opt(self.bulk_ratio_ci_low),
+            opt(self.bulk_ratio_ci_high),
+            opt(self.small_ratio),
+            opt(self.small_ratio_ci_low),
+            opt(self.small_ratio_ci_high),
+            opt(self.many_ratio),
+            opt(self.many_ratio_ci_low),
+            opt(self.many_ratio_ci_high),
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_ratio_and_narrows_with_agreement() {
+        let without: Vec<f64> = (0..12).map(|i| 10.0 + f64::from(i % 4) * 0.1).collect();
+        let with: Vec<f64> = without.iter().map(|x| x * 0.9).collect();
+        let [lo, hi] = ratio_ci95(&with, &without, 2000, 1);
+        let point = median(&with) / median(&without);
+        assert!(lo <= point && point <= hi, "{lo} {point} {hi}");
+        assert!(hi - lo < 0.05, "{lo} {hi}");
+        // Same seed, same interval.
+        assert_eq!(ratio_ci95(&with, &without, 2000, 1), [lo, hi]);
+        // Noisy rounds give a wide interval.
+        let noisy: Vec<f64> = (0..12).map(|i| 5.0 + f64::from(i) * 2.0).collect();
+        let [lo2, hi2] = ratio_ci95(&noisy, &without, 2000, 1);
+        assert!(hi2 - lo2 > 0.3, "{lo2} {hi2}");
     }
 }
