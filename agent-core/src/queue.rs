@@ -145,6 +145,28 @@ impl<T> TaskQueue<T> {
         Some((e.item, e.expected))
     }
 
+    /// Pops the first item (in queue order) that `matches`: the next task
+    /// of a batch being formed. Linear in the queue's length.
+    pub fn pop_matching(&mut self, matches: impl Fn(&T) -> bool) -> Option<(T, Duration)> {
+        let mut items = std::mem::take(&mut self.heap).into_vec();
+        let best = items
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches(&e.item))
+            .max_by(|(_, a), (_, b)| a.cmp(b))
+            .map(|(i, _)| i);
+        let taken = best.map(|i| items.swap_remove(i));
+        self.heap = BinaryHeap::from(items);
+        let e = taken?;
+        self.bytes -= e.bytes;
+        Some((e.item, e.expected))
+    }
+
+    /// How many queued items `match`.
+    pub fn count_matching(&self, matches: impl Fn(&T) -> bool) -> usize {
+        self.heap.iter().filter(|e| matches(&e.item)).count()
+    }
+
     /// Removes every item (used when shutting down without draining).
     pub fn drain(&mut self) -> Vec<T> {
         self.bytes = 0;
@@ -178,6 +200,23 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn pop_matching_takes_the_first_match_in_queue_order() {
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push(("a", 1), Priority::Low, None, ms(1), 10).unwrap();
+        q.push(("b", 2), Priority::Medium, None, ms(2), 20).unwrap();
+        q.push(("c", 1), Priority::High, None, ms(3), 30).unwrap();
+        q.push(("d", 1), Priority::Medium, None, ms(4), 40).unwrap();
+        assert_eq!(q.count_matching(|i| i.1 == 1), 3);
+        assert_eq!(q.pop_matching(|i| i.1 == 1), Some((("c", 1), ms(3))));
+        assert_eq!(q.pop_matching(|i| i.1 == 1), Some((("d", 1), ms(4))));
+        assert_eq!(q.bytes(), 30);
+        assert_eq!(q.pop_matching(|i| i.1 == 3), None);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop().map(|(i, _)| i), Some(("b", 2)));
+        assert_eq!(q.pop().map(|(i, _)| i), Some(("a", 1)));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct CloudHandler {
     permits: Arc<Semaphore>,
     pending: AtomicUsize,
     limits: CloudLimits,
+    /// Requests of batching models waiting for a slot (dynamic batching).
+    lobby: Arc<crate::lobby::Lobby>,
 }
 
 impl CloudHandler {
@@ -60,6 +62,7 @@ impl CloudHandler {
             permits: Arc::new(Semaphore::new(n)),
             pending: AtomicUsize::new(0),
             limits,
+            lobby: Arc::default(),
         })
     }
 
@@ -120,6 +123,11 @@ impl CloudHandler {
                 self.limits.max_pending
             ))
         })?;
+        if self.specs[&task_type].max_batch > 1 {
+            return self
+                .handle_batched(req, task_type, received, deadline, waiting)
+                .await;
+        }
         let permit = self.permits.clone().acquire_owned().await;
         drop(waiting);
         let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
@@ -156,6 +164,111 @@ impl CloudHandler {
             inference_nano: inf.elapsed.as_nanos() as i64,
             ..output_response(&req.id, &inf.output)
         })
+    }
+
+    /// A request of a batching model: it waits in the lobby; if it gets an
+    /// inference slot before a leader takes it, it leads a batch itself.
+    async fn handle_batched(
+        &self,
+        req: proto::TaskRequest,
+        task_type: TaskType,
+        received: Instant,
+        deadline: Option<Instant>,
+        waiting: Waiting<'_>,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        let spec = &self.specs[&task_type];
+        let (max_batch, delay) = (
+            spec.max_batch,
+            std::time::Duration::from_secs_f64(spec.max_batch_delay_ms.max(0.0) / 1e3),
+        );
+        let id = req.id;
+        let mut ticket = self.lobby.join(task_type, req.payload, deadline);
+        let respond =
+            |(r, started): crate::lobby::Answer| -> Result<proto::TaskResponse, TaskError> {
+                let inf = r?;
+                Ok(proto::TaskResponse {
+                    processed_by: "cloud".into(),
+                    duration_nano: received.elapsed().as_nanos() as i64,
+                    queue_nano: started.saturating_duration_since(received).as_nanos() as i64,
+                    inference_nano: inf.elapsed.as_nanos() as i64,
+                    ..output_response(&id, &inf.output)
+                })
+            };
+        let permit = tokio::select! {
+            answer = &mut ticket.answer => {
+                drop(waiting);
+                let a = answer.map_err(|_| TaskError::Internal("the batch leader went away".into()))?;
+                return respond(a);
+            }
+            permit = self.permits.clone().acquire_owned() => permit,
+        };
+        drop(waiting);
+        let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
+        let Some(leader) = ticket.lead() else {
+            // Taken by another leader just now: its answer is coming.
+            drop(permit);
+            let a = (&mut ticket.answer)
+                .await
+                .map_err(|_| TaskError::Internal("the batch leader went away".into()))?;
+            return respond(a);
+        };
+        if self.lobby.waiting(task_type) + 1 < max_batch && !delay.is_zero() {
+            let until = (Instant::now() + delay).min(deadline.unwrap_or(Instant::now() + delay));
+            self.lobby.wait_for(task_type, max_batch - 1, until).await;
+        }
+        let started = Instant::now();
+        if deadline.is_some_and(|d| d <= started) {
+            return Err(TaskError::DeadlineExceeded(
+                "expired while queued in the cloud".into(),
+            ));
+        }
+        let (followers, expired): (Vec<_>, Vec<_>) = self
+            .lobby
+            .take(task_type, max_batch - 1)
+            .into_iter()
+            .partition(|f| f.deadline.is_none_or(|d| d > started));
+        for f in expired {
+            let e = TaskError::DeadlineExceeded("expired while queued in the cloud".into());
+            f.answer((Err(e), started));
+        }
+        let mut engine = self
+            .pool
+            .try_checkout()
+            .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
+        let own = leader.payload;
+        let size = followers.len() + 1;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut payloads: Vec<&[u8]> = vec![own.as_slice()];
+            payloads.extend(followers.iter().map(|f| f.payload.as_slice()));
+            let mut results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.engine().process_batch(task_type, &payloads)
+            }))
+            .unwrap_or_else(|_| {
+                payloads
+                    .iter()
+                    .map(|_| Err(TaskError::Internal("inference panicked".into())))
+                    .collect()
+            });
+            drop(payloads);
+            drop(engine);
+            drop(permit);
+            // The followers are answered from here, so a leader whose own
+            // client went away still answers them.
+            let own = if results.is_empty() {
+                Err(TaskError::Internal("batch without results".into()))
+            } else {
+                results.remove(0)
+            };
+            for (f, r) in followers.into_iter().zip(results) {
+                f.answer((r, started));
+            }
+            own
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))?;
+        ::metrics::histogram!("cloud_batch_size", "task_type" => task_type.as_str())
+            .record(size as f64);
+        respond((result, started))
     }
 }
 

@@ -159,6 +159,8 @@ fn model(
         output,
         labels: labels.iter().map(|l| l.to_string()).collect(),
         expected_ms,
+        max_batch: 1,
+        max_batch_delay_ms: 0.0,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod infer;
+mod lobby;
 mod manager;
 mod metrics;
 mod monitor;

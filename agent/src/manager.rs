@@ -405,7 +405,7 @@ impl Manager {
             }
             match decision {
                 Ok(d) if d.hedge => {
-                    let expected = inner.local_estimate(task.task_type);
+                    let expected = inner.local_queue_cost(&state, task.task_type);
                     let shared = Arc::new(HedgedReply {
                         tx: Mutex::new(Some(tx)),
                         legs: AtomicU32::new(2),
@@ -436,7 +436,7 @@ impl Manager {
                     return Ok(rx);
                 }
                 Ok(d) if d.path == ExecPath::Local => {
-                    let expected = inner.local_estimate(task.task_type);
+                    let expected = inner.local_queue_cost(&state, task.task_type);
                     let (priority, deadline) = (task.priority, task.deadline);
                     let bytes = task.payload.len();
                     let job = Job {
@@ -574,6 +574,40 @@ impl Inner {
         self.local_times.lock().expect("exec-time lock").estimate(t)
     }
 
+    /// The model's dynamic batching: most tasks per batch, longest wait.
+    fn batching(&self, t: TaskType) -> (usize, Duration) {
+        self.local_specs.get(&t).map_or((1, Duration::ZERO), |s| {
+            (
+                s.max_batch.max(1),
+                Duration::from_secs_f64(s.max_batch_delay_ms.max(0.0) / 1e3),
+            )
+        })
+    }
+
+    /// The batch a new task of type `t` would run in: with the tasks of its
+    /// model queued now, up to the model's `max_batch`; and how much longer
+    /// that batch takes than one task alone.
+    fn batch_outlook(&self, state: &LocalState, t: TaskType) -> (usize, f64) {
+        let (max_batch, _) = self.batching(t);
+        if max_batch <= 1 {
+            return (1, 1.0);
+        }
+        let size = (1 + state.queue.count_matching(|j| j.task.task_type == t)).min(max_batch);
+        let scale = self
+            .local_times
+            .lock()
+            .expect("exec-time lock")
+            .batch_scale(t, size);
+        (size, scale)
+    }
+
+    /// The queue entry's service time: a task that will share a batch of
+    /// `size` holds a worker for its share of the batch.
+    fn local_queue_cost(&self, state: &LocalState, t: TaskType) -> Duration {
+        let (size, scale) = self.batch_outlook(state, t);
+        self.local_estimate(t).mul_f64(scale / size as f64)
+    }
+
     fn decide(&self, state: &LocalState, task: &Task, now: Instant) -> Result<Decision, TaskError> {
         let busy: Vec<Duration> = state
             .in_flight
@@ -588,11 +622,16 @@ impl Inner {
         } else {
             NetworkStatus::default()
         };
-        let local_dist = self
+        // In a batch, the task's own run is the whole batch's.
+        let (_, batch_scale) = self.batch_outlook(state, task.task_type);
+        let local_dist: Vec<f64> = self
             .local_times
             .lock()
             .expect("exec-time lock")
-            .distribution_ms(task.task_type);
+            .distribution_ms(task.task_type)
+            .into_iter()
+            .map(|ms| ms * batch_scale)
+            .collect();
         let cloud_dist = self
             .cloud_times
             .lock()
@@ -623,7 +662,7 @@ impl Inner {
                     &busy,
                     self.cfg.workers.max(1),
                 ),
-                inference: self.local_estimate(task.task_type),
+                inference: self.local_estimate(task.task_type).mul_f64(batch_scale),
                 supported: self.local_specs.contains_key(&task.task_type),
             },
             cloud: CloudStatus {
@@ -1097,54 +1136,109 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
 }
 
 fn worker_loop(inner: Arc<Inner>, index: usize) {
-    loop {
-        let job = {
-            let mut state = inner.state.lock().expect("state lock");
-            loop {
-                if let Some((job, expected)) = state.queue.pop() {
-                    state.in_flight[index] = Some((Instant::now(), expected));
-                    break job;
-                }
-                if state.stopping {
-                    return;
-                }
-                state = inner.work_ready.wait(state).expect("state lock");
-            }
-        };
+    while let Some(jobs) = next_batch(&inner, index) {
         let now = Instant::now();
-        if !job.fell_back {
-            // Acceptance to a worker: the wait in the local queue (a task
-            // that fell back also spent its failed offload).
-            crate::metrics::record_queue_wait(job.task.task_type, now - job.task.created_at);
-        }
-        let mut timing = None;
-        let outcome = if job.reply.is_closed() {
-            Err(TaskError::Cancelled("submitter went away".into()))
-        } else if job.task.deadline.is_some_and(|d| d <= now) {
-            Err(TaskError::DeadlineExceeded(
-                "expired while queued locally".into(),
-            ))
-        } else {
-            let t = &job.task;
-            // As many engines as workers: one is always free for this
-            // worker, from the newest generation of models.
-            match inner.engines.checkout() {
-                Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    engine.engine().process(t.task_type, &t.payload)
-                }))
-                .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())))
-                .map(|inf| {
-                    timing = Some(RunTiming {
-                        queued: now - t.created_at,
-                        inference: inf.elapsed,
-                    });
-                    inf.output
-                }),
-                None => Err(TaskError::Unavailable("the edge is shutting down".into())),
+        // Tasks whose submitter left or whose deadline passed while queued
+        // end here; the others run together.
+        let mut runnable = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if !job.fell_back {
+                // Acceptance to a worker: the wait in the local queue (a task
+                // that fell back also spent its failed offload).
+                crate::metrics::record_queue_wait(job.task.task_type, now - job.task.created_at);
             }
+            if job.reply.is_closed() {
+                let e = TaskError::Cancelled("submitter went away".into());
+                inner.finish_timed(job, Err(e), None, None, None);
+            } else if job.task.deadline.is_some_and(|d| d <= now) {
+                let e = TaskError::DeadlineExceeded("expired while queued locally".into());
+                inner.finish_timed(job, Err(e), None, None, None);
+            } else {
+                runnable.push(job);
+            }
+        }
+        if runnable.is_empty() {
+            inner.state.lock().expect("state lock").in_flight[index] = None;
+            continue;
+        }
+        let task_type = runnable[0].task.task_type;
+        let payloads: Vec<&[u8]> = runnable.iter().map(|j| j.task.payload.as_slice()).collect();
+        // As many engines as workers: one is always free for this worker,
+        // from the newest generation of models.
+        let results = match inner.engines.checkout() {
+            Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                engine.engine().process_batch(task_type, &payloads)
+            }))
+            .unwrap_or_else(|_| {
+                payloads
+                    .iter()
+                    .map(|_| Err(TaskError::Internal("inference panicked".into())))
+                    .collect()
+            }),
+            None => payloads
+                .iter()
+                .map(|_| Err(TaskError::Unavailable("the edge is shutting down".into())))
+                .collect(),
         };
+        drop(payloads);
+        if runnable.len() > 1 {
+            ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
+                .record(runnable.len() as f64);
+        }
         inner.state.lock().expect("state lock").in_flight[index] = None;
-        let ran = outcome.is_ok().then_some(ExecPath::Local);
-        inner.finish_timed(job, outcome, ran, None, timing);
+        for (job, result) in runnable.into_iter().zip(results) {
+            let timing = result.as_ref().ok().map(|inf| RunTiming {
+                queued: now - job.task.created_at,
+                inference: inf.elapsed,
+            });
+            let outcome = result.map(|inf| inf.output);
+            let ran = outcome.is_ok().then_some(ExecPath::Local);
+            inner.finish_timed(job, outcome, ran, None, timing);
+        }
     }
+}
+
+/// The next work of worker `index`: the first task in queue order, with up
+/// to `max_batch - 1` more of the same model, waiting at most
+/// `max_batch_delay_ms` for them when the batch is not full. `None` once
+/// stopping with nothing left.
+fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
+    let mut state = inner.state.lock().expect("state lock");
+    let (first, mut expected) = loop {
+        if let Some(popped) = state.queue.pop() {
+            break popped;
+        }
+        if state.stopping {
+            return None;
+        }
+        state = inner.work_ready.wait(state).expect("state lock");
+    };
+    let task_type = first.task.task_type;
+    let (max_batch, delay) = inner.batching(task_type);
+    let mut batch = vec![first];
+    if max_batch > 1 {
+        let until = Instant::now() + delay;
+        loop {
+            while batch.len() < max_batch {
+                match state.queue.pop_matching(|j| j.task.task_type == task_type) {
+                    Some((job, e)) => {
+                        batch.push(job);
+                        expected += e;
+                    }
+                    None => break,
+                }
+            }
+            let now = Instant::now();
+            if batch.len() >= max_batch || now >= until || state.stopping {
+                break;
+            }
+            state = inner
+                .work_ready
+                .wait_timeout(state, until - now)
+                .expect("state lock")
+                .0;
+        }
+    }
+    state.in_flight[index] = Some((Instant::now(), expected));
+    Some(batch)
 }

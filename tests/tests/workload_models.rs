@@ -35,6 +35,8 @@ fn engine(task_type: TaskType, name: &str, input: InputSpec, output: OutputSpec)
         output,
         labels: Vec::new(),
         expected_ms: 10.0,
+        max_batch: 1,
+        max_batch_delay_ms: 0.0,
     };
     let times = shared_exec_times(0.2, Duration::from_millis(10));
     TorchEngine::load(&HashMap::from([(task_type, spec)]), tch::Device::Cpu, times)
@@ -139,5 +141,104 @@ fn text_classifiers_reproduce_their_training_accuracy() {
             .count();
         let acc = correct as f64 / set.len() as f64;
         assert_close(name, acc, reported(name, "heldout_accuracy"));
+    }
+}
+
+/// A dynamic batch answers every task exactly as the task alone would,
+/// for every edge model, with an invalid payload in the batch failing
+/// alone; and prints how long a batch of 8 takes against 8 single runs.
+#[test]
+fn a_batch_answers_as_single_runs_do() {
+    let images = heldout::images().expect("heldout_images.bin");
+    let scenes = heldout::scenes().expect("heldout_scenes.bin");
+    let reviews = heldout::reviews().expect("heldout_text.jsonl");
+    let image = |side| InputSpec::Image {
+        height: side,
+        width: side,
+        max_pixels: 1 << 20,
+    };
+    let text = InputSpec::Text {
+        vocab: models_dir().join("text_vocab.txt"),
+        max_tokens: 64,
+        max_bytes: 64 * 1024,
+    };
+    type Case<'a> = (TaskType, &'a str, InputSpec, OutputSpec, Vec<Vec<u8>>);
+    let cases: Vec<Case> = vec![
+        (
+            TaskType::ImageClassification,
+            "image_edge",
+            image(96),
+            OutputSpec::Logits,
+            images.iter().take(8).map(|s| s.jpeg.clone()).collect(),
+        ),
+        (
+            TaskType::ObjectDetection,
+            "detect_edge",
+            image(256),
+            OutputSpec::Boxes { min_score: 0.3 },
+            scenes.iter().take(8).map(|s| s.jpeg.clone()).collect(),
+        ),
+        (
+            TaskType::NlpAnalysis,
+            "text_edge",
+            text,
+            OutputSpec::Logits,
+            reviews
+                .iter()
+                .take(8)
+                .map(|r| r.text.clone().into_bytes())
+                .collect(),
+        ),
+    ];
+    for (task_type, name, input, output, payloads) in cases {
+        let mut e = engine(task_type, name, input, output);
+        let singles: Vec<_> = payloads
+            .iter()
+            .map(|p| e.process(task_type, p).unwrap().output)
+            .collect();
+        let mut with_bad: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        with_bad.insert(3, b"\xff\xd8 not an image or utf-8 \xff");
+        let batch = e.process_batch(task_type, &with_bad);
+        assert_eq!(batch.len(), payloads.len() + 1);
+        assert!(
+            matches!(batch[3], Err(agent_core::TaskError::InvalidInput(_))),
+            "{name}: the bad payload must fail alone"
+        );
+        let batched: Vec<_> = batch
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .map(|(_, r)| r.unwrap().output)
+            .collect();
+        for (s, b) in singles.iter().zip(&batched) {
+            assert_eq!(s.class, b.class, "{name}");
+            assert!((s.confidence - b.confidence).abs() < 1e-4, "{name}");
+            assert_eq!(s.boxes.len(), b.boxes.len(), "{name}");
+            for (x, y) in s.boxes.iter().zip(&b.boxes) {
+                assert_eq!(x.class, y.class, "{name}");
+                assert!((x.x1 - y.x1).abs() < 1e-2 && (x.score - y.score).abs() < 1e-4);
+            }
+        }
+        // The figure the batching benchmark rests on (printed, not asserted:
+        // this machine is shared).
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            for p in &refs {
+                e.process(task_type, p).unwrap();
+            }
+        }
+        let single = t0.elapsed() / 5;
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            e.process_batch(task_type, &refs);
+        }
+        let batched = t0.elapsed() / 5;
+        eprintln!(
+            "{name}: 8 single runs {:.2} ms, one batch of 8 {:.2} ms ({:.2}x)",
+            single.as_secs_f64() * 1e3,
+            batched.as_secs_f64() * 1e3,
+            single.as_secs_f64() / batched.as_secs_f64()
+        );
     }
 }

@@ -12,7 +12,56 @@ pub struct ExecTimeModel<K> {
     seeds: HashMap<K, Duration>,
     ewma: HashMap<K, f64>,
     recent: HashMap<K, VecDeque<f64>>,
+    /// Per key: how a batch's time grows with its size.
+    batch: HashMap<K, BatchFit>,
     fallback: Duration,
+}
+
+/// A decaying least-squares fit of batch time = a + b * size, from the
+/// batches run (size 1 included). Until two sizes have been seen, a batch
+/// is assumed to cost `size` single runs (no gain claimed before measured).
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchFit {
+    w: f64,
+    n: f64,
+    y: f64,
+    nn: f64,
+    ny: f64,
+}
+
+impl BatchFit {
+    /// Weight kept per new observation: about the last 50 batches count.
+    const DECAY: f64 = 0.98;
+
+    fn observe(&mut self, size: f64, secs: f64) {
+        let d = Self::DECAY;
+        self.w = self.w * d + 1.0;
+        self.n = self.n * d + size;
+        self.y = self.y * d + secs;
+        self.nn = self.nn * d + size * size;
+        self.ny = self.ny * d + size * secs;
+    }
+
+    /// T(size) / T(1), within [1, size].
+    fn scale(&self, size: usize) -> f64 {
+        let size = size.max(1) as f64;
+        if size <= 1.0 {
+            return 1.0;
+        }
+        let mean_n = self.n / self.w.max(f64::MIN_POSITIVE);
+        let var_n = self.nn / self.w.max(f64::MIN_POSITIVE) - mean_n * mean_n;
+        if self.w < 2.0 || var_n < 0.05 {
+            return size;
+        }
+        let mean_y = self.y / self.w;
+        let b = (self.ny / self.w - mean_n * mean_y) / var_n;
+        let a = mean_y - b * mean_n;
+        let t1 = a + b;
+        if t1.is_nan() || t1 <= 0.0 || !b.is_finite() {
+            return size;
+        }
+        ((a + b * size) / t1).clamp(1.0, size)
+    }
 }
 
 /// Measurements kept per key for the distribution.
@@ -27,6 +76,7 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
             seeds: HashMap::new(),
             ewma: HashMap::new(),
             recent: HashMap::new(),
+            batch: HashMap::new(),
             fallback,
         }
     }
@@ -40,9 +90,37 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
     pub fn forget(&mut self, key: K) {
         self.ewma.remove(&key);
         self.recent.remove(&key);
+        self.batch.remove(&key);
+    }
+
+    /// A batch of `size` tasks took `measured`: the batch fit learns from
+    /// it, and the single-task estimate from its single-task equivalent.
+    pub fn observe_batch(&mut self, key: K, size: usize, measured: Duration) {
+        let fit = self.batch.entry(key).or_default();
+        fit.observe(size.max(1) as f64, measured.as_secs_f64());
+        let scale = fit.scale(size);
+        self.observe_single(key, measured.div_f64(scale));
+    }
+
+    /// How much longer a batch of `size` takes than one task (1 for one
+    /// task; `size` until batches of several sizes have been measured).
+    pub fn batch_scale(&self, key: K, size: usize) -> f64 {
+        match self.batch.get(&key) {
+            Some(fit) => fit.scale(size),
+            None if size <= 1 => 1.0,
+            None => size as f64,
+        }
     }
 
     pub fn observe(&mut self, key: K, measured: Duration) {
+        self.batch
+            .entry(key)
+            .or_default()
+            .observe(1.0, measured.as_secs_f64());
+        self.observe_single(key, measured);
+    }
+
+    fn observe_single(&mut self, key: K, measured: Duration) {
         let m = measured.as_secs_f64();
         let alpha = self.alpha;
         self.ewma
@@ -85,6 +163,36 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_learn_their_gain_and_keep_the_single_estimate() {
+        let mut m = ExecTimeModel::new(0.3, Duration::from_millis(1));
+        // Before any batch of several: no gain is claimed.
+        assert_eq!(m.batch_scale(1, 8), 8.0);
+        // A batch costs 4 ms + 1 ms per task: T(1) = 5 ms, T(8) = 12 ms.
+        for i in 0..60 {
+            let size = [1usize, 2, 4, 8][i % 4];
+            let t = Duration::from_secs_f64((4.0 + size as f64) / 1e3);
+            if size == 1 {
+                m.observe(1, t);
+            } else {
+                m.observe_batch(1, size, t);
+            }
+        }
+        let s8 = m.batch_scale(1, 8);
+        assert!((s8 - 12.0 / 5.0).abs() < 0.05, "{s8}");
+        assert_eq!(m.batch_scale(1, 1), 1.0);
+        let t1 = m.estimate(1).as_secs_f64() * 1e3;
+        assert!((t1 - 5.0).abs() < 0.1, "{t1}");
+        // A fit that would make batches faster than one task is clamped.
+        let mut odd = ExecTimeModel::new(0.3, Duration::from_millis(1));
+        for i in 0..20 {
+            let size = [1usize, 8][i % 2];
+            let ms = if size == 1 { 10.0 } else { 2.0 };
+            odd.observe_batch(1, size, Duration::from_secs_f64(ms / 1e3));
+        }
+        assert_eq!(odd.batch_scale(1, 8), 1.0);
+    }
 
     #[test]
     fn forget_falls_back_to_the_new_seed() {

@@ -33,6 +33,19 @@ pub trait Engine: Send {
     fn validate(&self, task_type: TaskType, payload: &[u8]) -> Result<(), TaskError>;
     /// Runs the model; the measured latency feeds the execution-time estimate.
     fn process(&mut self, task_type: TaskType, payload: &[u8]) -> Result<Inference, TaskError>;
+    /// Runs the model once over several payloads of one task type (a
+    /// dynamic batch); one result per payload, in order. A payload that is
+    /// not valid fails alone. Engines without batching run them one by one.
+    fn process_batch(
+        &mut self,
+        task_type: TaskType,
+        payloads: &[&[u8]],
+    ) -> Vec<Result<Inference, TaskError>> {
+        payloads
+            .iter()
+            .map(|p| self.process(task_type, p))
+            .collect()
+    }
     /// Expected execution time for the task type (self-calibrating).
     fn estimate(&self, task_type: TaskType) -> Duration;
 }

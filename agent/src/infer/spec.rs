@@ -32,6 +32,14 @@ pub struct ModelSpec {
     /// Execution time assumed until measured, in milliseconds.
     #[serde(default = "default_expected_ms")]
     pub expected_ms: f64,
+    /// Dynamic batching: tasks of this model waiting together run as one
+    /// batch of at most this many (1: no batching).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long a batch that is not full may wait for more tasks, in
+    /// milliseconds (0: take what is waiting, never wait).
+    #[serde(default)]
+    pub max_batch_delay_ms: f64,
 }
 
 /// What a payload is, and the tensor the model takes.
@@ -80,6 +88,9 @@ pub enum OutputSpec {
 
 fn default_version() -> String {
     "1".into()
+}
+fn default_max_batch() -> usize {
+    1
 }
 fn default_side() -> usize {
     8

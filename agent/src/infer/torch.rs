@@ -254,6 +254,82 @@ impl Engine for TorchEngine {
         Ok(Inference { output, elapsed })
     }
 
+    fn process_batch(
+        &mut self,
+        task_type: TaskType,
+        payloads: &[&[u8]],
+    ) -> Vec<Result<Inference, TaskError>> {
+        if payloads.len() <= 1 {
+            return payloads
+                .iter()
+                .map(|p| self.process(task_type, p))
+                .collect();
+        }
+        let m = match self.model(task_type) {
+            Ok(m) => m,
+            Err(e) => return payloads.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let started = Instant::now();
+        let prepared: Vec<Result<Prepared, TaskError>> = payloads
+            .iter()
+            .map(|p| {
+                payload::prepare(&m.input, p, m.vocab.as_ref())
+                    .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", m.spec.name)))
+            })
+            .collect();
+        let inputs: Vec<(usize, Tensor)> = prepared
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, input_tensor(p, &m.input))))
+            .collect();
+        // Inputs of different shapes (text of another length) cannot be
+        // stacked: those run one by one.
+        let same_shape = inputs.windows(2).all(|w| w[0].1.size() == w[1].1.size());
+        if !same_shape || inputs.len() < 2 {
+            return payloads
+                .iter()
+                .map(|p| self.process(task_type, p))
+                .collect();
+        }
+        let batch = Tensor::cat(&inputs.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)
+            .to_device(self.device);
+        let out = tch::no_grad(|| m.module.forward_ts(&[batch]))
+            .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)));
+        let mut answers: Vec<Option<Result<Output, TaskError>>> = vec![None; payloads.len()];
+        for (row, (i, _)) in inputs.iter().enumerate() {
+            let answer = match &out {
+                Err(e) => Err(e.clone()),
+                Ok(out) => {
+                    let one = out.narrow(0, row as i64, 1);
+                    let p = prepared[*i].as_ref().expect("valid input");
+                    match m.spec.output {
+                        OutputSpec::Logits => Ok(classify(&one, &m.spec)),
+                        OutputSpec::Boxes { min_score } => detect(&one, &m.spec, min_score, p),
+                    }
+                }
+            };
+            answers[*i] = Some(answer);
+        }
+        let elapsed = started.elapsed();
+        let n = inputs.len();
+        self.times
+            .lock()
+            .expect("exec-time lock")
+            .observe_batch(task_type, n, elapsed);
+        prepared
+            .into_iter()
+            .zip(answers)
+            .map(|(p, a)| {
+                let output = match (p, a) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Some(a)) => a,
+                    (Ok(_), None) => Err(TaskError::Internal("batch lost an answer".into())),
+                };
+                output.map(|output| Inference { output, elapsed })
+            })
+            .collect()
+    }
+
     fn estimate(&self, task_type: TaskType) -> Duration {
         self.times
             .lock()
