@@ -220,7 +220,8 @@ fn a_batch_answers_as_single_runs_do() {
             }
         }
         // The figure the batching benchmark rests on (printed, not asserted:
-        // this machine is shared).
+        // this machine is shared), with one intra-op thread as the agent runs.
+        tch::set_num_threads(1);
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         let t0 = std::time::Instant::now();
         for _ in 0..5 {
