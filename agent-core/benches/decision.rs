@@ -265,7 +265,11 @@ fn cases() -> Vec<Case> {
 
 fn bench(c: &mut Criterion) {
     for (name, mut f) in cases() {
-        c.bench_function(name, |b| b.iter(&mut f));
+        // Criterion's folder per benchmark: target/criterion/GROUP/NAME.
+        let (group, id) = name.split_once('/').expect("group/name");
+        let mut g = c.benchmark_group(group);
+        g.bench_function(id, |b| b.iter(&mut f));
+        g.finish();
     }
 }
 

@@ -2,7 +2,9 @@
 //! (`scenario-bench` + its workload driver `scenario-driver`,
 //! [`scenarios`]), the eBPF probe's accuracy check and overhead
 //! (`probe-check`, `ebpf-overhead`, [`ebpf`]), the transport benchmark
-//! (`bench-transport`) and the fault and load suite (`faults`, [`faults`]),
+//! (`bench-transport`), the agent's throughput and per-task overhead
+//! (`bench-throughput`, [`throughput`]) and the fault and load suite
+//! (`faults`, [`faults`]),
 //! over the jitter lab (`jitter-lab`). [`support`]
 //! holds what they share. Nothing here runs a model: the agents under test
 //! run as their own processes, and libtorch is not linked.
@@ -11,4 +13,5 @@ pub mod ebpf;
 pub mod faults;
 pub mod scenarios;
 pub mod support;
+pub mod throughput;
 pub mod transport;

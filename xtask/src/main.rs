@@ -4,7 +4,9 @@
 //! so a fresh machine needs nothing but this repository and rustup.
 
 mod bench;
+mod bench_decision;
 mod bench_ebpf;
+mod bench_throughput;
 mod bench_transport;
 mod demo;
 mod deploy;
@@ -89,6 +91,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The edge agent's throughput and per-task overhead vs a bare gRPC echo (closed loop at 1-64 in flight; trivial and workload models); writes bench/results/throughput.md and .json.
+    BenchThroughput {
+        /// Fewer levels and shorter rounds (about 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Print the headline as one JSON object on the last line (always printed; this keeps stdout to it).
+        #[arg(long)]
+        json: bool,
+        /// Extra arguments for `bench-throughput run` (e.g. -- --only digits-local --rounds 5).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Criterion benchmarks of the decision, the estimators' updates and the eBPF record conversion, with per-call p50/p99; writes bench/results/decision.md.
+    BenchDecision {
+        /// Shorter criterion runs (1 s warm-up, 2 s measurement per benchmark).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Scenario benchmark: every scenario x policy with the real agents across the jitter lab; writes bench/results/scenarios.md and plots (needs root).
     Bench {
         /// Reduced matrix: each scenario cut to a 12 s window around its first change (under 10 minutes).
@@ -163,6 +183,11 @@ fn main() -> anyhow::Result<()> {
             setup::all()?;
             bench_transport::run(quick, json)
         }
+        Cmd::BenchThroughput { quick, json, args } => {
+            setup::all()?;
+            bench_throughput::run(quick, json, &args)
+        }
+        Cmd::BenchDecision { quick } => bench_decision::run(quick),
         Cmd::Bench { quick, args } => {
             setup::all()?;
             bench::run(quick, &args)
