@@ -399,7 +399,28 @@ fn cpu_limit(cpu_max: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::cpu_limit;
+    use super::{cpu_limit, resources, ProcSelf, Role};
+
+    #[test]
+    fn this_process_is_read_from_proc() {
+        let p = ProcSelf::read().expect("/proc/self/stat parses");
+        assert!(p.cpu_seconds >= 0.0 && p.cpu_seconds.is_finite());
+        assert!(p.rss_bytes > 1e5, "{}", p.rss_bytes);
+        assert!(p.threads >= 1.0);
+        let start = p.start_time_seconds.expect("btime");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0,
+            "{start} vs {now}"
+        );
+        let mut text = String::new();
+        resources(&mut text, Role::Cloud.prefix(), None);
+        assert!(text.contains("# TYPE cloud_process_cpu_seconds_total counter\n"));
+        assert!(text.contains("\ncloud_process_resident_memory_bytes "));
+    }
 
     #[test]
     fn cpu_max_parses() {

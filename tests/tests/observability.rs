@@ -98,14 +98,15 @@ fn field(line: &str, key: &str) -> String {
         .to_string()
 }
 
-/// A cloud with its admin listener on `admin`: (process, grpc, quic).
-async fn spawn_cloud(admin: &str) -> (Child, String, String) {
+/// A cloud on `ip` with its admin listener on `admin`: (process, grpc, quic).
+async fn spawn_cloud(ip: &str, admin: &str) -> (Child, String, String) {
+    let any_port = format!("{ip}:0");
     let (child, line) = spawn(&[
         "cloud",
         "--listen-grpc",
-        "127.0.0.1:0",
+        &any_port,
         "--listen-quic",
-        "127.0.0.1:0",
+        &any_port,
         "--metrics-listen",
         admin,
     ])
@@ -115,8 +116,8 @@ async fn spawn_cloud(admin: &str) -> (Child, String, String) {
 
 /// An edge offloading to `grpc`/`quic` with its admin listener on `admin`:
 /// (process, task API address).
-async fn spawn_edge(admin: &str, grpc: &str, quic: &str) -> (Child, String) {
-    let (child, line) = spawn(&[
+async fn spawn_edge(admin: &str, grpc: &str, quic: &str, extra: &[&str]) -> (Child, String) {
+    let mut args = vec![
         "edge",
         "--listen",
         "127.0.0.1:0",
@@ -126,8 +127,9 @@ async fn spawn_edge(admin: &str, grpc: &str, quic: &str) -> (Child, String) {
         quic,
         "--metrics-listen",
         admin,
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    let (child, line) = spawn(&args).await;
     (child, field(&line, "api="))
 }
 
@@ -258,8 +260,8 @@ fn alert_exprs(yaml: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_endpoints_of_real_agents_scrape_clean_and_cover_the_dashboard() {
     let (cloud_admin, edge_admin) = (dead_address(), dead_address());
-    let (_cloud, grpc, quic) = spawn_cloud(&cloud_admin).await;
-    let (_edge, api) = spawn_edge(&edge_admin, &grpc, &quic).await;
+    let (_cloud, grpc, quic) = spawn_cloud("127.0.0.1", &cloud_admin).await;
+    let (_edge, api) = spawn_edge(&edge_admin, &grpc, &quic, &[]).await;
 
     for admin in [&cloud_admin, &edge_admin] {
         assert_eq!(get(admin, "/healthz").await.unwrap().0, 200, "{admin}");
@@ -380,7 +382,7 @@ async fn edge_without_a_cloud_is_alive_but_not_ready() {
     // A loopback address nothing uses: the passive probe, which watches
     // the cloud's IP, sees no other test's traffic there.
     let port = dead_address().rsplit_once(':').unwrap().1.to_string();
-    let (_edge, _api) = spawn_edge(&admin, &format!("127.0.0.3:{port}"), "").await;
+    let (_edge, _api) = spawn_edge(&admin, &format!("127.0.0.3:{port}"), "", &[]).await;
     assert_eq!(get(&admin, "/healthz").await.unwrap().0, 200);
     // Past the start (models loaded), still no RTT sample from a dead address.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -392,6 +394,75 @@ async fn edge_without_a_cloud_is_alive_but_not_ready() {
     // The metrics still say why.
     let (_, text) = get(&admin, "/metrics").await.unwrap();
     assert_eq!(sample(&text, "edge_cloud_reachable"), Some(0.0));
+}
+
+/// Sends `n` digits tasks one after the other; all must succeed.
+async fn send_tasks(api: &str, tag: &str, n: usize) {
+    let mut client = agent_net::task_api::connect(api).await.unwrap();
+    let set = test_set();
+    for i in 0..n {
+        let pixels = set[i % set.len()].pixels.clone();
+        let (r, _) = send_image(
+            &mut client,
+            format!("{tag}-{i}"),
+            pixels,
+            Priority::Medium,
+            None,
+        )
+        .await;
+        assert!(r.expect("task answered").success);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn breaker_failover_and_reachability_gauges_follow_a_cloud_that_dies() {
+    // The cloud on its own loopback address: the passive probe, which
+    // watches the cloud's IP, sees only this test's traffic.
+    let (cloud_admin, edge_admin) = (dead_address(), dead_address());
+    let (mut cloud, grpc, quic) = spawn_cloud("127.0.0.4", &cloud_admin).await;
+    let (_edge, api) = spawn_edge(&edge_admin, &grpc, &quic, &["--policy", "always-offload"]).await;
+    wait_status(&edge_admin, "/readyz", 200, Duration::from_secs(30)).await;
+    send_tasks(&api, "before", 10).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, text) = get(&edge_admin, "/metrics").await.unwrap();
+    assert_eq!(
+        sample(&text, "edge_offload_transport_active{transport=\"quic\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "edge_breaker_state{transport=\"quic\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "edge_cloud_reachable"), Some(1.0));
+    assert_eq!(sample(&text, "edge_offload_fallbacks_total"), Some(0.0));
+
+    cloud.start_kill().unwrap();
+    cloud.wait().await.unwrap();
+    // Every offload fails now; the tasks run locally.
+    send_tasks(&api, "after", 30).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, text) = get(&edge_admin, "/metrics").await.unwrap();
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+    assert!(value("edge_offload_fallbacks_total") >= 25.0, "{text}");
+    assert_eq!(value("edge_cloud_reachable"), 0.0);
+    // QUIC failed over to gRPC, and a circuit is open (2) or waiting for
+    // its trial (1).
+    assert_eq!(
+        value("edge_offload_transport_active{transport=\"grpc\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("edge_offload_transport_active{transport=\"quic\"}"),
+        0.0
+    );
+    assert!(value("edge_failover_switches_total{to=\"grpc\"}") >= 1.0);
+    let worst = value("edge_breaker_state{transport=\"grpc\"}")
+        .max(value("edge_breaker_state{transport=\"quic\"}"));
+    assert!(worst >= 1.0, "no circuit opened: {text}");
+    // Alive, and still ready: the edge has an estimate and runs locally.
+    assert_eq!(get(&edge_admin, "/healthz").await.unwrap().0, 200);
+    let (ok, problems) = run_promtool(&["check", "metrics"], &text).await;
+    assert!(ok && problems.trim().is_empty(), "{problems}");
 }
 
 #[tokio::test]
