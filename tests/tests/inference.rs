@@ -89,8 +89,16 @@ fn wrong_shapes_and_unknown_types_are_clear_errors() {
 
 #[test]
 fn cuda_inference_matches_cpu_when_a_gpu_is_present() {
+    // A GPU this machine shows but libtorch cannot use is a broken setup
+    // (a CPU-only libtorch, a missing CUDA library): fail, do not skip.
+    let visible = std::path::Path::new("/dev/nvidiactl").exists();
     if !tch::Cuda::is_available() {
-        eprintln!("SKIP cuda_inference_matches_cpu: libtorch sees no CUDA device on this machine");
+        assert!(
+            !visible,
+            "an NVIDIA GPU is present (/dev/nvidiactl) but libtorch sees no CUDA device: \
+             run `cargo xtask setup` to assemble the CUDA libtorch"
+        );
+        eprintln!("SKIP cuda_inference_matches_cpu: no NVIDIA GPU on this machine");
         return;
     }
     let mut cpu = engine(false, tch::Device::Cpu);

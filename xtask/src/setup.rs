@@ -101,10 +101,21 @@ pub fn cache_dir() -> PathBuf {
 /// (needed at load time only) from the NVIDIA wheels, and an empty
 /// libtorch.so in place of the one that pulls in libtorch_cuda.
 pub fn libtorch() -> Result<()> {
-    let dir = cache_dir().join(format!("libtorch-{TORCH_VERSION}"));
+    let (dir, cuda) = if gpu_present() {
+        (
+            cache_dir().join(format!("libtorch-{TORCH_VERSION}-cuda")),
+            true,
+        )
+    } else {
+        (cache_dir().join(format!("libtorch-{TORCH_VERSION}")), false)
+    };
     let ready = dir.join("build-version");
     if !ready.exists() {
-        assemble_libtorch(&dir)?;
+        if cuda {
+            assemble_cuda_libtorch(&dir)?;
+        } else {
+            assemble_libtorch(&dir)?;
+        }
     }
     let link = project_root().join(".libtorch");
     match std::fs::read_link(&link) {
@@ -117,6 +128,67 @@ pub fn libtorch() -> Result<()> {
                 .with_context(|| format!("linking {} -> {}", link.display(), dir.display()))?;
         }
     }
+    Ok(())
+}
+
+/// An NVIDIA GPU is visible to this machine (its driver's control device,
+/// or nvidia-smi listing one).
+pub fn gpu_present() -> bool {
+    Path::new("/dev/nvidiactl").exists()
+        || std::process::Command::new("nvidia-smi")
+            .arg("-L")
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+}
+
+/// A CUDA libtorch from the same PyPI torch wheel and the NVIDIA CUDA 13
+/// runtime wheels it depends on (cuBLAS, cuDNN, NCCL, ...; a few GB): every
+/// library of torch/lib and of the nvidia packages in one lib folder (the
+/// wheel's libraries find each other through their `$ORIGIN` rpath), with
+/// the real libtorch.so, so torch-sys links libtorch_cuda.
+fn assemble_cuda_libtorch(dir: &Path) -> Result<()> {
+    eprintln!(
+        "setup: an NVIDIA GPU is present: assembling CUDA libtorch {TORCH_VERSION} in {}",
+        dir.display()
+    );
+    let wheels = cache_dir().join("wheels-cuda");
+    std::fs::create_dir_all(&wheels)?;
+    // With its dependencies: the NVIDIA wheels torch was built against.
+    run(cmd("python3")
+        .args(["-m", "pip", "download", "-q", "-d"])
+        .arg(&wheels)
+        .arg(format!("torch=={TORCH_VERSION}")))?;
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("lib"))?;
+    let script = r#"
+import glob, os, re, shutil, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+torch = sorted(glob.glob(os.path.join(wheels, "torch-*.whl")))
+if not torch: sys.exit("missing the torch wheel")
+z = zipfile.ZipFile(torch[-1])
+if "torch/lib/libtorch_cuda.so" not in z.namelist(): sys.exit("the torch wheel has no CUDA")
+lib = re.compile(r".*/lib/[^/]+\.so(\.[0-9.]+)?$")
+def copy(z, member):
+    with z.open(member) as src, open(os.path.join(out, "lib", os.path.basename(member)), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+for name in z.namelist():
+    if name.startswith("torch/include/") and not name.endswith("/"):
+        z.extract(name, out + "/x")
+    elif name.startswith("torch/lib/") and lib.match(name):
+        copy(z, name)
+shutil.move(out + "/x/torch/include", out + "/include")
+shutil.rmtree(out + "/x")
+for w in glob.glob(os.path.join(wheels, "nvidia_*.whl")):
+    n = zipfile.ZipFile(w)
+    for name in n.namelist():
+        if name.startswith("nvidia/") and lib.match(name):
+            copy(n, name)
+"#;
+    run(cmd("python3").args(["-c", script]).arg(&wheels).arg(&tmp))?;
+    std::fs::write(tmp.join("build-version"), format!("{TORCH_VERSION}\n"))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir)?;
     Ok(())
 }
 
