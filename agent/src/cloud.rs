@@ -323,6 +323,7 @@ pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
     let tls = cfg.tls.load(Side::Server)?;
     let (handler, times) = handler_and_times(cfg)?;
     let handler = Arc::new(handler);
+    crate::update::record_versions("cloud", &cfg.models);
     // The updater stops by itself once the handler (and its pool) is gone.
     if let Some(models) = crate::update::ModelUpdater::new(
         "cloud",

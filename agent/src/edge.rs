@@ -287,6 +287,7 @@ impl Edge {
 
         let mut background: Vec<JoinHandle<()>> =
             std::iter::once(probe_task).chain(passive_task).collect();
+        crate::update::record_versions("edge", &cfg.models);
         let models = crate::update::ModelUpdater::new(
             "edge",
             &cfg.model_updates,

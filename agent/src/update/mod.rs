@@ -52,6 +52,15 @@ impl Default for ModelUpdateConfig {
     }
 }
 
+/// Publishes the versions serving now as `{side}_model_info{task_type,
+/// version} 1` (join on it to label any other series with the version).
+pub fn record_versions(side: &'static str, specs: &HashMap<TaskType, ModelSpec>) {
+    for (t, s) in specs {
+        gauge!(format!("{side}_model_info"), "task_type" => t.as_str(), "version" => s.version.clone())
+            .set(1.0);
+    }
+}
+
 /// What became of a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -110,10 +119,6 @@ impl ModelUpdater {
         let build = Arc::new(move |specs: &HashMap<TaskType, ModelSpec>| {
             torch_engines(specs.clone(), &device, build_times.clone())?()
         });
-        for (t, s) in &specs {
-            gauge!(format!("{side}_model_info"), "task_type" => t.as_str(), "version" => s.version.clone())
-                .set(1.0);
-        }
         Ok(Some(Arc::new(Self {
             side,
             dir,
