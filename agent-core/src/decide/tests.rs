@@ -671,3 +671,29 @@ fn residuals_correct_the_prediction() {
     .unwrap();
     assert_eq!((o.mean_ms, o.correction_ms), (0.0, -12.0));
 }
+
+#[test]
+fn quantiles_by_selection_equal_those_of_the_sorted_values() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for n in [1usize, 2, 3, 7, 20, 144, 1152] {
+        let values: Vec<f64> = (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Ties too: a few distinct values repeat.
+                ((x % 997) as f64 / 7.0).floor() + (i % 3) as f64 * 0.5
+            })
+            .collect();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.05, 0.5, 0.95, 0.99, 1.0] {
+            let mut v = values.clone();
+            assert_eq!(
+                super::select_quantile(&mut v, q),
+                quantile(&sorted, q),
+                "n={n} q={q}"
+            );
+        }
+    }
+}
