@@ -399,7 +399,46 @@ fn cpu_limit(cpu_max: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_limit, resources, ProcSelf, Role};
+    use super::{cpu_limit, resources, Cgroup, ProcSelf, Role};
+
+    #[test]
+    fn cgroup_v2_files_become_families() {
+        let dir = std::env::temp_dir().join(format!("edge-admin-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in [
+            ("memory.current", "123456789\n"),
+            ("memory.max", "max\n"),
+            (
+                "cpu.stat",
+                "usage_usec 2500000\nuser_usec 2000000\nthrottled_usec 500\n",
+            ),
+            ("cpu.max", "50000 100000\n"),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        let mut text = String::new();
+        resources(&mut text, "edge_", Some(&Cgroup { dir: dir.clone() }));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.contains("\nedge_cgroup_memory_current_bytes 123456789\n"),
+            "{text}"
+        );
+        // Unlimited: no limit family.
+        assert!(!text.contains("edge_cgroup_memory_max_bytes"), "{text}");
+        assert!(
+            text.contains("\nedge_cgroup_cpu_usage_seconds_total 2.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nedge_cgroup_cpu_throttled_seconds_total 0.0005\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nedge_cgroup_cpu_limit_cores 0.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE edge_cgroup_cpu_usage_seconds_total counter\n"));
+    }
 
     #[test]
     fn this_process_is_read_from_proc() {
