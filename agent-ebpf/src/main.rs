@@ -88,6 +88,20 @@ fn watched(family: u8, remote: &[u32; 4]) -> bool {
     FILTER.get_ptr(&key).is_some() || FILTER.get_ptr(&FilterKey::WATCH_ALL).is_some()
 }
 
+/// A `T` at byte `off` of the packet: read straight from the packet's
+/// linear data when it is there (no helper call: the common case, headers
+/// are linear), else copied out with bpf_skb_load_bytes.
+#[inline(always)]
+fn pkt<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, i64> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // The bound on `off` lets the verifier follow a variable offset.
+    if off < 0x1000 && start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: inside [data, data_end), checked just above.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load(off)
+}
+
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: helper without preconditions.
@@ -305,9 +319,11 @@ fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
     // SAFETY: reading a field of the context the program was called with.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
     let (mut flow, l4) = if proto == ETH_P_IP {
-        let ip: Ipv4Hdr = ctx.load(l3)?;
-        // Later fragments carry no transport header.
-        if u16::from_be(ip.frag_off) & 0x1fff != 0 {
+        let ip: Ipv4Hdr = pkt(ctx, l3)?;
+        // Later fragments carry no transport header. Packets with IP
+        // options are not measured (like IPv6 extension headers): a fixed
+        // transport offset keeps every header read a direct packet access.
+        if u16::from_be(ip.frag_off) & 0x1fff != 0 || ip.ver_ihl & 0x0f != 5 {
             return Ok(());
         }
         let mut flow = Flow {
@@ -320,11 +336,11 @@ fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
         } else {
             (ip.daddr, ip.saddr)
         };
-        (flow, l3 + ((ip.ver_ihl & 0x0f) as usize) * 4)
+        (flow, l3 + 20)
     } else if proto == ETH_P_IPV6 {
         // Transport header right after the fixed header; packets with
         // extension headers are not measured.
-        let ip: Ipv6Hdr = ctx.load(l3)?;
+        let ip: Ipv6Hdr = pkt(ctx, l3)?;
         let mut flow = Flow {
             family: AF_INET6,
             proto: ip.nexthdr,
@@ -345,7 +361,7 @@ fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
     if !watched(flow.family, &flow.remote) {
         return Ok(());
     }
-    let ports: [u16; 2] = ctx.load(l4)?;
+    let ports: [u16; 2] = pkt(ctx, l4)?;
     let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
     (flow.local_port, flow.remote_port) = if egress {
         (sport, dport)

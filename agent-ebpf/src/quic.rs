@@ -28,7 +28,7 @@ use agent_common::{Flow, RttBody, SOURCE_QUIC_SPIN};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 use aya_log_ebpf::debug;
 
-use crate::{emit_rtt, now_ns, rate_limited};
+use crate::{emit_rtt, now_ns, pkt, rate_limited};
 
 const SPIN_BIT: u8 = 0x20;
 /// Penalty a new flow starts with: eight good edges (four round trips) before the first sample.
@@ -73,7 +73,7 @@ static SPIN: LruHashMap<Flow, SpinState> = LruHashMap::with_max_entries(4096, 0)
 #[inline(always)]
 pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<(), i64> {
     // UDP header (8 bytes), then the first byte of the QUIC packet.
-    let first: u8 = ctx.load(l4 + 8)?;
+    let first: u8 = pkt(ctx, l4 + 8)?;
     // Short header: header form 0 (the fixed bit may be greased).
     if first & 0x80 != 0 {
         return Ok(());

@@ -15,7 +15,7 @@
 use agent_common::{Flow, RttBody, SOURCE_TC_TCP_TS};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::{emit_rtt, now_ns, rate_limited};
+use crate::{emit_rtt, now_ns, pkt, rate_limited};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -51,7 +51,7 @@ const TCP_FLAG_ACK: u8 = 0x10;
 #[inline(always)]
 pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<(), i64> {
     // Bytes 12-13 of the TCP header: data offset, flags.
-    let off_flags: [u8; 2] = ctx.load(l4 + 12)?;
+    let off_flags: [u8; 2] = pkt(ctx, l4 + 12)?;
     let hdr_len = ((off_flags[0] >> 4) as usize) * 4;
     let flags = off_flags[1];
     if flags & TCP_FLAG_RST != 0 {
@@ -74,8 +74,8 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
 
 #[inline(always)]
 fn departure(flow: &Flow, tsval: u32, syn: bool) {
-    let now = now_ns();
     let Some(st) = TS_FLOWS.get_ptr_mut(flow) else {
+        let now = now_ns();
         // A flow seen first mid-stream may be past this TSval's first
         // packet: wait for the next new one. A SYN is the first.
         let st = TsFlow {
@@ -94,6 +94,7 @@ fn departure(flow: &Flow, tsval: u32, syn: bool) {
         return;
     }
     st.last_tsval = tsval;
+    let now = now_ns();
     if st.pending_ns != 0 && now.wrapping_sub(st.pending_ns) < PENDING_MAX_NS {
         return;
     }
@@ -142,10 +143,11 @@ fn timestamps(ctx: &TcContext, off: usize, opt_len: usize) -> Result<Option<(u32
         return Ok(None);
     }
     if opt_len >= 12 {
-        let head: [u8; 4] = ctx.load(off)?;
-        if head == [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP] {
-            let ts: [u32; 2] = ctx.load(off + 4)?;
-            return Ok(Some((u32::from_be(ts[0]), u32::from_be(ts[1]))));
+        let o: [u8; 12] = pkt(ctx, off)?;
+        if o[..4] == [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP] {
+            let tsval = u32::from_be_bytes([o[4], o[5], o[6], o[7]]);
+            let tsecr = u32::from_be_bytes([o[8], o[9], o[10], o[11]]);
+            return Ok(Some((tsval, tsecr)));
         }
     }
     // General walk (SYNs put MSS and SACK-permitted first); at most 40 bytes of options.
