@@ -73,6 +73,9 @@ enum Cmd {
         /// The agents' log level (their stderr goes to the work folder).
         #[arg(long, default_value = "warn")]
         agent_log: String,
+        /// The edge's local workers (default: the configuration's, 1).
+        #[arg(long)]
+        edge_workers: Option<usize>,
     },
     /// Serve the bare echo on `listen` until stdin closes.
     Echo {
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
             command,
             bin_dir,
             agent_log,
+            edge_workers,
         } => {
             procs::install_signal_cleanup()?;
             let bin_dir = match bin_dir {
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
                 command: command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
                 agent: bin_dir.join("agent"),
                 agent_log,
+                edge_workers,
             };
             run(&o)
         }
@@ -175,6 +180,7 @@ struct Options {
     command: String,
     agent: PathBuf,
     agent_log: String,
+    edge_workers: Option<usize>,
 }
 
 /// One case: what the edge runs and the payloads it gets.
@@ -572,6 +578,9 @@ impl Lab<'_> {
         c.args(["edge", "--listen", "127.0.0.1:0"])
             .args(["--cloud-grpc", grpc, "--cloud-quic", quic])
             .args(["--policy", policy]);
+        if let Some(w) = self.o.edge_workers {
+            c.args(["--workers", &w.to_string()]);
+        }
         let edge = Proc::spawn(
             &format!("edge ({tag})"),
             c,
