@@ -843,7 +843,8 @@ fn run(o: &Options) -> Result<()> {
     let summaries = throughput::summarize(&rows);
     let h1 = throughput::headline(&summaries, "digits-local", 1);
     let h16 = throughput::headline(&summaries, "digits-local", 16);
-    let notes = target_notes(h1.as_ref(), h16.as_ref());
+    let mut notes = target_notes(h1.as_ref(), h16.as_ref());
+    notes.extend(breakdown_notes(&summaries));
     if !o.json {
         for n in &notes {
             println!("{n}");
@@ -927,6 +928,34 @@ fn target_notes(
         ));
     }
     n
+}
+
+/// Where the trivial model's time goes, from the same figures: the wait
+/// for the worker, the rest of the overhead, CPU per task against the echo's.
+fn breakdown_notes(summaries: &[throughput::Summary]) -> Vec<String> {
+    summaries
+        .iter()
+        .filter(|s| s.case == "digits-local")
+        .map(|s| {
+            format!(
+                "digits-local at {} in flight: of the {:.0} µs overhead (p50), {:.0} µs is the \
+                 wait for the worker (queue_nano) and {:.0} µs the rest (the echo's whole round \
+                 trip: {:.0} µs); inference {:.0} µs. The edge burns {:.0} µs of CPU per task \
+                 (the echo {:.0} µs), which bounds it at about {:.0} tasks/s per core; it served \
+                 {:.0}.",
+                s.concurrency,
+                s.overhead_p50_us.1,
+                s.queue_p50_us.1,
+                s.beyond_queue_p50_us.1,
+                s.echo_p50_us.1,
+                s.inference_p50_us.1,
+                s.cpu_us_per_task.1,
+                s.echo_cpu_us_per_task.1,
+                1e6 / s.cpu_us_per_task.1,
+                s.tasks_per_s.1
+            )
+        })
+        .collect()
 }
 
 fn stop(mut s: Stack) -> Result<()> {
