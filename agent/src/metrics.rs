@@ -35,6 +35,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .set_buckets_for_metric(
+            Matcher::Suffix("_batch_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+        )?
+        .set_buckets_for_metric(
             Matcher::Full("edge_prediction_error_ratio".into()),
             &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
         )?
@@ -45,6 +49,24 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 /// HELP text (and units) of every metric of `role`: `promtool check
 /// metrics` wants one for each family.
 pub fn describe(role: Role) {
+    // The families both sides record (model updates, batching).
+    let p = role.prefix();
+    describe_gauge!(
+        format!("{p}model_info"),
+        "1 for the model version serving each task type now (0 for versions swapped out)."
+    );
+    describe_gauge!(
+        format!("{p}model_generation"),
+        "Generation of the serving engines: how many model updates were swapped in."
+    );
+    describe_counter!(
+        format!("{p}model_updates_total"),
+        "Model update manifests seen, by outcome (applied or why refused)."
+    );
+    describe_histogram!(
+        format!("{p}batch_size"),
+        "Tasks per inference batch, by task type."
+    );
     match role {
         Role::Edge => {
             describe_edge();
@@ -114,6 +136,10 @@ fn describe_edge() {
     describe_histogram!(
         "edge_prediction_error_ratio",
         "|predicted - actual| / actual latency of the path that answered."
+    );
+    describe_counter!(
+        "edge_audit_lines_dropped_total",
+        "Decision audit log lines dropped because the writer fell behind."
     );
     describe_counter!(
         "edge_tasks_rejected_total",
