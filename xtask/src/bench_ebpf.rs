@@ -19,8 +19,10 @@ pub struct Options {
     pub json: bool,
     /// The probe's per-flow sample interval (ms); `None`: its default.
     pub sample_interval_ms: Option<f64>,
-    /// Another eBPF object (e.g. an older build, for a before/after).
+    /// Another eBPF object to measure instead of the one just built.
     pub object: Option<PathBuf>,
+    /// An older object measured as a third arm of the same run (before/after).
+    pub baseline_object: Option<PathBuf>,
 }
 
 pub fn run(o: Options) -> Result<()> {
@@ -42,6 +44,9 @@ pub fn run(o: Options) -> Result<()> {
     }
     if let Some(obj) = &o.object {
         command.push_str(&format!(" --object {}", obj.display()));
+    }
+    if let Some(obj) = &o.baseline_object {
+        command.push_str(&format!(" --baseline-object {}", obj.display()));
     }
     if o.json {
         command.push_str(" --json");
@@ -69,6 +74,9 @@ pub fn run(o: Options) -> Result<()> {
     .arg(&out);
     if let Some(ms) = o.sample_interval_ms {
         c.args(["--sample-interval-ms", &ms.to_string()]);
+    }
+    if let Some(obj) = &o.baseline_object {
+        c.arg("--baseline-object").arg(obj);
     }
     if o.json {
         c.arg("--json");

@@ -81,6 +81,9 @@ enum Cmd {
         /// Measure this eBPF object instead of the one just built.
         #[arg(long)]
         object: Option<std::path::PathBuf>,
+        /// An older eBPF object measured as a third arm of the same alternating run (before/after).
+        #[arg(long)]
+        baseline_object: Option<std::path::PathBuf>,
     },
     /// QUIC vs gRPC offload latency and throughput (1 KB, 64 KB, 1 MB) on loopback and a 1 %-loss link.
     BenchTransport {
@@ -168,6 +171,7 @@ fn main() -> anyhow::Result<()> {
             json,
             sample_interval_ms,
             object,
+            baseline_object,
         } => {
             setup::all()?;
             bench_ebpf::run(bench_ebpf::Options {
@@ -177,6 +181,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 sample_interval_ms,
                 object,
+                baseline_object,
             })
         }
         Cmd::BenchTransport { quick, json } => {

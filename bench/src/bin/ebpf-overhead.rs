@@ -48,6 +48,10 @@ struct Args {
     command: Option<String>,
     #[arg(long)]
     object: Option<PathBuf>,
+    /// Another object measured as a third arm of the same alternating run
+    /// (every sample kept): an older build, for a before/after.
+    #[arg(long)]
+    baseline_object: Option<PathBuf>,
 }
 
 fn main() {
@@ -78,6 +82,7 @@ fn main() {
             .map_or(defaults.sample_interval, |ms| {
                 Duration::from_secs_f64(ms.max(0.0) / 1e3)
             }),
+        baseline_object: args.baseline_object,
         placement,
     };
     let progress = |m: &str| eprintln!("ebpf-overhead: {m}");

@@ -120,6 +120,10 @@ pub struct OverheadOptions {
     pub object: Option<PathBuf>,
     /// The probe's per-flow sample interval (default: the probe's default).
     pub sample_interval: Duration,
+    /// Another object measured in the same alternating run as a third arm
+    /// (an older build: a before/after under the same conditions), loaded
+    /// with every sample kept.
+    pub baseline_object: Option<PathBuf>,
     /// How [`place`] set up this process (reported).
     pub placement: Placement,
 }
@@ -133,6 +137,7 @@ impl Default for OverheadOptions {
             parts: Parts::All,
             object: None,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            baseline_object: None,
             placement: Placement::default(),
         }
     }
@@ -183,11 +188,33 @@ pub enum Parts {
     Sockops,
 }
 
+/// What a round runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arm {
+    /// No probe.
+    Off,
+    /// The probe measured (`--object`).
+    Probe,
+    /// The baseline object (`--baseline-object`).
+    Baseline,
+}
+
+impl Arm {
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Off => "off",
+            Arm::Probe => "on",
+            Arm::Baseline => "baseline",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     pub index: u32,
     pub workload: Workload,
-    pub probe: bool,
+    pub arm: Arm,
     /// Gbit/s (bulk, many) or messages/s (small).
     pub value: f64,
     pub gbit_s: f64,
@@ -230,10 +257,26 @@ pub struct WorkloadSummary {
     pub records_per_s: f64,
     /// The reader's CPU time in the rounds with the probe (mean, % of one CPU).
     pub reader_cpu_pct: f64,
+    /// The baseline object's median, ratio and interval (with a baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSummary>,
     /// Per program, from the statistics round of this workload.
     pub programs: Vec<ProgramCost>,
     /// The statistics round's own throughput (same unit).
     pub stats_round_value: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineSummary {
+    pub object: String,
+    pub rounds: usize,
+    pub median: f64,
+    /// baseline median / median without.
+    pub ratio: f64,
+    pub ratio_ci95: [f64; 2],
+    pub records_per_s: f64,
+    pub reader_cpu_pct: f64,
+    pub programs: Vec<ProgramCost>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -275,6 +318,9 @@ pub struct OverheadReport {
     /// Per program: nanoseconds per run over every statistics round
     /// (tc: per skb; sock_ops: per RTT callback, one per ACK).
     pub ns_per_packet: BTreeMap<String, f64>,
+    /// The same for the baseline object, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_ns_per_packet: Option<BTreeMap<String, f64>>,
     /// bulk >= 0.97 and small >= 0.95 (medians).
     pub targets_met: bool,
     pub ci_method: &'static str,
@@ -522,9 +568,13 @@ struct Attached {
     consumed: Arc<AtomicU64>,
 }
 
-fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions) -> Result<Attached> {
+fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions, arm: Arm) -> Result<Attached> {
+    let (object, sample_interval) = match arm {
+        Arm::Baseline => (opts.baseline_object.clone(), Duration::ZERO),
+        _ => (opts.object.clone(), opts.sample_interval),
+    };
     let cfg = EbpfProbeConfig {
-        object: opts.object.clone(),
+        object,
         cgroup: Some(match opts.parts {
             Parts::Tc => cgs.idle.path.clone(),
             _ => cgs.flows.path.clone(),
@@ -532,7 +582,7 @@ fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions) -> Result<Attached
         tc_interface: (opts.parts != Parts::Sockops).then(|| pair.va.clone()),
         endpoints: vec![IpAddr::V4(pair.addr_b)],
         state_dir: std::env::temp_dir().join(format!("{PREFIX}{}-state", std::process::id())),
-        sample_interval: opts.sample_interval,
+        sample_interval,
         ..EbpfProbeConfig::default()
     };
     let mut probe = netns::run_in(&pair.a, move || {
@@ -657,9 +707,10 @@ fn stats_round(
     cgs: &Cgroups,
     opts: &OverheadOptions,
     workload: Workload,
+    arm: Arm,
     all_clean: &mut bool,
 ) -> Result<(Vec<ProgramCost>, f64)> {
-    let att = attach(pair, cgs, opts)?;
+    let att = attach(pair, cgs, opts, arm)?;
     let ids = att.probe.program_ids().to_vec();
     // Statistics stay on while this descriptor is open (dropped on every way out).
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -749,18 +800,33 @@ pub fn run(
     let mut attachments = Vec::new();
     let mut all_clean = true;
     let mut last_detach = None;
+    // Without a baseline: off/on, then on/off. With one, the three arms
+    // rotate, so each comes first, second and third equally often.
+    let arms: Vec<Arm> = if opts.baseline_object.is_some() {
+        vec![Arm::Off, Arm::Probe, Arm::Baseline]
+    } else {
+        vec![Arm::Off, Arm::Probe]
+    };
     for pair_no in 0..opts.rounds {
-        let order = if pair_no % 2 == 0 {
-            [false, true]
+        let mut order = arms.clone();
+        if arms.len() == 2 {
+            if pair_no % 2 == 1 {
+                order.reverse();
+            }
         } else {
-            [true, false]
-        };
+            order.rotate_left(pair_no as usize % arms.len());
+            if (pair_no / 3) % 2 == 1 {
+                order.reverse();
+            }
+        }
         for &workload in &opts.workloads {
-            for with in order {
+            for &arm in &order {
                 let index = rounds.len() as u32;
-                let att = if with {
-                    let a = attach(&pair, &cgs, opts)?;
-                    attachments = a.probe.attachments().to_vec();
+                let att = if arm != Arm::Off {
+                    let a = attach(&pair, &cgs, opts, arm)?;
+                    if arm == Arm::Probe {
+                        attachments = a.probe.attachments().to_vec();
+                    }
                     Some(a)
                 } else {
                     None
@@ -781,7 +847,7 @@ pub fn run(
                     pair_no + 1,
                     opts.rounds,
                     workload.name(),
-                    if with { "on " } else { "off" },
+                    arm.label(),
                     workload.unit(),
                     reader
                         .as_ref()
@@ -791,7 +857,7 @@ pub fn run(
                 rounds.push(Round {
                     index,
                     workload,
-                    probe: with,
+                    arm,
                     value: v,
                     gbit_s: r3(r.gbit_s),
                     retransmits: r.retransmits,
@@ -803,31 +869,69 @@ pub fn run(
 
     let mut workloads = Vec::new();
     let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut base_totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (i, &workload) in opts.workloads.iter().enumerate() {
         progress(&format!(
             "program cost: {} s of {} with the probe and the kernel's BPF run-time statistics on",
             opts.seconds,
             workload.name()
         ));
-        let (programs, stats_value) = stats_round(&pair, &cgs, opts, workload, &mut all_clean)?;
+        let (programs, stats_value) =
+            stats_round(&pair, &cgs, opts, workload, Arm::Probe, &mut all_clean)?;
         for p in &programs {
             let t = totals.entry(p.name.clone()).or_default();
             t.0 += (p.ns_per_run * p.runs as f64) as u64;
             t.1 += p.runs;
         }
-        let of = |with: bool| -> Vec<f64> {
+        let of = |arm: Arm| -> Vec<f64> {
             rounds
                 .iter()
-                .filter(|r| r.workload == workload && r.probe == with)
+                .filter(|r| r.workload == workload && r.arm == arm)
                 .map(|r| r.value)
                 .collect()
         };
-        let (with, without) = (of(true), of(false));
-        let readers: Vec<&ReaderStats> = rounds
-            .iter()
-            .filter(|r| r.workload == workload)
-            .filter_map(|r| r.reader.as_ref())
-            .collect();
+        let readers_of = |arm: Arm| -> Vec<&ReaderStats> {
+            rounds
+                .iter()
+                .filter(|r| r.workload == workload && r.arm == arm)
+                .filter_map(|r| r.reader.as_ref())
+                .collect()
+        };
+        let (with, without) = (of(Arm::Probe), of(Arm::Off));
+        let readers = readers_of(Arm::Probe);
+        let baseline = match &opts.baseline_object {
+            Some(obj) => {
+                progress(&format!(
+                    "program cost: {} s of {} with the baseline object and the statistics on",
+                    opts.seconds,
+                    workload.name()
+                ));
+                let (programs, _) =
+                    stats_round(&pair, &cgs, opts, workload, Arm::Baseline, &mut all_clean)?;
+                for p in &programs {
+                    let t = base_totals.entry(p.name.clone()).or_default();
+                    t.0 += (p.ns_per_run * p.runs as f64) as u64;
+                    t.1 += p.runs;
+                }
+                let base = of(Arm::Baseline);
+                let ci = ratio_ci95(&base, &without, RESAMPLES, 42 + i as u64);
+                let rd = readers_of(Arm::Baseline);
+                Some(BaselineSummary {
+                    object: obj.display().to_string(),
+                    rounds: base.len(),
+                    median: median(&base),
+                    ratio: r4(median(&base) / median(&without)),
+                    ratio_ci95: [r4(ci[0]), r4(ci[1])],
+                    records_per_s: mean(&rd.iter().map(|r| r.records_per_s).collect::<Vec<_>>())
+                        .round(),
+                    reader_cpu_pct: r3(mean(
+                        &rd.iter().map(|r| r.reader_cpu_pct).collect::<Vec<_>>(),
+                    )),
+                    programs,
+                })
+            }
+            None => None,
+        };
         let ci = ratio_ci95(&with, &without, RESAMPLES, 12 + i as u64);
         workloads.push(WorkloadSummary {
             workload,
@@ -843,6 +947,7 @@ pub fn run(
             reader_cpu_pct: r3(mean(
                 &readers.iter().map(|r| r.reader_cpu_pct).collect::<Vec<_>>(),
             )),
+            baseline,
             programs,
             stats_round_value: stats_value,
         });
@@ -851,17 +956,21 @@ pub fn run(
     let pick = |w: Workload| workloads.iter().find(|s| s.workload == w);
     let ratio = |w: Workload| pick(w).map(|s| s.ratio);
     let ci = |w: Workload, i: usize| pick(w).map(|s| s.ratio_ci95[i]);
-    let ns_per_packet = totals
-        .into_iter()
-        .map(|(name, (ns, n))| {
-            let v = if n == 0 {
-                0.0
-            } else {
-                (ns as f64 / n as f64).round()
-            };
-            (name, v)
-        })
-        .collect();
+    let per_run = |totals: BTreeMap<String, (u64, u64)>| -> BTreeMap<String, f64> {
+        totals
+            .into_iter()
+            .map(|(name, (ns, n))| {
+                let v = if n == 0 {
+                    0.0
+                } else {
+                    (ns as f64 / n as f64).round()
+                };
+                (name, v)
+            })
+            .collect()
+    };
+    let ns_per_packet = per_run(totals);
+    let baseline_ns_per_packet = opts.baseline_object.is_some().then(|| per_run(base_totals));
     let readers = rounds.iter().filter_map(|r| r.reader.as_ref());
     let kernel_drops = readers.clone().map(|r| r.kernel_drops).sum();
     let channel_drops = readers.map(|r| r.channel_drops).sum();
@@ -876,6 +985,7 @@ pub fn run(
         many_ratio_ci_low: ci(Workload::Many, 0),
         many_ratio_ci_high: ci(Workload::Many, 1),
         ns_per_packet,
+        baseline_ns_per_packet,
         targets_met: ratio(Workload::Bulk).is_some_and(|r| r >= BULK_TARGET)
             && ratio(Workload::Small).is_some_and(|r| r >= SMALL_TARGET),
         ci_method: "bootstrap percentile interval of the ratio of medians (rounds with and \
@@ -983,6 +1093,24 @@ impl OverheadReport {
                 w.records_per_s,
                 w.reader_cpu_pct
             );
+            if let Some(b) = &w.baseline {
+                let _ = writeln!(
+                    s,
+                    "| {} with the baseline object | {} / {} | {} {} | {} {} | {} | {} to {} | - | {} | {} |",
+                    w.workload.name(),
+                    b.rounds,
+                    w.rounds_without,
+                    w.median_without,
+                    w.unit,
+                    b.median,
+                    w.unit,
+                    b.ratio,
+                    b.ratio_ci95[0],
+                    b.ratio_ci95[1],
+                    b.records_per_s,
+                    b.reader_cpu_pct
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -1002,10 +1130,14 @@ impl OverheadReport {
         );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for w in &self.workloads {
-            for p in &w.programs {
+            let base = w
+                .baseline
+                .iter()
+                .flat_map(|b| b.programs.iter().map(|p| (" (baseline)", p)));
+            for (tag, p) in w.programs.iter().map(|p| ("", p)).chain(base) {
                 let _ = writeln!(
                     s,
-                    "| {} | `{}` | {} | {} | {} |",
+                    "| {}{tag} | `{}` | {} | {} | {} |",
                     w.workload.name(),
                     p.name,
                     p.runs_per_s,
@@ -1023,6 +1155,16 @@ impl OverheadReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(b) = &self.baseline_ns_per_packet {
+            let _ = writeln!(
+                s,
+                "Baseline object over all three: {}.\n",
+                b.iter()
+                    .map(|(k, v)| format!("`{k}` {v} ns"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let _ = writeln!(s, "## ePPing\n");
         let _ = writeln!(s, "{}.\n", self.epping);
         let _ = writeln!(s, "| | ePPing | this probe |");
@@ -1043,7 +1185,7 @@ impl OverheadReport {
                 "| {} | {} | {} | {} {} | {} | {} | {rate} | {cpu} |",
                 r.index,
                 r.workload.name(),
-                if r.probe { "on" } else { "off" },
+                r.arm.label(),
                 r.value,
                 r.workload.unit(),
                 r.gbit_s,
