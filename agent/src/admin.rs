@@ -11,6 +11,7 @@
 //! Plain HTTP: it binds loopback unless `--insecure` (scrape through a TLS
 //! proxy, or from the same host or pod).
 
+use crate::metrics::Role;
 use anyhow::{ensure, Context};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -29,22 +30,6 @@ use tokio_util::sync::CancellationToken;
 pub const LIVENESS: Duration = Duration::from_secs(10);
 /// How often the sampler records the gauges (process, cgroup, the role's).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-
-/// Which side this process is: names its metrics (`edge_`, `cloud_`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Edge,
-    Cloud,
-}
-
-impl Role {
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Role::Edge => "edge_",
-            Role::Cloud => "cloud_",
-        }
-    }
-}
 
 type Check = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 type Hook = Box<dyn Fn() + Send + Sync>;
@@ -161,11 +146,10 @@ impl CloudAdmin {
     }
 
     /// The models are loaded and the listeners bound: ready.
-    pub fn serving(self, handler: Arc<crate::cloud::CloudHandler>, max_pending: usize) {
+    /// `waiting` tells how many requests wait for an inference slot now.
+    pub fn serving(self, waiting: impl Fn() -> usize + Send + Sync + 'static, max_pending: usize) {
         if let Some(admin) = self.0 {
-            admin.set_sampler(move || {
-                crate::metrics::record_cloud_pending(handler.waiting(), max_pending)
-            });
+            admin.set_sampler(move || crate::metrics::record_cloud_pending(waiting(), max_pending));
             admin.set_ready(|| Ok(()));
         }
     }

@@ -343,6 +343,6 @@ pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
     };
     let metered = Arc::new(crate::metrics::Metered::new(handler.clone()));
     let listeners = CloudListeners::start(metered, &listen, tls.as_ref()).await?;
-    admin.serving(handler, cfg.max_pending);
+    admin.serving(move || handler.waiting(), cfg.max_pending);
     Ok(listeners)
 }

@@ -1,10 +1,10 @@
 //! The edge agent assembled from its parts: monitor + probes -> manager
 //! (decision, local workers, offloader) -> the task-submission API.
 
-use crate::admin::Role;
 use crate::config::EdgeConfig;
 use crate::infer::{shared_exec_times, torch_engines};
 use crate::manager::{Manager, ManagerConfig, ManagerParts};
+use crate::metrics::Role;
 use crate::store::TaskStore;
 use agent_core::LinkConfig;
 use agent_net::tls::TlsMaterial;

@@ -6,7 +6,6 @@
 //! conventions: `edge_` or `cloud_` prefix, base units (seconds, bytes,
 //! ratios), counters end in `_total`, labels from small fixed sets.
 
-use crate::admin::Role;
 use agent_core::{
     NetworkStatus, ProbeEvent, ProbeEventKind, Reason, SampleSource, TaskError, TaskResult,
     TaskType, Transport,
@@ -19,6 +18,22 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Which side this process is: names its metrics (`edge_`, `cloud_`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Cloud,
+}
+
+impl Role {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Role::Edge => "edge_",
+            Role::Cloud => "cloud_",
+        }
+    }
+}
 
 /// Installs the process's recorder once and returns its handle (a second
 /// call, e.g. the demo's edge after its cloud, shares the first one).

@@ -14,7 +14,7 @@ mod run;
 mod soak;
 
 pub use report::render;
-pub use run::{run, Options, SuiteResult};
+pub use run::{run, Options};
 pub use soak::{SoakPoint, SoakResult};
 
 use crate::scenarios::record::{Outcome, TaskRecord};
@@ -247,6 +247,22 @@ fn error_kind(msg: &str) -> String {
     } else {
         s
     }
+}
+
+/// Everything one run of the suite measured (faults.md and faults.json).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteResult {
+    pub command: String,
+    pub date_utc: String,
+    pub commit: String,
+    pub machine: crate::support::stamp::Machine,
+    pub scenario: String,
+    pub policy: String,
+    pub run_s: f64,
+    pub fault_at_s: f64,
+    pub faults: Vec<(FaultRow, FaultDetail)>,
+    pub soak: Option<SoakResult>,
+    pub wall_s: f64,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! bench/results/faults.md and soak.png from a suite's result.
 
-use super::run::SuiteResult;
 use super::soak::SoakResult;
+use super::SuiteResult;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::fmt::Write;

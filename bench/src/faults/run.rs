@@ -4,7 +4,7 @@
 
 use super::load::{FloodReport, SlowLorisReport, StormReport};
 use super::soak::{self, SoakPoint, SoakResult};
-use super::{summarize, Fault, FaultDetail, FaultRow};
+use super::{summarize, Fault, FaultDetail, FaultRow, SuiteResult};
 use crate::scenarios::run::{lab_command, output, read_records};
 use crate::support::procs::Proc;
 use crate::support::stamp;
@@ -13,7 +13,7 @@ use jitter_lab::lab::Ready;
 use jitter_lab::scenario::Scenario;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,21 +51,6 @@ pub struct Options {
     pub command: String,
     /// The agents' log level (their stderr goes to the work folder).
     pub agent_log: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SuiteResult {
-    pub command: String,
-    pub date_utc: String,
-    pub commit: String,
-    pub machine: stamp::Machine,
-    pub scenario: String,
-    pub policy: String,
-    pub run_s: f64,
-    pub fault_at_s: f64,
-    pub faults: Vec<(FaultRow, FaultDetail)>,
-    pub soak: Option<SoakResult>,
-    pub wall_s: f64,
 }
 
 struct Ctx<'a> {
