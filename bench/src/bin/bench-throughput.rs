@@ -55,7 +55,7 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<f64>,
         /// Only these cases (comma-separated: digits-local, digits-offload,
-        /// image-local, detect-local, text-local).
+        /// image-local, detect-local, text-local, image-batching).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Write the Markdown report here (e.g. bench/results/throughput.md).
@@ -838,6 +838,78 @@ fn run(o: &Options) -> Result<()> {
         )?;
         stop(stack)?;
     }
+    // Dynamic batching: the image model without and with batching, two
+    // edges (one cloud) driven in alternating rounds.
+    if wanted(o, "image-batching") {
+        let sets =
+            datasets::workload::Workload::load().context("the held-out sets (models/heldout_*)")?;
+        let payloads = Arc::new(workload_payloads(&sets, "image_classification")?);
+        let plain_cfg = dir.join("batching-off.toml");
+        std::fs::write(&plain_cfg, workload_config())?;
+        let batched_cfg = dir.join("batching-on.toml");
+        std::fs::write(&batched_cfg, batching_config(o, BATCH, BATCH_DELAY_MS)?)?;
+        let (mut cloud, grpc, quic) = lab.start_cloud(&plain_cfg, "batching")?;
+        let (mut plain, plain_addr) =
+            lab.start_edge(&plain_cfg, &grpc, &quic, "always-local", "batching-off")?;
+        let (mut batched, batched_addr) =
+            lab.start_edge(&batched_cfg, &grpc, &quic, "always-local", "batching-on")?;
+        let target = |service, addr: &str, pid| -> Result<Target> {
+            Ok(Target {
+                service,
+                client: rt.block_on(connect(addr))?,
+                addr: addr.to_string(),
+                pids: vec![pid],
+            })
+        };
+        let targets = [
+            (
+                Case {
+                    name: "image-unbatched",
+                    task_type: proto::TaskType::ImageClassification,
+                    payloads: Vec::new(),
+                    levels: Vec::new(),
+                },
+                target("agent", &plain_addr, plain.pid())?,
+            ),
+            (
+                Case {
+                    name: "image-batched",
+                    task_type: proto::TaskType::ImageClassification,
+                    payloads: Vec::new(),
+                    levels: Vec::new(),
+                },
+                target("agent", &batched_addr, batched.pid())?,
+            ),
+        ];
+        described.push((
+            "image-unbatched".into(),
+            "the image model (`image_edge`), always-local, without batching; beside it, in \
+             alternating rounds on a second edge"
+                .into(),
+        ));
+        described.push((
+            "image-batched".into(),
+            format!(
+                "the same with dynamic batching (`max_batch = {BATCH}`, `max_batch_delay_ms = \
+                 {BATCH_DELAY_MS}`)"
+            ),
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+        let length = Duration::from_secs_f64(o.seconds);
+        let levels: &[usize] = if o.quick { &[16] } else { &[16, 64] };
+        for &c in levels {
+            for r in 0..o.rounds {
+                let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    let (case, t) = &targets[i];
+                    rows.push(measure_round(&rt, t, case, &payloads, c, r, length)?);
+                }
+            }
+        }
+        plain.stop(Duration::from_secs(15))?;
+        batched.stop(Duration::from_secs(15))?;
+        cloud.stop(Duration::from_secs(10))?;
+    }
     drop(echo_proc);
 
     let summaries = throughput::summarize(&rows);
@@ -845,6 +917,8 @@ fn run(o: &Options) -> Result<()> {
     let h16 = throughput::headline(&summaries, "digits-local", 16);
     let mut notes = target_notes(h1.as_ref(), h16.as_ref());
     notes.extend(breakdown_notes(&summaries));
+    let batching = batching_notes(&summaries);
+    notes.extend(batching.iter().map(|b| b.note.clone()));
     if !o.json {
         for n in &notes {
             println!("{n}");
@@ -895,6 +969,7 @@ fn run(o: &Options) -> Result<()> {
     last["commit"] = commit.into();
     last["at_16"] = serde_json::to_value(&h16)?;
     last["memory"] = serde_json::to_value(&memory)?;
+    last["batching"] = serde_json::to_value(&batching)?;
     println!("{last}");
     Ok(())
 }
@@ -954,6 +1029,94 @@ fn breakdown_notes(summaries: &[throughput::Summary]) -> Vec<String> {
                 1e6 / s.cpu_us_per_task.1,
                 s.tasks_per_s.1
             )
+        })
+        .collect()
+}
+
+/// Dynamic batching in the comparison: most tasks per batch, longest wait.
+const BATCH: usize = 16;
+const BATCH_DELAY_MS: f64 = 2.0;
+
+/// The default configuration with the edge's image model batching: the
+/// agent's own defaults (`agent print-config`) with the two settings set.
+fn batching_config(o: &Options, max_batch: usize, delay_ms: f64) -> Result<String> {
+    let out = Command::new(&o.agent).arg("print-config").output()?;
+    if !out.status.success() {
+        bail!(
+            "agent print-config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut cfg: toml::Table = toml::from_str(&String::from_utf8(out.stdout)?)?;
+    let image = cfg
+        .get_mut("edge")
+        .and_then(|e| e.get_mut("models"))
+        .and_then(|m| m.get_mut("image_classification"))
+        .and_then(toml::Value::as_table_mut)
+        .context("no [edge.models.image_classification] in the defaults")?;
+    image.insert("max_batch".into(), (max_batch as i64).into());
+    image.insert("max_batch_delay_ms".into(), delay_ms.into());
+    let probe = cfg
+        .get_mut("edge")
+        .and_then(|e| e.get_mut("probe"))
+        .and_then(toml::Value::as_table_mut)
+        .context("no [edge.probe] in the defaults")?;
+    probe.insert("passive".into(), false.into());
+    Ok(toml::to_string(&cfg)?)
+}
+
+/// Batching against none at one concurrency.
+#[derive(serde::Serialize)]
+struct BatchingVerdict {
+    concurrency: usize,
+    tasks_per_s_ratio: f64,
+    unbatched_tasks_per_s: f64,
+    batched_tasks_per_s: f64,
+    unbatched_p99_ms: f64,
+    batched_p99_ms: f64,
+    #[serde(skip)]
+    note: String,
+}
+
+/// The issue's batching target: throughput at least 1.5x, p99 no worse.
+fn batching_notes(summaries: &[throughput::Summary]) -> Vec<BatchingVerdict> {
+    let find = |case: &str, c: usize| {
+        summaries
+            .iter()
+            .find(|s| s.case == case && s.concurrency == c)
+    };
+    let mut levels: Vec<usize> = summaries
+        .iter()
+        .filter(|s| s.case == "image-batched")
+        .map(|s| s.concurrency)
+        .collect();
+    levels.dedup();
+    levels
+        .into_iter()
+        .filter_map(|c| {
+            let (off, on) = (find("image-unbatched", c)?, find("image-batched", c)?);
+            let ratio = on.tasks_per_s.1 / off.tasks_per_s.1;
+            let verdict = |ok: bool| if ok { "met" } else { "missed" };
+            let note = format!(
+                "Target, batching (image model, {c} in flight, medians over alternating \
+                 rounds): {:.0} tasks/s with batching against {:.0} without, {ratio:.2}x \
+                 (target >= 1.5): {}; p99 {:.1} ms against {:.1} ms (no worse): {}.",
+                on.tasks_per_s.1,
+                off.tasks_per_s.1,
+                verdict(ratio >= 1.5),
+                on.p99_ms.1,
+                off.p99_ms.1,
+                verdict(on.p99_ms.1 <= off.p99_ms.1)
+            );
+            Some(BatchingVerdict {
+                concurrency: c,
+                tasks_per_s_ratio: ratio,
+                unbatched_tasks_per_s: off.tasks_per_s.1,
+                batched_tasks_per_s: on.tasks_per_s.1,
+                unbatched_p99_ms: off.p99_ms.1,
+                batched_p99_ms: on.p99_ms.1,
+                note,
+            })
         })
         .collect()
 }
