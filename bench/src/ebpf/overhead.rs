@@ -3,9 +3,13 @@
 //! in alternating rounds of one run, for three workloads:
 //!
 //! - `bulk`: one iperf3 stream (Gbit/s);
-//! - `small`: one stream of 128-byte writes with TCP_NODELAY (`iperf3 -l
-//!   128 -N`), counted in messages per second, so nearly every write is a
-//!   packet and every packet an ACK: the most probe runs per byte;
+//! - `small`: 128-byte request/response over one TCP connection with
+//!   TCP_NODELAY, one message in flight, counted in exchanges per second:
+//!   every message is a packet, and the round trip's own cost is small, so
+//!   the probe's per-packet cost shows most. (A stream of 128-byte writes,
+//!   `iperf3 -l 128 -N`, does not stay small here: with everything on one
+//!   CPU the sender's queue limits merge the writes into segments of tens
+//!   of kilobytes, a different number from round to round.)
 //! - `many`: 128 concurrent iperf3 streams (Gbit/s), so per-flow state is
 //!   looked up and created for many flows at once.
 //!
@@ -72,7 +76,7 @@ pub const SMALL_TARGET: f64 = 0.95;
 pub enum Workload {
     /// One bulk TCP stream.
     Bulk,
-    /// 128-byte writes, TCP_NODELAY, one stream.
+    /// 128-byte request/response, TCP_NODELAY, one in flight.
     Small,
     /// 128 concurrent bulk streams.
     Many,
@@ -100,10 +104,12 @@ impl Workload {
     fn describe(self) -> String {
         match self {
             Workload::Bulk => "one TCP stream, iperf3 default writes".into(),
-            Workload::Small => format!(
-                "one TCP stream of {SMALL_BYTES}-byte writes, TCP_NODELAY (iperf3 -l {SMALL_BYTES} -N)"
-            ),
-            Workload::Many => format!("{MANY_FLOWS} concurrent TCP streams (iperf3 -P {MANY_FLOWS})"),
+            Workload::Small => {
+                format!("{SMALL_BYTES}-byte request/response, TCP_NODELAY, one in flight")
+            }
+            Workload::Many => {
+                format!("{MANY_FLOWS} concurrent TCP streams (iperf3 -P {MANY_FLOWS})")
+            }
         }
     }
 }
@@ -512,16 +518,62 @@ struct Iperf {
     retransmits: u64,
 }
 
+/// `seconds` of 128-byte request/response from namespace a to an echo
+/// server in namespace b (threads of this process: in the flows' cgroup,
+/// on its CPU, at its priority).
+fn request_response(pair: &Pair, seconds: u32) -> Result<Iperf> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let addr_b = pair.addr_b;
+    let listener = netns::run_in(&pair.b, move || Ok(TcpListener::bind((addr_b, 0))?))?;
+    let server_addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> Result<()> {
+        let (mut c, _) = listener.accept()?;
+        c.set_nodelay(true)?;
+        let mut buf = [0u8; SMALL_BYTES as usize];
+        while c.read_exact(&mut buf).is_ok() {
+            c.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = netns::run_in(&pair.a, move || {
+        Ok(TcpStream::connect_timeout(
+            &server_addr,
+            Duration::from_secs(5),
+        )?)
+    })?;
+    s.set_nodelay(true)?;
+    let msg = [0x5au8; SMALL_BYTES as usize];
+    let mut back = [0u8; SMALL_BYTES as usize];
+    let start = Instant::now();
+    let end = start + Duration::from_secs(u64::from(seconds));
+    let mut n = 0u64;
+    while n % 64 != 0 || Instant::now() < end {
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(s);
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo server panicked"))??;
+    Ok(Iperf {
+        gbit_s: n as f64 * f64::from(SMALL_BYTES) * 8.0 / secs / 1e9,
+        retransmits: 0,
+    })
+}
+
 fn iperf3(pair: &Pair, seconds: u32, workload: Workload) -> Result<Iperf> {
+    if workload == Workload::Small {
+        return request_response(pair, seconds);
+    }
     let mut c = netns::command(&pair.a, "iperf3")?;
     c.args(["-J", "-p", PORT, "-c"])
         .arg(pair.addr_b.to_string())
         .args(["-t", &seconds.to_string()]);
     match workload {
-        Workload::Bulk => {}
-        Workload::Small => {
-            c.args(["-l", &SMALL_BYTES.to_string(), "-N"]);
-        }
+        Workload::Bulk | Workload::Small => {}
         Workload::Many => {
             c.args(["-P", &MANY_FLOWS.to_string()]);
         }
