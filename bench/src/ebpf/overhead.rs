@@ -242,7 +242,8 @@ pub struct ReaderStats {
     pub kernel_drops: u64,
     pub channel_drops: u64,
     /// CPU time of this process (the reader, the estimator; the main
-    /// thread only waits for iperf3) in percent of one CPU.
+    /// thread only waits for iperf3) in percent of one CPU; NaN (null) for
+    /// the small workload, whose traffic runs in this process.
     pub reader_cpu_pct: f64,
 }
 
@@ -681,7 +682,14 @@ fn self_cpu() -> Duration {
 }
 
 /// Stops the reader, detaches, and checks that nothing is left.
-fn detach_all(att: Attached, pair: &Pair, seconds: f64, cpu: Duration) -> (ReaderStats, Detached) {
+/// `cpu`: this process's CPU time during the round, `None` when the
+/// round's traffic ran in this process too (then the reader's share is unknown).
+fn detach_all(
+    att: Attached,
+    pair: &Pair,
+    seconds: f64,
+    cpu: Option<Duration>,
+) -> (ReaderStats, Detached) {
     let s = att.probe.stats();
     let ids = att.probe.program_ids().to_vec();
     let consumed = att.consumed.load(Ordering::Relaxed);
@@ -697,7 +705,7 @@ fn detach_all(att: Attached, pair: &Pair, seconds: f64, cpu: Duration) -> (Reade
             events_consumed: consumed,
             kernel_drops: s.kernel_drops,
             channel_drops: s.channel_drops,
-            reader_cpu_pct: r3(cpu.as_secs_f64() / seconds * 100.0),
+            reader_cpu_pct: cpu.map_or(f64::NAN, |c| r3(c.as_secs_f64() / seconds * 100.0)),
         },
         detached,
     )
@@ -773,7 +781,7 @@ fn stats_round(
     let secs = t0.elapsed().as_secs_f64();
     let after = program_stats(&ids);
     drop(stats_fd);
-    let (_, det) = detach_all(att, pair, f64::from(opts.seconds), Duration::ZERO);
+    let (_, det) = detach_all(att, pair, f64::from(opts.seconds), None);
     *all_clean &= det.clean();
     let r = run?;
     let programs = after
@@ -887,6 +895,8 @@ pub fn run(
                 let run = iperf3(&pair, opts.seconds, workload);
                 let cpu = self_cpu() - cpu0;
                 let reader = att.map(|a| {
+                    // The small workload's traffic runs in this process.
+                    let cpu = (workload != Workload::Small).then_some(cpu);
                     let (stats, det) = detach_all(a, &pair, f64::from(opts.seconds), cpu);
                     all_clean &= det.clean();
                     last_detach = Some(det);
@@ -1078,6 +1088,15 @@ pub fn sweep_stale() {
     netns::sweep_orphans(PREFIX, "ebpf-overhead");
 }
 
+/// A figure for the tables: "-" when it was not measured (NaN).
+fn fig(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        x.to_string()
+    }
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| v.to_string())
 }
@@ -1117,8 +1136,17 @@ impl OverheadReport {
         let _ = writeln!(s, "## Throughput with / without the probe\n");
         let _ = writeln!(
             s,
-            "{} s per round, alternating; interval: {}.\n",
-            self.seconds_per_round, self.ci_method
+            "{} s per round, alternating; interval: {}. Records/s: what the reader took out of the ring buffer; \
+             reader CPU: this process's CPU time in the rounds with the probe (the reader and an estimator; \
+             not measured for small, whose traffic runs in this process too).{}\n",
+            self.seconds_per_round,
+            self.ci_method,
+            if self.baseline_ns_per_packet.is_some() {
+                " The rows \"with the baseline object\" are a third arm of the same run: the older object, \
+                 every sample kept, against the same rounds without."
+            } else {
+                ""
+            }
         );
         let _ = writeln!(s, "| workload | rounds with / without | median without | median with | ratio | 95 % CI | target | records/s read | reader CPU % |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
@@ -1143,7 +1171,7 @@ impl OverheadReport {
                 w.ratio_ci95[0],
                 w.ratio_ci95[1],
                 w.records_per_s,
-                w.reader_cpu_pct
+                fig(w.reader_cpu_pct)
             );
             if let Some(b) = &w.baseline {
                 let _ = writeln!(
@@ -1160,7 +1188,7 @@ impl OverheadReport {
                     b.ratio_ci95[0],
                     b.ratio_ci95[1],
                     b.records_per_s,
-                    b.reader_cpu_pct
+                    fig(b.reader_cpu_pct)
                 );
             }
         }
@@ -1230,7 +1258,7 @@ impl OverheadReport {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for r in &self.rounds {
             let (rate, cpu) = r.reader.as_ref().map_or(Default::default(), |x| {
-                (x.records_per_s.to_string(), x.reader_cpu_pct.to_string())
+                (x.records_per_s.to_string(), fig(x.reader_cpu_pct))
             });
             let _ = writeln!(
                 s,
