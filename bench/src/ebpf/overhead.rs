@@ -549,7 +549,7 @@ fn request_response(pair: &Pair, seconds: u32) -> Result<Iperf> {
     let start = Instant::now();
     let end = start + Duration::from_secs(u64::from(seconds));
     let mut n = 0u64;
-    while n % 64 != 0 || Instant::now() < end {
+    while !n.is_multiple_of(64) || Instant::now() < end {
         s.write_all(&msg)?;
         s.read_exact(&mut back)?;
         n += 1;
