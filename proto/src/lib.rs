@@ -1,4 +1,5 @@
-//! Generated protobuf and gRPC types for `edge_ai.proto`.
+//! Generated protobuf and gRPC types for `edge_ai.proto` and the KServe V2
+//! inference protocol (`v2/grpc_predict_v2.proto`, module [`inference`]).
 
 #![allow(clippy::all)]
 
@@ -7,3 +8,8 @@ pub mod edge_ai {
 }
 
 pub use edge_ai::*;
+
+/// The KServe V2 inference protocol (`inference.GRPCInferenceService`).
+pub mod inference {
+    tonic::include_proto!("inference");
+}
