@@ -108,6 +108,10 @@ pub struct CloudConfig {
     pub listen_grpc: String,
     /// QUIC listener (UDP); empty disables it.
     pub listen_quic: String,
+    /// KServe V2 inference protocol listener (gRPC `GRPCInferenceService`,
+    /// the same TLS as `listen_grpc`); empty disables it. Serves the cloud
+    /// models as raw tensors (see ARCHITECTURE.md, "KServe V2").
+    pub listen_v2: String,
     /// Concurrent streams per connection (QUIC bidirectional streams, HTTP/2 streams).
     pub max_concurrent_streams: u32,
     /// Mutual TLS: CA that signed the gateways' certificates, our certificate and key.
@@ -283,6 +287,7 @@ impl Default for CloudConfig {
         Self {
             listen_grpc: "127.0.0.1:50051".into(),
             listen_quic: "127.0.0.1:50052".into(),
+            listen_v2: String::new(),
             max_concurrent_streams: 256,
             tls: TlsConfig::default(),
             concurrency: 2,
