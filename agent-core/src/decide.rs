@@ -333,6 +333,9 @@ pub struct Decision {
     /// risk on either path alone and both together make it clearly more
     /// likely (the shell may refuse for its hedging budget).
     pub hedge: bool,
+    /// The offload endpoint this decision was made for (its index in the
+    /// shell's endpoint list; 0 with one endpoint).
+    pub endpoint: usize,
 }
 
 /// Hedge when the chosen path meets the deadline with less than this
@@ -576,6 +579,7 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
         local_outlook,
         offload_outlook,
         hedge: false,
+        endpoint: 0,
     };
     let need_local_model = || {
         if input.local.supported {

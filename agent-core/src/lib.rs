@@ -3,6 +3,7 @@
 //! clocks read (time is always a parameter), no async runtime, no wire
 //! format: every shell (network, probe, agent) builds on these types.
 
+mod balance;
 mod decide;
 mod estimate;
 #[cfg(test)]
@@ -12,6 +13,7 @@ mod result;
 mod sample;
 mod task;
 
+pub use balance::{endpoint_candidates, pick_endpoint};
 pub use decide::{
     decide, priority_weight, tail_weight, CloudStatus, Decision, DecisionInput, LocalCost,
     LocalStatus, OffloadCost, Outlook, Policy, Reason, HEDGE_BELOW_P, HEDGE_MIN_GAIN,

@@ -12,11 +12,11 @@ pub mod wire;
 
 pub use listen::{CloudListeners, Handler, ListenConfig};
 pub use offload::{
-    build_stack, time_left, Breaker, BreakerConfig, BreakerState, CloudEndpoints, Failover,
-    FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded, Mode, OffloadConfig,
-    OffloadError, OffloadReply, OffloadRequest, OffloadStack, Offloader, QuicClientConfig,
-    QuicFailure, QuicOffloader, RateLimitConfig, RateLimited, RetryConfig, Retrying, Route,
-    StackHealth, Verdict,
+    build_layered_stack, build_stack, time_left, Breaker, BreakerConfig, BreakerState,
+    CloudEndpoints, Failover, FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded,
+    Mode, OffloadConfig, OffloadError, OffloadReply, OffloadRequest, OffloadStack, Offloader,
+    QuicClientConfig, QuicFailure, QuicOffloader, RateLimitConfig, RateLimited, RetryConfig,
+    Retrying, Route, StackHealth, Verdict,
 };
 pub use tls::{TlsConfig, TlsMaterial};
 

@@ -192,6 +192,8 @@ pub fn decision_to_proto(d: &Decision) -> proto::Decision {
             .unwrap_or("none")
             .into(),
         hedged: d.hedge,
+        // The endpoint's name is the shell's: the edge API fills it in.
+        endpoint: String::new(),
         local_outlook: d.local_outlook.map(outlook_to_proto),
         offload_outlook: d.offload_outlook.map(outlook_to_proto),
     }
@@ -390,6 +392,7 @@ mod tests {
             }),
             offload_outlook: None,
             hedge: true,
+            endpoint: 0,
         };
         let p = decision_to_proto(&d);
         let lo = p.local_outlook.unwrap();

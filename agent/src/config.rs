@@ -41,6 +41,11 @@ pub struct EdgeConfig {
     pub tls: TlsConfig,
     /// Timeouts, retries, circuit breaker and QUIC failover.
     pub offload: OffloadConfig,
+    /// Offload endpoints (`[[edge.endpoints]]`): any mix of our cloud
+    /// service, KServe V2 servers (Triton, KServe, MLServer) and peer
+    /// gateways. Each task goes to the endpoint predicted best for it.
+    /// Empty: the one cloud service named by `cloud_grpc`/`cloud_quic`.
+    pub endpoints: Vec<EndpointConfig>,
     /// Local inference workers (each owns a model instance).
     pub workers: usize,
     pub queue_capacity: usize,
@@ -73,6 +78,98 @@ pub struct EdgeConfig {
     /// explanation, appended to this file; unset: none.
     pub audit_log: Option<PathBuf>,
     pub models: HashMap<TaskType, ModelSpec>,
+}
+
+/// What an offload endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    /// Our cloud service (`agent cloud`): QUIC first, gRPC fallback.
+    #[default]
+    Agent,
+    /// A KServe V2 inference server (`inference.GRPCInferenceService`:
+    /// NVIDIA Triton, KServe, MLServer, or our cloud's `listen_v2`): the
+    /// edge prepares the model input and reads the raw output itself.
+    V2,
+    /// Another edge agent's task API. A task it receives from us runs
+    /// there (locally) and is never offloaded again.
+    Peer,
+}
+
+/// One offload endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique; names the endpoint in metrics, logs and decisions.
+    pub name: String,
+    #[serde(default)]
+    pub kind: EndpointKind,
+    /// gRPC address, host:port (our cloud's gRPC listener, the V2 server's
+    /// gRPC port, or the peer's task API).
+    pub address: String,
+    /// `agent` only: the cloud's QUIC address, tried first; empty: none.
+    #[serde(default)]
+    pub quic: String,
+    /// Name the endpoint's certificate must carry; unset: `cloud_server_name`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// TLS towards this endpoint; unset: `edge.tls` (mutual TLS, or
+    /// plaintext with its `insecure`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `v2` only: the server's model for each task type (its input and
+    /// output are read with ModelMetadata); a task type without one is not
+    /// sent there.
+    #[serde(default)]
+    pub models: HashMap<TaskType, String>,
+}
+
+impl EdgeConfig {
+    /// The endpoints in use: `endpoints`, or the one cloud service of
+    /// `cloud_grpc`/`cloud_quic` (named "cloud").
+    pub fn endpoint_list(&self) -> Result<Vec<EndpointConfig>> {
+        if self.endpoints.is_empty() {
+            return Ok(vec![EndpointConfig {
+                name: "cloud".into(),
+                kind: EndpointKind::Agent,
+                address: self.cloud_grpc.clone(),
+                quic: self.cloud_quic.clone(),
+                server_name: None,
+                tls: None,
+                models: HashMap::new(),
+            }]);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            anyhow::ensure!(!e.name.is_empty(), "an endpoint has no name");
+            anyhow::ensure!(
+                seen.insert(e.name.as_str()),
+                "endpoint name {:?} is used twice",
+                e.name
+            );
+            anyhow::ensure!(
+                !e.address.is_empty(),
+                "endpoint {:?} has no address",
+                e.name
+            );
+            anyhow::ensure!(
+                e.kind == EndpointKind::Agent || e.quic.is_empty(),
+                "endpoint {:?}: only kind \"agent\" has a QUIC address",
+                e.name
+            );
+            anyhow::ensure!(
+                e.kind == EndpointKind::V2 || e.models.is_empty(),
+                "endpoint {:?}: only kind \"v2\" takes models",
+                e.name
+            );
+            anyhow::ensure!(
+                e.kind != EndpointKind::V2 || !e.models.is_empty(),
+                "endpoint {:?}: a v2 endpoint needs `models` (task type = model name)",
+                e.name
+            );
+        }
+        Ok(self.endpoints.clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +343,7 @@ impl Default for EdgeConfig {
             cloud_server_name: "localhost".into(),
             tls: TlsConfig::default(),
             offload: OffloadConfig::default(),
+            endpoints: Vec::new(),
             workers: 1,
             queue_capacity: 512,
             queue_capacity_bytes: 256 << 20,

@@ -3,13 +3,13 @@
 
 use crate::config::EdgeConfig;
 use crate::infer::{shared_exec_times, torch_engines};
-use crate::manager::{Manager, ManagerConfig, ManagerParts};
+use crate::manager::{EndpointParts, Manager, ManagerConfig, ManagerParts};
 use crate::metrics::Role;
 use crate::store::TaskStore;
 use agent_core::LinkConfig;
 use agent_net::tls::TlsMaterial;
 use agent_net::wire::{error_to_status, result_to_response, task_from_request};
-use agent_net::{build_stack, resolve, CloudEndpoints, FailoverStats, Offloader, StackHealth};
+use agent_net::{FailoverStats, StackHealth};
 use agent_probe::{ActiveProbe, EbpfProbe};
 use anyhow::{ensure, Context};
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
@@ -107,18 +107,20 @@ pub struct Edge {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Loads and attaches the passive probe for the cloud's endpoints, or says
+/// Loads and attaches the passive probe for the offload endpoints, or says
 /// once why not (`None`: active probing only). Needs no runtime, so the
 /// `edge` command can do it, and drop privileges, before starting one.
 pub fn load_probe(cfg: &EdgeConfig) -> Option<EbpfProbe> {
-    crate::passive::load(&cfg.probe, &cloud_endpoints(cfg))
+    crate::passive::load(&cfg.probe, &endpoint_hosts(cfg))
 }
 
-/// The addresses the passive probe watches: the cloud's endpoints.
-fn cloud_endpoints(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
+/// The addresses the passive probe watches: every offload endpoint's.
+fn endpoint_hosts(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
     use std::net::ToSocketAddrs;
-    let mut ips: Vec<_> = [cfg.cloud_grpc.as_str(), cfg.cloud_quic.as_str()]
-        .into_iter()
+    let endpoints = cfg.endpoint_list().unwrap_or_default();
+    let mut ips: Vec<_> = endpoints
+        .iter()
+        .flat_map(|e| [e.address.as_str(), e.quic.as_str()])
         .filter(|a| !a.is_empty())
         .filter_map(|a| a.to_socket_addrs().ok())
         .flatten()
@@ -134,13 +136,16 @@ fn cloud_endpoints(cfg: &EdgeConfig) -> Vec<std::net::IpAddr> {
 fn sample_gauges(
     manager: &Manager,
     queue_capacity: usize,
-    health: &StackHealth,
+    health: Option<&StackHealth>,
     failover: Option<&FailoverStats>,
     passive: Option<&std::sync::Mutex<EbpfProbe>>,
 ) {
     crate::metrics::record_queue_len(manager.queue_len(), queue_capacity);
     crate::metrics::record_network(&manager.network_status());
-    crate::metrics::record_offload_health(health, failover);
+    crate::metrics::record_endpoints(&manager.endpoint_statuses());
+    if let Some(health) = health {
+        crate::metrics::record_offload_health(health, failover);
+    }
     if let Some(p) = passive {
         let stats = p.lock().unwrap_or_else(|e| e.into_inner()).stats();
         crate::metrics::record_probe_drops(&stats);
@@ -148,15 +153,17 @@ fn sample_gauges(
 }
 
 /// `/readyz` of the edge: the models are loaded (the manager runs) and an
-/// estimate of the cloud exists (at least one RTT sample).
-fn readiness(manager: &Manager, stopping: &CancellationToken, cloud: &str) -> Result<(), String> {
+/// estimate of an offload endpoint exists (at least one RTT sample).
+fn readiness(manager: &Manager, stopping: &CancellationToken) -> Result<(), String> {
     if stopping.is_cancelled() {
         return Err("shutting down".into());
     }
-    let s = manager.network_status();
-    if s.source.is_none() {
+    let statuses = manager.endpoint_statuses();
+    if !statuses.is_empty() && statuses.iter().all(|(_, s)| s.source.is_none()) {
+        let names: Vec<&str> = statuses.iter().map(|(n, _)| n.as_str()).collect();
         return Err(format!(
-            "no estimate of the cloud yet: no RTT sample from {cloud}"
+            "no estimate of any offload endpoint yet: no RTT sample from {}",
+            names.join(", ")
         ));
     }
     Ok(())
@@ -209,22 +216,32 @@ impl Edge {
             ),
             None => None,
         };
-        let cloud = resolve(&cfg.cloud_grpc).await?;
+        let endpoints = crate::endpoints::build(cfg).await?;
         let link = LinkConfig {
             window: cfg.probe.window,
             stale_after: Duration::from_millis(cfg.probe.stale_after_ms),
             default_bandwidth_bps: cfg.probe.default_bandwidth_mbit * 1e6,
             ..LinkConfig::default()
         };
-        let monitor = crate::monitor::spawn(link, cloud.ip(), stop.clone());
-        let probe = ActiveProbe {
-            target: cloud,
-            interval: Duration::from_millis(cfg.probe.interval_ms),
-            timeout: Duration::from_millis(cfg.probe.timeout_ms),
-            passive_fresh_for: Duration::from_millis(cfg.probe.stale_after_ms / 2),
-        };
-        let probe_task =
-            tokio::spawn(probe.run(monitor.events.clone(), monitor.status.clone(), stop.clone()));
+        let hosts: Vec<std::net::IpAddr> = endpoints.iter().map(|e| e.addr.ip()).collect();
+        let monitor = crate::monitor::spawn(link, &hosts, stop.clone());
+        // One active probe per endpoint (TCP connect to its gRPC port).
+        let probe_tasks: Vec<JoinHandle<()>> = endpoints
+            .iter()
+            .map(|e| {
+                let probe = ActiveProbe {
+                    target: e.addr,
+                    interval: Duration::from_millis(cfg.probe.interval_ms),
+                    timeout: Duration::from_millis(cfg.probe.timeout_ms),
+                    passive_fresh_for: Duration::from_millis(cfg.probe.stale_after_ms / 2),
+                };
+                tokio::spawn(probe.run(
+                    monitor.events.clone(),
+                    monitor.statuses[&e.addr.ip()].clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
         let passive_task = match passive.as_mut() {
             Some(p) => crate::passive::forward(p, monitor.events.clone(), stop.clone()),
             None => None,
@@ -234,16 +251,22 @@ impl Edge {
         }
         let passive = passive.map(|p| Arc::new(std::sync::Mutex::new(p)));
 
-        let tls = cfg.tls.load(agent_net::tls::Side::Client)?;
-        let cloud_endpoints = CloudEndpoints {
-            grpc: cfg.cloud_grpc.clone(),
-            quic: cfg.cloud_quic.clone(),
-            server_name: cfg.cloud_server_name.clone(),
-        };
-        let stack = build_stack(&cfg.offload, &cloud_endpoints, tls.as_ref()).await?;
-        let offloader: Arc<dyn Offloader> = stack.offloader;
-        let failover = stack.failover;
-        let health = stack.health;
+        // The first endpoint's stack is the one the failover statistics and
+        // the breaker gauges describe (the cloud, with one endpoint).
+        let failover = endpoints.first().and_then(|e| e.stack.failover.clone());
+        let health = endpoints.first().map(|e| e.stack.health.clone());
+        let endpoint_parts: Vec<EndpointParts> = endpoints
+            .into_iter()
+            .map(|e| EndpointParts {
+                net: monitor.statuses[&e.addr.ip()].clone(),
+                dest: e.addr.ip(),
+                peer: e.cfg.kind == crate::config::EndpointKind::Peer,
+                name: e.cfg.name,
+                offloader: e.stack.offloader,
+                health: Some(e.stack.health),
+                serves: e.serves,
+            })
+            .collect();
         let times = shared_exec_times(0.2, Duration::from_millis(1));
         let factory = torch_engines(cfg.models.clone(), &cfg.device, times.clone())?;
         let store = TaskStore::open(&cfg.store)?.map(Arc::new);
@@ -272,10 +295,8 @@ impl Edge {
                 local_specs: cfg.models.clone(),
                 engine_factory: factory,
                 local_times: times.clone(),
-                offloader: Some(offloader),
-                net: monitor.status.clone(),
+                endpoints: endpoint_parts,
                 probe_events: monitor.events.clone(),
-                cloud_dest: cloud.ip(),
                 store,
                 audit: cfg
                     .audit_log
@@ -286,7 +307,7 @@ impl Edge {
         )?);
 
         let mut background: Vec<JoinHandle<()>> =
-            std::iter::once(probe_task).chain(passive_task).collect();
+            probe_tasks.into_iter().chain(passive_task).collect();
         crate::update::record_versions("edge", &cfg.models);
         let models = crate::update::ModelUpdater::new(
             "edge",
@@ -311,10 +332,10 @@ impl Edge {
             let (m, fo, p) = (manager.clone(), failover.clone(), passive.clone());
             let capacity = cfg.queue_capacity;
             admin.set_sampler(move || {
-                sample_gauges(&m, capacity, &health, fo.as_deref(), p.as_deref())
+                sample_gauges(&m, capacity, health.as_ref(), fo.as_deref(), p.as_deref())
             });
-            let (m, stopping, cloud) = (manager.clone(), api_stop.clone(), cfg.cloud_grpc.clone());
-            admin.set_ready(move || readiness(&m, &stopping, &cloud));
+            let (m, stopping) = (manager.clone(), api_stop.clone());
+            admin.set_ready(move || readiness(&m, &stopping));
             background.extend(admin.take_tasks());
         }
 
@@ -441,6 +462,16 @@ impl EdgeAiService for EdgeApi {
             .map_err(|e| error_to_status(&e))?;
         let rx = self.manager.submit(task).map_err(|e| error_to_status(&e))?;
         let result = rx.await.map_err(|_| Status::internal("task result lost"))?;
-        Ok(Response::new(result_to_response(&result)))
+        let mut resp = result_to_response(&result);
+        if let (Some(d), Some(pd)) = (&result.decision, resp.decision.as_mut()) {
+            if d.offload.is_some() {
+                pd.endpoint = self
+                    .manager
+                    .endpoint_name(d.endpoint)
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+        Ok(Response::new(resp))
     }
 }

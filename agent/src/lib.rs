@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod config;
 pub mod demo;
 pub mod edge;
+mod endpoints;
 pub mod infer;
 mod lobby;
 mod manager;

@@ -17,7 +17,7 @@ use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
 };
 use agent_net::{OffloadError, OffloadRequest, Offloader};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -188,16 +188,15 @@ struct Inner {
     local_times: SharedExecTimes,
     /// One engine per worker; a model update swaps them all.
     engines: Arc<EnginePool>,
-    cloud_times: Mutex<ExecTimeModel<TaskType>>,
-    /// What the predictions missed, per path and task type.
-    residuals: Mutex<Residuals<(ExecPath, TaskType)>>,
+    /// What the predictions missed, per path, task type and endpoint (0
+    /// for the local path).
+    residuals: Mutex<Residuals<(ExecPath, TaskType, usize)>>,
     state: Mutex<LocalState>,
     work_ready: Condvar,
-    offloader: Option<Arc<dyn Offloader>>,
+    /// Where tasks may be offloaded; empty: nowhere.
+    endpoints: Vec<Endpoint>,
     offload_permits: Semaphore,
-    net: watch::Receiver<NetworkStatus>,
     probe_events: mpsc::Sender<ProbeEvent>,
-    cloud_dest: IpAddr,
     /// Cancelled when shutdown begins: no more tasks are accepted.
     intake_closed: CancellationToken,
     outstanding: Arc<Outstanding>,
@@ -234,6 +233,50 @@ fn held_message(id: &str) -> String {
     )
 }
 
+/// One offload endpoint as the manager gets it.
+pub struct EndpointParts {
+    pub name: String,
+    pub offloader: Arc<dyn Offloader>,
+    /// The endpoint's host: whose network estimate applies, and where
+    /// offload transfers are reported.
+    pub dest: IpAddr,
+    pub net: watch::Receiver<NetworkStatus>,
+    /// The endpoint's circuit breakers: with every one open it is skipped.
+    pub health: Option<agent_net::StackHealth>,
+    /// A peer gateway: what it receives from us runs there and is never
+    /// offloaded again.
+    pub peer: bool,
+    /// The task types it serves; `None`: every type.
+    pub serves: Option<HashSet<TaskType>>,
+}
+
+/// An endpoint and what the manager learns about it.
+struct Endpoint {
+    parts: EndpointParts,
+    cloud_times: Mutex<ExecTimeModel<TaskType>>,
+    /// Offloads sent there that have not answered yet.
+    in_flight: AtomicU64,
+}
+
+impl Endpoint {
+    /// Whether a task of type `t` may be sent here now: it serves the type
+    /// and not every circuit towards it is open.
+    fn usable(&self, t: TaskType, now: Instant) -> bool {
+        if self.parts.serves.as_ref().is_some_and(|s| !s.contains(&t)) {
+            return false;
+        }
+        self.parts.health.as_ref().is_none_or(|h| {
+            h.breakers(now)
+                .iter()
+                .any(|(_, s)| !matches!(s, agent_net::BreakerState::Open { .. }))
+        })
+    }
+}
+
+/// The request context key that marks a task offloaded by a gateway to a
+/// peer: the peer runs it itself and never offloads it again.
+pub const PEER_HOP: &str = "edge-offload-hop";
+
 pub struct Manager {
     inner: Arc<Inner>,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -244,10 +287,9 @@ pub struct ManagerParts {
     pub local_specs: HashMap<TaskType, ModelSpec>,
     pub engine_factory: EngineFactory,
     pub local_times: SharedExecTimes,
-    pub offloader: Option<Arc<dyn Offloader>>,
-    pub net: watch::Receiver<NetworkStatus>,
+    /// Offload endpoints; empty: every task runs locally.
+    pub endpoints: Vec<EndpointParts>,
     pub probe_events: mpsc::Sender<ProbeEvent>,
-    pub cloud_dest: IpAddr,
     /// Store and forward (`None`: off).
     pub store: Option<Arc<TaskStore>>,
     /// The decision audit log (`None`: off).
@@ -262,15 +304,25 @@ impl Manager {
         let engines = (0..n)
             .map(|_| (parts.engine_factory)())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cloud_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
-        for t in TaskType::ALL {
-            cloud_times.seed(t, cfg.cloud_expected);
-        }
+        let endpoints = parts
+            .endpoints
+            .into_iter()
+            .map(|parts| {
+                let mut cloud_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
+                for t in TaskType::ALL {
+                    cloud_times.seed(t, cfg.cloud_expected);
+                }
+                Endpoint {
+                    parts,
+                    cloud_times: Mutex::new(cloud_times),
+                    in_flight: AtomicU64::new(0),
+                }
+            })
+            .collect();
         let inner = Arc::new(Inner {
             local_specs: parts.local_specs,
             local_times: parts.local_times,
             engines: EnginePool::new(engines),
-            cloud_times: Mutex::new(cloud_times),
             residuals: Mutex::new(Residuals::new(32, 4)),
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
@@ -279,11 +331,9 @@ impl Manager {
                 stopping: false,
             }),
             work_ready: Condvar::new(),
-            offloader: parts.offloader,
+            endpoints,
             offload_permits: Semaphore::new(cfg.max_concurrent_offloads.max(1)),
-            net: parts.net,
             probe_events: parts.probe_events,
-            cloud_dest: parts.cloud_dest,
             intake_closed: CancellationToken::new(),
             outstanding: Arc::default(),
             stats: Stats::default(),
@@ -355,8 +405,30 @@ impl Manager {
         self.inner.engines.clone()
     }
 
+    /// The network estimate of the first endpoint (the cloud, with one).
     pub fn network_status(&self) -> NetworkStatus {
-        self.inner.net.borrow().clone()
+        self.inner
+            .endpoints
+            .first()
+            .map(|e| e.parts.net.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// Each endpoint's name and network estimate, in configuration order.
+    pub fn endpoint_statuses(&self) -> Vec<(String, NetworkStatus)> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|e| (e.parts.name.clone(), e.parts.net.borrow().clone()))
+            .collect()
+    }
+
+    /// The name of endpoint `index` (a [`Decision::endpoint`]).
+    pub fn endpoint_name(&self, index: usize) -> Option<&str> {
+        self.inner
+            .endpoints
+            .get(index)
+            .map(|e| e.parts.name.as_str())
     }
 
     /// Accepted tasks not finished yet.
@@ -398,7 +470,7 @@ impl Manager {
                 state.last_path.insert(task.task_type, d.path);
                 // Hedge within the budget, with a local leg that fits.
                 d.hedge = d.hedge
-                    && inner.offloader.is_some()
+                    && !inner.endpoints.is_empty()
                     && inner.local_specs.contains_key(&task.task_type)
                     && state.queue.room_for(task.payload.len()).is_ok()
                     && inner.hedge_allowed();
@@ -608,20 +680,71 @@ impl Inner {
         self.local_estimate(t).mul_f64(scale / size as f64)
     }
 
+    /// Decides per usable endpoint (two drawn at random among more than
+    /// two) and keeps the decision of the endpoint whose offload looks
+    /// best; without any, the decision for the local path alone.
     fn decide(&self, state: &LocalState, task: &Task, now: Instant) -> Result<Decision, TaskError> {
+        // A task a peer gateway offloaded to us runs here.
+        let from_peer = task.context.contains_key(PEER_HOP);
+        let serving = |i: &usize| {
+            self.endpoints[*i]
+                .parts
+                .serves
+                .as_ref()
+                .is_none_or(|s| s.contains(&task.task_type))
+        };
+        let mut usable: Vec<usize> = if from_peer {
+            Vec::new()
+        } else {
+            (0..self.endpoints.len())
+                .filter(|&i| self.endpoints[i].usable(task.task_type, now))
+                .collect()
+        };
+        if usable.is_empty() && !from_peer {
+            // Every circuit is open: the endpoints stay candidates, so an
+            // offload fails fast and the task falls back or is held.
+            usable = (0..self.endpoints.len()).filter(serving).collect();
+        }
+        if usable.is_empty() {
+            return self.decide_for(state, task, now, None);
+        }
+        let candidates = agent_core::endpoint_candidates(&usable, rand::random());
+        if candidates.len() == 1 {
+            return self.decide_for(state, task, now, Some(candidates[0]));
+        }
+        let mut decisions = Vec::with_capacity(candidates.len());
+        let mut first_err = None;
+        for &i in &candidates {
+            match self.decide_for(state, task, now, Some(i)) {
+                Ok(d) => decisions.push(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match agent_core::pick_endpoint(&decisions) {
+            Some(best) => Ok(decisions.swap_remove(best)),
+            None => Err(first_err.expect("a decision or an error per candidate")),
+        }
+    }
+
+    /// The policy's decision between the local path and `endpoint` (none:
+    /// no offload possible).
+    fn decide_for(
+        &self,
+        state: &LocalState,
+        task: &Task,
+        now: Instant,
+        endpoint: Option<usize>,
+    ) -> Result<Decision, TaskError> {
         let busy: Vec<Duration> = state
             .in_flight
             .iter()
             .flatten()
             .map(|(start, expected)| expected.saturating_sub(now.duration_since(*start)))
             .collect();
-        let net = self.net.borrow().clone();
-        let cloud_usable = self.offloader.is_some();
-        let net = if cloud_usable {
-            net
-        } else {
-            NetworkStatus::default()
-        };
+        let ep = endpoint.map(|i| &self.endpoints[i]);
+        let net = ep.map_or_else(NetworkStatus::default, |e| e.parts.net.borrow().clone());
         // In a batch, the task's own run is the whole batch's.
         let (_, batch_scale) = self.batch_outlook(state, task.task_type);
         let local_dist: Vec<f64> = self
@@ -632,16 +755,20 @@ impl Inner {
             .into_iter()
             .map(|ms| ms * batch_scale)
             .collect();
-        let cloud_dist = self
-            .cloud_times
-            .lock()
-            .expect("cloud times")
-            .distribution_ms(task.task_type);
+        let (cloud_dist, cloud_inference) = ep.map_or((Vec::new(), Duration::ZERO), |e| {
+            let times = e.cloud_times.lock().expect("cloud times");
+            (
+                times.distribution_ms(task.task_type),
+                times.estimate(task.task_type),
+            )
+        });
         let (local_residual, cloud_residual) = {
             let r = self.residuals.lock().expect("residuals lock");
             (
-                r.sorted_ms((ExecPath::Local, task.task_type)),
-                r.sorted_ms((ExecPath::Cloud, task.task_type)),
+                r.sorted_ms((ExecPath::Local, task.task_type, 0)),
+                endpoint.map_or_else(Vec::new, |i| {
+                    r.sorted_ms((ExecPath::Cloud, task.task_type, i))
+                }),
             )
         };
         let input = DecisionInput {
@@ -666,14 +793,20 @@ impl Inner {
                 supported: self.local_specs.contains_key(&task.task_type),
             },
             cloud: CloudStatus {
-                inference: self
-                    .cloud_times
-                    .lock()
-                    .expect("cloud times")
-                    .estimate(task.task_type),
+                inference: cloud_inference,
             },
         };
-        agent_core::decide(&input, &self.live.lock().expect("live lock").policy)
+        let policy = &self.live.lock().expect("live lock").policy;
+        let mut d = agent_core::decide(&input, policy)?;
+        if endpoint.is_none() && d.path == ExecPath::Cloud && input.local.supported {
+            // Nowhere to offload (a task from a peer, or no endpoint
+            // serves its type): the local path, whatever the policy.
+            d.path = ExecPath::Local;
+            d.reason = agent_core::Reason::CloudUnreachable;
+            d.hedge = false;
+        }
+        d.endpoint = endpoint.unwrap_or(0);
+        Ok(d)
     }
 
     /// Sends the task's one result and updates the counters.
@@ -798,8 +931,12 @@ impl Inner {
         }
         let Some(o) = d.outlook() else { return };
         let actual_ms = task.created_at.elapsed().as_secs_f64() * 1e3;
+        let endpoint = match d.path {
+            ExecPath::Local => 0,
+            ExecPath::Cloud => d.endpoint,
+        };
         self.residuals.lock().expect("residuals lock").observe(
-            (d.path, task.task_type),
+            (d.path, task.task_type, endpoint),
             actual_ms - (o.mean_ms - o.correction_ms),
         );
     }
@@ -963,9 +1100,12 @@ impl Inner {
 /// Sends the held tasks, oldest first, whenever the cloud answers; stops
 /// at the first transport failure and tries again a second later.
 async fn forward_loop(inner: Arc<Inner>) {
-    let (Some(store), Some(offloader)) = (inner.store.clone(), inner.offloader.clone()) else {
+    let Some(store) = inner.store.clone() else {
         return;
     };
+    if inner.endpoints.is_empty() {
+        return;
+    }
     loop {
         tokio::select! {
             _ = inner.intake_closed.cancelled() => return,
@@ -982,7 +1122,12 @@ async fn forward_loop(inner: Arc<Inner>) {
         'batches: for batch in pending.chunks(FORWARD_BATCH) {
             let mut set = tokio::task::JoinSet::new();
             for req in batch.iter().cloned() {
-                let off = offloader.clone();
+                let t = agent_net::wire::task_type_from_proto(req.r#type);
+                let now = Instant::now();
+                let ep = (0..inner.endpoints.len())
+                    .find(|&i| t.is_some_and(|t| inner.endpoints[i].usable(t, now)))
+                    .unwrap_or(0);
+                let off = inner.endpoints[ep].parts.offloader.clone();
                 set.spawn(async move {
                     let r = off
                         .offload(&OffloadRequest {
@@ -1014,15 +1159,33 @@ async fn forward_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Counts an offload in flight towards an endpoint while it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn run_offload(inner: Arc<Inner>, mut job: Job) {
-    let Some(offloader) = inner.offloader.clone() else {
+    let index = job.decision.as_ref().map_or(0, |d| d.endpoint);
+    let Some(endpoint) = inner.endpoints.get(index) else {
         let e = OffloadError::Transport {
             transport: "none",
-            message: "no cloud endpoint configured".into(),
+            message: "no offload endpoint configured".into(),
         };
         inner.fall_back_or_fail(job, e, None);
         return;
     };
+    let offloader = endpoint.parts.offloader.clone();
     let _permit = inner.offload_permits.acquire().await;
     if job.reply.is_closed() {
         inner.finish(
@@ -1033,10 +1196,15 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         );
         return;
     }
+    let mut request = task_to_request(&job.task, Instant::now(), SystemTime::now());
+    if endpoint.parts.peer {
+        request.context.insert(PEER_HOP.into(), "1".into());
+    }
     let req = OffloadRequest {
-        request: task_to_request(&job.task, Instant::now(), SystemTime::now()),
+        request,
         deadline: job.task.deadline,
     };
+    let in_flight = InFlight::enter(&endpoint.in_flight);
     // A cloud that has not answered while a local run could still meet the
     // deadline is given up on then (a dead link or peer whose failure has
     // not surfaced yet, a queue at the cloud): the task runs locally.
@@ -1093,18 +1261,24 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         );
         return;
     };
+    drop(in_flight);
+    crate::metrics::record_endpoint_offload(
+        &endpoint.parts.name,
+        matches!(&outcome, Ok(r) if r.response.success),
+    );
     match outcome {
         Ok(reply) if reply.response.success => {
             let r = &reply.response;
             let server = Duration::from_nanos(r.duration_nano.max(0) as u64);
-            inner
+            endpoint
                 .cloud_times
                 .lock()
                 .expect("cloud times")
                 .observe(job.task.task_type, server);
-            let srtt = Duration::from_secs_f64(inner.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
+            let srtt =
+                Duration::from_secs_f64(endpoint.parts.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
             let _ = inner.probe_events.try_send(ProbeEvent {
-                dest: inner.cloud_dest,
+                dest: endpoint.parts.dest,
                 source: SampleSource::OffloadTransfer,
                 at: Instant::now(),
                 kind: ProbeEventKind::Transfer {

@@ -425,6 +425,26 @@ pub fn record_network(s: &NetworkStatus) {
     }
 }
 
+/// Each offload endpoint's network estimate, labelled by its name.
+pub fn record_endpoints(statuses: &[(String, NetworkStatus)]) {
+    for (name, s) in statuses {
+        let l = [("endpoint", name.clone())];
+        gauge!("edge_endpoint_reachable", &l).set(if s.reachable { 1.0 } else { 0.0 });
+        gauge!("edge_endpoint_rtt_srtt_seconds", &l).set(s.rtt.srtt_ms / 1e3);
+        gauge!("edge_endpoint_jitter_stddev_seconds", &l).set(s.rtt.stddev_ms / 1e3);
+    }
+}
+
+/// One offload to an endpoint ended: answered (`ok`) or not (`error`).
+pub fn record_endpoint_offload(endpoint: &str, ok: bool) {
+    counter!(
+        "edge_endpoint_offloads_total",
+        "endpoint" => endpoint.to_string(),
+        "outcome" => if ok { "ok" } else { "error" }
+    )
+    .increment(1);
+}
+
 /// Which parts of the passive probe are attached: `edge_probe_part_up` is
 /// 1 or 0 per part (all 0 without a probe; why is in the log).
 pub fn record_probe_parts(probe: Option<&EbpfProbe>) {

@@ -1,6 +1,6 @@
 //! The network monitor: the thin async shell around the link estimators.
-//! Every probe sends [`ProbeEvent`]s in; the cloud endpoint's
-//! [`NetworkStatus`] comes out on a watch channel.
+//! Every probe sends [`ProbeEvent`]s in; each offload endpoint's host gets
+//! its [`NetworkStatus`] on a watch channel.
 
 use agent_core::{LinkConfig, LinkEstimator, NetworkStatus, ProbeEvent};
 use std::collections::HashMap;
@@ -11,14 +11,22 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Monitor {
     pub events: mpsc::Sender<ProbeEvent>,
-    pub status: watch::Receiver<NetworkStatus>,
+    /// One status per destination host (endpoints on one host share the
+    /// path, and so the estimate).
+    pub statuses: HashMap<IpAddr, watch::Receiver<NetworkStatus>>,
 }
 
-/// Starts the monitor task for `dest`; it ends when `stop` is cancelled or
+/// Starts the monitor task for `dests`; it ends when `stop` is cancelled or
 /// every event sender is gone.
-pub fn spawn(cfg: LinkConfig, dest: IpAddr, stop: CancellationToken) -> Monitor {
+pub fn spawn(cfg: LinkConfig, dests: &[IpAddr], stop: CancellationToken) -> Monitor {
     let (tx, mut rx) = mpsc::channel::<ProbeEvent>(4096);
-    let (status_tx, status_rx) = watch::channel(NetworkStatus::default());
+    let mut senders = HashMap::new();
+    let mut statuses = HashMap::new();
+    for dest in dests {
+        let (status_tx, status_rx) = watch::channel(NetworkStatus::default());
+        senders.insert(*dest, status_tx);
+        statuses.insert(*dest, status_rx);
+    }
     tokio::spawn(async move {
         let mut links: HashMap<IpAddr, LinkEstimator> = HashMap::new();
         // Staleness changes with time alone, so republish periodically too.
@@ -38,13 +46,16 @@ pub fn spawn(cfg: LinkConfig, dest: IpAddr, stop: CancellationToken) -> Monitor 
                 }
                 _ = tick.tick() => {}
             }
-            if let Some(link) = links.get(&dest) {
-                status_tx.send_replace(link.snapshot(Instant::now()));
+            let now = Instant::now();
+            for (dest, status_tx) in &senders {
+                if let Some(link) = links.get(dest) {
+                    status_tx.send_replace(link.snapshot(now));
+                }
             }
         }
     });
     Monitor {
         events: tx,
-        status: status_rx,
+        statuses,
     }
 }

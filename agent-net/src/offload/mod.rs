@@ -18,7 +18,9 @@ pub use grpc::GrpcOffloader;
 pub use quic::{QuicClientConfig, QuicOffloader};
 pub use ratelimit::{RateLimitConfig, RateLimited};
 pub use retry::{RetryConfig, Retrying};
-pub use stack::{build_stack, CloudEndpoints, OffloadConfig, OffloadStack, StackHealth};
+pub use stack::{
+    build_layered_stack, build_stack, CloudEndpoints, OffloadConfig, OffloadStack, StackHealth,
+};
 
 use agent_core::{TaskError, Transport};
 use async_trait::async_trait;

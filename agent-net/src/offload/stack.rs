@@ -224,6 +224,34 @@ pub async fn build_stack(
         }
         _ => (grpc, None),
     };
+    Ok(OffloadStack {
+        offloader: outer_layers(o, inner),
+        failover,
+        health,
+    })
+}
+
+/// The stack around any other offloader (a KServe V2 client): a circuit
+/// breaker named `transport`, retries, the rate limit.
+pub fn build_layered_stack(
+    o: &OffloadConfig,
+    inner: Arc<dyn Offloader>,
+    transport: &'static str,
+) -> OffloadStack {
+    let guard = Arc::new(Guarded::new(inner, transport, o.breaker()));
+    OffloadStack {
+        offloader: outer_layers(o, guard.clone()),
+        failover: None,
+        health: StackHealth {
+            breakers: vec![guard],
+            failover: None,
+        },
+    }
+}
+
+/// Retries, then (outermost, so a task costs one token however often it
+/// is retried) the rate limit.
+fn outer_layers(o: &OffloadConfig, inner: Arc<dyn Offloader>) -> Arc<dyn Offloader> {
     let retrying: Arc<dyn Offloader> = Arc::new(Retrying::new(
         inner,
         RetryConfig {
@@ -232,14 +260,8 @@ pub async fn build_stack(
             max_delay: Duration::from_millis(o.retry_max_ms),
         },
     ));
-    // Outermost, so a task costs one token however often it is retried.
-    let offloader: Arc<dyn Offloader> = match RateLimited::new(retrying.clone(), o.rate_limit()) {
+    match RateLimited::new(retrying.clone(), o.rate_limit()) {
         Some(limited) => Arc::new(limited),
         None => retrying,
-    };
-    Ok(OffloadStack {
-        offloader,
-        failover,
-        health,
-    })
+    }
 }
