@@ -15,6 +15,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// into their own virtual environment.
 pub const HADOLINT_VERSION: &str = "2.15.1";
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// The KServe V2 test server (MLServer, serving the TorchScript models with
+/// deploy/mlserver/torchscript_runtime.py) and the V2 test client, pinned,
+/// in a virtual environment of their own (`v2_tools`).
+pub const MLSERVER_VERSION: &str = "1.7.1";
+pub const TRITONCLIENT_VERSION: &str = "2.73.0";
+const V2_NUMPY_VERSION: &str = "2.4.6";
+const V2_PILLOW_VERSION: &str = "13.0.0";
 
 /// Debian packages: the eBPF build route (Debian's rustc with a precompiled
 /// BPF core, LLVM 22 for bpf-linker), network tools for namespace tests, and
@@ -46,6 +53,7 @@ pub fn all() -> Result<()> {
     libtorch()?;
     bpf_linker()?;
     deploy_tools()?;
+    v2_tools()?;
     Ok(())
 }
 
@@ -330,3 +338,195 @@ pub fn deploy_tools() -> Result<()> {
             "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
         )))
 }
+
+/// The virtual environment holding MLServer, tritonclient and torch.
+pub fn v2_venv_dir() -> PathBuf {
+    cache_dir().join("v2-venv")
+}
+
+/// What a complete v2 venv records in its stamp file.
+fn v2_stamp() -> String {
+    format!(
+        "mlserver=={MLSERVER_VERSION} tritonclient[grpc]=={TRITONCLIENT_VERSION} \
+         numpy=={V2_NUMPY_VERSION} pillow=={V2_PILLOW_VERSION} torch=={TORCH_VERSION} \
+         {CUDA_RUNTIME_WHEEL} {CUPTI_WHEEL} cuda-stubs\n"
+    )
+}
+
+/// The KServe V2 test server and client: MLServer and tritonclient[grpc]
+/// (pinned) with numpy and Pillow (check_v2.py's held-out images), and
+/// torch from the wheel `libtorch()` downloads into `cache_dir()/wheels`,
+/// installed without its dependencies: only its pure-Python ones, the two
+/// small NVIDIA wheels it loads on a CPU-only machine (CUDA runtime,
+/// CUPTI), and stand-ins for the other CUDA libraries it links (cuBLAS,
+/// cuDNN, NCCL, ...: about 3 GB of wheels never called on the CPU), built
+/// with gcc from the symbols torch imports. A stamp file written last makes
+/// a second run instant.
+pub fn v2_tools() -> Result<()> {
+    let venv = v2_venv_dir();
+    let stamp = venv.join("edge-offload-v2-stamp");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == v2_stamp()) {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing mlserver {MLSERVER_VERSION}, tritonclient {TRITONCLIENT_VERSION} \
+         and torch {TORCH_VERSION} (CPU use only) into {}",
+        venv.display()
+    );
+    let _ = std::fs::remove_file(&stamp);
+    let wheels = cache_dir().join("wheels");
+    let find = |prefix: &str| -> Option<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&wheels)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+            })
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    let names = [
+        format!("torch-{TORCH_VERSION}-"),
+        format!(
+            "nvidia_cuda_runtime-{}-",
+            CUDA_RUNTIME_WHEEL.split("==").nth(1).unwrap()
+        ),
+        format!(
+            "nvidia_cuda_cupti-{}-",
+            CUPTI_WHEEL.split("==").nth(1).unwrap()
+        ),
+    ];
+    if names.iter().any(|n| find(n).is_none()) {
+        // A GPU machine assembles its libtorch from wheels-cuda instead.
+        std::fs::create_dir_all(&wheels)?;
+        run(cmd("python3")
+            .args(["-m", "pip", "download", "-q", "--no-deps", "-d"])
+            .arg(&wheels)
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .args([CUDA_RUNTIME_WHEEL, CUPTI_WHEEL]))?;
+    }
+    let mut local = Vec::new();
+    for n in &names {
+        local.push(find(n).with_context(|| format!("no {n}*.whl in {}", wheels.display()))?);
+    }
+    let bin = venv.join("bin");
+    if !bin.join("python3").exists() {
+        run(cmd("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let python = bin.join("python3");
+    let python = python.to_str().context("venv path")?;
+    // Everything from the index first (torch's pure-Python dependencies
+    // included), then torch and the two NVIDIA wheels without dependencies.
+    run(cmd(python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .arg(format!("mlserver=={MLSERVER_VERSION}"))
+        .arg(format!("tritonclient[grpc]=={TRITONCLIENT_VERSION}"))
+        .arg(format!("numpy=={V2_NUMPY_VERSION}"))
+        .arg(format!("pillow=={V2_PILLOW_VERSION}"))
+        .args([
+            "filelock",
+            "typing_extensions",
+            "sympy",
+            "networkx",
+            "jinja2",
+            "fsspec",
+        ]))?;
+    run(cmd(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .args(&local))?;
+    run(cmd(python)
+        .current_dir(&venv)
+        .args(["-c", CUDA_STUBS_SCRIPT]))?;
+    // The proof: torch imports and runs a TorchScript model on the CPU.
+    let model = project_root().join("models/digits_cloud.pt");
+    run(cmd(python)
+        .current_dir(&venv)
+        .args([
+            "-c",
+            "import sys, torch, mlserver, numpy; \
+             m = torch.jit.load(sys.argv[1], map_location='cpu').eval(); \
+             assert tuple(m(torch.zeros(2, 1, 8, 8)).shape) == (2, 10); \
+             print('setup: v2 venv: torch', torch.__version__, 'mlserver', mlserver.__version__)",
+        ])
+        .arg(&model))?;
+    std::fs::write(&stamp, v2_stamp())?;
+    Ok(())
+}
+
+/// Builds, inside the venv's torch/lib (on the `$ORIGIN` rpath of torch's
+/// libraries), a stand-in for each CUDA library `import torch` links but
+/// cannot find: a small shared library with that soname defining, under
+/// the symbol versions torch asks that library for, every symbol torch
+/// imports from it, each a function returning 0. A CPU-only process never
+/// calls them. Run by the venv's python.
+const CUDA_STUBS_SCRIPT: &str = r#"
+import glob, os, re, subprocess, sys, tempfile
+import importlib.util
+torch_dir = os.path.dirname(importlib.util.find_spec("torch").origin)
+def run(*a):
+    return subprocess.run(a, check=True, capture_output=True, text=True).stdout
+entry = glob.glob(os.path.join(torch_dir, "_C*.so"))[0]
+out = run("ldd", entry)
+missing = set(re.findall(r"^\s*(\S+) => not found", out, re.M))
+missing.discard("libcuda.so.1")  # the driver: the CUDA runtime looks for it itself
+loaded = [entry] + re.findall(r"=> (/\S+) \(", out)
+version_of = {}  # symbol version -> the missing library that must define it
+for lib in loaded:
+    current = None
+    for line in run("readelf", "-W", "-V", lib).splitlines():
+        m = re.search(r"File: (\S+)", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.search(r"Name: (\S+)", line)
+        if m and current in missing:
+            version_of[m.group(1)] = current
+wanted = {s: {} for s in missing}  # soname -> {symbol: version}
+loose, defined = set(), set()
+for lib in loaded:
+    for line in run("readelf", "-W", "--dyn-syms", lib).splitlines():
+        f = line.split()
+        if len(f) < 8 or not f[0].endswith(":"):
+            continue
+        bind, ndx, name = f[4], f[6], f[7]
+        sym, _, ver = name.partition("@")
+        ver = ver.lstrip("@")
+        if ndx != "UND":
+            defined.add(sym)
+        elif bind != "WEAK" and sym:
+            if ver in version_of:
+                wanted[version_of[ver]][sym] = ver
+            elif not ver and not sym.startswith(("Py", "_Py")):
+                loose.add(sym)  # Python's own symbols come from the interpreter
+loose -= defined
+work = tempfile.mkdtemp()
+for soname, syms in sorted(wanted.items()):
+    # Unversioned references may come from any loaded library: every
+    # stand-in without versions carries all of them.
+    allsyms = dict(syms) if syms else {s: None for s in loose}
+    c, vs = os.path.join(work, "stub.c"), os.path.join(work, "stub.map")
+    with open(c, "w") as fh:
+        for s in sorted(allsyms):
+            fh.write(f"int {s}(void) {{ return 0; }}\n")
+    args = ["gcc", "-shared", "-fPIC", "-o", os.path.join(torch_dir, "lib", soname),
+            f"-Wl,-soname,{soname}", c]
+    versions = sorted(set(v for v in allsyms.values() if v))
+    if versions:
+        with open(vs, "w") as fh:
+            for v in versions:
+                names = "; ".join(s for s, x in sorted(allsyms.items()) if x == v)
+                fh.write(f"{v} {{ global: {names}; }};\n")
+        args.append(f"-Wl,--version-script={vs}")
+    run(*args)
+print(f"setup: v2 venv: {len(wanted)} CUDA stand-ins: {' '.join(sorted(wanted))}")
+"#;
