@@ -146,6 +146,8 @@ impl ExecPath {
 pub enum Transport {
     Quic,
     Grpc,
+    /// The KServe V2 inference protocol (gRPC `GRPCInferenceService`).
+    V2,
 }
 
 impl Transport {
@@ -153,6 +155,7 @@ impl Transport {
         match self {
             Transport::Quic => "quic",
             Transport::Grpc => "grpc",
+            Transport::V2 => "v2",
         }
     }
 }

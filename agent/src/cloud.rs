@@ -1,19 +1,25 @@
 //! The cloud service: one [`CloudHandler`] (validation, admission, the
-//! cloud models) behind every listener of [`agent_net::CloudListeners`].
+//! cloud models) behind every listener of [`agent_net::CloudListeners`],
+//! and behind the KServe V2 listener ([`crate::v2::V2Server`]) when
+//! `listen_v2` is set.
 
 use crate::config::CloudConfig;
 use crate::infer::{
-    shared_exec_times, torch_engines, EngineFactory, EnginePool, ModelSpec, SharedExecTimes,
+    shared_exec_times, torch_engines, EngineFactory, EnginePool, ModelSpec, RawInference,
+    RawSignature, RawTensor, SharedExecTimes,
 };
+use crate::v2::{V2Backend, V2Server};
 use agent_core::{deadline_from_unix_nanos, TaskError, TaskType};
 use agent_net::tls::Side;
 use agent_net::wire::{output_response, task_type_from_proto};
 use agent_net::{CloudListeners, Handler, ListenConfig};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub struct CloudLimits {
     pub concurrency: usize,
@@ -29,6 +35,26 @@ impl Handler for CloudHandler {
 
     fn max_payload_bytes(&self) -> usize {
         CloudHandler::max_payload_bytes(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl V2Backend for CloudHandler {
+    async fn signatures(&self) -> Vec<(TaskType, RawSignature)> {
+        self.raw_signatures().await
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        CloudHandler::max_payload_bytes(self)
+    }
+
+    async fn forward(
+        &self,
+        task_type: TaskType,
+        input: RawTensor,
+        deadline: Option<Instant>,
+    ) -> Result<(RawInference, Duration), TaskError> {
+        self.forward_raw(task_type, input, deadline).await
     }
 }
 
@@ -164,6 +190,84 @@ impl CloudHandler {
             inference_nano: inf.elapsed.as_nanos() as i64,
             ..output_response(&req.id, &inf.output)
         })
+    }
+
+    /// One raw forward pass (a KServe V2 request) under the same admission
+    /// as [`CloudHandler::handle`]: the waiting line, the inference slots,
+    /// the deadline. Returns it with the time it waited for a slot.
+    pub async fn forward_raw(
+        &self,
+        task_type: TaskType,
+        input: RawTensor,
+        deadline: Option<Instant>,
+    ) -> Result<(RawInference, Duration), TaskError> {
+        let received = Instant::now();
+        if !self.specs.contains_key(&task_type) {
+            return Err(TaskError::UnsupportedTaskType(format!(
+                "no cloud model for {}",
+                task_type.as_str()
+            )));
+        }
+        if input.data.len() > self.limits.max_payload_bytes {
+            return Err(TaskError::InvalidInput(format!(
+                "input of {} bytes exceeds the limit of {} bytes",
+                input.data.len(),
+                self.limits.max_payload_bytes
+            )));
+        }
+        if deadline.is_some_and(|d| d <= received) {
+            return Err(TaskError::DeadlineExceeded(
+                "deadline already passed on arrival".into(),
+            ));
+        }
+        let waiting = Waiting::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
+            TaskError::Overloaded(format!(
+                "{} requests already waiting",
+                self.limits.max_pending
+            ))
+        })?;
+        let permit = self.permits.clone().acquire_owned().await;
+        drop(waiting);
+        let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
+        let started = Instant::now();
+        if deadline.is_some_and(|d| d <= started) {
+            return Err(TaskError::DeadlineExceeded(
+                "expired while queued in the cloud".into(),
+            ));
+        }
+        let mut engine = self
+            .pool
+            .try_checkout()
+            .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
+        let inf = tokio::task::spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.engine().forward_raw(task_type, input)
+            }))
+            .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
+            drop(engine);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))??;
+        Ok((inf, started.duration_since(received)))
+    }
+
+    /// The raw signatures of the cloud models, read from an engine (taken
+    /// under an inference slot, like any request's).
+    pub async fn raw_signatures(&self) -> Vec<(TaskType, RawSignature)> {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return Vec::new();
+        };
+        let Some(mut engine) = self.pool.try_checkout() else {
+            return Vec::new();
+        };
+        let mut types: Vec<TaskType> = self.specs.keys().copied().collect();
+        types.sort();
+        types
+            .into_iter()
+            .filter_map(|t| engine.engine().raw_signature(t).map(|s| (t, s)))
+            .collect()
     }
 
     /// A request of a batching model: it waits in the lobby; if it gets an
@@ -315,10 +419,77 @@ fn handler_and_times(cfg: &CloudConfig) -> anyhow::Result<(CloudHandler, SharedE
     Ok((handler, times))
 }
 
+/// The running cloud service: the `EdgeAIService` listeners and, when
+/// `listen_v2` is set, the KServe V2 listener.
+pub struct Cloud {
+    pub listeners: CloudListeners,
+    pub v2: Option<V2Server>,
+}
+
+impl Cloud {
+    /// The V2 listener's address, when it runs.
+    pub fn v2_addr(&self) -> Option<SocketAddr> {
+        self.v2.as_ref().map(|v| v.addr)
+    }
+
+    /// The line `agent cloud` prints when it listens: the listeners' line,
+    /// then ` v2=ADDR` when the V2 listener runs.
+    pub fn listening_line(&self) -> String {
+        let mut line = self.listeners.listening_line();
+        if let Some(a) = self.v2_addr() {
+            line.push_str(&format!(" v2={a}"));
+        }
+        line
+    }
+
+    /// Stops accepting on every listener and lets in-flight requests finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let listeners = self.listeners.shutdown().await;
+        if let Some(v2) = self.v2 {
+            v2.shutdown().await?;
+        }
+        listeners
+    }
+}
+
+/// A handler that cancels a token once every listener has let go of it:
+/// the V2 listener of a cloud started with [`start`] stops with the
+/// `EdgeAIService` listeners.
+struct Tied<H> {
+    inner: Arc<H>,
+    _stop: DropGuard,
+}
+
+#[async_trait::async_trait]
+impl<H: Handler> Handler for Tied<H> {
+    async fn handle(&self, req: proto::TaskRequest) -> Result<proto::TaskResponse, TaskError> {
+        self.inner.handle(req).await
+    }
+
+    async fn handle_via(
+        &self,
+        transport: agent_core::Transport,
+        req: proto::TaskRequest,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        self.inner.handle_via(transport, req).await
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.inner.max_payload_bytes()
+    }
+}
+
 /// Starts the cloud service: the models behind every listener.
 /// With `metrics_listen`, the admin listener (/metrics, /healthz, /readyz)
 /// answers from before the models load and is ready once the listeners are.
+/// A V2 listener (`listen_v2`) stops when the returned listeners shut down;
+/// [`serve`] returns it too (its address, a joined shutdown).
 pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
+    Ok(serve(cfg).await?.listeners)
+}
+
+/// Starts the cloud service (see [`start`]), the V2 listener included.
+pub async fn serve(cfg: &CloudConfig) -> anyhow::Result<Cloud> {
     let admin = crate::admin::CloudAdmin::start(cfg).await?;
     let tls = cfg.tls.load(Side::Server)?;
     let (handler, times) = handler_and_times(cfg)?;
@@ -341,8 +512,31 @@ pub async fn start(cfg: &CloudConfig) -> anyhow::Result<CloudListeners> {
         quic: cfg.listen_quic.clone(),
         max_concurrent_streams: cfg.max_concurrent_streams,
     };
-    let metered = Arc::new(crate::metrics::Metered::new(handler.clone()));
+    let v2_stop = CancellationToken::new();
+    let metered = Arc::new(Tied {
+        inner: Arc::new(crate::metrics::Metered::new(handler.clone())),
+        _stop: v2_stop.clone().drop_guard(),
+    });
     let listeners = CloudListeners::start(metered, &listen, tls.as_ref()).await?;
+    let v2 = if cfg.listen_v2.is_empty() {
+        None
+    } else {
+        match V2Server::start(
+            handler.clone(),
+            &cfg.listen_v2,
+            tls.as_ref().map(|t| t.grpc_server()),
+            cfg.max_concurrent_streams,
+            v2_stop,
+        )
+        .await
+        {
+            Ok(v2) => Some(v2),
+            Err(e) => {
+                let _ = listeners.shutdown().await;
+                return Err(e);
+            }
+        }
+    };
     admin.serving(move || handler.waiting(), cfg.max_pending);
-    Ok(listeners)
+    Ok(Cloud { listeners, v2 })
 }

@@ -21,5 +21,6 @@ mod passive;
 pub mod store;
 pub mod submit;
 pub mod update;
+pub mod v2;
 
 pub use manager::{Manager, StatsSnapshot};

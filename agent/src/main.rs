@@ -78,6 +78,9 @@ enum Cmd {
         /// QUIC (UDP) address ("" disables QUIC).
         #[arg(long)]
         listen_quic: Option<String>,
+        /// KServe V2 inference protocol (gRPC) address ("" disables it).
+        #[arg(long)]
+        listen_v2: Option<String>,
         /// Inferences run at once.
         #[arg(long)]
         concurrency: Option<usize>,
@@ -267,6 +270,7 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
         Cmd::Cloud {
             listen_grpc,
             listen_quic,
+            listen_v2,
             concurrency,
             metrics_listen,
         } => {
@@ -278,6 +282,9 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
             }
             if let Some(v) = listen_quic {
                 cfg.cloud.listen_quic = v.clone();
+            }
+            if let Some(v) = listen_v2 {
+                cfg.cloud.listen_v2 = v.clone();
             }
             if let Some(v) = concurrency {
                 cfg.cloud.concurrency = *v;
@@ -303,7 +310,7 @@ async fn run(cli: Cli, cfg: Config, probe: Option<EbpfProbe>) -> Result<()> {
             edge.shutdown().await
         }
         Cmd::Cloud { .. } => {
-            let cloud = agent::cloud::start(&cfg.cloud).await?;
+            let cloud = agent::cloud::serve(&cfg.cloud).await?;
             reload_on_hangup(cli, cfg.clone(), None);
             // One machine-readable line: scripts and the demo wait for it.
             println!("{}", cloud.listening_line());

@@ -5,8 +5,11 @@
 use super::payload::{self, Prepared};
 use super::spec::{InputSpec, OutputSpec};
 use super::tokenizer::Vocab;
-use super::{Engine, Inference, ModelSpec, SharedExecTimes};
-use agent_core::{Detection, Output, TaskError, TaskType};
+use super::{
+    answer, box_scale, input_signature, input_tensor, DataType, Engine, Inference, ModelSpec,
+    RawInference, RawSignature, RawTensor, SharedExecTimes,
+};
+use agent_core::{Output, TaskError, TaskType};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,24 +30,42 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
     })
 }
 
-/// The model input for a prepared payload.
-fn input_tensor(p: &Prepared, spec: &InputSpec) -> Tensor {
-    match (p, spec) {
-        (Prepared::Gray8(px), InputSpec::Gray8 { height, width }) => Tensor::from_slice(px)
-            .to_kind(Kind::Float)
-            .divide_scalar(255.0)
-            .view([1, 1, *height as i64, *width as i64]),
-        (
-            Prepared::Rgb {
-                data,
-                height,
-                width,
-                ..
-            },
-            _,
-        ) => Tensor::from_slice(data).view([1, i64::from(*height), i64::from(*width), 3]),
-        (Prepared::Tokens(ids), _) => Tensor::from_slice(ids).view([1, ids.len() as i64]),
-        (Prepared::Gray8(px), _) => Tensor::from_slice(px),
+/// A raw tensor as a libtorch tensor (on the CPU; the bytes are copied).
+fn to_torch(t: &RawTensor) -> Result<Tensor, TaskError> {
+    t.check_size().map_err(TaskError::InvalidInput)?;
+    let kind = match t.datatype {
+        DataType::Uint8 => Kind::Uint8,
+        DataType::Int64 => Kind::Int64,
+        DataType::Fp32 => Kind::Float,
+    };
+    Tensor::f_from_data_size(&t.data, &t.shape, kind)
+        .map_err(|e| TaskError::Internal(format!("building the input tensor: {e}")))
+}
+
+/// A model's output as `f32`s on the CPU, with its shape.
+fn read_output(out: &Tensor, name: &str) -> Result<(Vec<i64>, Vec<f32>), TaskError> {
+    let shape = out.size();
+    let flat = out
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    let values = Vec::<f32>::try_from(&flat)
+        .map_err(|e| TaskError::Internal(format!("{name}: unreadable output: {e}")))?;
+    Ok((shape, values))
+}
+
+/// Checks an output's shape against the spec (`batch` samples): `[N, C]`
+/// logits or `[N, K, 6]` boxes.
+fn check_output(shape: &[i64], output: OutputSpec, batch: i64) -> Result<(), String> {
+    match output {
+        OutputSpec::Logits if shape.len() != 2 || shape[0] != batch || shape[1] < 1 => Err(
+            format!("expected [{batch}, classes] scores, got shape {shape:?}"),
+        ),
+        OutputSpec::Boxes { .. } if shape.len() != 3 || shape[0] != batch || shape[2] != 6 => Err(
+            format!("expected [{batch}, K, 6] boxes, got shape {shape:?}"),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -65,99 +86,23 @@ fn zero_input(spec: &InputSpec) -> Prepared {
 /// TorchScript's first forward passes profile and optimise the graph and
 /// take tens of milliseconds; run them at load time so the first real task
 /// (and the execution-time estimate) does not pay for them. They also
-/// check that the output has the shape the spec says.
-fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<()> {
+/// check that the output has the shape the spec says, and return it (the
+/// batch size as `-1`).
+fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<Vec<i64>> {
     let input_spec = spec.input();
     tch::no_grad(|| {
-        let input = input_tensor(&zero_input(&input_spec), &input_spec).to_device(device);
+        let input =
+            to_torch(&input_tensor(&zero_input(&input_spec), &input_spec))?.to_device(device);
+        let mut dims = Vec::new();
         for _ in 0..3 {
             let out = module.forward_ts(&[&input])?;
-            match spec.output {
-                OutputSpec::Logits if out.dim() != 2 || out.size()[0] != 1 => {
-                    bail!("expected [1, classes] scores, got shape {:?}", out.size())
-                }
-                OutputSpec::Boxes { .. }
-                    if out.dim() != 3 || out.size()[0] != 1 || out.size()[2] != 6 =>
-                {
-                    bail!("expected [1, K, 6] boxes, got shape {:?}", out.size())
-                }
-                _ => {}
+            dims = out.size();
+            if let Err(e) = check_output(&dims, spec.output, 1) {
+                bail!("{e}");
             }
         }
-        Ok(())
-    })
-}
-
-/// The answer of a classifier: the most likely class and its probability.
-fn classify(logits: &Tensor, spec: &ModelSpec) -> Output {
-    let probs = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
-    let (p, idx) = probs.max_dim(-1, false);
-    let class = idx.int64_value(&[0]);
-    Output {
-        class,
-        confidence: p.double_value(&[0]) as f32,
-        label: spec.label(class),
-        boxes: Vec::new(),
-        model: spec.name.clone(),
-        model_version: spec.version.clone(),
-    }
-}
-
-/// The answer of a detector: every box scoring at least `min_score`,
-/// scaled from the model's input size to the image as it was sent.
-fn detect(
-    out: &Tensor,
-    spec: &ModelSpec,
-    min_score: f32,
-    prepared: &Prepared,
-) -> Result<Output, TaskError> {
-    let rows = out
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .view([-1, 6]);
-    let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&rows)
-        .map_err(|e| TaskError::Internal(format!("{}: unreadable output: {e}", spec.name)))?;
-    let (sx, sy) = match prepared {
-        Prepared::Rgb {
-            height,
-            width,
-            source,
-            ..
-        } => (
-            source.0 as f32 / *width as f32,
-            source.1 as f32 / *height as f32,
-        ),
-        _ => (1.0, 1.0),
-    };
-    let mut boxes: Vec<Detection> = rows
-        .iter()
-        .filter(|r| r[4] >= min_score && r.iter().all(|v| v.is_finite()))
-        .map(|r| {
-            let class = r[5] as i64;
-            Detection {
-                class,
-                label: spec.label(class),
-                score: r[4],
-                x1: r[0] * sx,
-                y1: r[1] * sy,
-                x2: r[2] * sx,
-                y2: r[3] * sy,
-            }
-        })
-        .collect();
-    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let (class, confidence) = boxes.first().map_or((-1, 0.0), |b| (b.class, b.score));
-    Ok(Output {
-        class,
-        confidence,
-        label: if class >= 0 {
-            spec.label(class)
-        } else {
-            String::new()
-        },
-        boxes,
-        model: spec.name.clone(),
-        model_version: spec.version.clone(),
+        dims[0] = -1;
+        Ok(dims)
     })
 }
 
@@ -166,6 +111,8 @@ struct Loaded {
     input: InputSpec,
     vocab: Option<Vocab>,
     module: CModule,
+    /// The output's shape, batch size `-1`, read at warm-up.
+    out_dims: Vec<i64>,
 }
 
 pub struct TorchEngine {
@@ -190,7 +137,7 @@ impl TorchEngine {
                 InputSpec::Text { vocab, .. } => Some(Vocab::load(vocab)?),
                 _ => None,
             };
-            warm_up(&module, spec, device)
+            let out_dims = warm_up(&module, spec, device)
                 .with_context(|| format!("first inference with {}", spec.path.display()))?;
             times
                 .lock()
@@ -203,6 +150,7 @@ impl TorchEngine {
                     input,
                     vocab,
                     module,
+                    out_dims,
                 },
             );
         }
@@ -235,17 +183,13 @@ impl Engine for TorchEngine {
         let started = Instant::now();
         let prepared = payload::prepare(&m.input, payload, m.vocab.as_ref())
             .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", m.spec.name)))?;
-        let output = tch::no_grad(|| -> Result<Output, TaskError> {
-            let input = input_tensor(&prepared, &m.input).to_device(self.device);
-            let out = m
-                .module
-                .forward_ts(&[input])
-                .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)))?;
-            match m.spec.output {
-                OutputSpec::Logits => Ok(classify(&out, &m.spec)),
-                OutputSpec::Boxes { min_score } => detect(&out, &m.spec, min_score, &prepared),
-            }
-        })?;
+        let input = to_torch(&input_tensor(&prepared, &m.input))?.to_device(self.device);
+        let out = tch::no_grad(|| m.module.forward_ts(&[input]))
+            .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)))?;
+        let (shape, values) = read_output(&out, &m.spec.name)?;
+        check_output(&shape, m.spec.output, 1)
+            .map_err(|e| TaskError::Internal(format!("{}: {e}", m.spec.name)))?;
+        let output = answer(&values, &m.spec, box_scale(&prepared));
         let elapsed = started.elapsed();
         self.times
             .lock()
@@ -277,41 +221,58 @@ impl Engine for TorchEngine {
                     .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", m.spec.name)))
             })
             .collect();
-        let inputs: Vec<(usize, Tensor)> = prepared
+        let inputs: Vec<(usize, RawTensor)> = prepared
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, input_tensor(p, &m.input))))
             .collect();
         // Inputs of different shapes (text of another length) cannot be
         // stacked: those run one by one.
-        let same_shape = inputs.windows(2).all(|w| w[0].1.size() == w[1].1.size());
+        let same_shape = inputs.windows(2).all(|w| w[0].1.shape == w[1].1.shape);
         if !same_shape || inputs.len() < 2 {
             return payloads
                 .iter()
                 .map(|p| self.process(task_type, p))
                 .collect();
         }
-        let batch = Tensor::cat(&inputs.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)
-            .to_device(self.device);
-        let out = tch::no_grad(|| m.module.forward_ts(&[batch]))
-            .map_err(|e| TaskError::Internal(format!("{} forward failed: {e}", m.spec.name)));
+        let n = inputs.len();
+        let mut shape = inputs[0].1.shape.clone();
+        shape[0] = n as i64;
+        let batch = RawTensor {
+            datatype: inputs[0].1.datatype,
+            shape,
+            data: inputs
+                .iter()
+                .flat_map(|(_, t)| t.data.iter().copied())
+                .collect(),
+        };
+        let out = to_torch(&batch)
+            .and_then(|t| {
+                let t = t.to_device(self.device);
+                tch::no_grad(|| m.module.forward_ts(&[t])).map_err(|e| {
+                    TaskError::Internal(format!("{} forward failed: {e}", m.spec.name))
+                })
+            })
+            .and_then(|out| read_output(&out, &m.spec.name))
+            .and_then(|(shape, values)| {
+                check_output(&shape, m.spec.output, n as i64)
+                    .map_err(|e| TaskError::Internal(format!("{}: {e}", m.spec.name)))?;
+                Ok(values)
+            });
         let mut answers: Vec<Option<Result<Output, TaskError>>> = vec![None; payloads.len()];
         for (row, (i, _)) in inputs.iter().enumerate() {
             let answer = match &out {
                 Err(e) => Err(e.clone()),
-                Ok(out) => {
-                    let one = out.narrow(0, row as i64, 1);
+                Ok(values) => {
+                    let per = values.len() / n;
+                    let one = &values[row * per..(row + 1) * per];
                     let p = prepared[*i].as_ref().expect("valid input");
-                    match m.spec.output {
-                        OutputSpec::Logits => Ok(classify(&one, &m.spec)),
-                        OutputSpec::Boxes { min_score } => detect(&one, &m.spec, min_score, p),
-                    }
+                    Ok(answer(one, &m.spec, box_scale(p)))
                 }
             };
             answers[*i] = Some(answer);
         }
         let elapsed = started.elapsed();
-        let n = inputs.len();
         self.times
             .lock()
             .expect("exec-time lock")
@@ -328,6 +289,72 @@ impl Engine for TorchEngine {
                 output.map(|output| Inference { output, elapsed })
             })
             .collect()
+    }
+
+    fn forward_raw(
+        &mut self,
+        task_type: TaskType,
+        input: RawTensor,
+    ) -> Result<RawInference, TaskError> {
+        let m = self.model(task_type)?;
+        let name = &m.spec.name;
+        let (datatype, dims) = input_signature(&m.input);
+        let bad = |e: String| TaskError::InvalidInput(format!("{name}: {e}"));
+        if input.datatype != datatype {
+            return Err(bad(format!(
+                "input is {}, the model takes {}",
+                input.datatype.as_str(),
+                datatype.as_str()
+            )));
+        }
+        let fits = input.shape.len() == dims.len()
+            && input.shape[0] >= 1
+            && input.shape.iter().zip(&dims).skip(1).all(|(a, b)| a == b);
+        if !fits {
+            return Err(bad(format!(
+                "input shape {:?} does not fit {dims:?}",
+                input.shape
+            )));
+        }
+        input.check_size().map_err(bad)?;
+        if let Some(vocab) = &m.vocab {
+            // Ids past the vocabulary would index past the embedding.
+            let top = vocab.len() as i64 + 2;
+            if let Some(id) = input.i64s().into_iter().find(|&id| !(0..top).contains(&id)) {
+                return Err(bad(format!("token id {id} outside 0..{top}")));
+            }
+        }
+        let batch = input.shape[0];
+        let started = Instant::now();
+        let t = to_torch(&input)?.to_device(self.device);
+        let out = tch::no_grad(|| m.module.forward_ts(&[t]))
+            .map_err(|e| TaskError::Internal(format!("{name} forward failed: {e}")))?;
+        let (shape, values) = read_output(&out, name)?;
+        check_output(&shape, m.spec.output, batch)
+            .map_err(|e| TaskError::Internal(format!("{name}: {e}")))?;
+        let elapsed = started.elapsed();
+        let (model, model_version) = (m.spec.name.clone(), m.spec.version.clone());
+        self.times.lock().expect("exec-time lock").observe_batch(
+            task_type,
+            batch as usize,
+            elapsed,
+        );
+        Ok(RawInference {
+            output: RawTensor::from_f32(shape, &values),
+            model,
+            model_version,
+            elapsed,
+        })
+    }
+
+    fn raw_signature(&self, task_type: TaskType) -> Option<RawSignature> {
+        let m = self.models.get(&task_type)?;
+        Some(RawSignature {
+            name: m.spec.name.clone(),
+            version: m.spec.version.clone(),
+            input: input_signature(&m.input),
+            output: (DataType::Fp32, m.out_dims.clone()),
+        })
     }
 
     fn estimate(&self, task_type: TaskType) -> Duration {
