@@ -259,10 +259,14 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    /// Whether a task of type `t` may be sent here now: it serves the type
-    /// and not every circuit towards it is open.
+    /// Whether a task of type `t` may be sent here now: it serves the type,
+    /// its host answers the probes, and not every circuit towards it is
+    /// open.
     fn usable(&self, t: TaskType, now: Instant) -> bool {
         if self.parts.serves.as_ref().is_some_and(|s| !s.contains(&t)) {
+            return false;
+        }
+        if !self.parts.net.borrow().reachable {
             return false;
         }
         self.parts.health.as_ref().is_none_or(|h| {
@@ -701,7 +705,8 @@ impl Inner {
                 .collect()
         };
         if usable.is_empty() && !from_peer {
-            // Every circuit is open: the endpoints stay candidates, so an
+            // None reachable with a closed circuit: the endpoints stay
+            // candidates (each decision weighs its own estimate), so an
             // offload fails fast and the task falls back or is held.
             usable = (0..self.endpoints.len()).filter(serving).collect();
         }
