@@ -54,7 +54,40 @@ async fn build_one(cfg: &EdgeConfig, ep: &EndpointConfig) -> anyhow::Result<Endp
             .await?;
             (stack, None)
         }
-        EndpointKind::V2 => anyhow::bail!("V2 endpoints: pending"),
+        EndpointKind::V2 => {
+            let o = &cfg.offload;
+            let mut models = std::collections::HashMap::new();
+            for (t, name) in &ep.models {
+                let spec = cfg.models.get(t).cloned().with_context(|| {
+                    format!(
+                        "task type {} has no edge model: the V2 client prepares inputs and reads \
+                         outputs with the edge's model description",
+                        t.as_str()
+                    )
+                })?;
+                models.insert(
+                    *t,
+                    crate::v2::V2Model {
+                        name: name.clone(),
+                        version: String::new(),
+                        spec,
+                    },
+                );
+            }
+            let serves = models.keys().copied().collect();
+            let client = crate::v2::V2Offloader::new(crate::v2::V2Target {
+                address: ep.address.clone(),
+                tls: tls.as_ref().map(|t| t.grpc_client(&server_name)),
+                connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+                keep_alive: o.grpc_keep_alive(),
+                max_message: o.max_message_bytes,
+                models,
+            })?;
+            (
+                build_layered_stack(o, std::sync::Arc::new(client), "v2"),
+                Some(serves),
+            )
+        }
     };
     Ok(Endpoint {
         cfg: ep.clone(),

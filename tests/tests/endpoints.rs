@@ -142,7 +142,10 @@ async fn a_killed_endpoint_loses_its_share_and_no_task_is_lost() {
                 && r.processed_by.starts_with("cloud")
         })
         .count();
-    assert!(late_to_other > 200, "the other endpoint took over: {late_to_other}");
+    assert!(
+        late_to_other > 200,
+        "the other endpoint took over: {late_to_other}"
+    );
     edge.shutdown().await.unwrap();
 }
 
@@ -213,4 +216,88 @@ fn endpoint_lists_are_checked() {
     cfg.endpoints = vec![p];
     let e = cfg.endpoint_list().unwrap_err().to_string();
     assert!(e.contains("QUIC"), "{e}");
+}
+
+/// A V2 endpoint (our cloud's KServe V2 listener) as the edge's only one,
+/// through the real edge: every workload task type is offloaded over V2
+/// and answered like our cloud's own protocol answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_offloads_every_task_type_to_a_v2_endpoint() {
+    use agent_core::TaskType;
+    let full = agent::config::Config::load(None).expect("default config");
+    let mut cloud_cfg = full.cloud.clone();
+    cloud_cfg.listen_grpc = "127.0.0.1:0".into();
+    cloud_cfg.listen_quic = String::new();
+    cloud_cfg.listen_v2 = "127.0.0.1:0".into();
+    cloud_cfg.tls = TlsConfig::from_dir(certs(), Side::Server);
+    let cloud = agent::cloud::serve(&cloud_cfg).await.expect("cloud starts");
+    let v2 = cloud.v2_addr().expect("V2 listener");
+
+    let mut cfg = full.edge.clone();
+    cfg.policy = Policy::AlwaysOffload;
+    let mut ep = endpoint("triton-like", v2.to_string(), EndpointKind::V2);
+    for t in [
+        TaskType::ImageClassification,
+        TaskType::ObjectDetection,
+        TaskType::NlpAnalysis,
+    ] {
+        ep.models.insert(t, cloud_cfg.models[&t].name.clone());
+    }
+    cfg.endpoints = vec![ep];
+    let edge = start(cfg).await;
+    wait_reachable(&edge).await;
+
+    let image = datasets::heldout::images().unwrap().remove(0).jpeg;
+    let scene = datasets::heldout::scenes().unwrap().remove(0).jpeg;
+    let text = datasets::heldout::reviews()
+        .unwrap()
+        .remove(0)
+        .text
+        .into_bytes();
+    let mut api = client(&edge).await;
+    let mut direct = cloud_client(&cloud.listeners).await;
+    for (i, (t, payload)) in [
+        (TaskType::ImageClassification, image),
+        (TaskType::ObjectDetection, scene),
+        (TaskType::NlpAnalysis, text),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let submission = agent_net::task_api::Submission {
+            id: format!("v2-{i}"),
+            task_type: t,
+            payload: payload.clone(),
+            priority: Priority::Medium,
+            deadline: None,
+        };
+        let (r, _) = agent_net::task_api::send(&mut api, submission).await;
+        let r = r.expect("accepted");
+        assert!(r.success, "{r:?}");
+        assert_eq!(r.processed_by, "cloud/v2", "{r:?}");
+        assert_eq!(endpoint_of(&r), "triton-like");
+        // The same answer as our cloud's own protocol gives.
+        let mut req = agent_net::wire::task_to_request(
+            &agent_core::Task {
+                id: format!("direct-{i}"),
+                task_type: t,
+                payload,
+                priority: Priority::Medium,
+                deadline: None,
+                created_at: Instant::now(),
+                context: HashMap::new(),
+            },
+            Instant::now(),
+            std::time::SystemTime::now(),
+        );
+        req.deadline_unix_nano = 0;
+        let d = direct.offload_task(req).await.unwrap().into_inner();
+        assert_eq!(r.predicted_class, d.predicted_class, "{t:?}");
+        assert_eq!(r.label, d.label, "{t:?}");
+        assert!((r.confidence - d.confidence).abs() < 1e-4, "{t:?}");
+        assert_eq!(r.boxes.len(), d.boxes.len(), "{t:?}");
+    }
+    assert_eq!(edge.manager.stats().completed_local, 0);
+    edge.shutdown().await.unwrap();
+    cloud.shutdown().await.unwrap();
 }
