@@ -64,7 +64,11 @@ impl V2Server {
             .with_context(|| format!("binding the V2 listener on {addr}"))?;
         let addr = listener.local_addr()?;
         let models = backend.signatures().await;
-        let max_msg = backend.max_payload_bytes() + 64 * 1024;
+        // Room for twice the largest input: a batch over the limit, or a
+        // tensor of a wider datatype than the model takes, still gets a
+        // clear INVALID_ARGUMENT from the checks; past that the transport
+        // refuses the message (OUT_OF_RANGE).
+        let max_msg = backend.max_payload_bytes().saturating_mul(2) + 64 * 1024;
         let service = Service {
             backend,
             models: Mutex::new(models.into_iter().collect()),
