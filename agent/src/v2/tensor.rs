@@ -38,10 +38,12 @@ pub fn input_from_request(req: &ModelInferRequest, max_bytes: usize) -> Result<R
     }
     let datatype = DataType::parse(&input.datatype)
         .ok_or_else(|| format!("unsupported datatype {:?}", input.datatype))?;
-    let elements = RawTensor::elements(&input.shape)
-        .ok_or_else(|| format!("invalid shape {:?}", input.shape))?;
+    if input.shape.iter().any(|&d| d < 0) {
+        return Err(format!("invalid shape {:?}", input.shape));
+    }
+    let elements = RawTensor::elements(&input.shape);
     let bytes = elements
-        .checked_mul(datatype.size())
+        .and_then(|n| n.checked_mul(datatype.size()))
         .filter(|&b| b <= max_bytes)
         .ok_or_else(|| {
             format!(
@@ -54,7 +56,7 @@ pub fn input_from_request(req: &ModelInferRequest, max_bytes: usize) -> Result<R
         ([_], Some(_)) => {
             return Err("the input has both raw_input_contents and typed contents".into())
         }
-        ([], Some(c)) => typed_bytes(datatype, c, elements)?,
+        ([], Some(c)) => typed_bytes(datatype, c, bytes / datatype.size())?,
         ([], None) => return Err("the input has no contents".into()),
         (raw, _) => {
             return Err(format!(
