@@ -162,7 +162,7 @@ fn readiness(manager: &Manager, stopping: &CancellationToken) -> Result<(), Stri
     if !statuses.is_empty() && statuses.iter().all(|(_, s)| s.source.is_none()) {
         let names: Vec<&str> = statuses.iter().map(|(n, _)| n.as_str()).collect();
         return Err(format!(
-            "no estimate of any offload endpoint yet: no RTT sample from {}",
+            "no estimate of the cloud yet: no RTT sample from any offload endpoint ({})",
             names.join(", ")
         ));
     }

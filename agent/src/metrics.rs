@@ -229,6 +229,24 @@ fn describe_edge() {
          default until the first one)."
     );
     describe_gauge!(
+        "edge_endpoint_reachable",
+        "1 while the offload endpoint's host answers the probes, else 0."
+    );
+    describe_gauge!(
+        "edge_endpoint_rtt_srtt_seconds",
+        Unit::Seconds,
+        "Smoothed RTT to the offload endpoint's host."
+    );
+    describe_gauge!(
+        "edge_endpoint_jitter_stddev_seconds",
+        Unit::Seconds,
+        "Standard deviation of the RTT window of the offload endpoint's host."
+    );
+    describe_counter!(
+        "edge_endpoint_offloads_total",
+        "Offloads sent to each endpoint, by outcome (ok: answered with a result)."
+    );
+    describe_gauge!(
         "edge_rtt_source",
         "1 for the probe source the network figures come from, 0 for the others."
     );

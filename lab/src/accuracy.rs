@@ -196,13 +196,13 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    let cfg = LabConfig {
-        prefix: opts.prefix.clone(),
-        backend: opts.backend,
+    let cfg = LabConfig::new(
+        opts.prefix.clone(),
+        opts.backend,
         seed,
-        uplink: LinkParams::default(),
-        downlink: LinkParams::default(),
-    };
+        LinkParams::default(),
+        LinkParams::default(),
+    );
     let lab = Arc::new(Lab::create(&cfg, None)?);
     *lab_slot.lock().expect("lab slot") = Some(lab.clone());
     let (edge, cloud) = (lab.edge_ns.clone(), lab.cloud_ns.clone());

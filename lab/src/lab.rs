@@ -15,11 +15,23 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// The edge's and the cloud's addresses on the default link (subnet 0).
 pub const EDGE_ADDR: &str = "198.18.0.1";
 pub const CLOUD_ADDR: &str = "198.18.0.2";
 pub const PREFIX_LEN: u8 = 30;
-/// Interface name of the link inside both namespaces.
+/// Interface name of the default link inside both namespaces.
 pub const DEV: &str = "jlab0";
+
+/// (edge address, cloud address, interface) of link number `subnet`:
+/// 198.18.`subnet`.1 and .2 on `jlab<subnet>`, so several labs can share
+/// one edge namespace, each with its own cloud behind its own link.
+pub fn link_names(subnet: u8) -> (String, String, String) {
+    (
+        format!("198.18.{subnet}.1"),
+        format!("198.18.{subnet}.2"),
+        format!("jlab{subnet}"),
+    )
+}
 const TXQUEUELEN: &str = "5000";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -123,6 +135,33 @@ pub struct LabConfig {
     pub seed: u64,
     pub uplink: LinkParams,
     pub downlink: LinkParams,
+    /// Which link this is (addresses and interface: [`link_names`]); 0 is
+    /// the default.
+    pub subnet: u8,
+    /// Put the edge end into this existing namespace (another lab's edge)
+    /// instead of creating `<prefix>-edge`; it is left in place at teardown.
+    pub join_edge_ns: Option<String>,
+}
+
+impl LabConfig {
+    /// A lab with one link (subnet 0) and namespaces of its own.
+    pub fn new(
+        prefix: String,
+        backend: Backend,
+        seed: u64,
+        uplink: LinkParams,
+        downlink: LinkParams,
+    ) -> LabConfig {
+        LabConfig {
+            prefix,
+            backend,
+            seed,
+            uplink,
+            downlink,
+            subnet: 0,
+            join_edge_ns: None,
+        }
+    }
 }
 
 enum Link {
@@ -142,6 +181,12 @@ pub struct Lab {
     pub edge_ns: String,
     pub cloud_ns: String,
     pub backend: Backend,
+    pub edge_addr: String,
+    pub cloud_addr: String,
+    /// The link's interface in both namespaces.
+    pub dev: String,
+    /// The namespaces this lab created (and removes).
+    owned: Vec<String>,
     seed: u64,
     link: Mutex<Link>,
     torn_down: Mutex<bool>,
@@ -172,22 +217,39 @@ impl Lab {
         cfg.uplink.validate().context("uplink")?;
         cfg.downlink.validate().context("downlink")?;
         let lock = netns::PrefixLock::acquire(&cfg.prefix)?;
+        let (edge_addr, cloud_addr, dev) = link_names(cfg.subnet);
+        let edge_ns = cfg
+            .join_edge_ns
+            .clone()
+            .unwrap_or_else(|| format!("{}-edge", cfg.prefix));
+        let cloud_ns = format!("{}-cloud", cfg.prefix);
+        if cfg.join_edge_ns.is_some() && !netns::exists(&edge_ns) {
+            bail!("the edge namespace {edge_ns} to join does not exist");
+        }
+        let owned: Vec<String> = match cfg.join_edge_ns {
+            Some(_) => vec![cloud_ns.clone()],
+            None => vec![edge_ns.clone(), cloud_ns.clone()],
+        };
         let lab = Lab {
-            edge_ns: format!("{}-edge", cfg.prefix),
-            cloud_ns: format!("{}-cloud", cfg.prefix),
+            edge_ns,
+            cloud_ns,
             backend: cfg.backend,
+            edge_addr,
+            cloud_addr,
+            dev,
+            owned: owned.clone(),
             seed: cfg.seed,
             link: Mutex::new(Link::None),
             torn_down: Mutex::new(false),
             lock: Mutex::new(Some(lock)),
         };
-        for ns in [&lab.edge_ns, &lab.cloud_ns] {
+        for ns in &owned {
             if netns::exists(ns) {
                 eprintln!("netem-tun: removing namespace {ns} left by an earlier run");
                 netns::delete(ns)?;
             }
         }
-        for ns in [&lab.edge_ns, &lab.cloud_ns] {
+        for ns in &owned {
             netns::create(ns)?;
             sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
             // Only the IPv4 test traffic should cross the link.
@@ -205,15 +267,17 @@ impl Lab {
 
     fn address(&self, ns: &str, addr: &str) -> Result<()> {
         let cidr = format!("{addr}/{PREFIX_LEN}");
-        sys::ip(&["-n", ns, "addr", "add", &cidr, "dev", DEV])?;
-        sys::ip(&["-n", ns, "link", "set", DEV, "txqueuelen", TXQUEUELEN, "up"]).map(drop)
+        let dev = self.dev.as_str();
+        sys::ip(&["-n", ns, "addr", "add", &cidr, "dev", dev])?;
+        sys::ip(&["-n", ns, "link", "set", dev, "txqueuelen", TXQUEUELEN, "up"]).map(drop)
     }
 
     fn build_tun(&self, cfg: &LabConfig, fatal: Option<Sender<String>>) -> Result<Link> {
-        let edge = Arc::new(netns::run_in(&self.edge_ns, || tun::open(DEV))?);
-        let cloud = Arc::new(netns::run_in(&self.cloud_ns, || tun::open(DEV))?);
-        self.address(&self.edge_ns, EDGE_ADDR)?;
-        self.address(&self.cloud_ns, CLOUD_ADDR)?;
+        let (dev_a, dev_b) = (self.dev.clone(), self.dev.clone());
+        let edge = Arc::new(netns::run_in(&self.edge_ns, move || tun::open(&dev_a))?);
+        let cloud = Arc::new(netns::run_in(&self.cloud_ns, move || tun::open(&dev_b))?);
+        self.address(&self.edge_ns, &self.edge_addr)?;
+        self.address(&self.cloud_ns, &self.cloud_addr)?;
         let models = [
             Arc::new(Mutex::new(Direction::new(
                 cfg.uplink.clone(),
@@ -254,22 +318,22 @@ impl Lab {
             &self.edge_ns,
             "link",
             "add",
-            DEV,
+            &self.dev,
             "type",
             "veth",
             "peer",
             "name",
-            DEV,
+            &self.dev,
             "netns",
             &self.cloud_ns,
         ])?;
-        self.address(&self.edge_ns, EDGE_ADDR)?;
-        self.address(&self.cloud_ns, CLOUD_ADDR)?;
+        self.address(&self.edge_ns, &self.edge_addr)?;
+        self.address(&self.cloud_ns, &self.cloud_addr)?;
         for (ns, p) in [
             (&self.edge_ns, &cfg.uplink),
             (&self.cloud_ns, &cfg.downlink),
         ] {
-            crate::netem::apply(ns, DEV, p)?;
+            crate::netem::apply(ns, &self.dev, p)?;
         }
         Ok(Link::Netem {
             params: [cfg.uplink.clone(), cfg.downlink.clone()],
@@ -307,7 +371,7 @@ impl Lab {
                     Dir::Uplink => &self.edge_ns,
                     Dir::Downlink => &self.cloud_ns,
                 };
-                crate::netem::apply(ns, DEV, &params)?;
+                crate::netem::apply(ns, &self.dev, &params)?;
                 current[idx(dir)] = params;
             }
             Link::None => bail!("the lab is torn down"),
@@ -335,8 +399,8 @@ impl Lab {
                 serde_json::json!({"uplink": s(Dir::Uplink), "downlink": s(Dir::Downlink)})
             }
             Link::Netem { .. } => serde_json::json!({
-                "uplink": crate::netem::stats(&self.edge_ns, DEV),
-                "downlink": crate::netem::stats(&self.cloud_ns, DEV),
+                "uplink": crate::netem::stats(&self.edge_ns, &self.dev),
+                "downlink": crate::netem::stats(&self.cloud_ns, &self.dev),
             }),
             Link::None => serde_json::Value::Null,
         }
@@ -353,11 +417,14 @@ impl Lab {
     /// The machine-readable line printed once the link is up.
     pub fn ready_line(&self) -> String {
         format!(
-            "ready backend={} edge_ns={} cloud_ns={} edge_addr={EDGE_ADDR} cloud_addr={CLOUD_ADDR} \
-             prefix_len={PREFIX_LEN} dev={DEV}",
+            "ready backend={} edge_ns={} cloud_ns={} edge_addr={} cloud_addr={} \
+             prefix_len={PREFIX_LEN} dev={}",
             self.backend.as_str(),
             self.edge_ns,
-            self.cloud_ns
+            self.cloud_ns,
+            self.edge_addr,
+            self.cloud_addr,
+            self.dev
         )
     }
 
@@ -380,7 +447,9 @@ impl Lab {
             }
             // The TUN files close with the last Arc (held by the threads).
         }
-        for ns in [&self.edge_ns, &self.cloud_ns] {
+        // A joined edge namespace belongs to the lab that made it; the
+        // link's interface there goes with this lab's TUN file or veth peer.
+        for ns in &self.owned {
             if let Err(e) = netns::delete(ns) {
                 eprintln!("netem-tun: removing {ns}: {e:#}");
             }

@@ -22,11 +22,15 @@ fn ns_exists(name: &str) -> bool {
 }
 
 fn ping(ns: &str, count: u32) -> (u32, f64) {
+    ping_to(ns, count, "198.18.0.2")
+}
+
+fn ping_to(ns: &str, count: u32, addr: &str) -> (u32, f64) {
     let out = Command::new("ip")
         .args([
             "netns", "exec", ns, "ping", "-n", "-q", "-W", "1", "-i", "0.05",
         ])
-        .args(["-c", &count.to_string(), "198.18.0.2"])
+        .args(["-c", &count.to_string(), addr])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -228,4 +232,49 @@ fn refuses_clearly_when_not_root() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must run as root"), "{err}");
+}
+
+/// A second lab joins the first one's edge namespace with a link of its
+/// own (subnet 1): one edge, two clouds with different delays; stopping
+/// the second lab removes its cloud and its link, not the shared edge.
+#[test]
+fn a_second_link_joins_an_existing_edge() {
+    require_root();
+    let (first, second) = (
+        format!("jla{}", std::process::id()),
+        format!("jlb{}", std::process::id()),
+    );
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/scenarios");
+    let (mut a, ready_a) = start(&first, &scenarios.join("wan.toml"), &[]);
+    let edge = format!("{first}-edge");
+    assert!(ready_a.contains(&format!("edge_ns={edge} ")), "{ready_a}");
+    let (mut b, ready_b) = start(
+        &second,
+        &scenarios.join("lan.toml"),
+        &["--subnet", "1", "--join-edge-ns", &edge],
+    );
+    assert!(
+        ready_b.contains(&format!("edge_ns={edge} cloud_ns={second}-cloud"))
+            && ready_b.contains("edge_addr=198.18.1.1 cloud_addr=198.18.1.2")
+            && ready_b.contains("dev=jlab1"),
+        "{ready_b}"
+    );
+    assert!(!ns_exists(&format!("{second}-edge")));
+    let (got_a, wan) = ping_to(&edge, 10, "198.18.0.2");
+    let (got_b, lan) = ping_to(&edge, 10, "198.18.1.2");
+    assert_eq!((got_a, got_b), (10, 10));
+    assert!(wan > 30.0 && lan < wan / 4.0, "wan {wan} ms, lan {lan} ms");
+
+    drop(b.stdin.take());
+    assert!(wait_exit(&mut b, Duration::from_secs(20)).success());
+    assert!(!ns_exists(&format!("{second}-cloud")));
+    assert!(ns_exists(&edge), "the joined edge namespace stays");
+    assert_eq!(
+        ping_to(&edge, 3, "198.18.0.2").0,
+        3,
+        "the first link still works"
+    );
+    drop(a.stdin.take());
+    assert!(wait_exit(&mut a, Duration::from_secs(20)).success());
+    assert!(!ns_exists(&edge));
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_decision;
 mod bench_ebpf;
+mod bench_endpoints;
 mod bench_throughput;
 mod bench_transport;
 mod demo;
@@ -106,6 +107,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Two offload endpoints behind different links (near and jittery for a while, far and stable), the near cloud killed at 50 s: where tasks go; writes bench/results/endpoints.{md,json,png}. Needs root.
+    BenchEndpoints {
+        /// Extra arguments for `bench-endpoints` (e.g. -- --kill-at -1).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Criterion benchmarks of the decision, the estimators' updates and the eBPF record conversion, with per-call p50/p99; writes bench/results/decision.md.
     BenchDecision {
         /// Shorter criterion runs (1 s warm-up, 2 s measurement per benchmark).
@@ -193,6 +200,10 @@ fn main() -> anyhow::Result<()> {
             bench_throughput::run(quick, json, &args)
         }
         Cmd::BenchDecision { quick } => bench_decision::run(quick),
+        Cmd::BenchEndpoints { args } => {
+            setup::all()?;
+            bench_endpoints::run(&args)
+        }
         Cmd::Bench { quick, args } => {
             setup::all()?;
             bench::run(quick, &args)

@@ -378,6 +378,7 @@ async fn send_one(
                     cloud_inference_ms: d.cloud_inference_ms,
                     offload_total_ms: d.offload_total_ms,
                     network_source: d.network_source,
+                    endpoint: d.endpoint,
                 }
             });
         }

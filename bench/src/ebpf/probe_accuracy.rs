@@ -342,13 +342,13 @@ pub fn run(
 
     progress("building the lab (clean link)");
     let lab = Arc::new(Lab::create(
-        &LabConfig {
-            prefix: prefix.clone(),
-            backend: Backend::Tun,
+        &LabConfig::new(
+            prefix.clone(),
+            Backend::Tun,
             seed,
-            uplink: LinkParams::default(),
-            downlink: LinkParams::default(),
-        },
+            LinkParams::default(),
+            LinkParams::default(),
+        ),
         None,
     )?);
     {

@@ -40,6 +40,10 @@ pub struct DecisionView {
     /// Run on both paths (the first answer taken).
     #[serde(default)]
     pub hedged: bool,
+    /// The offload endpoint the decision was made for (its configured
+    /// name); empty when the edge has none to choose from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

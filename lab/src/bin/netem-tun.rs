@@ -72,6 +72,15 @@ enum Cmd {
         /// RNG seed of the link model (default: the scenario's workload.seed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Link number: addresses 198.18.N.1 (edge) and 198.18.N.2 (cloud)
+        /// on interface jlabN.
+        #[arg(long, default_value_t = 0)]
+        subnet: u8,
+        /// Put the edge end into this existing namespace (another lab's
+        /// edge, with another --subnet) instead of creating <prefix>-edge:
+        /// one edge, several clouds behind links of their own.
+        #[arg(long)]
+        join_edge_ns: Option<String>,
     },
     /// Send one command to a running lab, e.g. `ctl set uplink jitter_ms=25`.
     Ctl {
@@ -144,6 +153,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             stop_after,
             ignore_stdin,
             seed,
+            subnet,
+            join_edge_ns,
         } => {
             let control = control
                 .unwrap_or_else(|| Path::new(netns::RUN_DIR).join(format!("{ns_prefix}.sock")));
@@ -156,6 +167,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
                 stop_after,
                 ignore_stdin,
                 seed,
+                subnet,
+                join_edge_ns,
             })
         }
         Cmd::Ctl {
@@ -249,6 +262,8 @@ struct RunArgs {
     stop_after: Option<f64>,
     ignore_stdin: bool,
     seed: Option<u64>,
+    subnet: u8,
+    join_edge_ns: Option<String>,
 }
 
 fn run(a: RunArgs) -> Result<i32> {
@@ -279,6 +294,8 @@ fn run(a: RunArgs) -> Result<i32> {
         seed: a.seed.unwrap_or(scenario.workload.seed),
         uplink: scenario.initial(Dir::Uplink),
         downlink: scenario.initial(Dir::Downlink),
+        subnet: a.subnet,
+        join_edge_ns: a.join_edge_ns.clone(),
     };
     let (fatal_tx, fatal_rx) = mpsc::channel::<String>();
     let lab = Arc::new(Lab::create(&cfg, Some(fatal_tx))?);
