@@ -98,11 +98,24 @@ struct Job {
     decision: Option<Decision>,
     reply: Reply,
     fell_back: bool,
+    /// Sent to another endpoint after the first one did not answer in
+    /// time (once at most).
+    rerouted: bool,
     /// The task's place among the outstanding ones (shared by the legs of
     /// a hedged task): released when the last holder is dropped, whether
     /// the job was finished, cancelled or lost in a panic, so shutdown
     /// never waits for a task nobody will finish.
     claim: Arc<Claim>,
+}
+
+impl Job {
+    /// Sends the job to endpoint `other` next (once).
+    fn reroute_to(&mut self, other: usize) {
+        if let Some(d) = self.decision.as_mut() {
+            d.endpoint = other;
+        }
+        self.rerouted = true;
+    }
 }
 
 /// Tasks accepted and not yet finished; shutdown waits for zero.
@@ -493,6 +506,7 @@ impl Manager {
                         decision: Some(d.clone()),
                         reply: Reply::Hedged(shared.clone()),
                         fell_back: false,
+                        rerouted: false,
                         claim: claim.clone(),
                     };
                     let (priority, deadline) = (task.priority, task.deadline);
@@ -520,6 +534,7 @@ impl Manager {
                         decision: Some(d),
                         reply: Reply::One(tx),
                         fell_back: false,
+                        rerouted: false,
                         claim: Claim::new(&inner.outstanding),
                     };
                     // A refused job drops its claim with it.
@@ -545,6 +560,7 @@ impl Manager {
                     decision: Some(d),
                     reply: Reply::One(tx),
                     fell_back: false,
+                    rerouted: false,
                     claim: Claim::new(&inner.outstanding),
                 };
                 tokio::spawn(run_offload(self.inner.clone(), job));
@@ -556,6 +572,7 @@ impl Manager {
                     decision: None,
                     reply: Reply::One(tx),
                     fell_back: false,
+                    rerouted: false,
                     claim: Claim::new(&inner.outstanding),
                 },
                 Err(e),
@@ -814,6 +831,28 @@ impl Inner {
         Ok(d)
     }
 
+    /// Another endpoint for a task that `from` has not answered: usable now,
+    /// and whose round trip plus server time still fits the deadline; the
+    /// one with the lowest such time.
+    fn reroute_target(&self, task: &Task, from: usize, now: Instant) -> Option<usize> {
+        let left = task.time_left(now);
+        (0..self.endpoints.len())
+            .filter(|&i| i != from && self.endpoints[i].usable(task.task_type, now))
+            .map(|i| {
+                let e = &self.endpoints[i];
+                let rtt = Duration::from_secs_f64(e.parts.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
+                let server = e
+                    .cloud_times
+                    .lock()
+                    .expect("cloud times")
+                    .estimate(task.task_type);
+                (i, rtt + server)
+            })
+            .filter(|(_, need)| left.is_none_or(|l| *need < l))
+            .min_by_key(|(_, need)| *need)
+            .map(|(i, _)| i)
+    }
+
     /// Sends the task's one result and updates the counters.
     fn finish(
         &self,
@@ -842,6 +881,7 @@ impl Inner {
             decision,
             reply,
             fell_back,
+            rerouted: _,
             claim: _claim,
         } = job;
         let tx = match reply {
@@ -1009,6 +1049,7 @@ impl Inner {
             decision: None,
             reply: Reply::One(tx),
             fell_back: false,
+            rerouted: false,
             claim: Claim::new(&self.outstanding),
         };
         match kept {
@@ -1180,7 +1221,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn run_offload(inner: Arc<Inner>, mut job: Job) {
+/// The least time an endpoint gets before a task is sent elsewhere.
+const REROUTE_MIN: Duration = Duration::from_millis(20);
+
+/// Offloads a task until it has its result (or a local re-run); a task
+/// given up on at one endpoint goes to another.
+async fn run_offload(inner: Arc<Inner>, job: Job) {
+    let mut job = job;
+    while let Some(next) = offload_once(inner.clone(), job).await {
+        job = next;
+    }
+}
+
+/// One offload attempt at the job's endpoint; `Some(job)` when it is to be
+/// sent to another endpoint instead.
+async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     let index = job.decision.as_ref().map_or(0, |d| d.endpoint);
     let Some(endpoint) = inner.endpoints.get(index) else {
         let e = OffloadError::Transport {
@@ -1188,7 +1243,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             message: "no offload endpoint configured".into(),
         };
         inner.fall_back_or_fail(job, e, None);
-        return;
+        return None;
     };
     let offloader = endpoint.parts.offloader.clone();
     let _permit = inner.offload_permits.acquire().await;
@@ -1199,7 +1254,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             None,
             None,
         );
-        return;
+        return None;
     }
     let mut request = task_to_request(&job.task, Instant::now(), SystemTime::now());
     if endpoint.parts.peer {
@@ -1244,17 +1299,48 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(rescue);
+    // With other endpoints, one that has not answered by twice its
+    // predicted time (a dead cloud whose failure has not surfaced yet) is
+    // given up on for another that can still answer in time, once.
+    let mut reroute_at =
+        (matches!(job.reply, Reply::One(_)) && !job.rerouted && inner.endpoints.len() > 1)
+            .then(|| now + (predicted * 2).max(REROUTE_MIN));
+    let offload = offloader.offload(&req);
+    tokio::pin!(offload);
     // A submitter that goes away cancels the offload: dropping it drops
     // the stream, and the cloud drops the work.
-    let outcome = tokio::select! {
-        r = offloader.offload(&req) => Some(r),
-        _ = job.reply.closed() => None,
-        _ = rescue => {
-            tracing::debug!(task = %job.task.id, "cloud too slow; running locally");
-            inner.stats.rescued.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::record_rescue();
-            inner.fall_back_or_fail(job, OffloadError::Timeout, None);
-            return;
+    let outcome = loop {
+        let reroute = async move {
+            match reroute_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut offload => break Some(r),
+            _ = job.reply.closed() => break None,
+            _ = &mut rescue => {
+                tracing::debug!(task = %job.task.id, "cloud too slow; running locally");
+                inner.stats.rescued.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::record_rescue();
+                inner.fall_back_or_fail(job, OffloadError::Timeout, None);
+                return None;
+            }
+            _ = reroute => {
+                reroute_at = None;
+                if let Some(other) = inner.reroute_target(&job.task, index, Instant::now()) {
+                    tracing::debug!(
+                        task = %job.task.id,
+                        from = %endpoint.parts.name,
+                        to = %inner.endpoints[other].parts.name,
+                        "endpoint too slow; sending the task to another"
+                    );
+                    crate::metrics::record_reroute(&endpoint.parts.name);
+                    job.reroute_to(other);
+                    return Some(job);
+                }
+            }
         }
     };
     let Some(outcome) = outcome else {
@@ -1264,7 +1350,7 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
             None,
             None,
         );
-        return;
+        return None;
     };
     drop(in_flight);
     crate::metrics::record_endpoint_offload(
@@ -1309,9 +1395,25 @@ async fn run_offload(inner: Arc<Inner>, mut job: Job) {
         }
         Err(e) => {
             tracing::debug!(task = %job.task.id, error = %e, "offload failed");
+            // A failed endpoint: another one first, where one can still
+            // answer in time.
+            let unreachable = matches!(
+                e,
+                OffloadError::Connect { .. }
+                    | OffloadError::Transport { .. }
+                    | OffloadError::CircuitOpen { .. }
+            );
+            if unreachable && !job.rerouted && matches!(job.reply, Reply::One(_)) {
+                if let Some(other) = inner.reroute_target(&job.task, index, Instant::now()) {
+                    crate::metrics::record_reroute(&endpoint.parts.name);
+                    job.reroute_to(other);
+                    return Some(job);
+                }
+            }
             inner.fall_back_or_fail(job, e, None);
         }
     }
+    None
 }
 
 fn worker_loop(inner: Arc<Inner>, index: usize) {

@@ -243,6 +243,11 @@ fn describe_edge() {
         "Standard deviation of the RTT window of the offload endpoint's host."
     );
     describe_counter!(
+        "edge_endpoint_reroutes_total",
+        "Offloads given up on at an endpoint that had not answered in twice its predicted \
+         time, and sent to another, by the endpoint given up on."
+    );
+    describe_counter!(
         "edge_endpoint_offloads_total",
         "Offloads sent to each endpoint, by outcome (ok: answered with a result)."
     );
@@ -451,6 +456,11 @@ pub fn record_endpoints(statuses: &[(String, NetworkStatus)]) {
         gauge!("edge_endpoint_rtt_srtt_seconds", &l).set(s.rtt.srtt_ms / 1e3);
         gauge!("edge_endpoint_jitter_stddev_seconds", &l).set(s.rtt.stddev_ms / 1e3);
     }
+}
+
+/// An offload given up on at `endpoint` (too late) and sent to another.
+pub fn record_reroute(endpoint: &str) {
+    counter!("edge_endpoint_reroutes_total", "endpoint" => endpoint.to_string()).increment(1);
 }
 
 /// One offload to an endpoint ended: answered (`ok`) or not (`error`).
