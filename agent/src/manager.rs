@@ -881,7 +881,7 @@ impl Inner {
             decision,
             reply,
             fell_back,
-            rerouted: _,
+            rerouted,
             claim: _claim,
         } = job;
         let tx = match reply {
@@ -920,11 +920,13 @@ impl Inner {
         if fell_back {
             s.fell_back.fetch_add(1, Ordering::Relaxed);
         }
+        // A rerouted task waited at its first endpoint: its time says
+        // nothing about the prediction of the second.
         self.learn_residual(
             &task,
             decision.as_ref(),
             processed_by,
-            fell_back,
+            fell_back || rerouted,
             outcome.is_ok(),
         );
         let result = TaskResult {
