@@ -234,6 +234,10 @@ struct Held {
     closed: bool,
 }
 
+/// How long a prediction's residual counts: a path (an endpoint) that gets
+/// no tasks sheds the penalty of its last bad moment and is tried again.
+const RESIDUAL_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// Between two attempts of the forwarder while the cloud stays away.
 const FORWARD_RETRY: Duration = Duration::from_secs(1);
 /// Held tasks forwarded at once.
@@ -340,7 +344,7 @@ impl Manager {
             local_specs: parts.local_specs,
             local_times: parts.local_times,
             engines: EnginePool::new(engines),
-            residuals: Mutex::new(Residuals::new(32, 4)),
+            residuals: Mutex::new(Residuals::new(32, 4).with_max_age(RESIDUAL_MAX_AGE)),
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
@@ -787,9 +791,9 @@ impl Inner {
         let (local_residual, cloud_residual) = {
             let r = self.residuals.lock().expect("residuals lock");
             (
-                r.sorted_ms((ExecPath::Local, task.task_type, 0)),
+                r.sorted_ms_at((ExecPath::Local, task.task_type, 0), now),
                 endpoint.map_or_else(Vec::new, |i| {
-                    r.sorted_ms((ExecPath::Cloud, task.task_type, i))
+                    r.sorted_ms_at((ExecPath::Cloud, task.task_type, i), now)
                 }),
             )
         };
@@ -982,9 +986,10 @@ impl Inner {
             ExecPath::Local => 0,
             ExecPath::Cloud => d.endpoint,
         };
-        self.residuals.lock().expect("residuals lock").observe(
+        self.residuals.lock().expect("residuals lock").observe_at(
             (d.path, task.task_type, endpoint),
             actual_ms - (o.mean_ms - o.correction_ms),
+            Instant::now(),
         );
     }
 

@@ -7,13 +7,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Residuals<K> {
     capacity: usize,
     /// Residuals needed before they are used.
     min_samples: usize,
-    by_key: HashMap<K, VecDeque<f64>>,
+    /// Residuals observed with a time are ignored once older than this: a
+    /// path (an endpoint) that gets no tasks would otherwise keep the
+    /// penalty of its last bad moment for ever and never be tried again.
+    max_age: Option<Duration>,
+    by_key: HashMap<K, VecDeque<(Option<Instant>, f64)>>,
 }
 
 impl<K: Eq + Hash + Copy> Residuals<K> {
@@ -21,11 +26,27 @@ impl<K: Eq + Hash + Copy> Residuals<K> {
         Self {
             capacity: capacity.max(1),
             min_samples: min_samples.max(1),
+            max_age: None,
             by_key: HashMap::new(),
         }
     }
 
+    /// Residuals observed with [`Residuals::observe_at`] count for `max_age`.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
     pub fn observe(&mut self, key: K, residual_ms: f64) {
+        self.push(key, None, residual_ms);
+    }
+
+    /// [`Residuals::observe`] at `now`, so that the residual ages.
+    pub fn observe_at(&mut self, key: K, residual_ms: f64, now: Instant) {
+        self.push(key, Some(now), residual_ms);
+    }
+
+    fn push(&mut self, key: K, at: Option<Instant>, residual_ms: f64) {
         if !residual_ms.is_finite() {
             return;
         }
@@ -33,19 +54,40 @@ impl<K: Eq + Hash + Copy> Residuals<K> {
         if q.len() == self.capacity {
             q.pop_front();
         }
-        q.push_back(residual_ms);
+        q.push_back((at, residual_ms));
     }
 
     /// The recent residuals, sorted; empty until `min_samples` are in.
     pub fn sorted_ms(&self, key: K) -> Vec<f64> {
-        match self.by_key.get(&key) {
-            Some(q) if q.len() >= self.min_samples => {
-                let mut v: Vec<f64> = q.iter().copied().collect();
-                v.sort_by(f64::total_cmp);
-                v
-            }
-            _ => Vec::new(),
+        self.select(key, None)
+    }
+
+    /// [`Residuals::sorted_ms`] without those older than the maximum age at
+    /// `now`.
+    pub fn sorted_ms_at(&self, key: K, now: Instant) -> Vec<f64> {
+        self.select(key, Some(now))
+    }
+
+    fn select(&self, key: K, now: Option<Instant>) -> Vec<f64> {
+        let fresh = |at: &Option<Instant>| match (now, *at, self.max_age) {
+            (Some(now), Some(at), Some(max)) => now.saturating_duration_since(at) <= max,
+            _ => true,
+        };
+        let mut v: Vec<f64> = self
+            .by_key
+            .get(&key)
+            .map(|q| {
+                q.iter()
+                    .filter(|(at, _)| fresh(at))
+                    .map(|(_, r)| *r)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if v.len() < self.min_samples {
+            return Vec::new();
         }
+        v.sort_by(f64::total_cmp);
+        v
     }
 }
 
@@ -65,5 +107,27 @@ mod tests {
         }
         assert_eq!(r.sorted_ms("a"), vec![-2.0, 1.0, 9.0]);
         assert!(r.sorted_ms("b").is_empty());
+    }
+
+    #[test]
+    fn timed_residuals_age_out() {
+        let t0 = Instant::now();
+        let mut r = Residuals::new(8, 2).with_max_age(Duration::from_secs(10));
+        r.observe_at("a", 40.0, t0);
+        r.observe_at("a", 50.0, t0 + Duration::from_secs(1));
+        assert_eq!(
+            r.sorted_ms_at("a", t0 + Duration::from_secs(5)),
+            vec![40.0, 50.0]
+        );
+        // One aged out: too few left to use.
+        assert!(r
+            .sorted_ms_at("a", t0 + Duration::from_millis(10_500))
+            .is_empty());
+        r.observe_at("a", 1.0, t0 + Duration::from_secs(10));
+        assert_eq!(
+            r.sorted_ms_at("a", t0 + Duration::from_millis(10_500)),
+            vec![1.0, 50.0]
+        );
+        assert!(r.sorted_ms_at("a", t0 + Duration::from_secs(30)).is_empty());
     }
 }
