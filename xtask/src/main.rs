@@ -107,7 +107,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Two offload endpoints behind different links (near: slow, then jittery, then calm; far: stable), the near cloud killed at 52 s: where tasks go; writes bench/results/endpoints.{md,json,png}. Needs root.
+    /// Two offload endpoints behind different links (near: slow, then jittery, then calm; far: stable), the near cloud killed at 70 s: where tasks go; writes bench/results/endpoints.{md,json,png}. Needs root.
     BenchEndpoints {
         /// Extra arguments for `bench-endpoints` (e.g. -- --kill-at -1).
         #[arg(trailing_var_arg = true)]

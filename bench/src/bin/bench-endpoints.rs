@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, default_value = "bench/endpoints/far.toml")]
     far: PathBuf,
     /// Kill the near cloud this many seconds into the workload (negative: never).
-    #[arg(long, default_value_t = 52.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 70.0, allow_hyphen_values = true)]
     kill_at: f64,
     #[arg(long, default_value = "deadline-aware")]
     policy: String,
