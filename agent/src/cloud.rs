@@ -143,46 +143,18 @@ impl CloudHandler {
 
         // The place in the waiting line is a guard: a request whose client
         // goes away while it waits (its future dropped) gives it back too.
-        let waiting = Waiting::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
-            TaskError::Overloaded(format!(
-                "{} requests already waiting",
-                self.limits.max_pending
-            ))
-        })?;
+        let waiting = self.enter_waiting_line()?;
         if self.specs[&task_type].max_batch > 1 {
             return self
                 .handle_batched(req, task_type, received, deadline, waiting)
                 .await;
         }
-        let permit = self.permits.clone().acquire_owned().await;
-        drop(waiting);
-        let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
-        let started = Instant::now();
-        if deadline.is_some_and(|d| d <= started) {
-            return Err(TaskError::DeadlineExceeded(
-                "expired while queued in the cloud".into(),
-            ));
-        }
-        let mut engine = self
-            .pool
-            .try_checkout()
-            .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
         let payload = req.payload;
-        let result = tokio::task::spawn_blocking(move || {
-            // A panicking model answers an error and its engine still goes
-            // back to the pool (before the permit, so a permit always finds
-            // an engine).
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.engine().process(task_type, &payload)
-            }))
-            .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
-            drop(engine);
-            drop(permit);
-            r
-        })
-        .await
-        .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))?;
-        let inf = result?;
+        let (inf, started) = self
+            .in_slot(waiting, deadline, move |engine| {
+                engine.process(task_type, &payload)
+            })
+            .await?;
         Ok(proto::TaskResponse {
             processed_by: "cloud".into(),
             duration_nano: received.elapsed().as_nanos() as i64,
@@ -220,12 +192,36 @@ impl CloudHandler {
                 "deadline already passed on arrival".into(),
             ));
         }
-        let waiting = Waiting::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
+        let waiting = self.enter_waiting_line()?;
+        let (inf, started) = self
+            .in_slot(waiting, deadline, move |engine| {
+                engine.forward_raw(task_type, input)
+            })
+            .await?;
+        Ok((inf, started.duration_since(received)))
+    }
+
+    /// A place in the waiting line, or Overloaded when it is full.
+    fn enter_waiting_line(&self) -> Result<Waiting<'_>, TaskError> {
+        Waiting::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
             TaskError::Overloaded(format!(
                 "{} requests already waiting",
                 self.limits.max_pending
             ))
-        })?;
+        })
+    }
+
+    /// Runs `f` on an engine under an inference slot: leaves the waiting
+    /// line once it has a slot, refuses work whose deadline passed while
+    /// queued, and survives a panicking model (its engine goes back to the
+    /// pool before the permit, so a permit always finds an engine). Returns
+    /// `f`'s result and when the slot was taken.
+    async fn in_slot<T: Send + 'static>(
+        &self,
+        waiting: Waiting<'_>,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut dyn crate::infer::Engine) -> Result<T, TaskError> + Send + 'static,
+    ) -> Result<(T, Instant), TaskError> {
         let permit = self.permits.clone().acquire_owned().await;
         drop(waiting);
         let permit = permit.map_err(|_| TaskError::Unavailable("service shutting down".into()))?;
@@ -239,18 +235,16 @@ impl CloudHandler {
             .pool
             .try_checkout()
             .ok_or_else(|| TaskError::Internal("engine pool empty under a permit".into()))?;
-        let inf = tokio::task::spawn_blocking(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.engine().forward_raw(task_type, input)
-            }))
-            .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
+        let r = tokio::task::spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(engine.engine())))
+                .unwrap_or_else(|_| Err(TaskError::Internal("inference panicked".into())));
             drop(engine);
             drop(permit);
             r
         })
         .await
         .map_err(|e| TaskError::Internal(format!("inference task failed: {e}")))??;
-        Ok((inf, started.duration_since(received)))
+        Ok((r, started))
     }
 
     /// The raw signatures of the cloud models, read from an engine (taken

@@ -20,6 +20,37 @@ pub fn defaults() -> Config {
         .with_digits_models()
 }
 
+/// The first `per_type` held-out payloads of each workload model
+/// (images, scenes, reviews), with their task types.
+pub fn workload_samples(per_type: usize) -> Vec<(agent_core::TaskType, Vec<u8>)> {
+    use agent_core::TaskType;
+    let images = datasets::heldout::images().expect("heldout_images.bin");
+    let scenes = datasets::heldout::scenes().expect("heldout_scenes.bin");
+    let reviews = datasets::heldout::reviews().expect("heldout_text.jsonl");
+    let images = images
+        .into_iter()
+        .take(per_type)
+        .map(|s| (TaskType::ImageClassification, s.jpeg));
+    let scenes = scenes
+        .into_iter()
+        .take(per_type)
+        .map(|s| (TaskType::ObjectDetection, s.jpeg));
+    let reviews = reviews
+        .into_iter()
+        .take(per_type)
+        .map(|r| (TaskType::NlpAnalysis, r.text.into_bytes()));
+    images.chain(scenes).chain(reviews).collect()
+}
+
+/// The first `n` digits of the held-out set as image classification payloads.
+pub fn digit_samples(n: usize) -> Vec<(agent_core::TaskType, Vec<u8>)> {
+    test_set()
+        .into_iter()
+        .take(n)
+        .map(|s| (agent_core::TaskType::ImageClassification, s.pixels))
+        .collect()
+}
+
 pub fn test_set() -> Vec<Sample> {
     datasets::digits::load_default().expect("models/digits_test.bin")
 }

@@ -247,23 +247,9 @@ async fn an_edge_offloads_every_task_type_to_a_v2_endpoint() {
     let edge = start(cfg).await;
     wait_reachable(&edge).await;
 
-    let image = datasets::heldout::images().unwrap().remove(0).jpeg;
-    let scene = datasets::heldout::scenes().unwrap().remove(0).jpeg;
-    let text = datasets::heldout::reviews()
-        .unwrap()
-        .remove(0)
-        .text
-        .into_bytes();
     let mut api = client(&edge).await;
     let mut direct = cloud_client(&cloud.listeners).await;
-    for (i, (t, payload)) in [
-        (TaskType::ImageClassification, image),
-        (TaskType::ObjectDetection, scene),
-        (TaskType::NlpAnalysis, text),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (t, payload)) in workload_samples(1).into_iter().enumerate() {
         let submission = agent_net::task_api::Submission {
             id: format!("v2-{i}"),
             task_type: t,

@@ -21,39 +21,12 @@ use tonic::transport::{Channel, ClientTlsConfig};
 /// Held-out samples per task type (the test stays well under a minute).
 const PER_TYPE: usize = 60;
 
-/// Payloads per task type: the held-out sets of the workload models.
 fn workload_samples() -> Vec<(TaskType, Vec<u8>)> {
-    let images = datasets::heldout::images().expect("heldout_images.bin");
-    let scenes = datasets::heldout::scenes().expect("heldout_scenes.bin");
-    let reviews = datasets::heldout::reviews().expect("heldout_text.jsonl");
-    let mut out = Vec::new();
-    out.extend(
-        images
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|s| (TaskType::ImageClassification, s.jpeg)),
-    );
-    out.extend(
-        scenes
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|s| (TaskType::ObjectDetection, s.jpeg)),
-    );
-    out.extend(
-        reviews
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|r| (TaskType::NlpAnalysis, r.text.into_bytes())),
-    );
-    out
+    tests::workload_samples(PER_TYPE)
 }
 
 fn digit_samples() -> Vec<(TaskType, Vec<u8>)> {
-    tests::test_set()
-        .into_iter()
-        .take(PER_TYPE)
-        .map(|s| (TaskType::ImageClassification, s.pixels))
-        .collect()
+    tests::digit_samples(PER_TYPE)
 }
 
 fn cloud_config(digits: bool) -> CloudConfig {

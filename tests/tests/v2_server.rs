@@ -51,35 +51,10 @@ fn repo_root() -> PathBuf {
 
 fn payloads(digits: bool) -> Vec<(TaskType, Vec<u8>)> {
     if digits {
-        return tests::test_set()
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|s| (TaskType::ImageClassification, s.pixels))
-            .collect();
+        tests::digit_samples(PER_TYPE)
+    } else {
+        tests::workload_samples(PER_TYPE)
     }
-    let mut out: Vec<(TaskType, Vec<u8>)> = Vec::new();
-    let images = datasets::heldout::images().expect("heldout_images.bin");
-    let scenes = datasets::heldout::scenes().expect("heldout_scenes.bin");
-    let reviews = datasets::heldout::reviews().expect("heldout_text.jsonl");
-    out.extend(
-        images
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|s| (TaskType::ImageClassification, s.jpeg)),
-    );
-    out.extend(
-        scenes
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|s| (TaskType::ObjectDetection, s.jpeg)),
-    );
-    out.extend(
-        reviews
-            .into_iter()
-            .take(PER_TYPE)
-            .map(|r| (TaskType::NlpAnalysis, r.text.into_bytes())),
-    );
-    out
 }
 
 /// Writes `dir/cases.json` and `dir/<model>.bin`: every sample's input
