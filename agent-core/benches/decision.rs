@@ -124,6 +124,7 @@ impl Inputs {
 
     fn input(&self, time_left: Option<Duration>) -> DecisionInput<'_> {
         DecisionInput {
+            split: None,
             task_type: TT,
             priority: Priority::High,
             payload_bytes: 20_000,

@@ -85,6 +85,7 @@ mod tests {
             }),
             hedge: false,
             endpoint: 0,
+            split: None,
         }
     }
 

@@ -57,6 +57,11 @@ pub enum Policy {
     /// `deadline-aware` on a forecast link: the RTT distribution moved by
     /// the RTT's trend (Holt) over `horizon_ms`.
     Predictive { horizon_ms: f64 },
+    /// Always offload through one split point (`split:<point>` on the
+    /// command line): the edge runs the model's head up to `point`, the
+    /// cloud the tail. Task types without that split point offload whole.
+    /// A baseline for split computing.
+    SplitAt { point: String },
 }
 
 impl Default for Policy {
@@ -78,6 +83,7 @@ impl Policy {
             Policy::CostModel { .. } => "cost-model",
             Policy::DeadlineAware { .. } => "deadline-aware",
             Policy::Predictive { .. } => "predictive",
+            Policy::SplitAt { .. } => "split-at",
         }
     }
 
@@ -106,7 +112,22 @@ impl Policy {
         "predictive",
     ];
 
-    /// Parses the names used on the command line, with default parameters.
+    /// Whether the decision weighs split points (the aware policies; a
+    /// fixed split is the shell's choice of variant).
+    pub fn weighs_splits(&self) -> bool {
+        self.aware().is_some()
+    }
+
+    /// The one split point this policy always uses, if any.
+    pub fn fixed_split(&self) -> Option<&str> {
+        match self {
+            Policy::SplitAt { point } => Some(point),
+            _ => None,
+        }
+    }
+
+    /// Parses the names used on the command line, with default parameters
+    /// (`split:<point>` for [`Policy::SplitAt`]).
     pub fn from_name(name: &str) -> Option<Policy> {
         Some(match name {
             "always-local" | "local" => Policy::AlwaysLocal,
@@ -119,7 +140,12 @@ impl Policy {
             "cost-model" | "cost" => Policy::CostModel { jitter_k: 2.0 },
             "deadline-aware" => Policy::default(),
             "predictive" => Policy::Predictive { horizon_ms: 500.0 },
-            _ => return None,
+            _ => match name.strip_prefix("split:") {
+                Some(point) if !point.is_empty() => Policy::SplitAt {
+                    point: point.to_string(),
+                },
+                _ => return None,
+            },
         })
     }
 }
@@ -154,6 +180,17 @@ pub struct LocalStatus {
     pub supported: bool,
 }
 
+/// Split computing: the offload this decision weighs runs the model's head
+/// at the edge first (in the local queue), then sends its features.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitInput {
+    /// The split point (the shell's index among the task type's points).
+    pub point: u8,
+    /// The head's expected time at the edge, including its wait in the
+    /// local queue.
+    pub head: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CloudStatus {
     /// Expected server time (its queue and inference).
@@ -164,7 +201,11 @@ pub struct CloudStatus {
 pub struct DecisionInput<'a> {
     pub task_type: TaskType,
     pub priority: Priority,
+    /// Bytes the offload uploads: the payload, or a split's features.
     pub payload_bytes: usize,
+    /// The offload is split: head at the edge, tail in the cloud (its
+    /// server time is then the tail's).
+    pub split: Option<SplitInput>,
     pub response_bytes: usize,
     /// Time left until the deadline, if the task has one.
     pub time_left: Option<Duration>,
@@ -269,6 +310,8 @@ pub struct LocalCost {
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct OffloadCost {
+    /// A split offload's head at the edge, with its queue wait (else 0).
+    pub head_ms: f64,
     pub upload_ms: f64,
     pub rtt_ms: f64,
     /// The jitter the penalty was computed from (the window's standard deviation).
@@ -336,6 +379,9 @@ pub struct Decision {
     /// The offload endpoint this decision was made for (its index in the
     /// shell's endpoint list; 0 with one endpoint).
     pub endpoint: usize,
+    /// The offload is split at this point (the shell's index among the
+    /// task type's split points): the head runs here first.
+    pub split: Option<u8>,
 }
 
 /// Hedge when the chosen path meets the deadline with less than this
@@ -377,8 +423,9 @@ impl fmt::Display for Decision {
         match self.offload {
             Some(o) => write!(
                 f,
-                " offload={:.2}ms [up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}]",
+                " offload={:.2}ms [head {:.2} + up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}]",
                 o.total_ms,
+                o.head_ms,
                 o.upload_ms,
                 o.rtt_ms,
                 o.jitter_penalty_ms,
@@ -430,8 +477,11 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     let jitter_ms = net.rtt.stddev_ms;
     let jitter_penalty_ms = jitter_k * priority_weight(input.priority) * jitter_ms;
     let cloud_inference_ms = ms(input.cloud.inference);
-    let total_ms = upload_ms + rtt_ms + jitter_penalty_ms + cloud_inference_ms + download_ms;
+    let head_ms = input.split.map_or(0.0, |s| ms(s.head));
+    let total_ms =
+        head_ms + upload_ms + rtt_ms + jitter_penalty_ms + cloud_inference_ms + download_ms;
     let all = [
+        head_ms,
         upload_ms,
         rtt_ms,
         jitter_ms,
@@ -443,6 +493,7 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         return None;
     }
     Some(OffloadCost {
+        head_ms,
         upload_ms,
         rtt_ms,
         jitter_ms,
@@ -533,7 +584,9 @@ fn offload_outlook(
     } else {
         grid(input.cloud_dist_ms, CLOUD_POINTS)
     };
-    let transfer = cost.upload_ms + cost.download_ms;
+    // A split's head is a point estimate: its spread is small next to the
+    // network's, and one more factor would multiply the values.
+    let transfer = cost.head_ms + cost.upload_ms + cost.download_ms;
     let values = rtts
         .iter()
         .flat_map(|r| cloud.iter().map(move |c| transfer + r + c))
@@ -580,6 +633,7 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
         offload_outlook,
         hedge: false,
         endpoint: 0,
+        split: input.split.map(|s| s.point),
     };
     let need_local_model = || {
         if input.local.supported {
@@ -598,7 +652,9 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
             need_local_model()?;
             Ok(make(ExecPath::Local, Reason::FixedByPolicy))
         }
-        Policy::AlwaysOffload => Ok(make(ExecPath::Cloud, Reason::FixedByPolicy)),
+        Policy::AlwaysOffload | Policy::SplitAt { .. } => {
+            Ok(make(ExecPath::Cloud, Reason::FixedByPolicy))
+        }
         Policy::Threshold {
             max_rtt_ms,
             max_jitter_ms,

@@ -16,7 +16,7 @@ mod task;
 pub use balance::{endpoint_candidates, pick_endpoint};
 pub use decide::{
     decide, priority_weight, tail_weight, CloudStatus, Decision, DecisionInput, LocalCost,
-    LocalStatus, OffloadCost, Outlook, Policy, Reason, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
+    LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
     quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, Residuals, RttWindow, Shift,

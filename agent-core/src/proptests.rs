@@ -88,6 +88,7 @@ proptest! {
         let (ld, cd) = (sorted(local_dist), sorted(cloud_dist));
         let (lr, cr) = (sorted(local_res), sorted(cloud_res));
         let input = DecisionInput {
+            split: None,
             task_type: TaskType::ImageClassification,
             priority,
             payload_bytes: payload,

@@ -3,6 +3,7 @@
 //! breaker, failover, retries), the cloud's listeners behind [`Handler`],
 //! and the task-API client. No models: nothing here links libtorch.
 
+mod features;
 mod listen;
 mod offload;
 mod quic_settings;
@@ -10,6 +11,7 @@ pub mod task_api;
 pub mod tls;
 pub mod wire;
 
+pub use features::{decode_features, encode_features, FeatureCodec};
 pub use listen::{CloudListeners, Handler, ListenConfig};
 pub use offload::{
     build_layered_stack, build_stack, time_left, Breaker, BreakerConfig, BreakerState,

@@ -91,6 +91,7 @@ pub async fn send(
             SystemTime::now(),
         ),
         context: Default::default(),
+        features: None,
     };
     let r = client.offload_task(req).await.map(|r| r.into_inner());
     (r, started.elapsed())

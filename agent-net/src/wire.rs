@@ -81,6 +81,7 @@ pub fn task_to_request(task: &Task, now: Instant, wall_now: SystemTime) -> proto
         priority: priority_to_proto(task.priority) as i32,
         deadline_unix_nano: deadline_to_unix_nanos(task.deadline, now, wall_now),
         context: task.context.clone(),
+        features: None,
     }
 }
 
@@ -192,8 +193,11 @@ pub fn decision_to_proto(d: &Decision) -> proto::Decision {
             .unwrap_or("none")
             .into(),
         hedged: d.hedge,
-        // The endpoint's name is the shell's: the edge API fills it in.
+        // The endpoint's and split point's names are the shell's: the edge
+        // API fills them in.
         endpoint: String::new(),
+        split_point: String::new(),
+        head_ms: o.head_ms,
         local_outlook: d.local_outlook.map(outlook_to_proto),
         offload_outlook: d.offload_outlook.map(outlook_to_proto),
     }
@@ -374,6 +378,7 @@ mod tests {
                 total_ms: 9.0,
             },
             offload: Some(OffloadCost {
+                head_ms: 0.0,
                 upload_ms: 2.0,
                 rtt_ms: 12.0,
                 jitter_ms: 3.0,
@@ -393,6 +398,7 @@ mod tests {
             offload_outlook: None,
             hedge: true,
             endpoint: 0,
+            split: None,
         };
         let p = decision_to_proto(&d);
         let lo = p.local_outlook.unwrap();
@@ -462,7 +468,7 @@ mod proptests {
             deadline_unix_nano in any::<i64>(),
             context in prop::collection::hash_map("[a-z]{1,8}", ".{0,12}", 0..4),
         ) -> proto::TaskRequest {
-            proto::TaskRequest { id, r#type, payload, priority, deadline_unix_nano, context }
+            proto::TaskRequest { id, r#type, payload, priority, deadline_unix_nano, context, features: None }
         }
     }
 
