@@ -71,6 +71,8 @@ pub fn encode_features(
         offset,
         compression: FeatureCompression::Zstd as i32,
         data,
+        source_width: 0,
+        source_height: 0,
     })
 }
 

@@ -123,7 +123,24 @@ impl CloudHandler {
         let spec = self.specs.get(&task_type).ok_or_else(|| {
             TaskError::UnsupportedTaskType(format!("no cloud model for {}", task_type.as_str()))
         })?;
-        spec.validate_payload(&req.payload)?;
+        match &req.features {
+            // A split task's features are checked when decoded.
+            Some(f) => {
+                if !req.payload.is_empty() {
+                    return Err(TaskError::InvalidInput(
+                        "a request carries either a payload or features, not both".into(),
+                    ));
+                }
+                if f.data.len() > self.limits.max_payload_bytes {
+                    return Err(TaskError::InvalidInput(format!(
+                        "features of {} bytes exceed the limit of {} bytes",
+                        f.data.len(),
+                        self.limits.max_payload_bytes
+                    )));
+                }
+            }
+            None => spec.validate_payload(&req.payload)?,
+        }
         if let Some(d) = deadline_from_unix_nanos(req.deadline_unix_nano, now, SystemTime::now()) {
             if d <= now {
                 return Err(TaskError::DeadlineExceeded(
@@ -141,6 +158,11 @@ impl CloudHandler {
         let deadline =
             deadline_from_unix_nanos(req.deadline_unix_nano, received, SystemTime::now());
 
+        if let Some(f) = &req.features {
+            return self
+                .handle_split(&req.id, task_type, f, received, deadline)
+                .await;
+        }
         // The place in the waiting line is a guard: a request whose client
         // goes away while it waits (its future dropped) gives it back too.
         let waiting = self.enter_waiting_line()?;
@@ -161,6 +183,51 @@ impl CloudHandler {
             queue_nano: started.duration_since(received).as_nanos() as i64,
             inference_nano: inf.elapsed.as_nanos() as i64,
             ..output_response(&req.id, &inf.output)
+        })
+    }
+
+    /// A split task: checks its features against the split point, decodes
+    /// them (bounded by the point's shape) and runs the tail, under the
+    /// same admission as every request.
+    async fn handle_split(
+        &self,
+        id: &str,
+        task_type: TaskType,
+        f: &proto::Features,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<proto::TaskResponse, TaskError> {
+        let spec = &self.specs[&task_type];
+        let split = spec.split.as_ref().ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!(
+                "no split model for {} in this cloud",
+                task_type.as_str()
+            ))
+        })?;
+        let point = split.point(&f.split_point).ok_or_else(|| {
+            TaskError::InvalidInput(format!(
+                "{} has no split point {:?}",
+                split.model, f.split_point
+            ))
+        })?;
+        // One task's features: a batch of one.
+        let (values, _) = agent_net::decode_features(f, &point.shape, 1)
+            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", split.model)))?;
+        let source = (f.source_width > 0 && f.source_height > 0)
+            .then_some((f.source_width, f.source_height));
+        let name = point.name.clone();
+        let waiting = self.enter_waiting_line()?;
+        let (inf, started) = self
+            .in_slot(waiting, deadline, move |engine| {
+                engine.split_tail(task_type, &name, &values, source)
+            })
+            .await?;
+        Ok(proto::TaskResponse {
+            processed_by: "cloud".into(),
+            duration_nano: received.elapsed().as_nanos() as i64,
+            queue_nano: started.duration_since(received).as_nanos() as i64,
+            inference_nano: inf.elapsed.as_nanos() as i64,
+            ..output_response(id, &inf.output)
         })
     }
 

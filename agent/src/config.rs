@@ -1,7 +1,7 @@
 //! Configuration: a TOML file (every field optional) with CLI overrides.
 //! `agent print-config` shows the defaults.
 
-use crate::infer::{InputSpec, ModelSpec, OutputSpec};
+use crate::infer::{InputSpec, ModelSpec, OutputSpec, SplitPoint, SplitSpec};
 use agent_core::{Policy, TaskType};
 use agent_net::{OffloadConfig, TlsConfig};
 use anyhow::{Context, Result};
@@ -77,7 +77,31 @@ pub struct EdgeConfig {
     /// Decision audit log: one JSON line per finished task with the whole
     /// explanation, appended to this file; unset: none.
     pub audit_log: Option<PathBuf>,
+    /// Split computing: which of the models' split points the decision
+    /// may use (a model's `split` section says where it can be cut).
+    pub split: SplitConfig,
     pub models: HashMap<TaskType, ModelSpec>,
+}
+
+/// What the edge does with its models' split points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Weigh split offloads (head here, tail in the cloud) beside local
+    /// and whole offloads; off: never split (the `split:<point>` policy
+    /// still does).
+    pub enabled: bool,
+    /// The split points the decision may use, by name; empty: all.
+    pub points: Vec<String>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            points: Vec::new(),
+        }
+    }
 }
 
 /// What an offload endpoint is.
@@ -262,12 +286,53 @@ fn model(
         expected_ms,
         max_batch: 1,
         max_batch_delay_ms: 0.0,
+        split: None,
     }
 }
 
+/// The split manifest of the committed models (`models/export_splits.py`
+/// writes it from the models it exports).
+const SPLIT_MANIFEST: &str = include_str!("../../models/splits.toml");
+
+#[derive(Deserialize)]
+struct SplitManifest {
+    model: Vec<ManifestModel>,
+}
+
+#[derive(Deserialize)]
+struct ManifestModel {
+    task_type: TaskType,
+    file: String,
+    full: String,
+    point: Vec<SplitPoint>,
+}
+
+/// The split specs of a manifest, per task type; files relative to `dir`.
+pub fn split_specs(manifest: &str, dir: &Path) -> Result<HashMap<TaskType, SplitSpec>> {
+    let m: SplitManifest = toml::from_str(manifest).context("parsing the split manifest")?;
+    Ok(m.model
+        .into_iter()
+        .map(|m| {
+            let model = m.full.trim_end_matches(".pt").to_string();
+            (
+                m.task_type,
+                SplitSpec {
+                    path: dir.join(&m.file),
+                    model,
+                    points: m.point,
+                },
+            )
+        })
+        .collect())
+}
+
 /// The workload models of one side (`edge` or `cloud`), one per task type
-/// (models/README.md), with execution times assumed until measured.
+/// (models/README.md), with execution times assumed until measured; the
+/// image classifier and the detector with the cloud models' split points
+/// (`models/splits.toml`).
 pub fn workload_models(side: &str, expected_ms: [f64; 3]) -> HashMap<TaskType, ModelSpec> {
+    let mut splits = split_specs(SPLIT_MANIFEST, Path::new("models"))
+        .expect("the committed split manifest parses");
     let image = |side_px: usize| {
         Some(InputSpec::Image {
             height: side_px,
@@ -314,6 +379,12 @@ pub fn workload_models(side: &str, expected_ms: [f64; 3]) -> HashMap<TaskType, M
             ),
         ),
     ])
+    .into_iter()
+    .map(|(t, mut spec)| {
+        spec.split = splits.remove(&t);
+        (t, spec)
+    })
+    .collect()
 }
 
 /// The digits models (8x8 grayscale, image classification only): tiny and
@@ -359,6 +430,7 @@ impl Default for EdgeConfig {
             store: Default::default(),
             model_updates: Default::default(),
             audit_log: None,
+            split: SplitConfig::default(),
             models: workload_models("edge", [15.0, 50.0, 1.0]),
         }
     }
@@ -444,6 +516,9 @@ impl Config {
             .chain(cfg.cloud.models.values_mut())
         {
             spec.path = datasets::resolve(&spec.path, base.as_deref());
+            if let Some(split) = &mut spec.split {
+                split.path = datasets::resolve(&split.path, base.as_deref());
+            }
             if let Some(InputSpec::Text { vocab, .. }) = &mut spec.input {
                 *vocab = datasets::resolve(vocab, base.as_deref());
             }

@@ -261,6 +261,7 @@ impl Edge {
                 net: monitor.statuses[&e.addr.ip()].clone(),
                 dest: e.addr.ip(),
                 peer: e.cfg.kind == crate::config::EndpointKind::Peer,
+                splits: e.cfg.kind == crate::config::EndpointKind::Agent,
                 name: e.cfg.name,
                 offloader: e.stack.offloader,
                 health: Some(e.stack.health),
@@ -268,7 +269,14 @@ impl Edge {
             })
             .collect();
         let times = shared_exec_times(0.2, Duration::from_millis(1));
-        let factory = torch_engines(cfg.models.clone(), &cfg.device, times.clone())?;
+        // Split models are loaded only where they may be used.
+        let mut models = cfg.models.clone();
+        if !cfg.split.enabled && cfg.policy.fixed_split().is_none() {
+            for spec in models.values_mut() {
+                spec.split = None;
+            }
+        }
+        let factory = torch_engines(models.clone(), &cfg.device, times.clone())?;
         let store = TaskStore::open(&cfg.store)?.map(Arc::new);
         if let Some(s) = &store {
             let c = s.counts();
@@ -290,9 +298,10 @@ impl Edge {
                 cloud_expected: Duration::from_secs_f64(cfg.cloud_expected_ms / 1e3),
                 hedge_budget: cfg.hedge_budget,
                 hold_runnable_locally: cfg.store.hold_runnable_locally,
+                split: cfg.split.clone(),
             },
             ManagerParts {
-                local_specs: cfg.models.clone(),
+                local_specs: models,
                 engine_factory: factory,
                 local_times: times.clone(),
                 endpoints: endpoint_parts,
@@ -460,6 +469,7 @@ impl EdgeAiService for EdgeApi {
     ) -> Result<Response<proto::TaskResponse>, Status> {
         let task = task_from_request(request.into_inner(), Instant::now(), SystemTime::now())
             .map_err(|e| error_to_status(&e))?;
+        let result_task_type = task.task_type;
         let rx = self.manager.submit(task).map_err(|e| error_to_status(&e))?;
         let result = rx.await.map_err(|_| Status::internal("task result lost"))?;
         let mut resp = result_to_response(&result);
@@ -470,6 +480,12 @@ impl EdgeAiService for EdgeApi {
                     .endpoint_name(d.endpoint)
                     .unwrap_or_default()
                     .to_string();
+            }
+            if let Some(point) = d.split {
+                pd.split_point = self
+                    .manager
+                    .split_point_name(result_task_type, point)
+                    .unwrap_or_default();
             }
         }
         Ok(Response::new(resp))

@@ -18,6 +18,7 @@ mod manager;
 mod metrics;
 mod monitor;
 mod passive;
+pub mod split;
 pub mod store;
 pub mod submit;
 pub mod update;

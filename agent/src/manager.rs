@@ -7,11 +7,12 @@
 //! answers and cancels the other leg.
 
 use crate::infer::{EngineFactory, EnginePool, ModelSpec, SharedExecTimes};
+use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
-    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource, Task,
-    TaskError, TaskQueue, TaskResult, TaskType, Transport,
+    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource, SplitInput,
+    Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -42,6 +43,8 @@ pub struct ManagerConfig {
     /// With a store: hold tasks a local model could run too, not only
     /// those no local model can (`[edge.store] hold_runnable_locally`).
     pub hold_runnable_locally: bool,
+    /// Split computing: which split points the decision may weigh.
+    pub split: crate::config::SplitConfig,
 }
 
 /// Counters of what happened to tasks, for logs, the demo and metrics.
@@ -106,9 +109,35 @@ struct Job {
     /// the job was finished, cancelled or lost in a panic, so shutdown
     /// never waits for a task nobody will finish.
     claim: Arc<Claim>,
+    /// A split offload's features, once its head ran here.
+    features: Option<proto::Features>,
 }
 
 impl Job {
+    fn new(task: Task, decision: Option<Decision>, reply: Reply, claim: Arc<Claim>) -> Job {
+        Job {
+            task,
+            decision,
+            reply,
+            fell_back: false,
+            rerouted: false,
+            claim,
+            features: None,
+        }
+    }
+
+    /// The split point whose head this job runs in the local queue before
+    /// it is offloaded (a task that fell back runs the local model).
+    fn head_to_run(&self) -> Option<PointIndex> {
+        if self.fell_back || self.features.is_some() {
+            return None;
+        }
+        self.decision
+            .as_ref()
+            .filter(|d| d.path == ExecPath::Cloud)
+            .and_then(|d| d.split)
+    }
+
     /// Sends the job to endpoint `other` next (once).
     fn reroute_to(&mut self, other: usize) {
         if let Some(d) = self.decision.as_mut() {
@@ -201,9 +230,14 @@ struct Inner {
     local_times: SharedExecTimes,
     /// One engine per worker; a model update swaps them all.
     engines: Arc<EnginePool>,
-    /// What the predictions missed, per path, task type and endpoint (0
-    /// for the local path).
-    residuals: Mutex<Residuals<(ExecPath, TaskType, usize)>>,
+    /// What the predictions missed, per path, task type, endpoint (0 for
+    /// the local path) and offload variant ([`variant_key`]).
+    residuals: Mutex<Residuals<ResidualKey>>,
+    /// Split computing: the split points the decision may use.
+    splits: SplitPoints,
+    /// Where a split task's offload is spawned once its head ran on a
+    /// worker thread (`None` outside a runtime: no split offloads).
+    runtime: Option<tokio::runtime::Handle>,
     state: Mutex<LocalState>,
     work_ready: Condvar,
     /// Where tasks may be offloaded; empty: nowhere.
@@ -232,6 +266,13 @@ struct Held {
     jobs: HashMap<String, Vec<Job>>,
     /// Shutdown began: a held task's submitter is answered at once.
     closed: bool,
+}
+
+type ResidualKey = (ExecPath, TaskType, usize, u8);
+
+/// An offload variant in residual keys: 0 whole, 1 + the split point.
+fn variant_key(split: Option<PointIndex>) -> u8 {
+    split.map_or(0, |p| p.saturating_add(1))
 }
 
 /// How long a prediction's residual counts: a path (an endpoint) that gets
@@ -265,12 +306,16 @@ pub struct EndpointParts {
     pub peer: bool,
     /// The task types it serves; `None`: every type.
     pub serves: Option<HashSet<TaskType>>,
+    /// It runs split models' tails (our cloud service).
+    pub splits: bool,
 }
 
 /// An endpoint and what the manager learns about it.
 struct Endpoint {
     parts: EndpointParts,
     cloud_times: Mutex<ExecTimeModel<TaskType>>,
+    /// Server times of split tails, per task type and split point.
+    tail_times: Mutex<ExecTimeModel<(TaskType, PointIndex)>>,
     /// Offloads sent there that have not answered yet.
     in_flight: AtomicU64,
 }
@@ -322,6 +367,12 @@ impl Manager {
     /// starts the workers.
     pub fn start(cfg: ManagerConfig, parts: ManagerParts) -> anyhow::Result<Manager> {
         let n = cfg.workers.max(1);
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let splits = if runtime.is_some() {
+            SplitPoints::new(&parts.local_specs, &cfg.split)
+        } else {
+            SplitPoints::new(&HashMap::new(), &cfg.split)
+        };
         let engines = (0..n)
             .map(|_| (parts.engine_factory)())
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -333,9 +384,17 @@ impl Manager {
                 for t in TaskType::ALL {
                     cloud_times.seed(t, cfg.cloud_expected);
                 }
+                let mut tail_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
+                for t in TaskType::ALL {
+                    for i in 0..splits.of(t).len() {
+                        let i = i as PointIndex;
+                        tail_times.seed((t, i), splits.tail_seed(t, i));
+                    }
+                }
                 Endpoint {
                     parts,
                     cloud_times: Mutex::new(cloud_times),
+                    tail_times: Mutex::new(tail_times),
                     in_flight: AtomicU64::new(0),
                 }
             })
@@ -345,6 +404,8 @@ impl Manager {
             local_times: parts.local_times,
             engines: EnginePool::new(engines),
             residuals: Mutex::new(Residuals::new(32, 4).with_max_age(RESIDUAL_MAX_AGE)),
+            splits,
+            runtime,
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
@@ -445,6 +506,11 @@ impl Manager {
     }
 
     /// The name of endpoint `index` (a [`Decision::endpoint`]).
+    /// The name of a task type's split point `index` (`Decision::split`).
+    pub fn split_point_name(&self, t: TaskType, index: u8) -> Option<String> {
+        self.inner.splits.get(t, index).map(|p| p.name.clone())
+    }
+
     pub fn endpoint_name(&self, index: usize) -> Option<&str> {
         self.inner
             .endpoints
@@ -489,8 +555,10 @@ impl Manager {
             let mut decision = inner.decide(&state, &task, now);
             if let Ok(d) = &mut decision {
                 state.last_path.insert(task.task_type, d.path);
-                // Hedge within the budget, with a local leg that fits.
+                // Hedge within the budget, with a local leg that fits (a
+                // split offload's head already runs here: no hedge).
                 d.hedge = d.hedge
+                    && d.split.is_none()
                     && !inner.endpoints.is_empty()
                     && inner.local_specs.contains_key(&task.task_type)
                     && state.queue.room_for(task.payload.len()).is_ok()
@@ -505,13 +573,13 @@ impl Manager {
                         done: CancellationToken::new(),
                     });
                     let claim = Claim::new(&inner.outstanding);
-                    let leg = |task: Task| Job {
-                        task,
-                        decision: Some(d.clone()),
-                        reply: Reply::Hedged(shared.clone()),
-                        fell_back: false,
-                        rerouted: false,
-                        claim: claim.clone(),
+                    let leg = |task: Task| {
+                        Job::new(
+                            task,
+                            Some(d.clone()),
+                            Reply::Hedged(shared.clone()),
+                            claim.clone(),
+                        )
                     };
                     let (priority, deadline) = (task.priority, task.deadline);
                     let bytes = task.payload.len();
@@ -529,18 +597,20 @@ impl Manager {
                     tokio::spawn(run_offload(self.inner.clone(), leg(task)));
                     return Ok(rx);
                 }
-                Ok(d) if d.path == ExecPath::Local => {
-                    let expected = inner.local_queue_cost(&state, task.task_type);
+                // A split offload runs its head in the local queue first.
+                Ok(d) if d.path == ExecPath::Local || d.split.is_some() => {
+                    let expected = match d.split {
+                        Some(i) => inner.splits.head_estimate(task.task_type, i),
+                        None => inner.local_queue_cost(&state, task.task_type),
+                    };
                     let (priority, deadline) = (task.priority, task.deadline);
                     let bytes = task.payload.len();
-                    let job = Job {
+                    let job = Job::new(
                         task,
-                        decision: Some(d),
-                        reply: Reply::One(tx),
-                        fell_back: false,
-                        rerouted: false,
-                        claim: Claim::new(&inner.outstanding),
-                    };
+                        Some(d),
+                        Reply::One(tx),
+                        Claim::new(&inner.outstanding),
+                    );
                     // A refused job drops its claim with it.
                     if let Err((_, full)) =
                         state.queue.push(job, priority, deadline, expected, bytes)
@@ -559,26 +629,17 @@ impl Manager {
         inner.accept();
         match decision {
             Ok(d) => {
-                let job = Job {
+                let job = Job::new(
                     task,
-                    decision: Some(d),
-                    reply: Reply::One(tx),
-                    fell_back: false,
-                    rerouted: false,
-                    claim: Claim::new(&inner.outstanding),
-                };
+                    Some(d),
+                    Reply::One(tx),
+                    Claim::new(&inner.outstanding),
+                );
                 tokio::spawn(run_offload(self.inner.clone(), job));
             }
             // No path can work: the task fails early, with the reason.
             Err(e) => inner.finish(
-                Job {
-                    task,
-                    decision: None,
-                    reply: Reply::One(tx),
-                    fell_back: false,
-                    rerouted: false,
-                    claim: Claim::new(&inner.outstanding),
-                },
+                Job::new(task, None, Reply::One(tx), Claim::new(&inner.outstanding)),
                 Err(e),
                 None,
                 None,
@@ -732,16 +793,26 @@ impl Inner {
             usable = (0..self.endpoints.len()).filter(serving).collect();
         }
         if usable.is_empty() {
-            return self.decide_for(state, task, now, None);
+            return self.decide_for(state, task, now, None, None);
         }
         let candidates = agent_core::endpoint_candidates(&usable, rand::random());
-        if candidates.len() == 1 {
-            return self.decide_for(state, task, now, Some(candidates[0]));
+        // Per endpoint, the whole offload and each split point it may use.
+        let policy = self.live.lock().expect("live lock").policy.clone();
+        let options: Vec<(usize, Option<PointIndex>)> = candidates
+            .iter()
+            .flat_map(|&i| {
+                self.variants(task.task_type, i, &policy)
+                    .into_iter()
+                    .map(move |v| (i, v))
+            })
+            .collect();
+        if let [(i, v)] = options[..] {
+            return self.decide_for(state, task, now, Some(i), v);
         }
-        let mut decisions = Vec::with_capacity(candidates.len());
+        let mut decisions = Vec::with_capacity(options.len());
         let mut first_err = None;
-        for &i in &candidates {
-            match self.decide_for(state, task, now, Some(i)) {
+        for &(i, v) in &options {
+            match self.decide_for(state, task, now, Some(i), v) {
                 Ok(d) => decisions.push(d),
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -754,14 +825,30 @@ impl Inner {
         }
     }
 
+    /// The ways a task of type `t` may be offloaded to `endpoint` under
+    /// `policy`: whole (`None`), or through a split point.
+    fn variants(&self, t: TaskType, endpoint: usize, policy: &Policy) -> Vec<Option<PointIndex>> {
+        let splits_here = self.endpoints[endpoint].parts.splits && !self.splits.of(t).is_empty();
+        if let Some(name) = policy.fixed_split() {
+            return vec![self.splits.index_of(t, name).filter(|_| splits_here)];
+        }
+        let mut v = vec![None];
+        if splits_here && policy.weighs_splits() && self.cfg.split.enabled {
+            v.extend((0..self.splits.of(t).len()).map(|i| Some(i as PointIndex)));
+        }
+        v
+    }
+
     /// The policy's decision between the local path and `endpoint` (none:
-    /// no offload possible).
+    /// no offload possible), offloading the whole task or, with `split`,
+    /// the features of that split point's head run here.
     fn decide_for(
         &self,
         state: &LocalState,
         task: &Task,
         now: Instant,
         endpoint: Option<usize>,
+        split: Option<PointIndex>,
     ) -> Result<Decision, TaskError> {
         let busy: Vec<Duration> = state
             .in_flight
@@ -781,22 +868,30 @@ impl Inner {
             .into_iter()
             .map(|ms| ms * batch_scale)
             .collect();
-        let (cloud_dist, cloud_inference) = ep.map_or((Vec::new(), Duration::ZERO), |e| {
-            let times = e.cloud_times.lock().expect("cloud times");
-            (
-                times.distribution_ms(task.task_type),
-                times.estimate(task.task_type),
-            )
-        });
+        let t = task.task_type;
+        let (cloud_dist, cloud_inference) =
+            ep.map_or((Vec::new(), Duration::ZERO), |e| match split {
+                Some(i) => {
+                    let times = e.tail_times.lock().expect("tail times");
+                    (times.distribution_ms((t, i)), times.estimate((t, i)))
+                }
+                None => {
+                    let times = e.cloud_times.lock().expect("cloud times");
+                    (times.distribution_ms(t), times.estimate(t))
+                }
+            });
         let (local_residual, cloud_residual) = {
             let r = self.residuals.lock().expect("residuals lock");
             (
-                r.sorted_ms_at((ExecPath::Local, task.task_type, 0), now),
+                r.sorted_ms_at((ExecPath::Local, t, 0, 0), now),
                 endpoint.map_or_else(Vec::new, |i| {
-                    r.sorted_ms_at((ExecPath::Cloud, task.task_type, i), now)
+                    r.sorted_ms_at((ExecPath::Cloud, t, i, variant_key(split)), now)
                 }),
             )
         };
+        let queue_wait = state
+            .queue
+            .wait_estimate(task.priority, &busy, self.cfg.workers.max(1));
         let input = DecisionInput {
             local_residual_ms: &local_residual,
             cloud_residual_ms: &cloud_residual,
@@ -805,16 +900,16 @@ impl Inner {
             previous: state.last_path.get(&task.task_type).copied(),
             task_type: task.task_type,
             priority: task.priority,
-            payload_bytes: task.payload.len(),
+            payload_bytes: split.map_or(task.payload.len(), |i| self.splits.upload_bytes(t, i)),
+            split: split.map(|i| SplitInput {
+                point: i,
+                head: queue_wait + self.splits.head_estimate(t, i),
+            }),
             response_bytes: self.cfg.response_bytes,
             time_left: task.time_left(now),
             net: &net,
             local: LocalStatus {
-                queue_wait: state.queue.wait_estimate(
-                    task.priority,
-                    &busy,
-                    self.cfg.workers.max(1),
-                ),
+                queue_wait,
                 inference: self.local_estimate(task.task_type).mul_f64(batch_scale),
                 supported: self.local_specs.contains_key(&task.task_type),
             },
@@ -838,10 +933,14 @@ impl Inner {
     /// Another endpoint for a task that `from` has not answered: usable now,
     /// and whose round trip plus server time still fits the deadline; the
     /// one with the lowest such time.
-    fn reroute_target(&self, task: &Task, from: usize, now: Instant) -> Option<usize> {
+    fn reroute_target(&self, job: &Job, from: usize, now: Instant) -> Option<usize> {
+        let task = &job.task;
         let left = task.time_left(now);
+        // Features go only where split tails run.
+        let split = job.features.is_some();
         (0..self.endpoints.len())
             .filter(|&i| i != from && self.endpoints[i].usable(task.task_type, now))
+            .filter(|&i| !split || self.endpoints[i].parts.splits)
             .map(|i| {
                 let e = &self.endpoints[i];
                 let rtt = Duration::from_secs_f64(e.parts.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
@@ -887,6 +986,7 @@ impl Inner {
             fell_back,
             rerouted,
             claim: _claim,
+            features: _,
         } = job;
         let tx = match reply {
             Reply::One(tx) => tx,
@@ -982,12 +1082,12 @@ impl Inner {
         }
         let Some(o) = d.outlook() else { return };
         let actual_ms = task.created_at.elapsed().as_secs_f64() * 1e3;
-        let endpoint = match d.path {
-            ExecPath::Local => 0,
-            ExecPath::Cloud => d.endpoint,
+        let (endpoint, variant) = match d.path {
+            ExecPath::Local => (0, 0),
+            ExecPath::Cloud => (d.endpoint, variant_key(d.split)),
         };
         self.residuals.lock().expect("residuals lock").observe_at(
-            (d.path, task.task_type, endpoint),
+            (d.path, task.task_type, endpoint, variant),
             actual_ms - (o.mean_ms - o.correction_ms),
             Instant::now(),
         );
@@ -1008,6 +1108,8 @@ impl Inner {
         let retry_locally = matches!(job.reply, Reply::One(_))
             && !matches!(task_error, TaskError::InvalidInput(_))
             && self.local_specs.contains_key(&job.task.task_type);
+        // A split task that falls back runs the local model whole.
+        job.features = None;
         if retry_locally {
             let expected = self.local_estimate(job.task.task_type);
             let now = Instant::now();
@@ -1051,14 +1153,12 @@ impl Inner {
         }
         let (tx, rx) = oneshot::channel();
         self.accept();
-        let job = Job {
-            task: task.clone(),
-            decision: None,
-            reply: Reply::One(tx),
-            fell_back: false,
-            rerouted: false,
-            claim: Claim::new(&self.outstanding),
-        };
+        let job = Job::new(
+            task.clone(),
+            None,
+            Reply::One(tx),
+            Claim::new(&self.outstanding),
+        );
         match kept {
             Some(resp) => self.answer_from_cloud(job, &resp, None),
             None => self.wait_for_held(job),
@@ -1264,6 +1364,10 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         return None;
     }
     let mut request = task_to_request(&job.task, Instant::now(), SystemTime::now());
+    if let Some(f) = &job.features {
+        request.payload = Vec::new();
+        request.features = Some(f.clone());
+    }
     if endpoint.parts.peer {
         request.context.insert(PEER_HOP.into(), "1".into());
     }
@@ -1336,7 +1440,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             }
             _ = reroute => {
                 reroute_at = None;
-                if let Some(other) = inner.reroute_target(&job.task, index, Instant::now()) {
+                if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
                     tracing::debug!(
                         task = %job.task.id,
                         from = %endpoint.parts.name,
@@ -1368,11 +1472,23 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         Ok(reply) if reply.response.success => {
             let r = &reply.response;
             let server = Duration::from_nanos(r.duration_nano.max(0) as u64);
-            endpoint
-                .cloud_times
-                .lock()
-                .expect("cloud times")
-                .observe(job.task.task_type, server);
+            let split = job
+                .features
+                .as_ref()
+                .and(job.decision.as_ref())
+                .and_then(|d| d.split);
+            match split {
+                Some(i) => endpoint
+                    .tail_times
+                    .lock()
+                    .expect("tail times")
+                    .observe((job.task.task_type, i), server),
+                None => endpoint
+                    .cloud_times
+                    .lock()
+                    .expect("cloud times")
+                    .observe(job.task.task_type, server),
+            }
             let srtt =
                 Duration::from_secs_f64(endpoint.parts.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
             let _ = inner.probe_events.try_send(ProbeEvent {
@@ -1411,7 +1527,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     | OffloadError::CircuitOpen { .. }
             );
             if unreachable && !job.rerouted && matches!(job.reply, Reply::One(_)) {
-                if let Some(other) = inner.reroute_target(&job.task, index, Instant::now()) {
+                if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
                     crate::metrics::record_reroute(&endpoint.parts.name);
                     job.reroute_to(other);
                     return Some(job);
@@ -1446,6 +1562,12 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
             }
         }
         if runnable.is_empty() {
+            inner.state.lock().expect("state lock").in_flight[index] = None;
+            continue;
+        }
+        if let Some(point) = runnable[0].head_to_run() {
+            let job = runnable.pop().expect("a runnable job");
+            run_head(&inner, job, point);
             inner.state.lock().expect("state lock").in_flight[index] = None;
             continue;
         }
@@ -1486,6 +1608,54 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
     }
 }
 
+/// Runs a split task's head on this worker, then sends its features (the
+/// offload runs on the runtime; the worker moves on). A head that fails
+/// leaves the task to the usual fallback: the local model, deadline
+/// allowing.
+fn run_head(inner: &Arc<Inner>, mut job: Job, point: PointIndex) {
+    let t = job.task.task_type;
+    let name = match inner.splits.get(t, point) {
+        Some(p) => p.name.clone(),
+        None => {
+            let e = OffloadError::Rejected(TaskError::Internal(format!(
+                "unknown split point {point} for {}",
+                t.as_str()
+            )));
+            inner.fall_back_or_fail(job, e, None);
+            return;
+        }
+    };
+    let features = match inner.engines.checkout() {
+        Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+            engine.engine().split_head(t, &name, &job.task.payload)
+        }))
+        .unwrap_or_else(|_| Err(TaskError::Internal("split head panicked".into()))),
+        None => Err(TaskError::Unavailable("the edge is shutting down".into())),
+    }
+    .and_then(|f| {
+        let wire = crate::split::to_wire(&name, &f)?;
+        inner
+            .splits
+            .observe(t, point, f.elapsed, wire.data.len() + 8 * wire.scale.len());
+        Ok(wire)
+    });
+    match (features, &inner.runtime) {
+        (Ok(f), Some(rt)) => {
+            job.features = Some(f);
+            crate::metrics::record_split_head(t, &name);
+            rt.spawn(run_offload(inner.clone(), job));
+        }
+        (Ok(_), None) => {
+            let e = OffloadError::Rejected(TaskError::Internal("no runtime for offloads".into()));
+            inner.fall_back_or_fail(job, e, None);
+        }
+        (Err(e), _) => {
+            tracing::debug!(task = %job.task.id, error = %e, "split head failed");
+            inner.fall_back_or_fail(job, OffloadError::Rejected(e), None);
+        }
+    }
+}
+
 /// The next work of worker `index`: the first task in queue order, with up
 /// to `max_batch - 1` more of the same model, waiting at most
 /// `max_batch_delay_ms` for them when the batch is not full. `None` once
@@ -1503,12 +1673,17 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
     };
     let task_type = first.task.task_type;
     let (max_batch, delay) = inner.batching(task_type);
+    // A split head runs alone.
+    let alone = first.head_to_run().is_some();
     let mut batch = vec![first];
-    if max_batch > 1 {
+    if max_batch > 1 && !alone {
         let until = Instant::now() + delay;
         loop {
             while batch.len() < max_batch {
-                match state.queue.pop_matching(|j| j.task.task_type == task_type) {
+                match state
+                    .queue
+                    .pop_matching(|j| j.task.task_type == task_type && j.head_to_run().is_none())
+                {
                     Some((job, e)) => {
                         batch.push(job);
                         expected += e;

@@ -243,6 +243,11 @@ fn describe_edge() {
         "Standard deviation of the RTT window of the offload endpoint's host."
     );
     describe_counter!(
+        "edge_split_heads_total",
+        "Split offloads whose head ran on the edge and whose features were sent, by task \
+         type and split point."
+    );
+    describe_counter!(
         "edge_endpoint_reroutes_total",
         "Offloads given up on at an endpoint that had not answered in twice its predicted \
          time, and sent to another, by the endpoint given up on."
@@ -459,6 +464,16 @@ pub fn record_endpoints(statuses: &[(String, NetworkStatus)]) {
 }
 
 /// An offload given up on at `endpoint` (too late) and sent to another.
+/// A split task's head ran here; its features go to the cloud.
+pub fn record_split_head(t: agent_core::TaskType, point: &str) {
+    counter!(
+        "edge_split_heads_total",
+        "task_type" => t.as_str(),
+        "point" => point.to_string()
+    )
+    .increment(1);
+}
+
 pub fn record_reroute(endpoint: &str) {
     counter!("edge_endpoint_reroutes_total", "endpoint" => endpoint.to_string()).increment(1);
 }

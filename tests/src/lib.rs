@@ -239,6 +239,7 @@ pub fn digits_request(id: &str) -> proto::TaskRequest {
         priority: proto::Priority::Medium as i32,
         deadline_unix_nano: 0,
         context: Default::default(),
+        features: None,
     }
 }
 

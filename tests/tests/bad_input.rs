@@ -14,6 +14,7 @@ fn image_request(id: &str, payload: Vec<u8>) -> TaskRequest {
         priority: proto::Priority::Medium as i32,
         deadline_unix_nano: 0,
         context: Default::default(),
+        features: None,
     }
 }
 

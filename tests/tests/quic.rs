@@ -24,6 +24,7 @@ fn request(id: &str, payload: Vec<u8>) -> OffloadRequest {
             priority: proto::Priority::Medium as i32,
             deadline_unix_nano: 0,
             context: Default::default(),
+            features: None,
         },
         deadline: None,
     }

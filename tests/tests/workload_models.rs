@@ -37,6 +37,7 @@ fn engine(task_type: TaskType, name: &str, input: InputSpec, output: OutputSpec)
         expected_ms: 10.0,
         max_batch: 1,
         max_batch_delay_ms: 0.0,
+        split: None,
     };
     let times = shared_exec_times(0.2, Duration::from_millis(10));
     TorchEngine::load(&HashMap::from([(task_type, spec)]), tch::Device::Cpu, times)

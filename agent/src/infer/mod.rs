@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use payload::{prepare, Prepared};
 pub use pool::{EnginePool, PooledEngine};
-pub use spec::{InputSpec, ModelSpec, OutputSpec};
+pub use spec::{InputSpec, ModelSpec, OutputSpec, SplitPoint, SplitSpec};
 pub use tokenizer::Vocab;
 pub use torch::{parse_device, TorchEngine};
 
@@ -59,6 +59,37 @@ pub trait Engine: Send {
         let _ = input;
         Err(TaskError::UnsupportedTaskType(format!(
             "unsupported: this engine has no raw-tensor entry point ({})",
+            task_type.as_str()
+        )))
+    }
+    /// Split computing, at the edge: decodes the payload and runs the
+    /// split model's head up to `point`. Engines without one refuse.
+    fn split_head(
+        &mut self,
+        task_type: TaskType,
+        point: &str,
+        payload: &[u8],
+    ) -> Result<SplitFeatures, TaskError> {
+        let _ = (point, payload);
+        Err(TaskError::UnsupportedTaskType(format!(
+            "no split model for {}",
+            task_type.as_str()
+        )))
+    }
+    /// Split computing, in the cloud: runs the split model's tail from
+    /// `point` on `batch` samples of features (row-major, each of the
+    /// point's shape); the answer is the whole model's. `source` is the
+    /// submitted image's size (width, height), for a detector's boxes.
+    fn split_tail(
+        &mut self,
+        task_type: TaskType,
+        point: &str,
+        features: &[f32],
+        source: Option<(u32, u32)>,
+    ) -> Result<Inference, TaskError> {
+        let _ = (point, features, source);
+        Err(TaskError::UnsupportedTaskType(format!(
+            "no split model for {}",
             task_type.as_str()
         )))
     }
@@ -324,6 +355,17 @@ pub fn answer(out: &[f32], spec: &ModelSpec, scale: (f32, f32)) -> Output {
         OutputSpec::Logits => classify_scores(out, spec),
         OutputSpec::Boxes { min_score } => detect_rows(out, spec, min_score, scale),
     }
+}
+
+/// A split model's head output at the edge: `[1, C, H, W]` features, the
+/// size of the submitted image (width, height; for a detector's boxes),
+/// and how long decoding and the head took.
+#[derive(Debug, Clone)]
+pub struct SplitFeatures {
+    pub shape: Vec<i64>,
+    pub values: Vec<f32>,
+    pub source: Option<(u32, u32)>,
+    pub elapsed: Duration,
 }
 
 /// A model's answer and how long the model itself took.

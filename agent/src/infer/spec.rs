@@ -40,6 +40,46 @@ pub struct ModelSpec {
     /// milliseconds (0: take what is waiting, never wait).
     #[serde(default)]
     pub max_batch_delay_ms: f64,
+    /// Split computing: the cloud model cut at layer boundaries, whose
+    /// head the edge runs and whose tail the cloud runs (unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSpec>,
+}
+
+/// A partitionable model: one TorchScript file with `head(x, point)` (the
+/// model's input to the features at `point`) and `tail(h, point)` (those
+/// features to the model's output); the composition is the whole model
+/// (`models/export_splits.py` checks it). On the edge it belongs to the
+/// task type's spec beside the edge model, in the cloud beside the cloud
+/// model it splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    pub path: PathBuf,
+    /// The whole model's name: a split task's answer is that model's.
+    pub model: String,
+    pub points: Vec<SplitPoint>,
+}
+
+/// One place the model may be cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPoint {
+    pub name: String,
+    /// The `point` argument of the model's `head` and `tail`.
+    pub index: i64,
+    /// One sample's features there: C, H, W.
+    pub shape: Vec<i64>,
+    /// Assumed until measured (milliseconds, bytes on the wire).
+    pub head_ms: f64,
+    pub tail_ms: f64,
+    pub feature_bytes: f64,
+}
+
+impl SplitSpec {
+    pub fn point(&self, name: &str) -> Option<&SplitPoint> {
+        self.points.iter().find(|p| p.name == name)
+    }
 }
 
 /// What a payload is, and the tensor the model takes.

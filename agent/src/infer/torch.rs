@@ -3,17 +3,17 @@
 //! read as the spec says (class scores or boxes).
 
 use super::payload::{self, Prepared};
-use super::spec::{InputSpec, OutputSpec};
+use super::spec::{InputSpec, OutputSpec, SplitSpec};
 use super::tokenizer::Vocab;
 use super::{
     answer, box_scale, input_signature, input_tensor, DataType, Engine, Inference, ModelSpec,
-    RawInference, RawSignature, RawTensor, SharedExecTimes,
+    RawInference, RawSignature, RawTensor, SharedExecTimes, SplitFeatures,
 };
 use agent_core::{Output, TaskError, TaskType};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{CModule, Device, IValue, Kind, Tensor};
 
 /// `auto` picks CUDA when libtorch sees a GPU.
 pub fn parse_device(name: &str) -> anyhow::Result<Device> {
@@ -106,8 +106,53 @@ fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result
     })
 }
 
+/// Loads a split model and checks every point at warm-up: the head gives
+/// the point's shape, and the tail of that gives the output the spec says.
+fn load_split(split: &SplitSpec, spec: &ModelSpec, device: Device) -> anyhow::Result<CModule> {
+    let mut module = CModule::load_on_device(&split.path, device)
+        .with_context(|| format!("loading split model {}", split.path.display()))?;
+    module.set_eval();
+    let input_spec = spec.input();
+    tch::no_grad(|| {
+        let input =
+            to_torch(&input_tensor(&zero_input(&input_spec), &input_spec))?.to_device(device);
+        for p in &split.points {
+            for _ in 0..2 {
+                let h = run_method(&module, "head", &input, p.index)?;
+                let want: Vec<i64> = std::iter::once(1).chain(p.shape.iter().copied()).collect();
+                if h.size() != want {
+                    bail!(
+                        "split point {}: head gives {:?}, the manifest says {want:?}",
+                        p.name,
+                        h.size()
+                    );
+                }
+                let out = run_method(&module, "tail", &h, p.index)?;
+                if let Err(e) = check_output(&out.size(), spec.output, 1) {
+                    bail!("split point {}: tail: {e}", p.name);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(module)
+}
+
+/// Calls a split model's `head` or `tail` on one tensor at a point.
+fn run_method(module: &CModule, method: &str, x: &Tensor, point: i64) -> anyhow::Result<Tensor> {
+    match module.method_is(
+        method,
+        &[IValue::Tensor(x.shallow_clone()), IValue::Int(point)],
+    )? {
+        IValue::Tensor(t) => Ok(t),
+        other => bail!("{method} returned {other:?}, not a tensor"),
+    }
+}
+
 struct Loaded {
     spec: ModelSpec,
+    /// The split model, when the spec has one.
+    split: Option<(SplitSpec, CModule)>,
     input: InputSpec,
     vocab: Option<Vocab>,
     module: CModule,
@@ -139,6 +184,10 @@ impl TorchEngine {
             };
             let out_dims = warm_up(&module, spec, device)
                 .with_context(|| format!("first inference with {}", spec.path.display()))?;
+            let split = match &spec.split {
+                Some(s) => Some((s.clone(), load_split(s, spec, device)?)),
+                None => None,
+            };
             times
                 .lock()
                 .expect("exec-time lock")
@@ -147,6 +196,7 @@ impl TorchEngine {
                 task_type,
                 Loaded {
                     spec: spec.clone(),
+                    split,
                     input,
                     vocab,
                     module,
@@ -159,6 +209,22 @@ impl TorchEngine {
             device,
             times,
         })
+    }
+
+    /// The task type's split model and the point named `point`.
+    fn split(
+        &self,
+        task_type: TaskType,
+        point: &str,
+    ) -> Result<(&Loaded, &CModule, &super::SplitPoint), TaskError> {
+        let m = self.model(task_type)?;
+        let (spec, module) = m.split.as_ref().ok_or_else(|| {
+            TaskError::UnsupportedTaskType(format!("no split model for {}", task_type.as_str()))
+        })?;
+        let p = spec.point(point).ok_or_else(|| {
+            TaskError::InvalidInput(format!("{} has no split point {point:?}", spec.model))
+        })?;
+        Ok((m, module, p))
     }
 
     fn model(&self, task_type: TaskType) -> Result<&Loaded, TaskError> {
@@ -344,6 +410,75 @@ impl Engine for TorchEngine {
             model,
             model_version,
             elapsed,
+        })
+    }
+
+    fn split_head(
+        &mut self,
+        task_type: TaskType,
+        point: &str,
+        payload: &[u8],
+    ) -> Result<SplitFeatures, TaskError> {
+        let (m, module, p) = self.split(task_type, point)?;
+        let started = Instant::now();
+        let prepared = payload::prepare(&m.input, payload, m.vocab.as_ref())
+            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", m.spec.name)))?;
+        let input = to_torch(&input_tensor(&prepared, &m.input))?.to_device(self.device);
+        let h = tch::no_grad(|| run_method(module, "head", &input, p.index))
+            .map_err(|e| TaskError::Internal(format!("split head {point}: {e}")))?;
+        let (shape, values) = read_output(&h, point)?;
+        let source = match &prepared {
+            Prepared::Rgb { source, .. } => Some(*source),
+            _ => None,
+        };
+        Ok(SplitFeatures {
+            shape,
+            values,
+            source,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn split_tail(
+        &mut self,
+        task_type: TaskType,
+        point: &str,
+        features: &[f32],
+        source: Option<(u32, u32)>,
+    ) -> Result<Inference, TaskError> {
+        let (m, module, p) = self.split(task_type, point)?;
+        let per: i64 = p.shape.iter().product();
+        let n = features.len() as i64 / per.max(1);
+        if n < 1 || n * per != features.len() as i64 {
+            return Err(TaskError::InvalidInput(format!(
+                "{} values are not samples of {:?}",
+                features.len(),
+                p.shape
+            )));
+        }
+        let started = Instant::now();
+        let mut shape = vec![n];
+        shape.extend(&p.shape);
+        let h = Tensor::from_slice(features)
+            .view(shape.as_slice())
+            .to_device(self.device);
+        let out = tch::no_grad(|| run_method(module, "tail", &h, p.index))
+            .map_err(|e| TaskError::Internal(format!("split tail {point}: {e}")))?;
+        let (shape, values) = read_output(&out, point)?;
+        check_output(&shape, m.spec.output, n)
+            .map_err(|e| TaskError::Internal(format!("split tail {point}: {e}")))?;
+        // The first sample answers (the wire carries one task's features).
+        let per_out = values.len() / n as usize;
+        let scale = match (source, &m.input) {
+            (Some((w, h)), InputSpec::Image { height, width, .. }) if w > 0 && h > 0 => {
+                (w as f32 / *width as f32, h as f32 / *height as f32)
+            }
+            _ => (1.0, 1.0),
+        };
+        let output = answer(&values[..per_out], &m.spec, scale);
+        Ok(Inference {
+            output,
+            elapsed: started.elapsed(),
         })
     }
 

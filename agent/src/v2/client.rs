@@ -471,6 +471,7 @@ mod tests {
             expected_ms: 1.0,
             max_batch: 1,
             max_batch_delay_ms: 0.0,
+            split: None,
         }
     }
 

@@ -327,6 +327,7 @@ fn request(t: proto::TaskType, payload: &[u8]) -> proto::TaskRequest {
         priority: proto::Priority::Medium as i32,
         deadline_unix_nano: 0,
         context: Default::default(),
+        features: None,
     }
 }
 

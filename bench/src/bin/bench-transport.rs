@@ -274,6 +274,7 @@ fn request(id: String, size: usize) -> OffloadRequest {
             priority: proto::Priority::Medium as i32,
             deadline_unix_nano: 0,
             context: Default::default(),
+            features: None,
         },
         deadline: None,
     }

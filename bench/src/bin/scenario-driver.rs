@@ -243,6 +243,7 @@ fn valid_request() -> Result<proto::TaskRequest> {
         priority: proto::Priority::Medium as i32,
         deadline_unix_nano: 0,
         context: Default::default(),
+        features: None,
     })
 }
 
@@ -316,6 +317,7 @@ async fn send_one(
         priority: prio as i32,
         deadline_unix_nano,
         context: Default::default(),
+        features: None,
     };
     let limit = deadline.unwrap_or_default() + ANSWER_GRACE;
     let started = Instant::now();
