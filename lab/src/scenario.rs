@@ -157,6 +157,11 @@ pub struct TaskMix {
     /// One of [`PRIORITIES`].
     #[serde(default = "default_priority")]
     pub priority: String,
+    /// How an image is sent: `jpeg` (default, the held-out file as it is)
+    /// or `png` (the same pixels, lossless: frames from a camera that sends
+    /// raw images).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
 }
 
 fn default_priority() -> String {
@@ -279,6 +284,14 @@ impl Scenario {
                 );
             }
             ensure!(m.weight > 0.0, "workload.mix: weight must be > 0");
+            match m.format.as_str() {
+                "" | "jpeg" => {}
+                "png" if m.task != "nlp_analysis" => {}
+                other => bail!(
+                    "workload.mix: format {other:?} for {} (jpeg, or png for images)",
+                    m.task
+                ),
+            }
         }
         Ok(())
     }

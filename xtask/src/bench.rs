@@ -1,15 +1,25 @@
-//! `cargo xtask bench [--quick] [-- ARGS]`: the scenario benchmark. Builds
-//! the eBPF object (the edge agent measures passively where it can), the
-//! agent, the jitter lab and the benchmark programs (release), then becomes
-//! `scenario-bench`, which runs every scenario x policy with the real agents
-//! across the emulated link and writes bench/results/scenarios.md, the JSON
-//! data and the plots. Needs root. See bench/README.md.
+//! `cargo xtask bench [--quick] [--set all|scenarios|split] [-- ARGS]`: the
+//! scenario benchmark. Builds the eBPF object (the edge agent measures
+//! passively where it can), the agent, the jitter lab and the benchmark
+//! programs (release), then runs `scenario-bench` on the scenario set
+//! (every scenario x policy with the real agents across the emulated link:
+//! bench/results/scenarios.md, the JSON data and the plots) and on the
+//! split computing set (bench/split: bench/results/split.md). Needs root.
+//! See bench/README.md.
 
 use crate::util::{self, cargo, project_root};
 use anyhow::{Context, Result};
-use std::os::unix::process::CommandExt;
 
-pub fn run(quick: bool, extra: &[String]) -> Result<()> {
+/// The split computing set: its scenarios and the policies it compares
+/// (local only, whole offload, every fixed split point of the image
+/// classifier, and the policy that chooses per task).
+const SPLIT_POLICIES: &str = "always-local,always-offload,split:stride4,split:stride8,split:stride16,split:stride32,deadline-aware";
+
+pub fn run(quick: bool, set: &str, extra: &[String]) -> Result<()> {
+    anyhow::ensure!(
+        matches!(set, "all" | "scenarios" | "split"),
+        "--set {set:?}: all, scenarios or split"
+    );
     crate::ebpf::build()?;
     util::run(cargo().args([
         "build",
@@ -26,18 +36,42 @@ pub fn run(quick: bool, extra: &[String]) -> Result<()> {
     if quick {
         shown.push_str(" --quick");
     }
+    if set != "all" {
+        shown.push_str(&format!(" --set {set}"));
+    }
     if !extra.is_empty() {
         shown.push_str(" -- ");
         shown.push_str(&extra.join(" "));
     }
-    let mut c = std::process::Command::new(project_root().join("target/release/scenario-bench"));
-    c.current_dir(project_root()).args(["--command", &shown]);
-    if quick {
-        c.arg("--quick");
+    let bench = |args: &[&str]| -> Result<()> {
+        let mut c =
+            std::process::Command::new(project_root().join("target/release/scenario-bench"));
+        c.current_dir(project_root()).args(["--command", &shown]);
+        if quick {
+            c.arg("--quick");
+        }
+        c.args(args).args(extra);
+        // Ctrl-C reaches the benchmark too (same process group): it stops
+        // its processes and removes its namespaces and cgroups, and this
+        // waits for it.
+        let st = c
+            .status()
+            .context("starting target/release/scenario-bench")?;
+        anyhow::ensure!(st.success(), "scenario-bench failed: {st}");
+        Ok(())
+    };
+    if set != "split" {
+        bench(&[])?;
     }
-    c.args(extra);
-    // Become the benchmark: Ctrl-C then reaches it directly and the shell
-    // waits until it has stopped its processes and removed its namespaces
-    // and cgroups.
-    Err(c.exec()).context("starting target/release/scenario-bench")
+    if set != "scenarios" {
+        bench(&[
+            "--scenarios",
+            "bench/split",
+            "--results-name",
+            "split",
+            "--policies",
+            SPLIT_POLICIES,
+        ])?;
+    }
+    Ok(())
 }

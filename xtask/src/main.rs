@@ -124,6 +124,10 @@ enum Cmd {
         /// Reduced matrix: each scenario cut to a 12 s window around its first change (under 10 minutes).
         #[arg(long)]
         quick: bool,
+        /// Which scenarios: `scenarios` (bench/scenarios, every policy), `split`
+        /// (bench/split, split computing), or `all`.
+        #[arg(long, default_value = "all")]
+        set: String,
         /// Extra arguments for scenario-bench (e.g. -- --only wan,lan --policies cost-model).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -204,9 +208,9 @@ fn main() -> anyhow::Result<()> {
             setup::all()?;
             bench_endpoints::run(&args)
         }
-        Cmd::Bench { quick, args } => {
+        Cmd::Bench { quick, set, args } => {
             setup::all()?;
-            bench::run(quick, &args)
+            bench::run(quick, &set, &args)
         }
         Cmd::Faults { json: _, args } => {
             setup::all()?;

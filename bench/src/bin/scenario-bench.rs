@@ -36,6 +36,9 @@ struct Args {
     /// Report and plots.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// The report's file names: NAME.md and NAME.json in `--out`.
+    #[arg(long, default_value = "scenarios")]
+    results_name: String,
     /// Per-run records and logs.
     #[arg(long, default_value = "target/scenario-bench")]
     work: PathBuf,
@@ -102,8 +105,10 @@ fn main() -> Result<()> {
         known
     } else {
         for p in &a.policies {
-            if !known.contains(p) {
-                bail!("unknown policy {p:?} (one of {known:?})");
+            // `split:<point>` names a split point of the models.
+            let split = p.strip_prefix("split:").is_some_and(|s| !s.is_empty());
+            if !known.contains(p) && !split {
+                bail!("unknown policy {p:?} (one of {known:?}, or split:<point>)");
             }
         }
         a.policies.clone()
@@ -115,6 +120,7 @@ fn main() -> Result<()> {
         duration_s: a.duration,
         quick_len_s: a.quick_seconds,
         out_dir: a.out.clone(),
+        results_name: a.results_name.clone(),
         work_dir: a.work.clone(),
         bin_dir,
         period_us: a.cpu_period_us,
@@ -138,7 +144,9 @@ fn main() -> Result<()> {
     };
     println!(
         "wrote {} ({} scenarios x {} policies, {:.1} min)",
-        opts.out_dir.join("scenarios.md").display(),
+        opts.out_dir
+            .join(format!("{}.md", opts.results_name))
+            .display(),
         r.scenarios.len(),
         opts.policies.len(),
         r.wall_s / 60.0

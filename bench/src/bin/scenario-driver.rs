@@ -381,11 +381,22 @@ async fn send_one(
                     offload_total_ms: d.offload_total_ms,
                     network_source: d.network_source,
                     endpoint: d.endpoint,
+                    split_point: d.split_point,
                 }
             });
         }
     }
     Ok(rec)
+}
+
+/// The image's pixels as a lossless PNG.
+fn to_png(encoded: &[u8]) -> Result<Vec<u8>> {
+    let img = image::load_from_memory(encoded).context("decoding a held-out image")?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.to_rgb8()
+        .write_to(&mut out, image::ImageFormat::Png)
+        .context("encoding PNG")?;
+    Ok(out.into_inner())
 }
 
 /// Connects, prints `ready tasks=N`, waits for `go` on stdin, then sends
@@ -397,6 +408,17 @@ async fn run(a: DriverArgs) -> Result<()> {
     // Sample indices cycle through each set (see Workload::item).
     let tasks = plan(&scenario.workload, a.duration, SAMPLES)?;
     check_policy(&a.policy)?;
+    // Every payload ready before the start: re-encoding is not send time.
+    let mut items = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        let mut item = sets
+            .item(&t.task, t.sample)
+            .with_context(|| format!("no held-out set for task type {:?}", t.task))?;
+        if t.format == "png" {
+            item.payload = to_png(&item.payload)?;
+        }
+        items.push(item);
+    }
     let client = connect(&a.edge).await?;
     println!("ready tasks={}", tasks.len());
     std::io::stdout().flush()?;
@@ -409,11 +431,8 @@ async fn run(a: DriverArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(tasks.len());
-    for t in tasks {
+    for (t, item) in tasks.into_iter().zip(items) {
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(t.at_ms / 1e3)).into()).await;
-        let item = sets
-            .item(&t.task, t.sample)
-            .with_context(|| format!("no held-out set for task type {:?}", t.task))?;
         let sent = Sent {
             label: match item.truth {
                 Truth::Class(l) => Some(l),

@@ -286,6 +286,114 @@ pub fn timeline(
     root.present().map_err(err)
 }
 
+/// Split computing: one panel per choosing policy, every task at the
+/// variant it ran as (local, whole, a split point, failed) against its send
+/// time, above a panel of the uplink's configured rate.
+pub fn split_choices(
+    path: &Path,
+    title: &str,
+    scenario: &Scenario,
+    duration_s: f64,
+    runs: &[(String, &[TaskRecord])],
+) -> Result<()> {
+    let mut variants: Vec<String> = vec!["failed".into(), "local".into(), "whole".into()];
+    let mut splits: Vec<String> = runs
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(TaskRecord::variant))
+        .filter(|v| !variants.contains(v))
+        .collect();
+    splits.sort();
+    splits.dedup();
+    variants.extend(splits);
+    let root = BitMapBackend::new(path, (1100, 260 + 300 * runs.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(err)?;
+    let (top, rest) = root.split_vertically(220);
+    // The uplink's configured rate over the run (0: unlimited, drawn at the top).
+    let mut at: Vec<f64> = vec![0.0];
+    at.extend(
+        scenario
+            .schedule
+            .iter()
+            .map(|e| e.at_s)
+            .filter(|t| *t < duration_s),
+    );
+    at.push(duration_s);
+    let rates: Vec<f64> = at
+        .iter()
+        .map(|t| scenario.params_at(Dir::Uplink, *t).rate_mbit)
+        .collect();
+    let hi = rates.iter().copied().fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&top)
+        .caption("uplink rate (configured)", ("sans-serif", 18))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..duration_s, 0.0..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .y_desc("Mbit/s")
+        .draw()
+        .map_err(err)?;
+    let mut steps = Vec::new();
+    for (i, w) in at.windows(2).enumerate() {
+        let r = if rates[i] > 0.0 { rates[i] } else { hi };
+        steps.push((w[0], r));
+        steps.push((w[1], r));
+    }
+    chart
+        .draw_series(LineSeries::new(steps, BLACK.stroke_width(3)))
+        .map_err(err)?;
+    let panels = rest.split_evenly((runs.len().max(1), 1));
+    let n = variants.len();
+    for ((name, recs), area) in runs.iter().zip(panels.iter()) {
+        let labels = variants.clone();
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{name}: where each task ran"), ("sans-serif", 18))
+            .margin(8)
+            .x_label_area_size(35)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..duration_s, -0.5..(n as f64 - 0.5))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("time since the workload started (s)")
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() < 0.01 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .map_err(err)?;
+        for (i, v) in variants.iter().enumerate() {
+            let color = match v.as_str() {
+                "failed" => FAILED,
+                "local" => LOCAL,
+                "whole" => CLOUD,
+                _ => PALETTE[(i + 2) % PALETTE.len()],
+            };
+            // A little vertical spread by latency keeps dense phases legible.
+            let pts: Vec<(f64, f64)> = recs
+                .iter()
+                .filter(|r| r.variant() == *v)
+                .map(|r| {
+                    let spread = (r.latency_ms.max(1.0).log10() / 3.0).clamp(0.0, 1.0) * 0.6 - 0.3;
+                    (r.sent_ms / 1e3, i as f64 + spread)
+                })
+                .collect();
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,10 @@ pub struct DecisionView {
     /// name); empty when the edge has none to choose from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
+    /// Split computing: the split point whose head ran on the edge; empty
+    /// for a task run locally or offloaded whole.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub split_point: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +81,21 @@ pub struct TaskRecord {
 impl TaskRecord {
     pub fn completed(&self) -> bool {
         self.outcome == Outcome::Ok
+    }
+
+    /// Where the task ran, split computing included: `local`, `whole`
+    /// (offloaded as it was), the split point's name, or `failed`.
+    pub fn variant(&self) -> String {
+        if !self.completed() {
+            return "failed".into();
+        }
+        match self.path.as_deref() {
+            Some("local") => "local".into(),
+            _ => match self.decision.as_ref().map(|d| d.split_point.as_str()) {
+                Some(p) if !p.is_empty() && !self.fell_back => p.to_string(),
+                _ => "whole".into(),
+            },
+        }
     }
 
     pub fn offloaded(&self) -> bool {

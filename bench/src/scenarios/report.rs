@@ -64,6 +64,10 @@ pub struct ScenarioResult {
     pub network_sources: std::collections::BTreeMap<String, usize>,
     pub rows: Vec<Row>,
     pub oracle: Option<Summary>,
+    /// Split computing: where the tasks of the policies that chose among
+    /// split points ran, per phase of the schedule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<super::stats::PhaseChoice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -300,6 +304,133 @@ pub fn plot_names(scenario: &str) -> (String, String) {
     )
 }
 
+/// File name of a scenario's split-choices plot.
+pub fn split_plot_name(scenario: &str) -> String {
+    format!("split-{scenario}.png")
+}
+
+/// The split computing comparison: per scenario, the mean latency of
+/// local only, whole offload, the best fixed split point and each policy
+/// that chooses; then where the choosing policies' tasks ran per phase.
+fn split_section(o: &mut String, r: &BenchResult) {
+    let splits = r
+        .scenarios
+        .iter()
+        .any(|s| s.rows.iter().any(|rw| rw.policy.starts_with("split:")));
+    if !splits {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## Split computing
+"
+    );
+    let _ = writeln!(
+        o,
+        "Mean latency (ms, failures charged) of running locally, offloading whole, the best \
+         fixed split point (the `split:<point>` run with the lowest mean), and the policies \
+         that choose per task among local, whole and every split point; ratios below 1 mean \
+         the choosing policy was faster.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | policy | mean ms | always-local | always-offload | best fixed split | vs local | vs whole | vs best split |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+    for s in &r.scenarios {
+        let mean = |p: &str| {
+            s.rows
+                .iter()
+                .find(|rw| rw.policy == p)
+                .and_then(|rw| rw.summary.charged_mean_ms)
+        };
+        let best = s
+            .rows
+            .iter()
+            .filter(|rw| rw.policy.starts_with("split:"))
+            .filter_map(|rw| rw.summary.charged_mean_ms.map(|m| (rw.policy.as_str(), m)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        for rw in s.rows.iter().filter(|rw| {
+            !rw.policy.starts_with("split:")
+                && rw.policy != "always-local"
+                && rw.policy != "always-offload"
+        }) {
+            let m = rw.summary.charged_mean_ms;
+            let _ = writeln!(
+                o,
+                "| {} (seed {}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name,
+                s.seed,
+                rw.policy,
+                ms(m),
+                ms(mean("always-local")),
+                ms(mean("always-offload")),
+                best.map_or("-".into(), |(p, v)| format!("{} ({p})", ms(Some(v)))),
+                ratio(m, mean("always-local")),
+                ratio(m, mean("always-offload")),
+                ratio(m, best.map(|b| b.1)),
+            );
+        }
+    }
+    let mut variants: Vec<String> = vec!["local".into(), "whole".into()];
+    for s in &r.scenarios {
+        for c in &s.choices {
+            for v in c.shares.keys() {
+                if v != "failed" && !variants.contains(v) {
+                    variants.push(v.clone());
+                }
+            }
+        }
+    }
+    variants.push("failed".into());
+    let _ = writeln!(
+        o,
+        "\nWhere the choosing policies' tasks ran, per phase of the link's schedule (share of \
+         the phase's tasks; a split point's name: its head ran on the edge, its tail in the \
+         cloud; `whole`: offloaded as submitted):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | policy | phase (s) | link change | tasks | {} |",
+        variants.join(" | ")
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|{}", "---|".repeat(variants.len()));
+    for s in &r.scenarios {
+        for c in &s.choices {
+            let cells: Vec<String> = variants
+                .iter()
+                .map(|v| match c.shares.get(v) {
+                    Some(x) if *x > 0.0 => format!("{:.0} %", x * 100.0),
+                    _ => "-".into(),
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "| {} (seed {}) | {} | {:.0}-{:.0} | {} | {} | {} |",
+                s.name,
+                s.seed,
+                c.policy,
+                s.span_s.0 + c.from_s,
+                s.span_s.0 + c.to_s,
+                c.note,
+                c.tasks,
+                cells.join(" | ")
+            );
+        }
+    }
+    let _ = writeln!(o);
+    for s in &r.scenarios {
+        if !s.choices.is_empty() {
+            let _ = writeln!(o, "![{}](./{})", s.name, split_plot_name(&s.name));
+        }
+    }
+    let _ = writeln!(o);
+}
+
 pub fn render(r: &BenchResult) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Scenario benchmark\n");
@@ -440,6 +571,7 @@ pub fn render(r: &BenchResult) -> String {
          bound: a policy that mixes paths changes the queueing both paths see.\n"
     );
 
+    split_section(&mut o, r);
     prediction_errors(&mut o, r);
     let _ = writeln!(o, "## Edge CPU throttling\n");
     let _ = writeln!(

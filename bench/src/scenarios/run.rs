@@ -35,6 +35,8 @@ pub struct Options {
     pub duration_s: Option<f64>,
     pub quick_len_s: f64,
     pub out_dir: PathBuf,
+    /// The report's file names (`NAME.md`, `NAME.json`).
+    pub results_name: String,
     pub work_dir: PathBuf,
     /// Where `agent`, `netem-tun` and `scenario-driver` are.
     pub bin_dir: PathBuf,
@@ -363,6 +365,15 @@ pub fn assemble(
             }),
         rows,
         oracle: oracle.as_deref().map(stats::summarize),
+        choices: runs
+            .iter()
+            .filter(|r| {
+                r.records.iter().any(|t| {
+                    t.variant() != "local" && t.variant() != "whole" && t.variant() != "failed"
+                })
+            })
+            .flat_map(|r| stats::choices(&r.policy, &r.records, sc))
+            .collect(),
     }
 }
 
@@ -392,7 +403,30 @@ fn plots(
         sc,
         sc.duration_s,
         &panels,
-    )
+    )?;
+    // Split computing: where each task ran, for the policies that choose
+    // among split points (not the fixed ones).
+    let choosing: Vec<(String, &[TaskRecord])> = panels
+        .into_iter()
+        .filter(|(name, recs)| {
+            !name.starts_with("split:")
+                && recs.iter().any(|r| {
+                    r.decision
+                        .as_ref()
+                        .is_some_and(|d| !d.split_point.is_empty())
+                })
+        })
+        .collect();
+    if !choosing.is_empty() {
+        super::plot::split_choices(
+            &o.out_dir.join(report::split_plot_name(&sc.name)),
+            &format!("{}: where each task ran, and the uplink's rate", sc.name),
+            sc,
+            sc.duration_s,
+            &choosing,
+        )?;
+    }
+    Ok(())
 }
 
 /// Every policy the agent has (`scenario-driver policies`).
@@ -563,9 +597,10 @@ pub fn run(o: &Options) -> Result<BenchResult> {
 }
 
 fn write_outputs(o: &Options, r: &BenchResult) -> Result<()> {
-    std::fs::write(o.out_dir.join("scenarios.md"), report::render(r))?;
+    let name = &o.results_name;
+    std::fs::write(o.out_dir.join(format!("{name}.md")), report::render(r))?;
     std::fs::write(
-        o.out_dir.join("scenarios.json"),
+        o.out_dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(r)? + "\n",
     )?;
     Ok(())

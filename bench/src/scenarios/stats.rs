@@ -74,6 +74,59 @@ fn ratio(a: usize, b: usize) -> Option<f64> {
 /// Linear interpolation between closest ranks of a sorted slice (q in
 /// 0..=1), the one definition every benchmark and the agent use
 /// ([`agent_core::quantile`]); `None` for no values.
+/// Where one policy's tasks ran during one phase of the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseChoice {
+    pub policy: String,
+    pub from_s: f64,
+    pub to_s: f64,
+    /// The schedule entry that began the phase (`start` for the first).
+    pub note: String,
+    pub tasks: usize,
+    /// Share of the phase's tasks per [`TaskRecord::variant`].
+    pub shares: BTreeMap<String, f64>,
+}
+
+/// Per phase of `sc`'s schedule (split at its changes), the share of
+/// `policy`'s tasks that ran locally, whole in the cloud, through each
+/// split point, or failed.
+pub fn choices(
+    policy: &str,
+    records: &[TaskRecord],
+    sc: &jitter_lab::Scenario,
+) -> Vec<PhaseChoice> {
+    let mut bounds: Vec<(f64, String)> = vec![(0.0, "start".into())];
+    bounds.extend(
+        sc.schedule
+            .iter()
+            .filter(|e| e.at_s > 0.0 && e.at_s < sc.duration_s)
+            .map(|e| (e.at_s, e.note.clone())),
+    );
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(i, (from, note))| {
+            let to = bounds.get(i + 1).map_or(sc.duration_s, |b| b.0);
+            let inside: Vec<&TaskRecord> = records
+                .iter()
+                .filter(|r| (*from..to).contains(&(r.sent_ms / 1e3)))
+                .collect();
+            let mut shares = BTreeMap::new();
+            for r in &inside {
+                *shares.entry(r.variant()).or_insert(0.0) += 1.0 / inside.len() as f64;
+            }
+            PhaseChoice {
+                policy: policy.to_string(),
+                from_s: *from,
+                to_s: to,
+                note: note.clone(),
+                tasks: inside.len(),
+                shares,
+            }
+        })
+        .collect()
+}
+
 pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     (!sorted.is_empty()).then(|| agent_core::quantile(sorted, q))
 }

@@ -21,6 +21,9 @@ pub struct PlannedTask {
     pub deadline_ms: Option<u64>,
     /// Index into the test set (the image and its label).
     pub sample: usize,
+    /// How the payload is sent (`TaskMix::format`; empty: as stored).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
 }
 
 /// Every task sent in `duration_s` seconds; `samples` is the test set size.
@@ -67,6 +70,7 @@ pub fn plan(w: &Workload, duration_s: f64, samples: usize) -> Result<Vec<Planned
             priority: mix.priority.clone(),
             deadline_ms: mix.deadline_ms,
             sample,
+            format: mix.format.clone(),
         });
     }
     Ok(out)
