@@ -124,6 +124,7 @@ impl Inputs {
 
     fn input(&self, time_left: Option<Duration>) -> DecisionInput<'_> {
         DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             task_type: TT,
             priority: Priority::High,

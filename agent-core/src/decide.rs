@@ -206,6 +206,9 @@ pub struct DecisionInput<'a> {
     /// The offload is split: head at the edge, tail in the cloud (its
     /// server time is then the tail's).
     pub split: Option<SplitInput>,
+    /// How long an upload sent now waits behind the edge's earlier
+    /// uploads to the same endpoint (`UplinkQueue`).
+    pub uplink_wait: Duration,
     pub response_bytes: usize,
     /// Time left until the deadline, if the task has one.
     pub time_left: Option<Duration>,
@@ -312,6 +315,8 @@ pub struct LocalCost {
 pub struct OffloadCost {
     /// A split offload's head at the edge, with its queue wait (else 0).
     pub head_ms: f64,
+    /// The payload's (or features') time on the uplink, with its wait
+    /// behind the edge's earlier uploads.
     pub upload_ms: f64,
     pub rtt_ms: f64,
     /// The jitter the penalty was computed from (the window's standard deviation).
@@ -471,7 +476,7 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         return None;
     }
     let bits_ms = |bytes: usize| bytes as f64 * 8.0 / net.bandwidth_bps * 1e3;
-    let upload_ms = bits_ms(input.payload_bytes);
+    let upload_ms = ms(input.uplink_wait) + bits_ms(input.payload_bytes);
     let download_ms = bits_ms(input.response_bytes);
     let rtt_ms = net.rtt.srtt_ms;
     let jitter_ms = net.rtt.stddev_ms;

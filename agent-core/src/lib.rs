@@ -20,7 +20,7 @@ pub use decide::{
 };
 pub use estimate::{
     quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, Residuals, RttWindow, Shift,
-    ShiftDetector, WindowStats,
+    ShiftDetector, UplinkQueue, WindowStats,
 };
 pub use queue::{QueueFull, TaskQueue};
 pub use result::{RunTiming, TaskResult};

@@ -88,6 +88,7 @@ proptest! {
         let (ld, cd) = (sorted(local_dist), sorted(cloud_dist));
         let (lr, cr) = (sorted(local_res), sorted(cloud_res));
         let input = DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             task_type: TaskType::ImageClassification,
             priority,

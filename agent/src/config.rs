@@ -304,6 +304,7 @@ struct ManifestModel {
     task_type: TaskType,
     file: String,
     full: String,
+    full_ms: f64,
     point: Vec<SplitPoint>,
 }
 
@@ -319,6 +320,7 @@ pub fn split_specs(manifest: &str, dir: &Path) -> Result<HashMap<TaskType, Split
                 SplitSpec {
                     path: dir.join(&m.file),
                     model,
+                    full_ms: m.full_ms,
                     points: m.point,
                 },
             )

@@ -12,7 +12,7 @@ use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
     Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource, SplitInput,
-    Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
+    Task, TaskError, TaskQueue, TaskResult, TaskType, Transport, UplinkQueue,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -316,6 +316,8 @@ struct Endpoint {
     cloud_times: Mutex<ExecTimeModel<TaskType>>,
     /// Server times of split tails, per task type and split point.
     tail_times: Mutex<ExecTimeModel<(TaskType, PointIndex)>>,
+    /// Our uploads to it, queued on the uplink.
+    uplink: Mutex<UplinkQueue>,
     /// Offloads sent there that have not answered yet.
     in_flight: AtomicU64,
 }
@@ -368,14 +370,19 @@ impl Manager {
     pub fn start(cfg: ManagerConfig, parts: ManagerParts) -> anyhow::Result<Manager> {
         let n = cfg.workers.max(1);
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let splits = if runtime.is_some() {
-            SplitPoints::new(&parts.local_specs, &cfg.split)
-        } else {
-            SplitPoints::new(&HashMap::new(), &cfg.split)
-        };
         let engines = (0..n)
             .map(|_| (parts.engine_factory)())
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let no_specs = HashMap::new();
+        let splits = SplitPoints::new(
+            if runtime.is_some() {
+                &parts.local_specs
+            } else {
+                &no_specs
+            },
+            &cfg.split,
+            |t| engines[0].split_head_times(t),
+        );
         let endpoints = parts
             .endpoints
             .into_iter()
@@ -388,13 +395,14 @@ impl Manager {
                 for t in TaskType::ALL {
                     for i in 0..splits.of(t).len() {
                         let i = i as PointIndex;
-                        tail_times.seed((t, i), splits.tail_seed(t, i));
+                        tail_times.seed((t, i), splits.tail_seed(t, i, cfg.cloud_expected));
                     }
                 }
                 Endpoint {
                     parts,
                     cloud_times: Mutex::new(cloud_times),
                     tail_times: Mutex::new(tail_times),
+                    uplink: Mutex::new(UplinkQueue::new()),
                     in_flight: AtomicU64::new(0),
                 }
             })
@@ -901,6 +909,9 @@ impl Inner {
             task_type: task.task_type,
             priority: task.priority,
             payload_bytes: split.map_or(task.payload.len(), |i| self.splits.upload_bytes(t, i)),
+            uplink_wait: ep.map_or(Duration::ZERO, |e| {
+                e.uplink.lock().expect("uplink lock").wait(now)
+            }),
             split: split.map(|i| SplitInput {
                 point: i,
                 head: queue_wait + self.splits.head_estimate(t, i),
@@ -1417,6 +1428,17 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     let mut reroute_at =
         (matches!(job.reply, Reply::One(_)) && !job.rerouted && inner.endpoints.len() > 1)
             .then(|| now + (predicted * 2).max(REROUTE_MIN));
+    // The wait behind our earlier uploads is the queue's, not the link's
+    // speed: it is taken out of the transfer the bandwidth is measured from.
+    let uplink_wait = {
+        let bytes = prost::Message::encoded_len(&req.request);
+        let bandwidth = endpoint.parts.net.borrow().bandwidth_bps;
+        endpoint
+            .uplink
+            .lock()
+            .expect("uplink lock")
+            .send(now, bytes, bandwidth)
+    };
     let offload = offloader.offload(&req);
     tokio::pin!(offload);
     // A submitter that goes away cancels the offload: dropping it drops
@@ -1497,7 +1519,10 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                 at: Instant::now(),
                 kind: ProbeEventKind::Transfer {
                     bytes: (reply.bytes_up + reply.bytes_down) as u64,
-                    elapsed: reply.network_time().saturating_sub(srtt),
+                    elapsed: reply
+                        .network_time()
+                        .saturating_sub(srtt)
+                        .saturating_sub(uplink_wait),
                 },
             });
             let output = output_from_response(r);

@@ -1,7 +1,8 @@
 //! Split computing at the edge: the split points the decision may use per
-//! task type, what they are expected to cost here (the head's time, the
-//! features' bytes on the wire; seeded from the manifest, recalibrated from
-//! every head that runs), and the head's output put on the wire.
+//! task type, what they are expected to cost here (the head's time, seeded
+//! from the engine's warm-up on this device; the features' bytes on the
+//! wire, seeded from the manifest; both recalibrated from every head that
+//! runs), and the head's output put on the wire.
 
 use crate::config::SplitConfig;
 use crate::infer::{ModelSpec, SplitFeatures, SplitPoint};
@@ -23,19 +24,29 @@ pub type PointIndex = u8;
 /// The split points the edge may use, and what they cost here.
 pub struct SplitPoints {
     points: HashMap<TaskType, Vec<SplitPoint>>,
+    /// Per task type, the whole model's time where the manifest measured.
+    full_ms: HashMap<TaskType, f64>,
     head_times: Mutex<ExecTimeModel<(TaskType, PointIndex)>>,
     feature_bytes: Mutex<HashMap<(TaskType, PointIndex), f64>>,
 }
 
 impl SplitPoints {
     /// From the edge's model specs: each split point `cfg` allows (none
-    /// when split computing is off).
-    pub fn new(specs: &HashMap<TaskType, ModelSpec>, cfg: &SplitConfig) -> SplitPoints {
+    /// when split computing is off); `measured(t)` gives the heads' times
+    /// measured on this device (else the manifest's stand).
+    pub fn new(
+        specs: &HashMap<TaskType, ModelSpec>,
+        cfg: &SplitConfig,
+        measured: impl Fn(TaskType) -> Vec<(String, Duration)>,
+    ) -> SplitPoints {
         let mut head_times = ExecTimeModel::new(ALPHA, Duration::from_millis(1));
         let mut feature_bytes = HashMap::new();
         let mut points = HashMap::new();
+        let mut full_ms = HashMap::new();
         for (&t, spec) in specs {
             let Some(split) = &spec.split else { continue };
+            full_ms.insert(t, split.full_ms);
+            let measured = measured(t);
             let allowed: Vec<SplitPoint> = split
                 .points
                 .iter()
@@ -45,7 +56,11 @@ impl SplitPoints {
                 .collect();
             for (i, p) in allowed.iter().enumerate() {
                 let key = (t, i as PointIndex);
-                head_times.seed(key, Duration::from_secs_f64(p.head_ms.max(0.0) / 1e3));
+                let head = measured
+                    .iter()
+                    .find(|(name, _)| *name == p.name)
+                    .map_or(Duration::from_secs_f64(p.head_ms.max(0.0) / 1e3), |m| m.1);
+                head_times.seed(key, head);
                 feature_bytes.insert(key, p.feature_bytes.max(0.0));
             }
             if !allowed.is_empty() {
@@ -54,6 +69,7 @@ impl SplitPoints {
         }
         SplitPoints {
             points,
+            full_ms,
             head_times: Mutex::new(head_times),
             feature_bytes: Mutex::new(feature_bytes),
         }
@@ -86,10 +102,17 @@ impl SplitPoints {
         (b.get(&(t, i)).copied().unwrap_or(0.0) + OVERHEAD_BYTES) as usize
     }
 
-    /// The tail's server time assumed until measured (the manifest's).
-    pub fn tail_seed(&self, t: TaskType, i: PointIndex) -> Duration {
+    /// The tail's server time assumed until measured: its share of the
+    /// whole model's time in the manifest, of `whole` (the whole model's
+    /// server time assumed), so split and whole offloads start even.
+    pub fn tail_seed(&self, t: TaskType, i: PointIndex, whole: Duration) -> Duration {
+        let full = self.full_ms.get(&t).copied().unwrap_or(0.0);
         self.get(t, i).map_or(Duration::ZERO, |p| {
-            Duration::from_secs_f64(p.tail_ms.max(0.0) / 1e3)
+            if full > 0.0 {
+                whole.mul_f64((p.tail_ms / full).clamp(0.0, 1.0))
+            } else {
+                Duration::from_secs_f64(p.tail_ms.max(0.0) / 1e3)
+            }
         })
     }
 

@@ -476,6 +476,7 @@ mod proptests {
                 weight,
                 deadline_ms,
                 priority: priority.into(),
+                format: String::new(),
             })
     }
 

@@ -188,6 +188,7 @@ fn cost_model_table() {
     ];
     for c in cases {
         let input = DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: c.priority,
@@ -237,6 +238,7 @@ fn cost_model_table() {
 fn breakdown_adds_up() {
     let n = net(true, 12.0, 3.0);
     let input = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::High,
@@ -408,6 +410,7 @@ fn deadline_aware_table() {
     for c in cases {
         let n = sampled_net(&c.rtts);
         let input = DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: c.priority,
@@ -461,6 +464,7 @@ fn outlooks_describe_the_distributions() {
     let n = sampled_net(&rtts);
     let local = [4.0, 6.0];
     let input = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -502,6 +506,7 @@ fn predictive_moves_the_rtt_by_its_trend() {
     n.rtt_trend_ms_per_s = 40.0;
     let local = [5.0];
     let input = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -536,6 +541,7 @@ fn predictive_moves_the_rtt_by_its_trend() {
     let mut down = n.clone();
     down.rtt_trend_ms_per_s = -1000.0;
     let input = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
         split: None,
         net: &down,
         ..input
@@ -572,6 +578,7 @@ fn hedges_only_when_both_paths_together_clearly_help() {
     for (name, local, rtts, deadline, want) in cases {
         let n = sampled_net(&rtts);
         let input = DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: Priority::High,
@@ -609,6 +616,7 @@ fn residuals_correct_the_prediction() {
     let local = [5.0];
     let late = [10.0, 15.0, 20.0];
     let input = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -635,6 +643,7 @@ fn residuals_correct_the_prediction() {
     // common to both paths): the comparison stays as without them.
     let one_sided = decide(
         &DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             local_residual_ms: &late,
             ..input.clone()
@@ -651,6 +660,7 @@ fn residuals_correct_the_prediction() {
     let on_time = [0.0; 4];
     let corrected = decide(
         &DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             local_residual_ms: &late,
             cloud_residual_ms: &on_time,
@@ -674,6 +684,7 @@ fn residuals_correct_the_prediction() {
     let early = [-100.0, -100.0];
     let o = decide(
         &DecisionInput {
+            uplink_wait: std::time::Duration::ZERO,
             split: None,
             cloud_residual_ms: &early,
             local_residual_ms: &on_time,

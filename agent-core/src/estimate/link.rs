@@ -21,6 +21,10 @@ pub struct LinkConfig {
     /// Transfers smaller than this say more about scheduling than about
     /// the link's capacity and are not used for the bandwidth estimate.
     pub min_transfer_bytes: u64,
+    /// Recent transfers the bandwidth is measured over (their bytes over
+    /// their time: a small transfer weighs by its bytes, so scheduling
+    /// noise on it barely moves the estimate).
+    pub transfer_window: usize,
 }
 
 impl Default for LinkConfig {
@@ -31,7 +35,8 @@ impl Default for LinkConfig {
             loss_window: 100,
             unreachable_after: 3,
             default_bandwidth_bps: 100e6,
-            min_transfer_bytes: 16 * 1024,
+            min_transfer_bytes: 1024,
+            transfer_window: 16,
         }
     }
 }
@@ -67,7 +72,8 @@ pub struct LinkEstimator {
     consecutive_failures: u32,
     retransmits: u64,
     segments: u64,
-    bandwidth_bps: Option<f64>,
+    /// Recent transfers: (bytes, seconds on the wire).
+    transfers: VecDeque<(u64, f64)>,
 }
 
 impl LinkEstimator {
@@ -79,7 +85,7 @@ impl LinkEstimator {
             consecutive_failures: 0,
             retransmits: 0,
             segments: 0,
-            bandwidth_bps: None,
+            transfers: VecDeque::new(),
         }
     }
 
@@ -107,15 +113,24 @@ impl LinkEstimator {
                     return;
                 }
                 // `elapsed` is the transfer's time on the wire beyond one RTT and
-                // the server's own time, as measured by the offload client.
-                let secs = elapsed.as_secs_f64().max(1e-5);
-                let bps = bytes as f64 * 8.0 / secs;
-                self.bandwidth_bps = Some(match self.bandwidth_bps {
-                    None => bps,
-                    Some(b) => b + (bps - b) * 0.2,
-                });
+                // the server's own time (and the wait behind the edge's own
+                // earlier uploads), as measured by the offload client.
+                if self.transfers.len() == self.cfg.transfer_window.max(1) {
+                    self.transfers.pop_front();
+                }
+                self.transfers
+                    .push_back((bytes, elapsed.as_secs_f64().max(1e-5)));
             }
         }
+    }
+
+    /// The recent transfers' bytes over their time on the wire.
+    fn bandwidth(&self) -> Option<f64> {
+        let (bytes, secs) = self
+            .transfers
+            .iter()
+            .fold((0u64, 0.0), |(b, s), (tb, ts)| (b + tb, s + ts));
+        (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
     }
 
     fn record_probe(&mut self, ok: bool) {
@@ -170,8 +185,8 @@ impl LinkEstimator {
             rtt_shifts: best.map_or(0, |(_, w)| w.shifts().0),
             rtt_trend_ms_per_s: best.map_or(0.0, |(_, w)| w.trend_ms_per_s()),
             loss_rate,
-            bandwidth_bps: self.bandwidth_bps.unwrap_or(self.cfg.default_bandwidth_bps),
-            bandwidth_assumed: self.bandwidth_bps.is_none(),
+            bandwidth_bps: self.bandwidth().unwrap_or(self.cfg.default_bandwidth_bps),
+            bandwidth_assumed: self.transfers.is_empty(),
             age,
         }
     }
@@ -334,7 +349,8 @@ mod tests {
         let s = est.snapshot(t0);
         assert!(!s.bandwidth_assumed);
         assert!((s.bandwidth_bps - 100e6).abs() < 1.0);
-        // A tiny transfer slowed by scheduling does not drag the estimate down.
+        // A tiny transfer is not a measurement; a small one slowed by
+        // scheduling weighs by its bytes.
         est.on_event(&ev(
             t0,
             SampleSource::OffloadTransfer,
@@ -344,5 +360,34 @@ mod tests {
             },
         ));
         assert!((est.snapshot(t0).bandwidth_bps - 100e6).abs() < 1.0);
+        est.on_event(&ev(
+            t0,
+            SampleSource::OffloadTransfer,
+            ProbeEventKind::Transfer {
+                bytes: 2_000,
+                elapsed: Duration::from_millis(5),
+            },
+        ));
+        let b = est.snapshot(t0).bandwidth_bps;
+        assert!(b > 94e6 && b < 100e6, "{b}");
+    }
+
+    #[test]
+    fn a_narrow_link_is_measured_from_small_transfers() {
+        // 14 kB frames over 3 Mbit/s: about 37 ms each on the wire.
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        for _ in 0..20 {
+            est.on_event(&ev(
+                t0,
+                SampleSource::OffloadTransfer,
+                ProbeEventKind::Transfer {
+                    bytes: 14_000,
+                    elapsed: Duration::from_micros(37_333),
+                },
+            ));
+        }
+        let b = est.snapshot(t0).bandwidth_bps;
+        assert!((b - 3e6).abs() < 1e4, "{b}");
     }
 }

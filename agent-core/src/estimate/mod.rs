@@ -6,9 +6,11 @@ mod residual;
 mod rtt_window;
 mod shift;
 mod trend;
+mod uplink;
 
 pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
 pub use residual::Residuals;
 pub use rtt_window::{quantile, RttWindow, WindowStats};
 pub use shift::{Shift, ShiftDetector};
+pub use uplink::UplinkQueue;

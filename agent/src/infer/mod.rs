@@ -93,6 +93,13 @@ pub trait Engine: Send {
             task_type.as_str()
         )))
     }
+    /// Each split point's head time as measured when the engine loaded
+    /// (the first estimate of a head's time here); empty without a split
+    /// model.
+    fn split_head_times(&self, task_type: TaskType) -> Vec<(String, Duration)> {
+        let _ = task_type;
+        Vec::new()
+    }
     /// The raw input and output tensors of the model for `task_type`, as
     /// loaded (the output's sizes were read from the model at warm-up).
     fn raw_signature(&self, task_type: TaskType) -> Option<RawSignature> {

@@ -58,6 +58,10 @@ pub struct SplitSpec {
     pub path: PathBuf,
     /// The whole model's name: a split task's answer is that model's.
     pub model: String,
+    /// The whole model's time where the points' times were measured (ms):
+    /// a tail's share of the whole model's server time is `tail_ms / full_ms`.
+    #[serde(default)]
+    pub full_ms: f64,
     pub points: Vec<SplitPoint>,
 }
 

@@ -108,17 +108,27 @@ fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result
 
 /// Loads a split model and checks every point at warm-up: the head gives
 /// the point's shape, and the tail of that gives the output the spec says.
-fn load_split(split: &SplitSpec, spec: &ModelSpec, device: Device) -> anyhow::Result<CModule> {
+/// Returns it with each head's time in the last warm-up round (here, under
+/// this process's CPU limits: the seed of the head's estimate).
+fn load_split(
+    split: &SplitSpec,
+    spec: &ModelSpec,
+    device: Device,
+) -> anyhow::Result<(CModule, Vec<Duration>)> {
     let mut module = CModule::load_on_device(&split.path, device)
         .with_context(|| format!("loading split model {}", split.path.display()))?;
     module.set_eval();
     let input_spec = spec.input();
-    tch::no_grad(|| {
+    let times = tch::no_grad(|| {
         let input =
             to_torch(&input_tensor(&zero_input(&input_spec), &input_spec))?.to_device(device);
+        let mut times = Vec::new();
         for p in &split.points {
-            for _ in 0..2 {
+            let mut took = Duration::ZERO;
+            for _ in 0..3 {
+                let started = Instant::now();
                 let h = run_method(&module, "head", &input, p.index)?;
+                took = started.elapsed();
                 let want: Vec<i64> = std::iter::once(1).chain(p.shape.iter().copied()).collect();
                 if h.size() != want {
                     bail!(
@@ -132,10 +142,11 @@ fn load_split(split: &SplitSpec, spec: &ModelSpec, device: Device) -> anyhow::Re
                     bail!("split point {}: tail: {e}", p.name);
                 }
             }
+            times.push(took);
         }
-        Ok(())
+        Ok(times)
     })?;
-    Ok(module)
+    Ok((module, times))
 }
 
 /// Calls a split model's `head` or `tail` on one tensor at a point.
@@ -151,8 +162,9 @@ fn run_method(module: &CModule, method: &str, x: &Tensor, point: i64) -> anyhow:
 
 struct Loaded {
     spec: ModelSpec,
-    /// The split model, when the spec has one.
-    split: Option<(SplitSpec, CModule)>,
+    /// The split model, when the spec has one, and each head's time at
+    /// warm-up.
+    split: Option<(SplitSpec, CModule, Vec<Duration>)>,
     input: InputSpec,
     vocab: Option<Vocab>,
     module: CModule,
@@ -185,7 +197,10 @@ impl TorchEngine {
             let out_dims = warm_up(&module, spec, device)
                 .with_context(|| format!("first inference with {}", spec.path.display()))?;
             let split = match &spec.split {
-                Some(s) => Some((s.clone(), load_split(s, spec, device)?)),
+                Some(s) => {
+                    let (module, times) = load_split(s, spec, device)?;
+                    Some((s.clone(), module, times))
+                }
                 None => None,
             };
             times
@@ -218,7 +233,7 @@ impl TorchEngine {
         point: &str,
     ) -> Result<(&Loaded, &CModule, &super::SplitPoint), TaskError> {
         let m = self.model(task_type)?;
-        let (spec, module) = m.split.as_ref().ok_or_else(|| {
+        let (spec, module, _) = m.split.as_ref().ok_or_else(|| {
             TaskError::UnsupportedTaskType(format!("no split model for {}", task_type.as_str()))
         })?;
         let p = spec.point(point).ok_or_else(|| {
@@ -480,6 +495,20 @@ impl Engine for TorchEngine {
             output,
             elapsed: started.elapsed(),
         })
+    }
+
+    fn split_head_times(&self, task_type: TaskType) -> Vec<(String, Duration)> {
+        self.models
+            .get(&task_type)
+            .and_then(|m| m.split.as_ref())
+            .map(|(spec, _, times)| {
+                spec.points
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .zip(times.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn raw_signature(&self, task_type: TaskType) -> Option<RawSignature> {

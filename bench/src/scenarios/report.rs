@@ -681,6 +681,7 @@ mod tests {
                     throttling: Throttling::default(),
                 }],
                 oracle: Some(summary),
+                choices: Vec::new(),
             }],
         }
     }
