@@ -12,8 +12,15 @@ use crate::decide::Decision;
 /// expected latency decides.
 const P_MEET_TIE: f64 = 0.01;
 
+/// A split offload must beat the whole one to the same endpoint by this
+/// share of its mean: its head takes the edge's own CPU (which the local
+/// queue and every later task share), and near a tie the noise in the
+/// estimates, not the link, would pick the variant.
+pub const SPLIT_MARGIN: f64 = 0.1;
+
 /// Whether `a`'s offload outlook is better than `b`'s: for a task with a
-/// deadline the higher chance of meeting it, then the lower mean.
+/// deadline the higher chance of meeting it, then the lower mean (a split
+/// against the whole offload to its endpoint by [`SPLIT_MARGIN`]).
 fn better(a: &Decision, b: &Decision) -> bool {
     let (Some(oa), Some(ob)) = (a.offload_outlook, b.offload_outlook) else {
         return a.offload_outlook.is_some()
@@ -24,7 +31,12 @@ fn better(a: &Decision, b: &Decision) -> bool {
             return pa > pb;
         }
     }
-    oa.mean_ms < ob.mean_ms
+    let same_endpoint = a.endpoint == b.endpoint;
+    match (a.split, b.split) {
+        (Some(_), None) if same_endpoint => oa.mean_ms < ob.mean_ms * (1.0 - SPLIT_MARGIN),
+        (None, Some(_)) if same_endpoint => oa.mean_ms * (1.0 - SPLIT_MARGIN) <= ob.mean_ms,
+        _ => oa.mean_ms < ob.mean_ms,
+    }
 }
 
 fn offload_ms(d: &Decision) -> f64 {
@@ -109,6 +121,31 @@ mod tests {
         // Equal chances: the mean decides.
         let ds = [decision(20.0, Some(0.995)), decision(35.0, Some(0.999))];
         assert_eq!(pick_endpoint(&ds), Some(0));
+    }
+
+    #[test]
+    fn a_split_must_beat_the_whole_offload_clearly() {
+        let split = |mean_ms, p| {
+            let mut d = decision(mean_ms, p);
+            d.split = Some(1);
+            d
+        };
+        // Within the margin: the whole offload.
+        assert_eq!(pick_endpoint(&[decision(20.0, None), split(19.0, None)]), Some(0));
+        assert_eq!(pick_endpoint(&[split(19.0, None), decision(20.0, None)]), Some(1));
+        // Clearly faster: the split.
+        assert_eq!(pick_endpoint(&[decision(60.0, None), split(30.0, None)]), Some(1));
+        assert_eq!(pick_endpoint(&[split(30.0, None), decision(60.0, None)]), Some(0));
+        // Likelier in time wins whatever the means.
+        assert_eq!(
+            pick_endpoint(&[decision(20.0, Some(0.7)), split(25.0, Some(0.99))]),
+            Some(1)
+        );
+        // Between split points, and across endpoints, the mean alone.
+        assert_eq!(pick_endpoint(&[split(20.0, None), split(19.0, None)]), Some(1));
+        let mut other = split(19.0, None);
+        other.endpoint = 1;
+        assert_eq!(pick_endpoint(&[decision(20.0, None), other]), Some(1));
     }
 
     #[test]

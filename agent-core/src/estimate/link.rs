@@ -36,7 +36,7 @@ impl Default for LinkConfig {
             unreachable_after: 3,
             default_bandwidth_bps: 100e6,
             min_transfer_bytes: 1024,
-            transfer_window: 16,
+            transfer_window: 8,
         }
     }
 }
