@@ -131,18 +131,33 @@ mod tests {
             d
         };
         // Within the margin: the whole offload.
-        assert_eq!(pick_endpoint(&[decision(20.0, None), split(19.0, None)]), Some(0));
-        assert_eq!(pick_endpoint(&[split(19.0, None), decision(20.0, None)]), Some(1));
+        assert_eq!(
+            pick_endpoint(&[decision(20.0, None), split(19.0, None)]),
+            Some(0)
+        );
+        assert_eq!(
+            pick_endpoint(&[split(19.0, None), decision(20.0, None)]),
+            Some(1)
+        );
         // Clearly faster: the split.
-        assert_eq!(pick_endpoint(&[decision(60.0, None), split(30.0, None)]), Some(1));
-        assert_eq!(pick_endpoint(&[split(30.0, None), decision(60.0, None)]), Some(0));
+        assert_eq!(
+            pick_endpoint(&[decision(60.0, None), split(30.0, None)]),
+            Some(1)
+        );
+        assert_eq!(
+            pick_endpoint(&[split(30.0, None), decision(60.0, None)]),
+            Some(0)
+        );
         // Likelier in time wins whatever the means.
         assert_eq!(
             pick_endpoint(&[decision(20.0, Some(0.7)), split(25.0, Some(0.99))]),
             Some(1)
         );
         // Between split points, and across endpoints, the mean alone.
-        assert_eq!(pick_endpoint(&[split(20.0, None), split(19.0, None)]), Some(1));
+        assert_eq!(
+            pick_endpoint(&[split(20.0, None), split(19.0, None)]),
+            Some(1)
+        );
         let mut other = split(19.0, None);
         other.endpoint = 1;
         assert_eq!(pick_endpoint(&[decision(20.0, None), other]), Some(1));

@@ -39,9 +39,21 @@ impl AuditLog {
     }
 
     /// Writes one task's line.
-    pub fn record(&self, r: &TaskResult, task_type: TaskType, priority: Priority) {
-        let mut line = serde_json::to_vec(&line(r, task_type, priority, SystemTime::now()))
-            .unwrap_or_default();
+    /// `split_point`: the name of the split point whose head ran here.
+    pub fn record(
+        &self,
+        r: &TaskResult,
+        task_type: TaskType,
+        priority: Priority,
+        split_point: Option<&str>,
+    ) {
+        let mut v = line(r, task_type, priority, SystemTime::now());
+        if let (Some(p), Some(d)) = (split_point, v.get_mut("decision")) {
+            if let Some(d) = d.as_object_mut() {
+                d.insert("split_point".into(), Value::from(p));
+            }
+        }
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
         line.push(b'\n');
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let before = w.error_counter().dropped_lines();
@@ -80,6 +92,7 @@ fn decision(d: &Decision) -> Value {
             "outlook": outlook(d.local_outlook),
         },
         "offload": d.offload.map(|o| json!({
+            "head_ms": o.head_ms,
             "upload_ms": o.upload_ms,
             "rtt_ms": o.rtt_ms,
             "jitter_ms": o.jitter_ms,

@@ -539,6 +539,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_workload_models_carry_their_split_points() {
+        let cfg = Config::default();
+        let names = |t: TaskType, side: &HashMap<TaskType, ModelSpec>| -> Vec<String> {
+            side[&t]
+                .split
+                .as_ref()
+                .map(|s| s.points.iter().map(|p| p.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        for side in [&cfg.edge.models, &cfg.cloud.models] {
+            assert_eq!(
+                names(TaskType::ImageClassification, side),
+                ["stride4", "stride8", "stride16", "stride32"]
+            );
+            assert_eq!(
+                names(TaskType::ObjectDetection, side),
+                ["stride2", "stride4"]
+            );
+            assert!(side[&TaskType::NlpAnalysis].split.is_none());
+        }
+        let image = cfg.cloud.models[&TaskType::ImageClassification].clone();
+        let split = image.split.unwrap();
+        assert_eq!(split.model, "image_cloud");
+        assert!(split.full_ms > 0.0 && split.path.ends_with("image_cloud_split.pt"));
+        assert_eq!(split.point("stride16").unwrap().shape, [128, 6, 6]);
+        assert!(cfg.edge.split.enabled && cfg.edge.split.points.is_empty());
+        let c: Config =
+            toml::from_str("[edge.split]\nenabled = false\npoints = [\"stride8\"]\n").unwrap();
+        assert!(!c.edge.split.enabled);
+        assert_eq!(c.edge.split.points, ["stride8"]);
+        assert!(toml::from_str::<Config>("[edge.split]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
     fn partial_file_keeps_defaults_and_rejects_unknown_keys() {
         let cfg: Config = toml::from_str(
             r#"

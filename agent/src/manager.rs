@@ -1056,7 +1056,13 @@ impl Inner {
         };
         crate::metrics::record_result(&result, task.task_type);
         if let Some(audit) = &self.audit {
-            audit.record(&result, task.task_type, task.priority);
+            let split = result
+                .decision
+                .as_ref()
+                .and_then(|d| d.split)
+                .and_then(|i| self.splits.get(task.task_type, i))
+                .map(|p| p.name.as_str());
+            audit.record(&result, task.task_type, task.priority, split);
         }
         tracing::debug!(
             task_id = %result.task_id,

@@ -64,6 +64,8 @@ pub fn run(quick: bool, set: &str, extra: &[String]) -> Result<()> {
         bench(&[])?;
     }
     if set != "scenarios" {
+        // A quick run of the split set covers 30 s around the first change:
+        // the choice must settle on both sides of it.
         bench(&[
             "--scenarios",
             "bench/split",
@@ -71,6 +73,8 @@ pub fn run(quick: bool, set: &str, extra: &[String]) -> Result<()> {
             "split",
             "--policies",
             SPLIT_POLICIES,
+            "--quick-seconds",
+            "30",
         ])?;
     }
     Ok(())

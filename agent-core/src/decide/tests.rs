@@ -723,3 +723,72 @@ fn quantiles_by_selection_equal_those_of_the_sorted_values() {
         }
     }
 }
+
+#[test]
+fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
+    // A 3 Mbit/s uplink: a 14 kB frame takes 37 ms, 2.6 kB of features 7 ms.
+    let mut n = sampled_net(&[20.0; 20]);
+    n.bandwidth_bps = 3e6;
+    let local = [15.0];
+    let whole_in = DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
+        split: None,
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 14_000,
+        response_bytes: 0,
+        time_left: Some(d(250)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(40),
+            inference: d(15),
+            supported: true,
+        },
+        cloud: CloudStatus { inference: d(5) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
+    };
+    let split_in = DecisionInput {
+        payload_bytes: 2_600,
+        split: Some(SplitInput {
+            point: 2,
+            head: d(10),
+        }),
+        cloud: CloudStatus { inference: d(3) },
+        ..whole_in.clone()
+    };
+    let whole = decide(&whole_in, &Policy::default()).unwrap();
+    let split = decide(&split_in, &Policy::default()).unwrap();
+    assert_eq!((whole.split, split.split), (None, Some(2)));
+    let (w, s) = (whole.offload.unwrap(), split.offload.unwrap());
+    assert_eq!(w.head_ms, 0.0);
+    assert!((s.head_ms - 10.0).abs() < 1e-9, "{s:?}");
+    assert!((w.upload_ms - 37.33).abs() < 0.01 && (s.upload_ms - 6.93).abs() < 0.01);
+    // 10 + 6.9 + 20 + 3 against 37.3 + 20 + 5: the split's outlook is better,
+    // and both beat the local queue.
+    let (wo, so) = (
+        whole.offload_outlook.unwrap(),
+        split.offload_outlook.unwrap(),
+    );
+    assert!((so.mean_ms - 39.93).abs() < 0.01 && (wo.mean_ms - 62.33).abs() < 0.01);
+    assert_eq!(split.path, ExecPath::Cloud);
+    // Uploads queued ahead delay every variant's upload.
+    let queued = DecisionInput {
+        uplink_wait: d(100),
+        ..split_in.clone()
+    };
+    let q = decide(&queued, &Policy::default()).unwrap();
+    assert!((q.offload.unwrap().upload_ms - 106.93).abs() < 0.01);
+    // The fixed split policy always offloads.
+    let fixed = Policy::from_name("split:stride16").unwrap();
+    assert_eq!(fixed.fixed_split(), Some("stride16"));
+    assert!(!fixed.weighs_splits() && Policy::default().weighs_splits());
+    let f = decide(&queued, &fixed).unwrap();
+    assert_eq!(
+        (f.path, f.split, f.reason),
+        (ExecPath::Cloud, Some(2), Reason::FixedByPolicy)
+    );
+}
