@@ -365,8 +365,11 @@ pub fn assemble(
             }),
         rows,
         oracle: oracle.as_deref().map(stats::summarize),
+        // Where tasks ran per phase, for a split computing comparison (a
+        // run with a fixed split point): of the runs that split.
         choices: runs
             .iter()
+            .filter(|_| runs.iter().any(|r| r.policy.starts_with("split:")))
             .filter(|r| {
                 r.records.iter().any(|t| {
                     t.variant() != "local" && t.variant() != "whole" && t.variant() != "failed"
@@ -406,8 +409,10 @@ fn plots(
     )?;
     // Split computing: where each task ran, for the policies that choose
     // among split points (not the fixed ones).
+    let compared = runs.iter().any(|r| r.policy.starts_with("split:"));
     let choosing: Vec<(String, &[TaskRecord])> = panels
         .into_iter()
+        .filter(|_| compared)
         .filter(|(name, recs)| {
             !name.starts_with("split:")
                 && recs.iter().any(|r| {
