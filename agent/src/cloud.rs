@@ -177,13 +177,7 @@ impl CloudHandler {
                 engine.process(task_type, &payload)
             })
             .await?;
-        Ok(proto::TaskResponse {
-            processed_by: "cloud".into(),
-            duration_nano: received.elapsed().as_nanos() as i64,
-            queue_nano: started.duration_since(received).as_nanos() as i64,
-            inference_nano: inf.elapsed.as_nanos() as i64,
-            ..output_response(&req.id, &inf.output)
-        })
+        Ok(answered(&req.id, &inf, received, started))
     }
 
     /// A split task: checks its features against the split point, decodes
@@ -222,13 +216,7 @@ impl CloudHandler {
                 engine.split_tail(task_type, &name, &values, source)
             })
             .await?;
-        Ok(proto::TaskResponse {
-            processed_by: "cloud".into(),
-            duration_nano: received.elapsed().as_nanos() as i64,
-            queue_nano: started.duration_since(received).as_nanos() as i64,
-            inference_nano: inf.elapsed.as_nanos() as i64,
-            ..output_response(id, &inf.output)
-        })
+        Ok(answered(id, &inf, received, started))
     }
 
     /// One raw forward pass (a KServe V2 request) under the same admission
@@ -350,14 +338,7 @@ impl CloudHandler {
         let mut ticket = self.lobby.join(task_type, req.payload, deadline);
         let respond =
             |(r, started): crate::lobby::Answer| -> Result<proto::TaskResponse, TaskError> {
-                let inf = r?;
-                Ok(proto::TaskResponse {
-                    processed_by: "cloud".into(),
-                    duration_nano: received.elapsed().as_nanos() as i64,
-                    queue_nano: started.saturating_duration_since(received).as_nanos() as i64,
-                    inference_nano: inf.elapsed.as_nanos() as i64,
-                    ..output_response(&id, &inf.output)
-                })
+                Ok(answered(&id, &r?, received, started))
             };
         let permit = tokio::select! {
             answer = &mut ticket.answer => {
@@ -434,6 +415,24 @@ impl CloudHandler {
         ::metrics::histogram!("cloud_batch_size", "task_type" => task_type.as_str())
             .record(size as f64);
         respond((result, started))
+    }
+}
+
+/// The response to a request received at `received` whose inference
+/// started at `started`: the answer, the server time, its queue and model
+/// parts.
+fn answered(
+    id: &str,
+    inf: &crate::infer::Inference,
+    received: Instant,
+    started: Instant,
+) -> proto::TaskResponse {
+    proto::TaskResponse {
+        processed_by: "cloud".into(),
+        duration_nano: received.elapsed().as_nanos() as i64,
+        queue_nano: started.saturating_duration_since(received).as_nanos() as i64,
+        inference_nano: inf.elapsed.as_nanos() as i64,
+        ..output_response(id, &inf.output)
     }
 }
 

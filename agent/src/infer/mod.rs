@@ -77,8 +77,8 @@ pub trait Engine: Send {
         )))
     }
     /// Split computing, in the cloud: runs the split model's tail from
-    /// `point` on `batch` samples of features (row-major, each of the
-    /// point's shape); the answer is the whole model's. `source` is the
+    /// `point` on features (row-major samples of the point's shape); the
+    /// answer, the first sample's, is the whole model's. `source` is the
     /// submitted image's size (width, height), for a detector's boxes.
     fn split_tail(
         &mut self,
