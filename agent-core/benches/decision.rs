@@ -125,6 +125,8 @@ impl Inputs {
     fn input(&self, time_left: Option<Duration>) -> DecisionInput<'_> {
         DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             task_type: TT,
             priority: Priority::High,

@@ -19,8 +19,9 @@ const P_MEET_TIE: f64 = 0.01;
 pub const SPLIT_MARGIN: f64 = 0.1;
 
 /// Whether `a`'s offload outlook is better than `b`'s: for a task with a
-/// deadline the higher chance of meeting it, then the lower mean (a split
-/// against the whole offload to its endpoint by [`SPLIT_MARGIN`]).
+/// deadline the higher chance of meeting it, then the lower mean plus
+/// congestion price (a split against the whole offload to its endpoint by
+/// [`SPLIT_MARGIN`]).
 fn better(a: &Decision, b: &Decision) -> bool {
     let (Some(oa), Some(ob)) = (a.offload_outlook, b.offload_outlook) else {
         return a.offload_outlook.is_some()
@@ -32,11 +33,16 @@ fn better(a: &Decision, b: &Decision) -> bool {
         }
     }
     let same_endpoint = a.endpoint == b.endpoint;
+    let (ca, cb) = (oa.mean_ms + price(a), ob.mean_ms + price(b));
     match (a.split, b.split) {
-        (Some(_), None) if same_endpoint => oa.mean_ms < ob.mean_ms * (1.0 - SPLIT_MARGIN),
-        (None, Some(_)) if same_endpoint => oa.mean_ms * (1.0 - SPLIT_MARGIN) <= ob.mean_ms,
-        _ => oa.mean_ms < ob.mean_ms,
+        (Some(_), None) if same_endpoint => ca < cb * (1.0 - SPLIT_MARGIN),
+        (None, Some(_)) if same_endpoint => ca * (1.0 - SPLIT_MARGIN) <= cb,
+        _ => ca < cb,
     }
+}
+
+fn price(d: &Decision) -> f64 {
+    d.offload.map_or(0.0, |o| o.congestion_ms)
 }
 
 fn offload_ms(d: &Decision) -> f64 {
@@ -152,6 +158,27 @@ mod tests {
         assert_eq!(
             pick_endpoint(&[decision(20.0, Some(0.7)), split(25.0, Some(0.99))]),
             Some(1)
+        );
+        // The congestion prices count: a whole upload that floods a busy
+        // uplink (60 + 40) loses to a split that adds little (30 + 10)...
+        let priced = |mut d: Decision, price| {
+            d.offload.as_mut().unwrap().congestion_ms = price;
+            d
+        };
+        assert_eq!(
+            pick_endpoint(&[
+                priced(decision(60.0, None), 40.0),
+                priced(split(30.0, None), 10.0)
+            ]),
+            Some(1)
+        );
+        // ...and a split whose head loads a busy edge (30 + 50) loses.
+        assert_eq!(
+            pick_endpoint(&[
+                priced(decision(60.0, None), 0.0),
+                priced(split(30.0, None), 50.0)
+            ]),
+            Some(0)
         );
         // Between split points, and across endpoints, the mean alone.
         assert_eq!(

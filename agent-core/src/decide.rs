@@ -7,8 +7,10 @@
 //!   offload = upload + RTT (the window's samples) + cloud server time
 //!             (recent measurements) + download
 //! and chooses by the probability of meeting the deadline first, then by a
-//! score that mixes the mean with the p95 as the priority grows, with
-//! hysteresis against the previous choice for the task type.
+//! score that mixes the mean with the p95 as the priority grows, plus a
+//! congestion price for the work the path adds to a busy resource (the
+//! edge's workers, the uplink: ρ/(1 − ρ) later tasks wait behind each unit
+//! of it), with hysteresis against the previous choice for the task type.
 //!
 //! The seed's cost model (kept as `cost-model`, all expected latencies):
 //!   local   = queue wait + local inference
@@ -18,7 +20,7 @@
 //! or malformed, means local. With a deadline: if only one path is expected
 //! to meet it, that path; if neither, the task fails early.
 
-use crate::estimate::{quantile, NetworkStatus};
+use crate::estimate::{congestion_price_ms, quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
 use serde::{Deserialize, Serialize};
@@ -186,8 +188,8 @@ pub struct LocalStatus {
 pub struct SplitInput {
     /// The split point (the shell's index among the task type's points).
     pub point: u8,
-    /// The head's expected time at the edge, including its wait in the
-    /// local queue.
+    /// The head's expected run time at the edge (it waits in the local
+    /// queue first: `LocalStatus::queue_wait`).
     pub head: Duration,
 }
 
@@ -209,6 +211,11 @@ pub struct DecisionInput<'a> {
     /// How long an upload sent now waits behind the edge's earlier
     /// uploads to the same endpoint (`UplinkQueue`).
     pub uplink_wait: Duration,
+    /// How busy the edge's workers (`LoadMeter`) and the uplink to this
+    /// endpoint (`UplinkQueue::load`) have been lately, each in 0..=1:
+    /// what the work a path adds there is priced at.
+    pub edge_load: f64,
+    pub uplink_load: f64,
     pub response_bytes: usize,
     /// Time left until the deadline, if the task has one.
     pub time_left: Option<Duration>,
@@ -309,6 +316,9 @@ pub struct LocalCost {
     pub queue_ms: f64,
     pub inference_ms: f64,
     pub total_ms: f64,
+    /// The congestion price of the inference's work on the edge (ms of
+    /// later tasks' waiting; weighed, not part of the predicted latency).
+    pub congestion_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -325,6 +335,9 @@ pub struct OffloadCost {
     pub cloud_inference_ms: f64,
     pub download_ms: f64,
     pub total_ms: f64,
+    /// The congestion price of the head's work on the edge and of the
+    /// upload on the uplink (weighed, not part of the predicted latency).
+    pub congestion_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,25 +430,27 @@ impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} -> {} ({}) local={:.2}ms [queue {:.2} + infer {:.2}]",
+            "{} -> {} ({}) local={:.2}ms [queue {:.2} + infer {:.2}; price {:.2}]",
             self.policy,
             self.path.as_str(),
             self.reason,
             self.local.total_ms,
             self.local.queue_ms,
-            self.local.inference_ms
+            self.local.inference_ms,
+            self.local.congestion_ms
         )?;
         match self.offload {
             Some(o) => write!(
                 f,
-                " offload={:.2}ms [head {:.2} + up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}]",
+                " offload={:.2}ms [head {:.2} + up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}; price {:.2}]",
                 o.total_ms,
                 o.head_ms,
                 o.upload_ms,
                 o.rtt_ms,
                 o.jitter_penalty_ms,
                 o.cloud_inference_ms,
-                o.download_ms
+                o.download_ms,
+                o.congestion_ms
             ),
             None => write!(f, " offload=n/a"),
         }?;
@@ -459,13 +474,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn local_cost(l: &LocalStatus) -> LocalCost {
+fn local_cost(input: &DecisionInput) -> LocalCost {
+    let l = &input.local;
     let queue_ms = ms(l.queue_wait);
     let inference_ms = ms(l.inference);
     LocalCost {
         queue_ms,
         inference_ms,
         total_ms: queue_ms + inference_ms,
+        congestion_ms: congestion_price_ms(inference_ms, input.edge_load),
     }
 }
 
@@ -476,13 +493,20 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         return None;
     }
     let bits_ms = |bytes: usize| bytes as f64 * 8.0 / net.bandwidth_bps * 1e3;
-    let upload_ms = ms(input.uplink_wait) + bits_ms(input.payload_bytes);
+    let on_wire_ms = bits_ms(input.payload_bytes);
+    let upload_ms = ms(input.uplink_wait) + on_wire_ms;
     let download_ms = bits_ms(input.response_bytes);
     let rtt_ms = net.rtt.srtt_ms;
     let jitter_ms = net.rtt.stddev_ms;
     let jitter_penalty_ms = jitter_k * priority_weight(input.priority) * jitter_ms;
     let cloud_inference_ms = ms(input.cloud.inference);
-    let head_ms = input.split.map_or(0.0, |s| ms(s.head));
+    // A split's head waits in the local queue like any local run.
+    let head_work_ms = input.split.map_or(0.0, |s| ms(s.head));
+    let head_ms = input
+        .split
+        .map_or(0.0, |_| ms(input.local.queue_wait) + head_work_ms);
+    let congestion_ms = congestion_price_ms(head_work_ms, input.edge_load)
+        + congestion_price_ms(on_wire_ms, input.uplink_load);
     let total_ms =
         head_ms + upload_ms + rtt_ms + jitter_penalty_ms + cloud_inference_ms + download_ms;
     let all = [
@@ -493,6 +517,7 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         jitter_penalty_ms,
         download_ms,
         total_ms,
+        congestion_ms,
     ];
     if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return None;
@@ -506,6 +531,7 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         cloud_inference_ms,
         download_ms,
         total_ms,
+        congestion_ms,
     })
 }
 
@@ -611,7 +637,7 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
         .supported
         .then(|| local_outlook(input, left_ms))
         .flatten();
-    let mut local = local_cost(&input.local);
+    let mut local = local_cost(input);
     let mut offload = offload_cost(input, jitter_k);
     let horizon_ms = policy.aware().map_or(0.0, |a| a.3);
     let offload_outlook = offload
@@ -771,7 +797,12 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
                             ));
                         }
                     }
-                    let (sl, sc) = (l.score(input.priority), c.score(input.priority));
+                    // Each path's own latency, plus what its work costs the
+                    // tasks behind it.
+                    let (sl, sc) = (
+                        l.score(input.priority) + local.congestion_ms,
+                        c.score(input.priority) + offload.map_or(0.0, |o| o.congestion_ms),
+                    );
                     let better = if sc < sl {
                         (ExecPath::Cloud, Reason::OffloadCheaper)
                     } else {

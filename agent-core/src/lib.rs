@@ -19,8 +19,9 @@ pub use decide::{
     LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
-    quantile, ExecTimeModel, LinkConfig, LinkEstimator, NetworkStatus, Residuals, RttWindow, Shift,
-    ShiftDetector, UplinkQueue, WindowStats,
+    congestion_price_ms, quantile, ExecTimeModel, LinkConfig, LinkEstimator, LoadMeter,
+    NetworkStatus, Residuals, RttWindow, Shift, ShiftDetector, UplinkQueue, UploadId, WindowStats,
+    LOAD_CAP,
 };
 pub use queue::{QueueFull, TaskQueue};
 pub use result::{RunTiming, TaskResult};

@@ -89,6 +89,8 @@ proptest! {
         let (lr, cr) = (sorted(local_res), sorted(cloud_res));
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             task_type: TaskType::ImageClassification,
             priority,

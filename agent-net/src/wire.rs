@@ -198,6 +198,8 @@ pub fn decision_to_proto(d: &Decision) -> proto::Decision {
         endpoint: String::new(),
         split_point: String::new(),
         head_ms: o.head_ms,
+        local_congestion_ms: d.local.congestion_ms,
+        offload_congestion_ms: o.congestion_ms,
         local_outlook: d.local_outlook.map(outlook_to_proto),
         offload_outlook: d.offload_outlook.map(outlook_to_proto),
     }
@@ -376,6 +378,7 @@ mod tests {
                 queue_ms: 5.0,
                 inference_ms: 4.0,
                 total_ms: 9.0,
+                congestion_ms: 3.0,
             },
             offload: Some(OffloadCost {
                 head_ms: 0.0,
@@ -386,6 +389,7 @@ mod tests {
                 cloud_inference_ms: 4.0,
                 download_ms: 0.5,
                 total_ms: 27.5,
+                congestion_ms: 1.5,
             }),
             network_source: Some(SampleSource::ActiveTcpConnect),
             local_outlook: Some(Outlook {
@@ -413,6 +417,7 @@ mod tests {
         assert_eq!(p.network_source, "active-tcp");
         assert_eq!((p.jitter_ms, p.jitter_penalty_ms), (3.0, 9.0));
         assert_eq!((p.local_total_ms, p.offload_total_ms), (9.0, 27.5));
+        assert_eq!((p.local_congestion_ms, p.offload_congestion_ms), (3.0, 1.5));
     }
 
     #[test]

@@ -89,6 +89,7 @@ fn decision(d: &Decision) -> Value {
             "queue_ms": d.local.queue_ms,
             "inference_ms": d.local.inference_ms,
             "total_ms": d.local.total_ms,
+            "congestion_ms": d.local.congestion_ms,
             "outlook": outlook(d.local_outlook),
         },
         "offload": d.offload.map(|o| json!({
@@ -100,6 +101,7 @@ fn decision(d: &Decision) -> Value {
             "cloud_inference_ms": o.cloud_inference_ms,
             "download_ms": o.download_ms,
             "total_ms": o.total_ms,
+            "congestion_ms": o.congestion_ms,
             "outlook": outlook(d.offload_outlook),
         })),
     })

@@ -10,9 +10,9 @@ use crate::infer::{EngineFactory, EnginePool, ModelSpec, SharedExecTimes};
 use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
-    CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LocalStatus, NetworkStatus,
-    Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource, SplitInput,
-    Task, TaskError, TaskQueue, TaskResult, TaskType, Transport, UplinkQueue,
+    CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter, LocalStatus,
+    NetworkStatus, Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource,
+    SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport, UplinkQueue, UploadId,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -217,9 +217,24 @@ struct LocalState {
     queue: TaskQueue<Job>,
     /// Per worker: when the running task started and how long it should take.
     in_flight: Vec<Option<(Instant, Duration)>>,
+    /// When the workers were busy lately: the decision prices the work a
+    /// path adds to them.
+    load: LoadMeter,
     /// The path chosen for the latest task of each type (hysteresis).
     last_path: HashMap<TaskType, ExecPath>,
     stopping: bool,
+}
+
+/// The window the workers' load is read over.
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
+
+impl LocalState {
+    /// Worker `index` finished what it ran.
+    fn worker_done(&mut self, index: usize) {
+        if let Some((start, _)) = self.in_flight[index].take() {
+            self.load.add(start, Instant::now());
+        }
+    }
 }
 
 struct Inner {
@@ -417,6 +432,7 @@ impl Manager {
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
+                load: LoadMeter::new(LOAD_WINDOW, n),
                 last_path: HashMap::new(),
                 stopping: false,
             }),
@@ -900,6 +916,10 @@ impl Inner {
         let queue_wait = state
             .queue
             .wait_estimate(task.priority, &busy, self.cfg.workers.max(1));
+        let (uplink_wait, uplink_load) = ep.map_or((Duration::ZERO, 0.0), |e| {
+            let q = e.uplink.lock().expect("uplink lock");
+            (q.wait(now), q.load(now))
+        });
         let input = DecisionInput {
             local_residual_ms: &local_residual,
             cloud_residual_ms: &cloud_residual,
@@ -909,12 +929,12 @@ impl Inner {
             task_type: task.task_type,
             priority: task.priority,
             payload_bytes: split.map_or(task.payload.len(), |i| self.splits.upload_bytes(t, i)),
-            uplink_wait: ep.map_or(Duration::ZERO, |e| {
-                e.uplink.lock().expect("uplink lock").wait(now)
-            }),
+            uplink_wait,
+            edge_load: state.load.load(now),
+            uplink_load,
             split: split.map(|i| SplitInput {
                 point: i,
-                head: queue_wait + self.splits.head_estimate(t, i),
+                head: self.splits.head_estimate(t, i),
             }),
             response_bytes: self.cfg.response_bytes,
             time_left: task.time_left(now),
@@ -1042,7 +1062,7 @@ impl Inner {
             decision.as_ref(),
             processed_by,
             fell_back || rerouted,
-            outcome.is_ok(),
+            &outcome,
         );
         let result = TaskResult {
             task_id: task.id,
@@ -1084,17 +1104,25 @@ impl Inner {
     }
 
     /// Checks the prediction of a task that ran where its decision sent it
-    /// (no fallback, no hedge) against how long it actually took.
+    /// (no fallback, no hedge) against how long it actually took. A task
+    /// that missed its deadline there took at least that long: it counts
+    /// too, or the residuals would see only the tasks that made it, and a
+    /// path that fails its slow tasks would look fast.
     fn learn_residual(
         &self,
         task: &Task,
         decision: Option<&Decision>,
         ran: Option<ExecPath>,
         fell_back: bool,
-        ok: bool,
+        outcome: &Result<Output, TaskError>,
     ) {
         let Some(d) = decision else { return };
-        if !ok || fell_back || d.hedge || ran != Some(d.path) {
+        let counted = match outcome {
+            Ok(_) => ran == Some(d.path),
+            Err(TaskError::DeadlineExceeded(_)) => ran.is_none(),
+            Err(_) => false,
+        };
+        if !counted || fell_back || d.hedge {
             return;
         }
         let Some(o) = d.outlook() else { return };
@@ -1345,6 +1373,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// An upload the endpoint's [`UplinkQueue`] waits an answer for, until
+/// dropped (answered, failed, cancelled or given up on).
+struct PendingUpload<'a> {
+    uplink: &'a Mutex<UplinkQueue>,
+    id: UploadId,
+}
+
+impl Drop for PendingUpload<'_> {
+    fn drop(&mut self) {
+        self.uplink.lock().expect("uplink lock").answered(self.id);
+    }
+}
+
 /// The least time an endpoint gets before a task is sent elsewhere.
 const REROUTE_MIN: Duration = Duration::from_millis(20);
 
@@ -1436,14 +1477,31 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             .then(|| now + (predicted * 2).max(REROUTE_MIN));
     // The wait behind our earlier uploads is the queue's, not the link's
     // speed: it is taken out of the transfer the bandwidth is measured from.
-    let uplink_wait = {
+    // The answer is due when the decision predicted it, less the split's
+    // head, which has run by now.
+    let answer_after = job
+        .decision
+        .as_ref()
+        .and_then(|d| d.offload.as_ref())
+        .map_or(predicted, |o| {
+            predicted.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
+        });
+    let (uplink_wait, _upload) = {
         let bytes = prost::Message::encoded_len(&req.request);
         let bandwidth = endpoint.parts.net.borrow().bandwidth_bps;
-        endpoint
-            .uplink
-            .lock()
-            .expect("uplink lock")
-            .send(now, bytes, bandwidth)
+        let (wait, id) =
+            endpoint
+                .uplink
+                .lock()
+                .expect("uplink lock")
+                .send(now, bytes, bandwidth, answer_after);
+        (
+            wait,
+            PendingUpload {
+                uplink: &endpoint.uplink,
+                id,
+            },
+        )
     };
     let offload = offloader.offload(&req);
     tokio::pin!(offload);
@@ -1517,8 +1575,19 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     .expect("cloud times")
                     .observe(job.task.task_type, server),
             }
-            let srtt =
-                Duration::from_secs_f64(endpoint.parts.net.borrow().rtt.srtt_ms.max(0.0) / 1e3);
+            // The link's own round trip, without the queue our uploads
+            // build in its buffer: that queue is part of the uploads' time
+            // (taking it out with the smoothed RTT measured a flooded
+            // uplink as fast, and flooded it further).
+            let base_rtt = {
+                let net = endpoint.parts.net.borrow();
+                let ms = net
+                    .rtt_sorted_ms
+                    .first()
+                    .copied()
+                    .unwrap_or(net.rtt.srtt_ms);
+                Duration::from_secs_f64(ms.max(0.0) / 1e3)
+            };
             let _ = inner.probe_events.try_send(ProbeEvent {
                 dest: endpoint.parts.dest,
                 source: SampleSource::OffloadTransfer,
@@ -1527,7 +1596,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     bytes: (reply.bytes_up + reply.bytes_down) as u64,
                     elapsed: reply
                         .network_time()
-                        .saturating_sub(srtt)
+                        .saturating_sub(base_rtt)
                         .saturating_sub(uplink_wait),
                 },
             });
@@ -1593,13 +1662,13 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
             }
         }
         if runnable.is_empty() {
-            inner.state.lock().expect("state lock").in_flight[index] = None;
+            inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
         if let Some(point) = runnable[0].head_to_run() {
             let job = runnable.pop().expect("a runnable job");
             run_head(&inner, job, point);
-            inner.state.lock().expect("state lock").in_flight[index] = None;
+            inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
         let task_type = runnable[0].task.task_type;
@@ -1626,7 +1695,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize) {
             ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
                 .record(runnable.len() as f64);
         }
-        inner.state.lock().expect("state lock").in_flight[index] = None;
+        inner.state.lock().expect("state lock").worker_done(index);
         for (job, result) in runnable.into_iter().zip(results) {
             let timing = result.as_ref().ok().map(|inf| RunTiming {
                 queued: now - job.task.created_at,

@@ -189,6 +189,8 @@ fn cost_model_table() {
     for c in cases {
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: c.priority,
@@ -239,6 +241,8 @@ fn breakdown_adds_up() {
     let n = net(true, 12.0, 3.0);
     let input = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::High,
@@ -411,6 +415,8 @@ fn deadline_aware_table() {
         let n = sampled_net(&c.rtts);
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: c.priority,
@@ -465,6 +471,8 @@ fn outlooks_describe_the_distributions() {
     let local = [4.0, 6.0];
     let input = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -507,6 +515,8 @@ fn predictive_moves_the_rtt_by_its_trend() {
     let local = [5.0];
     let input = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -542,6 +552,8 @@ fn predictive_moves_the_rtt_by_its_trend() {
     down.rtt_trend_ms_per_s = -1000.0;
     let input = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         net: &down,
         ..input
@@ -579,6 +591,8 @@ fn hedges_only_when_both_paths_together_clearly_help() {
         let n = sampled_net(&rtts);
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             task_type: TaskType::ImageClassification,
             priority: Priority::High,
@@ -617,6 +631,8 @@ fn residuals_correct_the_prediction() {
     let late = [10.0, 15.0, 20.0];
     let input = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -644,6 +660,8 @@ fn residuals_correct_the_prediction() {
     let one_sided = decide(
         &DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             local_residual_ms: &late,
             ..input.clone()
@@ -661,6 +679,8 @@ fn residuals_correct_the_prediction() {
     let corrected = decide(
         &DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             local_residual_ms: &late,
             cloud_residual_ms: &on_time,
@@ -685,6 +705,8 @@ fn residuals_correct_the_prediction() {
     let o = decide(
         &DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
+            edge_load: 0.0,
+            uplink_load: 0.0,
             split: None,
             cloud_residual_ms: &early,
             local_residual_ms: &on_time,
@@ -732,6 +754,8 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
     let local = [15.0];
     let whole_in = DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
         split: None,
         task_type: TaskType::ImageClassification,
         priority: Priority::Medium,
@@ -755,7 +779,7 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
         payload_bytes: 2_600,
         split: Some(SplitInput {
             point: 2,
-            head: d(10),
+            head: d(4),
         }),
         cloud: CloudStatus { inference: d(3) },
         ..whole_in.clone()
@@ -765,16 +789,19 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
     assert_eq!((whole.split, split.split), (None, Some(2)));
     let (w, s) = (whole.offload.unwrap(), split.offload.unwrap());
     assert_eq!(w.head_ms, 0.0);
-    assert!((s.head_ms - 10.0).abs() < 1e-9, "{s:?}");
+    // The head waits in the local queue (40 ms), then runs (4 ms).
+    assert!((s.head_ms - 44.0).abs() < 1e-9, "{s:?}");
     assert!((w.upload_ms - 37.33).abs() < 0.01 && (s.upload_ms - 6.93).abs() < 0.01);
-    // 10 + 6.9 + 20 + 3 against 37.3 + 20 + 5: the split's outlook is better,
-    // and both beat the local queue.
+    // 44 + 6.9 + 20 + 3 against 37.3 + 20 + 5.
     let (wo, so) = (
         whole.offload_outlook.unwrap(),
         split.offload_outlook.unwrap(),
     );
-    assert!((so.mean_ms - 39.93).abs() < 0.01 && (wo.mean_ms - 62.33).abs() < 0.01);
-    assert_eq!(split.path, ExecPath::Cloud);
+    assert!((so.mean_ms - 73.93).abs() < 0.01 && (wo.mean_ms - 62.33).abs() < 0.01);
+    // Idle resources cost nothing, and for this task alone the local run
+    // (40 + 15 ms) is the fastest.
+    assert_eq!((s.congestion_ms, split.local.congestion_ms), (0.0, 0.0));
+    assert_eq!(split.path, ExecPath::Local);
     // Uploads queued ahead delay every variant's upload.
     let queued = DecisionInput {
         uplink_wait: d(100),
@@ -791,4 +818,68 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
         (f.path, f.split, f.reason),
         (ExecPath::Cloud, Some(2), Reason::FixedByPolicy)
     );
+}
+
+#[test]
+fn busy_resources_price_the_work_each_path_adds() {
+    // The split above, on an edge and an uplink at several loads: the
+    // local run adds 15 ms to the edge's queue, the split 4 ms to it and
+    // 6.9 ms to the uplink's.
+    let mut n = sampled_net(&[20.0; 20]);
+    n.bandwidth_bps = 3e6;
+    let local = [15.0];
+    let input = |edge_load: f64, uplink_load: f64| DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
+        edge_load,
+        uplink_load,
+        split: Some(SplitInput {
+            point: 2,
+            head: d(4),
+        }),
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 2_600,
+        response_bytes: 0,
+        time_left: Some(d(250)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(40),
+            inference: d(15),
+            supported: true,
+        },
+        cloud: CloudStatus { inference: d(3) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
+    };
+    // (edge load, uplink load, local price, split price, path)
+    let cases = [
+        (0.0, 0.0, 0.0, 0.0, ExecPath::Local),
+        // Local 55 + 15 x 1 = 70 against 73.9 + 4 x 1 = 77.9.
+        (0.5, 0.0, 15.0, 4.0, ExecPath::Local),
+        // Local 55 + 60 = 115 against 73.9 + 16 = 89.9.
+        (0.8, 0.0, 60.0, 16.0, ExecPath::Cloud),
+        // A saturated uplink: 73.9 + 16 + 6.93 x 9 = 152.3.
+        (0.8, 0.9, 60.0, 16.0 + 6.9333 * 9.0, ExecPath::Local),
+        // Loads past the cap are priced at the cap.
+        (1.0, 0.0, 135.0, 36.0, ExecPath::Cloud),
+    ];
+    for (edge, up, local_price, split_price, path) in cases {
+        let dec = decide(&input(edge, up), &Policy::default()).unwrap();
+        let o = dec.offload.unwrap();
+        assert!(
+            (dec.local.congestion_ms - local_price).abs() < 0.01
+                && (o.congestion_ms - split_price).abs() < 0.01,
+            "loads {edge}/{up}: {dec}"
+        );
+        assert_eq!(dec.path, path, "loads {edge}/{up}: {dec}");
+        // The prices are weighed, never predicted: the outlooks stay.
+        assert!((dec.offload_outlook.unwrap().mean_ms - 73.93).abs() < 0.01);
+        assert!((dec.local_outlook.unwrap().mean_ms - 55.0).abs() < 1e-9);
+    }
+    // The seed's cost model does not price.
+    let cost = decide(&input(0.8, 0.0), &Policy::from_name("cost-model").unwrap()).unwrap();
+    assert_eq!(cost.path, ExecPath::Local);
 }

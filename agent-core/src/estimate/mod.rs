@@ -2,6 +2,7 @@
 
 mod exec_time;
 mod link;
+mod load;
 mod residual;
 mod rtt_window;
 mod shift;
@@ -10,7 +11,8 @@ mod uplink;
 
 pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
+pub use load::{congestion_price_ms, LoadMeter, LOAD_CAP};
 pub use residual::Residuals;
 pub use rtt_window::{quantile, RttWindow, WindowStats};
 pub use shift::{Shift, ShiftDetector};
-pub use uplink::UplinkQueue;
+pub use uplink::{UplinkQueue, UploadId};

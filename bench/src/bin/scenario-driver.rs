@@ -382,6 +382,10 @@ async fn send_one(
                     network_source: d.network_source,
                     endpoint: d.endpoint,
                     split_point: d.split_point,
+                    upload_ms: d.upload_ms,
+                    head_ms: d.head_ms,
+                    local_congestion_ms: d.local_congestion_ms,
+                    offload_congestion_ms: d.offload_congestion_ms,
                 }
             });
         }

@@ -48,6 +48,17 @@ pub struct DecisionView {
     /// for a task run locally or offloaded whole.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub split_point: String,
+    /// The offload's predicted upload time (with its wait behind earlier
+    /// uploads) and a split's head at the edge (with its queue wait).
+    #[serde(default)]
+    pub upload_ms: f64,
+    #[serde(default)]
+    pub head_ms: f64,
+    /// The congestion prices each path was weighed with.
+    #[serde(default)]
+    pub local_congestion_ms: f64,
+    #[serde(default)]
+    pub offload_congestion_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
