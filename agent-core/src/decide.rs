@@ -188,8 +188,11 @@ pub struct LocalStatus {
 pub struct SplitInput {
     /// The split point (the shell's index among the task type's points).
     pub point: u8,
-    /// The head's expected run time at the edge (it waits in the local
-    /// queue first: `LocalStatus::queue_wait`).
+    /// The head's expected wait in the local queue (heads run ahead of
+    /// the whole local runs of their priority, so it is at most
+    /// `LocalStatus::queue_wait`)...
+    pub wait: Duration,
+    /// ...and its expected run time at the edge.
     pub head: Duration,
 }
 
@@ -500,11 +503,8 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     let jitter_ms = net.rtt.stddev_ms;
     let jitter_penalty_ms = jitter_k * priority_weight(input.priority) * jitter_ms;
     let cloud_inference_ms = ms(input.cloud.inference);
-    // A split's head waits in the local queue like any local run.
     let head_work_ms = input.split.map_or(0.0, |s| ms(s.head));
-    let head_ms = input
-        .split
-        .map_or(0.0, |_| ms(input.local.queue_wait) + head_work_ms);
+    let head_ms = input.split.map_or(0.0, |s| ms(s.wait) + head_work_ms);
     let congestion_ms = congestion_price_ms(head_work_ms, input.edge_load)
         + congestion_price_ms(on_wire_ms, input.uplink_load);
     let total_ms =

@@ -1,7 +1,8 @@
 //! The local task queue: bounded in tasks and in payload bytes (large
 //! payloads would exhaust memory long before the task count), ordered by
-//! priority, then deadline, then arrival. Pure data structure; the manager
-//! wraps it in a lock.
+//! priority, then short work ahead of ordinary work ([`TaskQueue::push_ahead`]:
+//! a split offload's head), then deadline, then arrival. Pure data
+//! structure; the manager wraps it in a lock.
 
 use crate::task::Priority;
 use std::cmp::{Ordering, Reverse};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 struct Entry<T> {
     priority: Priority,
+    /// Runs before the ordinary work of its priority.
+    ahead: bool,
     deadline: Option<Instant>,
     seq: u64,
     expected: Duration,
@@ -18,10 +21,16 @@ struct Entry<T> {
 }
 
 impl<T> Entry<T> {
-    /// Larger keys pop first: higher priority, then a deadline before none
-    /// and an earlier one before a later one, then arrival order.
-    fn key(&self) -> (Priority, Option<Reverse<Instant>>, Reverse<u64>) {
-        (self.priority, self.deadline.map(Reverse), Reverse(self.seq))
+    /// Larger keys pop first: higher priority, then work pushed ahead,
+    /// then a deadline before none and an earlier one before a later one,
+    /// then arrival order.
+    fn key(&self) -> (Priority, bool, Option<Reverse<Instant>>, Reverse<u64>) {
+        (
+            self.priority,
+            self.ahead,
+            self.deadline.map(Reverse),
+            Reverse(self.seq),
+        )
     }
 }
 
@@ -123,11 +132,39 @@ impl<T> TaskQueue<T> {
         expected: Duration,
         bytes: usize,
     ) -> Result<(), (T, QueueFull)> {
+        self.push_entry(item, priority, false, deadline, expected, bytes)
+    }
+
+    /// [`TaskQueue::push`] for short work that runs before the ordinary
+    /// work of its priority: a split's head, a few ms that unblock an
+    /// offload, would otherwise wait behind whole local runs, and the split
+    /// would pay the very queue it is meant to relieve.
+    pub fn push_ahead(
+        &mut self,
+        item: T,
+        priority: Priority,
+        deadline: Option<Instant>,
+        expected: Duration,
+        bytes: usize,
+    ) -> Result<(), (T, QueueFull)> {
+        self.push_entry(item, priority, true, deadline, expected, bytes)
+    }
+
+    fn push_entry(
+        &mut self,
+        item: T,
+        priority: Priority,
+        ahead: bool,
+        deadline: Option<Instant>,
+        expected: Duration,
+        bytes: usize,
+    ) -> Result<(), (T, QueueFull)> {
         if let Err(full) = self.room_for(bytes) {
             return Err((item, full));
         }
         self.heap.push(Entry {
             priority,
+            ahead,
             deadline,
             seq: self.next_seq,
             expected,
@@ -178,12 +215,25 @@ impl<T> TaskQueue<T> {
     /// whichever of `workers` frees up first; `busy` holds the time left of
     /// each task in flight.
     pub fn wait_estimate(&self, priority: Priority, busy: &[Duration], workers: usize) -> Duration {
+        self.wait_estimate_for(priority, false, busy, workers)
+    }
+
+    /// [`TaskQueue::wait_estimate`] for work pushed with
+    /// [`TaskQueue::push_ahead`] when `ahead`: only higher priorities and
+    /// work pushed ahead of the same priority come first.
+    pub fn wait_estimate_for(
+        &self,
+        priority: Priority,
+        ahead: bool,
+        busy: &[Duration],
+        workers: usize,
+    ) -> Duration {
         let mut free: Vec<Duration> = busy.to_vec();
         free.resize(workers.max(busy.len()).max(1), Duration::ZERO);
         let mut ahead: Vec<&Entry<T>> = self
             .heap
             .iter()
-            .filter(|e| e.priority >= priority)
+            .filter(|e| (e.priority, e.ahead) >= (priority, ahead))
             .collect();
         ahead.sort_by(|a, b| b.cmp(a));
         for e in ahead {
@@ -217,6 +267,34 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q.pop().map(|(i, _)| i), Some(("b", 2)));
         assert_eq!(q.pop().map(|(i, _)| i), Some(("a", 1)));
+    }
+
+    #[test]
+    fn work_pushed_ahead_runs_first_within_its_priority() {
+        let t0 = Instant::now();
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push("med-early", Priority::Medium, Some(t0 + ms(5)), ms(20), 0)
+            .unwrap();
+        q.push("med", Priority::Medium, None, ms(20), 0).unwrap();
+        q.push_ahead("head-med", Priority::Medium, Some(t0 + ms(90)), ms(5), 0)
+            .unwrap();
+        q.push("high", Priority::High, None, ms(20), 0).unwrap();
+        q.push_ahead("head-low", Priority::Low, None, ms(5), 0).unwrap();
+        // A head waits for higher priorities and the heads of its own, not
+        // for the ordinary work of its priority: 3 ms in flight + 20 + 5.
+        let busy = [ms(3)];
+        assert_eq!(
+            q.wait_estimate_for(Priority::Medium, true, &busy, 1),
+            ms(28)
+        );
+        // Ordinary work waits for all of it: 3 + 20 + 5 + 20 + 20.
+        assert_eq!(q.wait_estimate(Priority::Medium, &busy, 1), ms(68));
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, &busy, 1),
+            q.wait_estimate_for(Priority::Medium, false, &busy, 1)
+        );
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect();
+        assert_eq!(order, ["high", "head-med", "med-early", "med", "head-low"]);
     }
 
     #[test]

@@ -629,16 +629,21 @@ impl Manager {
                     };
                     let (priority, deadline) = (task.priority, task.deadline);
                     let bytes = task.payload.len();
+                    let d_split = d.split.is_some();
                     let job = Job::new(
                         task,
                         Some(d),
                         Reply::One(tx),
                         Claim::new(&inner.outstanding),
                     );
-                    // A refused job drops its claim with it.
-                    if let Err((_, full)) =
+                    // A refused job drops its claim with it. A split's
+                    // head runs ahead of the whole local runs.
+                    let pushed = if d_split {
+                        state.queue.push_ahead(job, priority, deadline, expected, bytes)
+                    } else {
                         state.queue.push(job, priority, deadline, expected, bytes)
-                    {
+                    };
+                    if let Err((_, full)) = pushed {
                         drop(state);
                         return rejected(TaskError::Overloaded(full.to_string()));
                     }
@@ -934,6 +939,12 @@ impl Inner {
             uplink_load,
             split: split.map(|i| SplitInput {
                 point: i,
+                wait: state.queue.wait_estimate_for(
+                    task.priority,
+                    true,
+                    &busy,
+                    self.cfg.workers.max(1),
+                ),
                 head: self.splits.head_estimate(t, i),
             }),
             response_bytes: self.cfg.response_bytes,

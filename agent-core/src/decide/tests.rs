@@ -779,6 +779,7 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
         payload_bytes: 2_600,
         split: Some(SplitInput {
             point: 2,
+            wait: d(40),
             head: d(4),
         }),
         cloud: CloudStatus { inference: d(3) },
@@ -802,6 +803,20 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
     // (40 + 15 ms) is the fastest.
     assert_eq!((s.congestion_ms, split.local.congestion_ms), (0.0, 0.0));
     assert_eq!(split.path, ExecPath::Local);
+    // A head that runs ahead of the queued local runs waits only 5 ms:
+    // 5 + 4 + 6.9 + 20 + 3 beats the local 40 + 15.
+    let ahead_in = DecisionInput {
+        split: Some(SplitInput {
+            point: 2,
+            wait: d(5),
+            head: d(4),
+        }),
+        ..split_in.clone()
+    };
+    let ahead = decide(&ahead_in, &Policy::default()).unwrap();
+    assert!((ahead.offload.unwrap().head_ms - 9.0).abs() < 1e-9);
+    assert!((ahead.offload_outlook.unwrap().mean_ms - 38.93).abs() < 0.01);
+    assert_eq!(ahead.path, ExecPath::Cloud);
     // Uploads queued ahead delay every variant's upload.
     let queued = DecisionInput {
         uplink_wait: d(100),
@@ -834,6 +849,7 @@ fn busy_resources_price_the_work_each_path_adds() {
         uplink_load,
         split: Some(SplitInput {
             point: 2,
+            wait: d(40),
             head: d(4),
         }),
         task_type: TaskType::ImageClassification,
