@@ -279,7 +279,8 @@ mod tests {
         q.push_ahead("head-med", Priority::Medium, Some(t0 + ms(90)), ms(5), 0)
             .unwrap();
         q.push("high", Priority::High, None, ms(20), 0).unwrap();
-        q.push_ahead("head-low", Priority::Low, None, ms(5), 0).unwrap();
+        q.push_ahead("head-low", Priority::Low, None, ms(5), 0)
+            .unwrap();
         // A head waits for higher priorities and the heads of its own, not
         // for the ordinary work of its priority: 3 ms in flight + 20 + 5.
         let busy = [ms(3)];

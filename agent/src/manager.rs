@@ -639,7 +639,9 @@ impl Manager {
                     // A refused job drops its claim with it. A split's
                     // head runs ahead of the whole local runs.
                     let pushed = if d_split {
-                        state.queue.push_ahead(job, priority, deadline, expected, bytes)
+                        state
+                            .queue
+                            .push_ahead(job, priority, deadline, expected, bytes)
                     } else {
                         state.queue.push(job, priority, deadline, expected, bytes)
                     };
