@@ -7,52 +7,98 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Busy intervals of `servers` identical servers over a sliding window.
+/// Busy time of `servers` identical servers over a sliding window, kept in
+/// [`SLOTS`] slots of the window's length each (bounded memory, and a
+/// reading costs the same at 10 or 10,000 runs a second: it happens under
+/// the manager's lock, on every decision).
 #[derive(Debug, Clone)]
 pub struct LoadMeter {
     window: Duration,
+    slot: Duration,
     servers: f64,
-    /// Busy intervals (start, end), in the order they were added.
-    busy: VecDeque<(Instant, Instant)>,
+    /// The first reading or interval: slot 0 starts here.
+    origin: Option<Instant>,
+    /// (slot index, busy time in it), by index.
+    busy: VecDeque<(u64, Duration)>,
 }
+
+/// Slots per window: a reading is exact to a slot's length (50 ms of a
+/// 1 s window).
+pub const SLOTS: u32 = 20;
 
 impl LoadMeter {
     /// A meter over the last `window` for `servers` servers (at least 1).
     pub fn new(window: Duration, servers: usize) -> Self {
+        let window = window.max(Duration::from_millis(SLOTS as u64));
         Self {
-            window: window.max(Duration::from_millis(1)),
+            window,
+            slot: window / SLOTS,
             servers: servers.max(1) as f64,
+            origin: None,
             busy: VecDeque::new(),
         }
     }
 
-    /// One server was busy from `start` to `end` (an interval that ends
-    /// in the future counts up to each reading's `now`).
+    fn index(&self, origin: Instant, t: Instant) -> u64 {
+        (t.saturating_duration_since(origin).as_nanos() / self.slot.as_nanos()) as u64
+    }
+
+    /// One server was busy from `start` to `end` (time after a reading's
+    /// `now` counts from then on; an interval longer than twice the window
+    /// counts for twice the window).
     pub fn add(&mut self, start: Instant, end: Instant) {
         if end <= start {
             return;
         }
-        // Intervals that ended before any window that can still be read
-        // (readings move forward with the latest interval) go.
-        let horizon = end.checked_sub(self.window * 2);
-        while let (Some(&(_, e)), Some(h)) = (self.busy.front(), horizon) {
-            if e >= h {
-                break;
+        let origin = *self.origin.get_or_insert(start);
+        let start = start.max(origin);
+        let end = end.min(start + self.window * 2);
+        let (first, last) = (self.index(origin, start), self.index(origin, end));
+        for i in first..=last {
+            let from = origin + self.slot * i as u32;
+            let overlap = end
+                .min(from + self.slot)
+                .saturating_duration_since(start.max(from));
+            if overlap.is_zero() {
+                continue;
             }
+            match self.busy.iter_mut().rev().find(|(j, _)| *j <= i) {
+                Some((j, d)) if *j == i => *d += overlap,
+                _ => {
+                    let at = self.busy.partition_point(|(j, _)| *j < i);
+                    self.busy.insert(at, (i, overlap));
+                }
+            }
+        }
+        // Slots no reading from here on can see go (readings move forward
+        // with the intervals).
+        let keep_from = first.saturating_sub(2 * SLOTS as u64);
+        while self.busy.front().is_some_and(|(j, _)| *j < keep_from) {
             self.busy.pop_front();
         }
-        self.busy.push_back((start, end));
     }
 
-    /// The share of `(now - window, now]` the servers were busy, in 0..=1.
+    /// The share of the window before `now` the servers were busy, in
+    /// 0..=1 (to a slot's length: the window is the last [`SLOTS`] whole
+    /// slots and the current one, in proportion).
     pub fn load(&self, now: Instant) -> f64 {
-        let from = now.checked_sub(self.window).unwrap_or(now);
+        let Some(origin) = self.origin else {
+            return 0.0;
+        };
+        let current = self.index(origin, now);
+        let first = current.saturating_sub(SLOTS as u64);
+        // The current slot counts only what can have happened by now (an
+        // upload scheduled past now is in it already).
+        let elapsed = now.saturating_duration_since(origin + self.slot * current as u32);
+        let so_far = elapsed.mul_f64(self.servers);
         let busy: Duration = self
             .busy
             .iter()
-            .map(|&(s, e)| e.min(now).saturating_duration_since(s.max(from)))
+            .filter(|(j, _)| (first..=current).contains(j))
+            .map(|(j, d)| if *j == current { (*d).min(so_far) } else { *d })
             .sum();
-        let span = now.saturating_duration_since(from);
+        // The span those slots cover up to now.
+        let span = now.saturating_duration_since(origin + self.slot * first as u32);
         if span.is_zero() {
             return 0.0;
         }
@@ -83,42 +129,61 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
     #[test]
     fn load_is_the_busy_share_of_the_window() {
         let t0 = Instant::now();
         let mut m = LoadMeter::new(ms(1000), 1);
         assert_eq!(m.load(t0 + ms(1000)), 0.0);
-        // 250 ms busy within the last second.
-        m.add(t0 + ms(100), t0 + ms(200));
+        // 250 ms busy within the first second (slots of 50 ms).
+        m.add(t0, t0 + ms(100));
         m.add(t0 + ms(500), t0 + ms(650));
-        assert!((m.load(t0 + ms(1000)) - 0.25).abs() < 1e-9);
-        // Later, the first interval has left the window, half of the
-        // second is in it.
-        assert!((m.load(t0 + ms(1575)) - 0.075).abs() < 1e-9);
+        assert!(
+            close(m.load(t0 + ms(1000)), 0.25),
+            "{}",
+            m.load(t0 + ms(1000))
+        );
+        // Later, the first interval has left the window, and 100 ms of the
+        // second are in it (its first slot has left), over 1000 ms of
+        // slots and the 25 ms of the current one.
+        assert!(close(m.load(t0 + ms(1575)), 0.1 / 1.025));
         // An interval still running counts up to now.
         m.add(t0 + ms(1500), t0 + ms(3000));
-        assert!((m.load(t0 + ms(2000)) - 0.5).abs() < 1e-9);
-        assert!((m.load(t0 + ms(2500)) - 1.0).abs() < 1e-9);
+        assert!(close(m.load(t0 + ms(2000)), 0.5));
+        assert!(close(m.load(t0 + ms(2500)), 1.0));
         // Empty and reversed intervals change nothing.
-        m.add(t0 + ms(10), t0 + ms(10));
-        m.add(t0 + ms(20), t0 + ms(10));
-        assert!((m.load(t0 + ms(2500)) - 1.0).abs() < 1e-9);
+        m.add(t0 + ms(2010), t0 + ms(2010));
+        m.add(t0 + ms(2020), t0 + ms(2010));
+        assert!(close(m.load(t0 + ms(2500)), 1.0));
     }
 
     #[test]
-    fn servers_share_the_load_and_old_intervals_go() {
+    fn servers_share_the_load_and_memory_stays_bounded() {
         let t0 = Instant::now();
         let mut m = LoadMeter::new(ms(100), 2);
         m.add(t0, t0 + ms(100));
-        assert!((m.load(t0 + ms(100)) - 0.5).abs() < 1e-9);
+        assert!(close(m.load(t0 + ms(100)), 0.5));
         m.add(t0, t0 + ms(100));
-        assert!((m.load(t0 + ms(100)) - 1.0).abs() < 1e-9);
+        assert!(close(m.load(t0 + ms(100)), 1.0));
+        // A run every 10 ms for 5 ms, for 10 s: only what a reading can
+        // still see is kept.
         for i in 0..1000 {
             m.add(t0 + ms(i * 10), t0 + ms(i * 10 + 5));
         }
-        // Only what a reading can still see is kept.
-        assert!(m.busy.len() <= 21, "{} intervals kept", m.busy.len());
-        assert!((m.load(t0 + ms(10_000)) - 0.25).abs() < 1e-9);
+        assert!(
+            m.busy.len() <= 3 * SLOTS as usize,
+            "{} slots kept",
+            m.busy.len()
+        );
+        assert!(close(m.load(t0 + ms(10_000)), 0.25));
+        // An interval far longer than the window counts for two windows.
+        let mut m = LoadMeter::new(ms(100), 1);
+        m.add(t0, t0 + Duration::from_secs(3600));
+        assert!(close(m.load(t0 + ms(150)), 1.0));
+        assert_eq!(m.load(t0 + ms(400)), 0.0);
     }
 
     #[test]
