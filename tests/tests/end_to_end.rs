@@ -182,12 +182,14 @@ async fn saturated_local_queue_offloads() {
         .collect();
     // An idle worker wins on the model's own figures; it loses only when
     // its recent tasks took longer than predicted (the learnt residuals,
-    // which grow when other tests load the machine).
+    // which grow when other tests load the machine) or its price for the
+    // busy worker tips the balance.
     let idle_offloaded: Vec<_> = idle
         .iter()
         .filter(|(r, _)| r.processed_by != "local")
         .map(|(r, _)| r.decision.clone().unwrap())
         .filter(|d| d.local_outlook.is_none_or(|l| l.correction_ms <= 0.0))
+        .filter(|d| d.local_congestion_ms <= d.offload_congestion_ms)
         .collect();
     assert!(
         idle_offloaded.is_empty(),
@@ -206,8 +208,14 @@ async fn saturated_local_queue_offloads() {
             d.local_outlook.expect("local outlook"),
             d.offload_outlook.expect("offload outlook"),
         );
+        // Each path's score carries its congestion price (what its work
+        // costs the tasks behind it).
+        let (lc, oc) = (d.local_congestion_ms, d.offload_congestion_ms);
         match d.reason.as_str() {
-            "offload cheaper" => assert!(o.mean_ms < l.mean_ms || o.p95_ms < l.p95_ms, "{d:?}"),
+            "offload cheaper" => assert!(
+                o.mean_ms + oc < l.mean_ms + lc || o.p95_ms + oc < l.p95_ms + lc,
+                "{d:?}"
+            ),
             "offload likelier to meet the deadline" => {
                 assert!(o.p_meet > l.p_meet, "{d:?}")
             }
