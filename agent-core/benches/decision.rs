@@ -285,10 +285,15 @@ fn pct(sorted: &[u64], q: f64) -> u64 {
 
 /// 100,000 individually timed calls of each case (after 10,000 to warm
 /// up): one `percall NAME n=.. p50_ns=.. p99_ns=.. p999_ns=.. max_ns=..`
-/// line each.
+/// line each; with `DECISION_PERCALL_ONLY` set, only the case it names
+/// (for a profiler or `perf stat` on one case).
 fn per_call() {
     const N: usize = 100_000;
+    let only = std::env::var("DECISION_PERCALL_ONLY").ok();
     for (name, mut f) in cases() {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         for _ in 0..N / 10 {
             f();
         }

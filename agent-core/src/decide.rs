@@ -267,39 +267,34 @@ pub struct Outlook {
 }
 
 impl Outlook {
-    /// From predicted latencies (any order; at least one).
-    fn of(mut values: Vec<f64>, left_ms: Option<f64>) -> Option<Outlook> {
-        if values.is_empty() || values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+    /// From predicted latencies, sorted (at least one).
+    fn of_sorted(values: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
+        // Sorted by `total_cmp`, a negative value or -NaN comes first and
+        // an infinity or NaN last: the ends vouch for all of them.
+        let (&first, &last) = (values.first()?, values.last()?);
+        if !(first >= 0.0 && last.is_finite()) {
             return None;
         }
         let n = values.len() as f64;
         let mean_ms = values.iter().sum::<f64>() / n;
-        let p_meet = left_ms.map(|l| values.iter().filter(|v| **v <= l).count() as f64 / n);
-        // By selection, not a full sort: the offload outlook has over a
-        // thousand values, and sorting them was most of a decision's time.
-        let p95_ms = select_quantile(&mut values, 0.95);
-        let p50_ms = select_quantile(&mut values, 0.5);
+        let p_meet = left_ms.map(|l| values.partition_point(|v| *v <= l) as f64 / n);
         Some(Outlook {
             mean_ms,
-            p50_ms,
-            p95_ms,
+            p50_ms: quantile(values, 0.5),
+            p95_ms: quantile(values, 0.95),
             p_meet,
             correction_ms: 0.0,
         })
     }
 
-    /// The model's prediction plus each past residual (a latency stays
-    /// >= 0): the distribution of what will actually be seen.
-    fn corrected(values: Vec<f64>, residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
+    /// The model's prediction (sorted) plus each past residual (a latency
+    /// stays >= 0): the distribution of what will actually be seen.
+    fn corrected(values: &[f64], residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
         if residuals.is_empty() {
-            return Outlook::of(values, left_ms);
+            return Outlook::of_sorted(values, left_ms);
         }
-        let res = grid(residuals, RESIDUAL_POINTS);
-        let all = values
-            .iter()
-            .flat_map(|v| res.iter().map(move |r| (v + r).max(0.0)))
-            .collect();
-        let mut o = Outlook::of(all, left_ms)?;
+        let all = sorted_sums(values, &grid(residuals, RESIDUAL_POINTS), |v| v.max(0.0))?;
+        let mut o = Outlook::of_sorted(&all, left_ms)?;
         // What the residuals moved the mean by (the clamp at 0 can make
         // it less than their mean).
         let raw = values.iter().sum::<f64>() / values.len() as f64;
@@ -535,23 +530,45 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     })
 }
 
-/// The type-7 quantile `q` of `values` in any order (at least one), by
-/// selection: what [`quantile`] gives for the values sorted. Reorders them.
-fn select_quantile(values: &mut [f64], q: f64) -> f64 {
-    let n = values.len();
-    if n == 1 {
-        return values[0];
+/// Every `f(a_i + b_j)`, sorted, for `a` and `b` sorted and `f`
+/// nondecreasing: `b.len()` sorted runs, merged pairwise. Sorting (or
+/// selecting quantiles from) the offload outlook's values was most of a
+/// decision's time; merging the runs is a few nanoseconds a value. `None`
+/// if a value is not finite (or `f` makes one so).
+fn sorted_sums(a: &[f64], b: &[f64], f: impl Fn(f64) -> f64) -> Option<Vec<f64>> {
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    if !finite(a) || !finite(b) {
+        return None;
     }
-    let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-    let lo = pos.floor() as usize;
-    let (_, v_lo, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
-    let v_lo = *v_lo;
-    let v_hi = if pos.ceil() as usize == lo {
-        v_lo
-    } else {
-        above.iter().copied().fold(f64::INFINITY, f64::min)
-    };
-    v_lo + (v_hi - v_lo) * (pos - lo as f64)
+    let total = a.len() * b.len();
+    let mut runs = Vec::with_capacity(total);
+    for y in b {
+        runs.extend(a.iter().map(|x| f(x + y)));
+    }
+    let mut merged = vec![0.0; total];
+    let mut run = a.len().max(1);
+    while run < total {
+        for (from, to) in runs.chunks(2 * run).zip(merged.chunks_mut(2 * run)) {
+            let (x, y) = from.split_at(run.min(from.len()));
+            merge(x, y, to);
+        }
+        std::mem::swap(&mut runs, &mut merged);
+        run *= 2;
+    }
+    finite(&runs).then_some(runs)
+}
+
+/// Merges sorted `x` and `y` into `out` (their length together), without
+/// a branch on the data: a merge's comparisons are coin flips to a branch
+/// predictor. The values are finite (see [`sorted_sums`]).
+fn merge(x: &[f64], y: &[f64], out: &mut [f64]) {
+    let (mut i, mut j) = (0, 0);
+    for slot in out.iter_mut() {
+        let take_y = i == x.len() || (j < y.len() && y[j].total_cmp(&x[i]).is_lt());
+        *slot = if take_y { y[j] } else { x[i] };
+        i += usize::from(!take_y);
+        j += usize::from(take_y);
+    }
 }
 
 /// How finely each distribution enters a path's outlook (evenly spaced
@@ -581,11 +598,8 @@ fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook>
     } else {
         grid(input.local_dist_ms, LOCAL_POINTS)
     };
-    Outlook::corrected(
-        inference.iter().map(|i| queue + i).collect(),
-        input.residuals().0,
-        left_ms,
-    )
+    let values: Vec<f64> = inference.iter().map(|i| queue + i).collect();
+    Outlook::corrected(&values, input.residuals().0, left_ms)
 }
 
 /// Offload latency: transfer times plus every pair of an RTT sample and a
@@ -618,11 +632,8 @@ fn offload_outlook(
     // A split's head is a point estimate: its spread is small next to the
     // network's, and one more factor would multiply the values.
     let transfer = cost.head_ms + cost.upload_ms + cost.download_ms;
-    let values = rtts
-        .iter()
-        .flat_map(|r| cloud.iter().map(move |c| transfer + r + c))
-        .collect();
-    Outlook::corrected(values, input.residuals().1, left_ms)
+    let values = sorted_sums(&rtts, &cloud, |v| transfer + v)?;
+    Outlook::corrected(&values, input.residuals().1, left_ms)
 }
 
 /// Decides where a task runs, or fails it early when no path can work.

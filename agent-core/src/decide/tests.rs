@@ -721,29 +721,56 @@ fn residuals_correct_the_prediction() {
 }
 
 #[test]
-fn quantiles_by_selection_equal_those_of_the_sorted_values() {
+fn sorted_sums_equal_every_sum_sorted() {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for n in [1usize, 2, 3, 7, 20, 144, 1152] {
-        let values: Vec<f64> = (0..n)
+    let mut next = |n: usize| -> Vec<f64> {
+        let mut v: Vec<f64> = (0..n)
             .map(|i| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Ties too: a few distinct values repeat.
-                ((x % 997) as f64 / 7.0).floor() + (i % 3) as f64 * 0.5
+                ((x % 997) as f64 / 7.0).floor() - 60.0 + (i % 3) as f64 * 0.5
             })
             .collect();
-        let mut sorted = values.clone();
-        sorted.sort_by(f64::total_cmp);
-        for q in [0.0, 0.05, 0.5, 0.95, 0.99, 1.0] {
-            let mut v = values.clone();
-            assert_eq!(
-                super::select_quantile(&mut v, q),
-                quantile(&sorted, q),
-                "n={n} q={q}"
-            );
-        }
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    for (na, nb) in [(1usize, 1usize), (1, 4), (16, 1), (16, 4), (64, 4), (7, 3)] {
+        let (a, b) = (next(na), next(nb));
+        let clamp = |v: f64| v.max(0.0);
+        let mut want: Vec<f64> = a
+            .iter()
+            .flat_map(|x| b.iter().map(move |y| clamp(x + y)))
+            .collect();
+        want.sort_by(f64::total_cmp);
+        assert_eq!(super::sorted_sums(&a, &b, clamp), Some(want), "{na} x {nb}");
     }
+}
+
+#[test]
+fn sums_of_values_not_finite_are_none() {
+    let id = |v: f64| v;
+    assert_eq!(super::sorted_sums(&[1.0, f64::NAN], &[1.0], id), None);
+    assert_eq!(super::sorted_sums(&[1.0], &[f64::INFINITY], id), None);
+    assert_eq!(super::sorted_sums(&[f64::MAX], &[f64::MAX], id), None);
+}
+
+#[test]
+fn an_outlook_of_malformed_values_is_none() {
+    for bad in [
+        vec![-1.0, 2.0],
+        vec![1.0, f64::INFINITY],
+        vec![1.0, f64::NAN],
+        vec![-f64::NAN, 1.0],
+        vec![],
+    ] {
+        let mut v = bad.clone();
+        v.sort_by(f64::total_cmp);
+        assert_eq!(Outlook::of_sorted(&v, Some(5.0)), None, "{bad:?}");
+    }
+    let o = Outlook::of_sorted(&[1.0, 2.0, 3.0, 10.0], Some(3.0)).unwrap();
+    assert_eq!((o.mean_ms, o.p50_ms, o.p_meet), (4.0, 2.5, Some(0.75)));
 }
 
 #[test]
