@@ -19,7 +19,7 @@ pub use decide::{
     LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
-    congestion_price_ms, quantile, ExecTimeModel, LinkConfig, LinkEstimator, LoadMeter,
+    congestion_price_ms, quantile, CpuMeter, ExecTimeModel, LinkConfig, LinkEstimator, LoadMeter,
     NetworkStatus, Residuals, RttWindow, Shift, ShiftDetector, UplinkQueue, UploadId, WindowStats,
     LOAD_CAP,
 };

@@ -304,7 +304,8 @@ fn resources(out: &mut String, p: &str, cgroup: Option<&Cgroup>) {
         "cgroup_cpu_limit_cores",
         "gauge",
         "CPU quota of the agent's cgroup v2 (cpu.max) in cores.",
-        c.read("cpu.max").and_then(|s| cpu_limit(&s)),
+        c.read("cpu.max")
+            .and_then(|s| crate::cpu::cpu_max_cores(&s)),
     );
 }
 
@@ -373,17 +374,9 @@ impl Cgroup {
     }
 }
 
-/// Cores allowed by a cgroup v2 `cpu.max` ("quota period"; "max" = none).
-fn cpu_limit(cpu_max: &str) -> Option<f64> {
-    let mut it = cpu_max.split_whitespace();
-    let quota: f64 = it.next()?.parse().ok()?;
-    let period: f64 = it.next()?.parse().ok()?;
-    (period > 0.0).then(|| quota / period)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{cpu_limit, resources, Cgroup, ProcSelf, Role};
+    use super::{resources, Cgroup, ProcSelf, Role};
 
     #[test]
     fn cgroup_v2_files_become_families() {
@@ -443,12 +436,5 @@ mod tests {
         resources(&mut text, Role::Cloud.prefix(), None);
         assert!(text.contains("# TYPE cloud_process_cpu_seconds_total counter\n"));
         assert!(text.contains("\ncloud_process_resident_memory_bytes "));
-    }
-
-    #[test]
-    fn cpu_max_parses() {
-        assert_eq!(cpu_limit("max 100000\n"), None);
-        assert_eq!(cpu_limit("150000 100000\n"), Some(1.5));
-        assert_eq!(cpu_limit(""), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod admin;
 mod audit;
 pub mod cloud;
 pub mod config;
+mod cpu;
 pub mod demo;
 pub mod edge;
 mod endpoints;

@@ -10,9 +10,10 @@ use crate::infer::{EngineFactory, EnginePool, ModelSpec, SharedExecTimes};
 use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
-    CloudStatus, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter, LocalStatus,
-    NetworkStatus, Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming, SampleSource,
-    SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport, UplinkQueue, UploadId,
+    CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
+    LocalStatus, NetworkStatus, Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming,
+    SampleSource, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
+    UplinkQueue, UploadId,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -218,8 +219,11 @@ struct LocalState {
     /// Per worker: when the running task started and how long it should take.
     in_flight: Vec<Option<(Instant, Duration)>>,
     /// When the workers were busy lately: the decision prices the work a
-    /// path adds to them.
+    /// path adds to them...
     load: LoadMeter,
+    /// ...or at the process's CPU load, when that is higher (under a quota,
+    /// a spent allowance stalls every path through the edge).
+    cpu: CpuMeter,
     /// The path chosen for the latest task of each type (hysteresis).
     last_path: HashMap<TaskType, ExecPath>,
     stopping: bool,
@@ -229,6 +233,21 @@ struct LocalState {
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 
 impl LocalState {
+    /// How busy the edge is: its workers' or its CPU allowance's share in
+    /// use, whichever is higher.
+    fn edge_load(&self, now: Instant) -> f64 {
+        self.load.load(now).max(self.cpu.load(now))
+    }
+
+    /// Samples the process's CPU time now, if the meter wants a sample.
+    fn sample_cpu(&mut self, now: Instant) {
+        if self.cpu.wants_sample(now) {
+            if let Some(used) = crate::cpu::used() {
+                self.cpu.observe(now, used);
+            }
+        }
+    }
+
     /// Worker `index` finished what it ran.
     fn worker_done(&mut self, index: usize) {
         if let Some((start, _)) = self.in_flight[index].take() {
@@ -433,6 +452,7 @@ impl Manager {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
                 load: LoadMeter::new(LOAD_WINDOW, n),
+                cpu: CpuMeter::new(crate::cpu::allowance_cores(), LOAD_WINDOW),
                 last_path: HashMap::new(),
                 stopping: false,
             }),
@@ -576,6 +596,7 @@ impl Manager {
         let now = Instant::now();
         let decision = {
             let mut state = inner.state.lock().expect("state lock");
+            state.sample_cpu(now);
             let mut decision = inner.decide(&state, &task, now);
             if let Ok(d) = &mut decision {
                 state.last_path.insert(task.task_type, d.path);
@@ -937,7 +958,7 @@ impl Inner {
             priority: task.priority,
             payload_bytes: split.map_or(task.payload.len(), |i| self.splits.upload_bytes(t, i)),
             uplink_wait,
-            edge_load: state.load.load(now),
+            edge_load: state.edge_load(now),
             uplink_load,
             split: split.map(|i| SplitInput {
                 point: i,

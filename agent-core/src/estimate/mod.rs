@@ -1,5 +1,6 @@
 //! Estimators: pure folds of measurements into the figures the decision uses.
 
+mod cpu;
 mod exec_time;
 mod link;
 mod load;
@@ -9,6 +10,7 @@ mod shift;
 mod trend;
 mod uplink;
 
+pub use cpu::CpuMeter;
 pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
 pub use load::{congestion_price_ms, LoadMeter, LOAD_CAP};
