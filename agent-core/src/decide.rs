@@ -20,7 +20,7 @@
 //! or malformed, means local. With a deadline: if only one path is expected
 //! to meet it, that path; if neither, the task fails early.
 
-use crate::estimate::{congestion_price_ms, quantile, NetworkStatus};
+use crate::estimate::{congestion_price_ms, floor_ceil, quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
 use serde::{Deserialize, Serialize};
@@ -269,19 +269,38 @@ pub struct Outlook {
 impl Outlook {
     /// From predicted latencies, sorted (at least one).
     fn of_sorted(values: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
+        Outlook::of_runs(values, &[], left_ms)
+    }
+
+    /// From predicted latencies in two sorted runs (at least one value):
+    /// the last merge of a long list is left out, and its quantiles are
+    /// found by bisection across the two runs instead.
+    fn of_runs(x: &[f64], y: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
         // Sorted by `total_cmp`, a negative value or -NaN comes first and
-        // an infinity or NaN last: the ends vouch for all of them.
-        let (&first, &last) = (values.first()?, values.last()?);
-        if !(first >= 0.0 && last.is_finite()) {
+        // an infinity or NaN last: each run's ends vouch for all of it.
+        let sane = |r: &[f64]| match (r.first(), r.last()) {
+            (Some(first), Some(last)) => *first >= 0.0 && last.is_finite(),
+            _ => true,
+        };
+        let len = x.len() + y.len();
+        if len == 0 || !sane(x) || !sane(y) {
             return None;
         }
-        let n = values.len() as f64;
-        let mean_ms = values.iter().sum::<f64>() / n;
-        let p_meet = left_ms.map(|l| values.partition_point(|v| *v <= l) as f64 / n);
+        let n = len as f64;
+        let mean_ms = (x.iter().sum::<f64>() + y.iter().sum::<f64>()) / n;
+        let p_meet = left_ms
+            .map(|l| (x.partition_point(|v| *v <= l) + y.partition_point(|v| *v <= l)) as f64 / n);
+        // The type-7 quantile, as `quantile` gives it for the merged list.
+        let q = |q: f64| {
+            let pos = q * (len - 1) as f64;
+            let (lo, hi) = floor_ceil(pos);
+            let v_lo = kth_of_two(x, y, lo);
+            v_lo + (kth_of_two(x, y, hi) - v_lo) * (pos - lo as f64)
+        };
         Some(Outlook {
             mean_ms,
-            p50_ms: quantile(values, 0.5),
-            p95_ms: quantile(values, 0.95),
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
             p_meet,
             correction_ms: 0.0,
         })
@@ -293,8 +312,10 @@ impl Outlook {
         if residuals.is_empty() {
             return Outlook::of_sorted(values, left_ms);
         }
-        let all = sorted_sums(values, &grid(residuals, RESIDUAL_POINTS), |v| v.max(0.0))?;
-        let mut o = Outlook::of_sorted(&all, left_ms)?;
+        let res = grid(residuals, RESIDUAL_POINTS);
+        let (all, first) = sorted_runs(values, &res, |v| v.max(0.0), 2)?;
+        let (x, y) = all.split_at(first);
+        let mut o = Outlook::of_runs(x, y, left_ms)?;
         // What the residuals moved the mean by (the clamp at 0 can make
         // it less than their mean).
         let raw = values.iter().sum::<f64>() / values.len() as f64;
@@ -536,26 +557,59 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
 /// decision's time; merging the runs is a few nanoseconds a value. `None`
 /// if a value is not finite (or `f` makes one so).
 fn sorted_sums(a: &[f64], b: &[f64], f: impl Fn(f64) -> f64) -> Option<Vec<f64>> {
+    sorted_runs(a, b, f, 1).map(|(v, _)| v)
+}
+
+/// [`sorted_sums`] merged only down to `runs` sorted runs (1 or 2): the
+/// values and, for two, where the second run starts.
+fn sorted_runs(
+    a: &[f64],
+    b: &[f64],
+    f: impl Fn(f64) -> f64,
+    runs: usize,
+) -> Option<(Vec<f64>, usize)> {
     let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
     if !finite(a) || !finite(b) {
         return None;
     }
     let total = a.len() * b.len();
-    let mut runs = Vec::with_capacity(total);
+    let mut values = Vec::with_capacity(total);
     for y in b {
-        runs.extend(a.iter().map(|x| f(x + y)));
+        values.extend(a.iter().map(|x| f(x + y)));
     }
     let mut merged = vec![0.0; total];
     let mut run = a.len().max(1);
-    while run < total {
-        for (from, to) in runs.chunks(2 * run).zip(merged.chunks_mut(2 * run)) {
+    while run * runs.max(1) < total {
+        for (from, to) in values.chunks(2 * run).zip(merged.chunks_mut(2 * run)) {
             let (x, y) = from.split_at(run.min(from.len()));
             merge(x, y, to);
         }
-        std::mem::swap(&mut runs, &mut merged);
+        std::mem::swap(&mut values, &mut merged);
         run *= 2;
     }
-    finite(&runs).then_some(runs)
+    let first = run.min(total);
+    finite(&values).then_some((values, first))
+}
+
+/// The `k`-th smallest (from 0) of two sorted runs of finite values
+/// together, by bisection on how many come from `x`.
+fn kth_of_two(x: &[f64], y: &[f64], k: usize) -> f64 {
+    let need = k + 1;
+    let (mut lo, mut hi) = (need.saturating_sub(y.len()), need.min(x.len()));
+    // The fewest from `x` such that no value left in `x` is below one
+    // taken from `y`.
+    while lo < hi {
+        let i = (lo + hi) / 2;
+        if x[i] < y[need - i - 1] {
+            lo = i + 1;
+        } else {
+            hi = i;
+        }
+    }
+    let j = need - lo;
+    let last_x = if lo > 0 { x[lo - 1] } else { f64::NEG_INFINITY };
+    let last_y = if j > 0 { y[j - 1] } else { f64::NEG_INFINITY };
+    last_x.max(last_y)
 }
 
 /// Merges sorted `x` and `y` into `out` (their length together), without

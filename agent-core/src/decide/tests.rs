@@ -749,6 +749,58 @@ fn sorted_sums_equal_every_sum_sorted() {
 }
 
 #[test]
+fn two_runs_give_the_merged_list_s_quantiles() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| -> Vec<f64> {
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Ties within and across the runs.
+                (x % 53) as f64 / 4.0
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    for (nx, ny) in [
+        (1usize, 0usize),
+        (0, 3),
+        (1, 1),
+        (5, 2),
+        (64, 64),
+        (128, 128),
+        (7, 30),
+    ] {
+        let (a, b) = (next(nx), next(ny));
+        let mut all = [a.clone(), b.clone()].concat();
+        all.sort_by(f64::total_cmp);
+        for k in 0..all.len() {
+            assert_eq!(super::kth_of_two(&a, &b, k), all[k], "{nx}+{ny} k={k}");
+        }
+        let (two, one) = (
+            Outlook::of_runs(&a, &b, Some(6.0)).unwrap(),
+            Outlook::of_sorted(&all, Some(6.0)).unwrap(),
+        );
+        assert!((two.mean_ms - one.mean_ms).abs() < 1e-9, "{nx}+{ny}");
+        assert_eq!(
+            (two.p50_ms, two.p95_ms, two.p_meet),
+            (quantile(&all, 0.5), quantile(&all, 0.95), one.p_meet),
+            "{nx}+{ny}"
+        );
+    }
+    // Merged down to two runs: each sorted, together every sum.
+    let (a, b) = (next(16), next(4));
+    let (v, first) = super::sorted_runs(&a, &b, |v| v, 2).unwrap();
+    assert_eq!((v.len(), first), (64, 32));
+    assert!(v[..first].is_sorted() && v[first..].is_sorted());
+    let mut v = v;
+    v.sort_by(f64::total_cmp);
+    assert_eq!(Some(v), super::sorted_sums(&a, &b, |v| v));
+}
+
+#[test]
 fn sums_of_values_not_finite_are_none() {
     let id = |v: f64| v;
     assert_eq!(super::sorted_sums(&[1.0, f64::NAN], &[1.0], id), None);

@@ -15,6 +15,7 @@ pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
 pub use load::{congestion_price_ms, LoadMeter, LOAD_CAP};
 pub use residual::Residuals;
+pub(crate) use rtt_window::floor_ceil;
 pub use rtt_window::{quantile, RttWindow, WindowStats};
 pub use shift::{Shift, ShiftDetector};
 pub use uplink::{UplinkQueue, UploadId};
