@@ -776,8 +776,8 @@ fn two_runs_give_the_merged_list_s_quantiles() {
         let (a, b) = (next(nx), next(ny));
         let mut all = [a.clone(), b.clone()].concat();
         all.sort_by(f64::total_cmp);
-        for k in 0..all.len() {
-            assert_eq!(super::kth_of_two(&a, &b, k), all[k], "{nx}+{ny} k={k}");
+        for (k, want) in all.iter().enumerate() {
+            assert_eq!(super::kth_of_two(&a, &b, k), *want, "{nx}+{ny} k={k}");
         }
         let (two, one) = (
             Outlook::of_runs(&a, &b, Some(6.0)).unwrap(),
