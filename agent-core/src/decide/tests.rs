@@ -720,21 +720,29 @@ fn residuals_correct_the_prediction() {
     assert_eq!((o.mean_ms, o.correction_ms), (0.0, -12.0));
 }
 
+/// `n` values, sorted, each `value(r, i)` of the `i`-th draw `r` of a
+/// xorshift stream whose state is `x`.
+fn sorted_noise(x: &mut u64, n: usize, value: impl Fn(u64, usize) -> f64) -> Vec<f64> {
+    let mut v: Vec<f64> = (0..n)
+        .map(|i| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            value(*x, i)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 #[test]
 fn sorted_sums_equal_every_sum_sorted() {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = |n: usize| -> Vec<f64> {
-        let mut v: Vec<f64> = (0..n)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                // Ties too: a few distinct values repeat.
-                ((x % 997) as f64 / 7.0).floor() - 60.0 + (i % 3) as f64 * 0.5
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
+    let mut next = |n: usize| {
+        // Ties too: a few distinct values repeat.
+        sorted_noise(&mut x, n, |r, i| {
+            ((r % 997) as f64 / 7.0).floor() - 60.0 + (i % 3) as f64 * 0.5
+        })
     };
     for (na, nb) in [(1usize, 1usize), (1, 4), (16, 1), (16, 4), (64, 4), (7, 3)] {
         let (a, b) = (next(na), next(nb));
@@ -751,19 +759,8 @@ fn sorted_sums_equal_every_sum_sorted() {
 #[test]
 fn two_runs_give_the_merged_list_s_quantiles() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = |n: usize| -> Vec<f64> {
-        let mut v: Vec<f64> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                // Ties within and across the runs.
-                (x % 53) as f64 / 4.0
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
-    };
+    // Ties within and across the runs.
+    let mut next = |n: usize| sorted_noise(&mut x, n, |r, _| (r % 53) as f64 / 4.0);
     for (nx, ny) in [
         (1usize, 0usize),
         (0, 3),
