@@ -20,9 +20,12 @@
 //! or malformed, means local. With a deadline: if only one path is expected
 //! to meet it, that path; if neither, the task fails early.
 
-use crate::estimate::{congestion_price_ms, floor_ceil, quantile, NetworkStatus};
+mod runs;
+
+use crate::estimate::{congestion_price_ms, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
+use runs::{grid, quantile_of_two, sorted_runs, sum, Buffers, Values, MAX_VALUES};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -287,20 +290,13 @@ impl Outlook {
             return None;
         }
         let n = len as f64;
-        let mean_ms = (x.iter().sum::<f64>() + y.iter().sum::<f64>()) / n;
+        let mean_ms = (sum(x) + sum(y)) / n;
         let p_meet = left_ms
             .map(|l| (x.partition_point(|v| *v <= l) + y.partition_point(|v| *v <= l)) as f64 / n);
-        // The type-7 quantile, as `quantile` gives it for the merged list.
-        let q = |q: f64| {
-            let pos = q * (len - 1) as f64;
-            let (lo, hi) = floor_ceil(pos);
-            let v_lo = kth_of_two(x, y, lo);
-            v_lo + (kth_of_two(x, y, hi) - v_lo) * (pos - lo as f64)
-        };
         Some(Outlook {
             mean_ms,
-            p50_ms: q(0.5),
-            p95_ms: q(0.95),
+            p50_ms: quantile_of_two(x, y, 0.5),
+            p95_ms: quantile_of_two(x, y, 0.95),
             p_meet,
             correction_ms: 0.0,
         })
@@ -312,13 +308,14 @@ impl Outlook {
         if residuals.is_empty() {
             return Outlook::of_sorted(values, left_ms);
         }
-        let res = grid(residuals, RESIDUAL_POINTS);
-        let (all, first) = sorted_runs(values, &res, |v| v.max(0.0), 2)?;
+        let res = grid::<RESIDUAL_POINTS>(residuals);
+        let mut bufs: Buffers<MAX_VALUES> = [[0.0; MAX_VALUES]; 2];
+        let (all, first) = sorted_runs(values, res.as_slice(), |v| v.max(0.0), 2, &mut bufs)?;
         let (x, y) = all.split_at(first);
         let mut o = Outlook::of_runs(x, y, left_ms)?;
         // What the residuals moved the mean by (the clamp at 0 can make
         // it less than their mean).
-        let raw = values.iter().sum::<f64>() / values.len() as f64;
+        let raw = sum(values) / values.len() as f64;
         o.correction_ms = o.mean_ms - raw;
         Some(o)
     }
@@ -551,80 +548,6 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     })
 }
 
-/// Every `f(a_i + b_j)`, sorted, for `a` and `b` sorted and `f`
-/// nondecreasing: `b.len()` sorted runs, merged pairwise. Sorting (or
-/// selecting quantiles from) the offload outlook's values was most of a
-/// decision's time; merging the runs is a few nanoseconds a value. `None`
-/// if a value is not finite (or `f` makes one so).
-fn sorted_sums(a: &[f64], b: &[f64], f: impl Fn(f64) -> f64) -> Option<Vec<f64>> {
-    sorted_runs(a, b, f, 1).map(|(v, _)| v)
-}
-
-/// [`sorted_sums`] merged only down to `runs` sorted runs (1 or 2): the
-/// values and, for two, where the second run starts.
-fn sorted_runs(
-    a: &[f64],
-    b: &[f64],
-    f: impl Fn(f64) -> f64,
-    runs: usize,
-) -> Option<(Vec<f64>, usize)> {
-    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-    if !finite(a) || !finite(b) {
-        return None;
-    }
-    let total = a.len() * b.len();
-    let mut values = Vec::with_capacity(total);
-    for y in b {
-        values.extend(a.iter().map(|x| f(x + y)));
-    }
-    let mut merged = vec![0.0; total];
-    let mut run = a.len().max(1);
-    while run * runs.max(1) < total {
-        for (from, to) in values.chunks(2 * run).zip(merged.chunks_mut(2 * run)) {
-            let (x, y) = from.split_at(run.min(from.len()));
-            merge(x, y, to);
-        }
-        std::mem::swap(&mut values, &mut merged);
-        run *= 2;
-    }
-    let first = run.min(total);
-    finite(&values).then_some((values, first))
-}
-
-/// The `k`-th smallest (from 0) of two sorted runs of finite values
-/// together, by bisection on how many come from `x`.
-fn kth_of_two(x: &[f64], y: &[f64], k: usize) -> f64 {
-    let need = k + 1;
-    let (mut lo, mut hi) = (need.saturating_sub(y.len()), need.min(x.len()));
-    // The fewest from `x` such that no value left in `x` is below one
-    // taken from `y`.
-    while lo < hi {
-        let i = (lo + hi) / 2;
-        if x[i] < y[need - i - 1] {
-            lo = i + 1;
-        } else {
-            hi = i;
-        }
-    }
-    let j = need - lo;
-    let last_x = if lo > 0 { x[lo - 1] } else { f64::NEG_INFINITY };
-    let last_y = if j > 0 { y[j - 1] } else { f64::NEG_INFINITY };
-    last_x.max(last_y)
-}
-
-/// Merges sorted `x` and `y` into `out` (their length together), without
-/// a branch on the data: a merge's comparisons are coin flips to a branch
-/// predictor. The values are finite (see [`sorted_sums`]).
-fn merge(x: &[f64], y: &[f64], out: &mut [f64]) {
-    let (mut i, mut j) = (0, 0);
-    for slot in out.iter_mut() {
-        let take_y = i == x.len() || (j < y.len() && y[j].total_cmp(&x[i]).is_lt());
-        *slot = if take_y { y[j] } else { x[i] };
-        i += usize::from(!take_y);
-        j += usize::from(take_y);
-    }
-}
-
 /// How finely each distribution enters a path's outlook (evenly spaced
 /// quantiles): the offload outlook holds RTT x cloud x residual points, so
 /// these sizes set a decision's cost (16 x 4 x 4 = 256 values; 24 x 8 x 6
@@ -633,27 +556,19 @@ const RTT_POINTS: usize = 16;
 const CLOUD_POINTS: usize = 4;
 const LOCAL_POINTS: usize = 16;
 const RESIDUAL_POINTS: usize = 4;
-
-/// At most `n` evenly spaced quantiles of sorted data (all of it if short).
-fn grid(sorted: &[f64], n: usize) -> Vec<f64> {
-    if sorted.len() <= n {
-        return sorted.to_vec();
-    }
-    (0..n)
-        .map(|i| quantile(sorted, (i as f64 + 0.5) / n as f64))
-        .collect()
-}
+const _: () = assert!(RTT_POINTS * CLOUD_POINTS * RESIDUAL_POINTS <= MAX_VALUES);
+const _: () = assert!(LOCAL_POINTS * RESIDUAL_POINTS <= MAX_VALUES);
 
 /// Local latency: the queue wait plus each recent inference time.
 fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook> {
     let queue = ms(input.local.queue_wait);
-    let inference = if input.local_dist_ms.is_empty() {
-        vec![ms(input.local.inference)]
+    let mut values = if input.local_dist_ms.is_empty() {
+        Values::<LOCAL_POINTS>::one(ms(input.local.inference))
     } else {
-        grid(input.local_dist_ms, LOCAL_POINTS)
+        grid(input.local_dist_ms)
     };
-    let values: Vec<f64> = inference.iter().map(|i| queue + i).collect();
-    Outlook::corrected(&values, input.residuals().0, left_ms)
+    values.as_mut_slice().iter_mut().for_each(|v| *v += queue);
+    Outlook::corrected(values.as_slice(), input.residuals().0, left_ms)
 }
 
 /// Offload latency: transfer times plus every pair of an RTT sample and a
@@ -666,28 +581,35 @@ fn offload_outlook(
     horizon_ms: f64,
 ) -> Option<Outlook> {
     let net = input.net;
-    let rtts = if net.rtt_sorted_ms.is_empty() {
-        vec![net.rtt.srtt_ms]
+    let mut rtts = if net.rtt_sorted_ms.is_empty() {
+        Values::<RTT_POINTS>::one(net.rtt.srtt_ms)
     } else {
-        grid(&net.rtt_sorted_ms, RTT_POINTS)
+        grid(&net.rtt_sorted_ms)
     };
     // The forecast moves the whole distribution; an RTT stays >= 0.
     let moved = net.rtt_trend_ms_per_s * horizon_ms / 1e3;
-    let rtts: Vec<f64> = if moved.is_finite() && moved != 0.0 {
-        rtts.iter().map(|r| (r + moved).max(0.0)).collect()
-    } else {
-        rtts
-    };
+    if moved.is_finite() && moved != 0.0 {
+        for r in rtts.as_mut_slice() {
+            *r = (*r + moved).max(0.0);
+        }
+    }
     let cloud = if input.cloud_dist_ms.is_empty() {
-        vec![cost.cloud_inference_ms]
+        Values::<CLOUD_POINTS>::one(cost.cloud_inference_ms)
     } else {
-        grid(input.cloud_dist_ms, CLOUD_POINTS)
+        grid(input.cloud_dist_ms)
     };
     // A split's head is a point estimate: its spread is small next to the
     // network's, and one more factor would multiply the values.
     let transfer = cost.head_ms + cost.upload_ms + cost.download_ms;
-    let values = sorted_sums(&rtts, &cloud, |v| transfer + v)?;
-    Outlook::corrected(&values, input.residuals().1, left_ms)
+    let mut bufs: Buffers<{ RTT_POINTS * CLOUD_POINTS }> = [[0.0; RTT_POINTS * CLOUD_POINTS]; 2];
+    let (values, _) = sorted_runs(
+        rtts.as_slice(),
+        cloud.as_slice(),
+        |v| transfer + v,
+        1,
+        &mut bufs,
+    )?;
+    Outlook::corrected(values, input.residuals().1, left_ms)
 }
 
 /// Decides where a task runs, or fails it early when no path can work.

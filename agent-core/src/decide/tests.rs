@@ -1,7 +1,7 @@
 //! Table-driven tests of the decision engine.
 
 use super::*;
-use crate::estimate::WindowStats;
+use crate::estimate::{quantile, WindowStats};
 
 fn net(reachable: bool, srtt_ms: f64, stddev_ms: f64) -> NetworkStatus {
     NetworkStatus {
@@ -752,7 +752,9 @@ fn sorted_sums_equal_every_sum_sorted() {
             .flat_map(|x| b.iter().map(move |y| clamp(x + y)))
             .collect();
         want.sort_by(f64::total_cmp);
-        assert_eq!(super::sorted_sums(&a, &b, clamp), Some(want), "{na} x {nb}");
+        let mut bufs = [[0.0; 256]; 2];
+        let got = super::runs::sorted_sums(&a, &b, clamp, &mut bufs).map(<[f64]>::to_vec);
+        assert_eq!(got, Some(want), "{na} x {nb}");
     }
 }
 
@@ -774,7 +776,7 @@ fn two_runs_give_the_merged_list_s_quantiles() {
         let mut all = [a.clone(), b.clone()].concat();
         all.sort_by(f64::total_cmp);
         for (k, want) in all.iter().enumerate() {
-            assert_eq!(super::kth_of_two(&a, &b, k), *want, "{nx}+{ny} k={k}");
+            assert_eq!(super::runs::kth_of_two(&a, &b, k), *want, "{nx}+{ny} k={k}");
         }
         let (two, one) = (
             Outlook::of_runs(&a, &b, Some(6.0)).unwrap(),
@@ -789,20 +791,30 @@ fn two_runs_give_the_merged_list_s_quantiles() {
     }
     // Merged down to two runs: each sorted, together every sum.
     let (a, b) = (next(16), next(4));
-    let (v, first) = super::sorted_runs(&a, &b, |v| v, 2).unwrap();
+    let mut bufs = [[0.0; 64]; 2];
+    let (v, first) = super::runs::sorted_runs(&a, &b, |v| v, 2, &mut bufs).unwrap();
+    let mut v = v.to_vec();
     assert_eq!((v.len(), first), (64, 32));
     assert!(v[..first].is_sorted() && v[first..].is_sorted());
-    let mut v = v;
     v.sort_by(f64::total_cmp);
-    assert_eq!(Some(v), super::sorted_sums(&a, &b, |v| v));
+    let mut bufs = [[0.0; 64]; 2];
+    assert_eq!(
+        Some(&v[..]),
+        super::runs::sorted_sums(&a, &b, |v| v, &mut bufs)
+    );
 }
 
 #[test]
 fn sums_of_values_not_finite_are_none() {
     let id = |v: f64| v;
-    assert_eq!(super::sorted_sums(&[1.0, f64::NAN], &[1.0], id), None);
-    assert_eq!(super::sorted_sums(&[1.0], &[f64::INFINITY], id), None);
-    assert_eq!(super::sorted_sums(&[f64::MAX], &[f64::MAX], id), None);
+    let none =
+        |a: &[f64], b: &[f64]| super::runs::sorted_sums(a, b, id, &mut [[0.0; 256]; 2]).is_none();
+    assert!(none(&[1.0, f64::NAN], &[1.0]));
+    assert!(none(&[1.0], &[f64::INFINITY]));
+    assert!(none(&[f64::MAX], &[f64::MAX]));
+    // More values than an outlook may hold.
+    assert!(none(&[1.0; 65], &[1.0; 4]));
+    assert!(!none(&[1.0; 64], &[1.0; 4]));
 }
 
 #[test]
