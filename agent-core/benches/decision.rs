@@ -336,34 +336,50 @@ fn per_call() {
             ns[N - 1]
         );
     };
-    let mut decide_p50 = None;
     for (name, mut f) in cases() {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let ns = time(&mut f);
-        print(name, &ns);
-        if name == "decide/deadline-aware" {
-            decide_p50 = Some(pct(&ns, 0.50));
+        if name != "decide/deadline-aware" {
+            print(name, &time(&mut f));
+            continue;
         }
-    }
-    // The machine's own tail: plain arithmetic (no memory, no branches on
-    // data) as long as a decision's median, timed the same way. On a
-    // shared VM, interruptions of a few microseconds hit a share of the
-    // calls that grows with their length; whatever this row shows at p99,
-    // no code of that length can beat here.
-    if let Some(target) = decide_p50 {
-        let per_iter = {
-            let ns = time(&mut || {
+        // The machine's own tail: plain arithmetic (no memory, no branches
+        // on data) as long as a decision's median, timed the same way in
+        // alternating blocks. On a shared VM, interruptions of a few
+        // microseconds hit a share of the calls that grows with their
+        // length; what this row shows at p99, no code of that length can
+        // beat here.
+        let median = pct(&time(&mut f), 0.50) as f64;
+        let per_iter = pct(
+            &time(&mut || {
                 black_box(arithmetic(1000));
-            });
-            (pct(&ns, 0.50) as f64 / 1000.0).max(0.01)
-        };
-        let iters = (target as f64 / per_iter) as u64;
-        let ns = time(&mut || {
+            }),
+            0.50,
+        ) as f64
+            / 1000.0;
+        let iters = (median / per_iter.max(0.01)) as u64;
+        let mut spin = || {
             black_box(arithmetic(iters));
-        });
-        print("machine/arithmetic-loop", &ns);
+        };
+        const BLOCK: usize = 1000;
+        let (mut ns, mut spin_ns) = (Vec::with_capacity(N), Vec::with_capacity(N));
+        for _ in 0..N / BLOCK {
+            for (g, out) in [
+                (&mut f as &mut dyn FnMut(), &mut ns),
+                (&mut spin, &mut spin_ns),
+            ] {
+                out.extend((0..BLOCK).map(|_| {
+                    let t = Instant::now();
+                    g();
+                    t.elapsed().as_nanos() as u64
+                }));
+            }
+        }
+        ns.sort_unstable();
+        spin_ns.sort_unstable();
+        print(name, &ns);
+        print("machine/arithmetic-loop", &spin_ns);
     }
 }
 
