@@ -20,8 +20,8 @@ pub use decide::{
 };
 pub use estimate::{
     congestion_price_ms, quantile, CpuMeter, ExecTimeModel, LinkConfig, LinkEstimator, LoadMeter,
-    NetworkStatus, Residuals, RttWindow, Shift, ShiftDetector, UplinkQueue, UploadId, WindowStats,
-    LOAD_CAP,
+    NetworkStatus, Residuals, RttWindow, Shift, ShiftDetector, Silence, UplinkQueue, UploadId,
+    WindowStats, LOAD_CAP,
 };
 pub use queue::{QueueFull, TaskQueue};
 pub use result::{RunTiming, TaskResult};

@@ -61,6 +61,7 @@ prop_compose! {
             loss_rate: 0.0,
             bandwidth_bps: bandwidth,
             bandwidth_assumed: false,
+            heard_at: None,
             age: Some(Duration::from_millis(5)),
         }
     }

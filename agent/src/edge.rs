@@ -2,7 +2,7 @@
 //! (decision, local workers, offloader) -> the task-submission API.
 
 use crate::config::EdgeConfig;
-use crate::infer::{shared_exec_times, torch_engines};
+use crate::infer::torch_engines;
 use crate::manager::{EndpointParts, Manager, ManagerConfig, ManagerParts};
 use crate::metrics::Role;
 use crate::store::TaskStore;
@@ -15,7 +15,7 @@ use anyhow::{ensure, Context};
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
@@ -268,7 +268,9 @@ impl Edge {
                 serves: e.serves,
             })
             .collect();
-        let times = shared_exec_times(0.2, Duration::from_millis(1));
+        let times = Arc::new(Mutex::new(crate::manager::exec_times(
+            Duration::from_millis(1),
+        )));
         // Split models are loaded only where they may be used.
         let mut models = cfg.models.clone();
         if !cfg.split.enabled && cfg.policy.fixed_split().is_none() {

@@ -12,7 +12,7 @@ use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
     LocalStatus, NetworkStatus, Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming,
-    SampleSource, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
+    SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
     UplinkQueue, UploadId,
 };
 use agent_net::wire::{
@@ -96,6 +96,21 @@ const RESCUE_SLACK: Duration = Duration::from_millis(10);
 /// a second (keep-alives), but requests queued behind a failing connect
 /// can wait longer.
 const NO_DEADLINE_PATIENCE: Duration = Duration::from_secs(2);
+/// Execution times keep their full weight for `EXEC_FRESH_FOR` after the
+/// newest measurement, then lose half of it to the seed every
+/// `EXEC_HALF_LIFE`: a path that no task takes is not measured, and a
+/// slow moment must not keep it looking slow for good.
+pub const EXEC_FRESH_FOR: Duration = Duration::from_secs(2);
+pub const EXEC_HALF_LIFE: Duration = Duration::from_secs(2);
+
+/// An execution-time model (EWMA weight 0.2) that ages as above.
+pub fn exec_times<K: Eq + std::hash::Hash + Copy>(fallback: Duration) -> ExecTimeModel<K> {
+    ExecTimeModel::new(0.2, fallback).with_aging(EXEC_FRESH_FOR, EXEC_HALF_LIFE)
+}
+
+/// An offload is overdue after twice its predicted p95, and never before
+/// this: a shorter wait would take a pause of the cloud for a dead link.
+const OVERDUE_MIN: Duration = Duration::from_millis(100);
 
 struct Job {
     task: Task,
@@ -354,9 +369,18 @@ struct Endpoint {
     uplink: Mutex<UplinkQueue>,
     /// Offloads sent there that have not answered yet.
     in_flight: AtomicU64,
+    /// Whether it has gone silent (an offload overdue, nothing heard).
+    silence: Mutex<Silence>,
 }
 
 impl Endpoint {
+    /// An offload is overdue and nothing has been heard from here since
+    /// it was sent.
+    fn silent(&self) -> bool {
+        let heard_at = self.parts.net.borrow().heard_at;
+        self.silence.lock().expect("silence").is_silent(heard_at)
+    }
+
     /// Whether a task of type `t` may be sent here now: it serves the type,
     /// its host answers the probes, and not every circuit towards it is
     /// open.
@@ -364,7 +388,7 @@ impl Endpoint {
         if self.parts.serves.as_ref().is_some_and(|s| !s.contains(&t)) {
             return false;
         }
-        if !self.parts.net.borrow().reachable {
+        if !self.parts.net.borrow().reachable || self.silent() {
             return false;
         }
         self.parts.health.as_ref().is_none_or(|h| {
@@ -421,11 +445,11 @@ impl Manager {
             .endpoints
             .into_iter()
             .map(|parts| {
-                let mut cloud_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
+                let mut cloud_times = exec_times(cfg.cloud_expected);
                 for t in TaskType::ALL {
                     cloud_times.seed(t, cfg.cloud_expected);
                 }
-                let mut tail_times = ExecTimeModel::new(0.2, cfg.cloud_expected);
+                let mut tail_times = exec_times(cfg.cloud_expected);
                 for t in TaskType::ALL {
                     for i in 0..splits.of(t).len() {
                         let i = i as PointIndex;
@@ -438,6 +462,7 @@ impl Manager {
                     tail_times: Mutex::new(tail_times),
                     uplink: Mutex::new(UplinkQueue::new()),
                     in_flight: AtomicU64::new(0),
+                    silence: Mutex::new(Silence::new()),
                 }
             })
             .collect();
@@ -781,7 +806,10 @@ impl Inner {
     }
 
     fn local_estimate(&self, t: TaskType) -> Duration {
-        self.local_times.lock().expect("exec-time lock").estimate(t)
+        self.local_times
+            .lock()
+            .expect("exec-time lock")
+            .estimate_at(t, Instant::now())
     }
 
     /// The model's dynamic batching: most tasks per batch, longest wait.
@@ -909,14 +937,19 @@ impl Inner {
             .map(|(start, expected)| expected.saturating_sub(now.duration_since(*start)))
             .collect();
         let ep = endpoint.map(|i| &self.endpoints[i]);
-        let net = ep.map_or_else(NetworkStatus::default, |e| e.parts.net.borrow().clone());
+        let mut net = ep.map_or_else(NetworkStatus::default, |e| e.parts.net.borrow().clone());
+        // A silent endpoint is unreachable whatever its estimate says: the
+        // estimate notices a dead link only seconds later.
+        if ep.is_some_and(Endpoint::silent) {
+            net.reachable = false;
+        }
         // In a batch, the task's own run is the whole batch's.
         let (_, batch_scale) = self.batch_outlook(state, task.task_type);
         let local_dist: Vec<f64> = self
             .local_times
             .lock()
             .expect("exec-time lock")
-            .distribution_ms(task.task_type)
+            .distribution_ms_at(task.task_type, now)
             .into_iter()
             .map(|ms| ms * batch_scale)
             .collect();
@@ -925,11 +958,14 @@ impl Inner {
             ep.map_or((Vec::new(), Duration::ZERO), |e| match split {
                 Some(i) => {
                     let times = e.tail_times.lock().expect("tail times");
-                    (times.distribution_ms((t, i)), times.estimate((t, i)))
+                    (
+                        times.distribution_ms_at((t, i), now),
+                        times.estimate_at((t, i), now),
+                    )
                 }
                 None => {
                     let times = e.cloud_times.lock().expect("cloud times");
-                    (times.distribution_ms(t), times.estimate(t))
+                    (times.distribution_ms_at(t, now), times.estimate_at(t, now))
                 }
             });
         let (local_residual, cloud_residual) = {
@@ -1013,7 +1049,7 @@ impl Inner {
                     .cloud_times
                     .lock()
                     .expect("cloud times")
-                    .estimate(task.task_type);
+                    .estimate_at(task.task_type, now);
                 (i, rtt + server)
             })
             .filter(|(_, need)| left.is_none_or(|l| *need < l))
@@ -1503,6 +1539,22 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
     };
     tokio::pin!(rescue);
+    // Overdue with nothing heard from the endpoint since it was sent: the
+    // endpoint is silent (a dead link, long before its estimate shows it),
+    // new tasks stay off it, and this one runs elsewhere.
+    let sent_at = now;
+    let overdue_at = {
+        let p95 = job
+            .decision
+            .as_ref()
+            .and_then(|d| d.offload_outlook)
+            .map_or(0.0, |o| o.p95_ms);
+        let p95 = Duration::from_secs_f64(p95.clamp(0.0, 3.6e6) / 1e3).max(predicted);
+        now + (p95 * 2).max(OVERDUE_MIN)
+    };
+    let overdue = tokio::time::sleep_until(overdue_at.into());
+    tokio::pin!(overdue);
+    let mut overdue_armed = true;
     // With other endpoints, one that has not answered by twice its
     // predicted time (a dead cloud whose failure has not surfaced yet) is
     // given up on for another that can still answer in time, once.
@@ -1558,6 +1610,32 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                 inner.fall_back_or_fail(job, OffloadError::Timeout, None);
                 return None;
             }
+            _ = &mut overdue, if overdue_armed => {
+                overdue_armed = false;
+                let heard_at = endpoint.parts.net.borrow().heard_at;
+                let silent = endpoint.silence.lock().expect("silence").overdue(sent_at, heard_at);
+                if !silent {
+                    continue;
+                }
+                tracing::debug!(task = %job.task.id, endpoint = %endpoint.parts.name, "endpoint silent");
+                crate::metrics::record_silence(&endpoint.parts.name);
+                if !matches!(job.reply, Reply::One(_)) {
+                    continue;
+                }
+                if !job.rerouted {
+                    if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
+                        crate::metrics::record_reroute(&endpoint.parts.name);
+                        job.reroute_to(other);
+                        return Some(job);
+                    }
+                }
+                if can_run_here {
+                    inner.stats.rescued.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::record_rescue();
+                    inner.fall_back_or_fail(job, OffloadError::Timeout, None);
+                    return None;
+                }
+            }
             _ = reroute => {
                 reroute_at = None;
                 if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
@@ -1584,6 +1662,13 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         return None;
     };
     drop(in_flight);
+    if outcome.is_ok() {
+        endpoint
+            .silence
+            .lock()
+            .expect("silence")
+            .answered(Instant::now());
+    }
     crate::metrics::record_endpoint_offload(
         &endpoint.parts.name,
         matches!(&outcome, Ok(r) if r.response.success),
@@ -1598,16 +1683,16 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                 .and(job.decision.as_ref())
                 .and_then(|d| d.split);
             match split {
-                Some(i) => endpoint
-                    .tail_times
-                    .lock()
-                    .expect("tail times")
-                    .observe((job.task.task_type, i), server),
+                Some(i) => endpoint.tail_times.lock().expect("tail times").observe_at(
+                    (job.task.task_type, i),
+                    server,
+                    Instant::now(),
+                ),
                 None => endpoint
                     .cloud_times
                     .lock()
                     .expect("cloud times")
-                    .observe(job.task.task_type, server),
+                    .observe_at(job.task.task_type, server, Instant::now()),
             }
             // The link's own round trip, without the queue our uploads
             // build in its buffer: that queue is part of the uploads' time

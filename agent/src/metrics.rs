@@ -248,6 +248,12 @@ fn describe_edge() {
          type and split point."
     );
     describe_counter!(
+        "edge_endpoint_silences_total",
+        "Times an endpoint went silent: an offload overdue (twice its predicted p95) with \
+         nothing heard from the endpoint since it was sent; new tasks stay off it until \
+         something is heard, and the overdue ones run elsewhere."
+    );
+    describe_counter!(
         "edge_endpoint_reroutes_total",
         "Offloads given up on at an endpoint that had not answered in twice its predicted \
          time, and sent to another, by the endpoint given up on."
@@ -472,6 +478,10 @@ pub fn record_split_head(t: agent_core::TaskType, point: &str) {
         "point" => point.to_string()
     )
     .increment(1);
+}
+
+pub fn record_silence(endpoint: &str) {
+    counter!("edge_endpoint_silences_total", "endpoint" => endpoint.to_string()).increment(1);
 }
 
 pub fn record_reroute(endpoint: &str) {

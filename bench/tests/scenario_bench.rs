@@ -169,3 +169,81 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     }
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// The outage scenario's window (its link goes down 4 s in, for 5 s) with
+/// the default policy: the offloads in flight when the link dies show it
+/// (the endpoint goes silent), so within half a second no task is sent
+/// there any more, until the link is back. The network estimate alone
+/// took over a second (its samples must go stale, or three probes fail).
+#[test]
+fn a_dead_link_is_noticed_by_the_offloads_in_flight() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the scenario benchmark test needs root (namespaces, TUN, cgroups); CI runs as root"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = std::env::temp_dir().join(format!("scenario-outage-test-{}", std::process::id()));
+    let child = Command::new(BIN)
+        .current_dir(root)
+        .args([
+            "--quick",
+            "--only",
+            "outage",
+            "--policies",
+            "deadline-aware",
+        ])
+        .args(["--no-calibrate", "--no-plots"])
+        .arg("--out")
+        .arg(tmp.join("results"))
+        .arg("--work")
+        .arg(tmp.join("work"))
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let res = child.wait_with_output().unwrap();
+    assert!(
+        res.status.success(),
+        "scenario-bench failed: {:?}",
+        res.status
+    );
+    assert!(
+        leftovers(pid).is_empty(),
+        "left behind: {:?}",
+        leftovers(pid)
+    );
+    let text = std::fs::read_to_string(tmp.join("work/outage/deadline-aware.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decided = |from_s: f64, to_s: f64, path: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                let s = r["sent_ms"].as_f64().unwrap() / 1e3;
+                from_s <= s && s < to_s && r["decision"]["path"] == path
+            })
+            .count()
+    };
+    // Before the outage the link is used...
+    assert!(
+        decided(1.0, 4.0, "cloud") >= 10,
+        "{} offloads before",
+        decided(1.0, 4.0, "cloud")
+    );
+    // ...from half a second into it, nothing is sent there...
+    assert_eq!(decided(4.5, 9.0, "cloud"), 0, "offloads into the dead link");
+    assert!(
+        decided(4.5, 9.0, "local") >= 30,
+        "the tasks run locally meanwhile"
+    );
+    // ...and once it is back, it is used again.
+    assert!(
+        decided(9.5, 12.0, "cloud") >= 5,
+        "{} offloads after",
+        decided(9.5, 12.0, "cloud")
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

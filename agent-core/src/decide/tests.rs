@@ -23,6 +23,7 @@ fn net(reachable: bool, srtt_ms: f64, stddev_ms: f64) -> NetworkStatus {
         loss_rate: 0.0,
         bandwidth_bps: 8e6, // 1 byte per microsecond
         bandwidth_assumed: false,
+        heard_at: None,
         age: Some(Duration::from_millis(10)),
     }
 }

@@ -1,10 +1,17 @@
 //! Self-calibrating execution-time estimates: an EWMA of measured latencies
 //! per key (task type), seeded from configuration, and the most recent
 //! measurements, whose spread the decision uses as the distribution.
+//!
+//! The seed counts as the first measurement, and measurements made with a
+//! time ([`ExecTimeModel::observe_at`]) lose their weight to the seed once
+//! they are old ([`ExecTimeModel::with_aging`]): a path is measured only
+//! when tasks take it, so one slow run (the first under a CPU quota right
+//! after start took 16 times the seed) would otherwise keep the path
+//! looking slow, unused and never measured again.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct ExecTimeModel<K> {
@@ -15,6 +22,18 @@ pub struct ExecTimeModel<K> {
     /// Per key: how a batch's time grows with its size.
     batch: HashMap<K, BatchFit>,
     fallback: Duration,
+    /// Per key: when the newest timed measurement was made.
+    last_at: HashMap<K, Instant>,
+    aging: Option<Aging>,
+}
+
+/// How measurements give way to the seed as they age.
+#[derive(Debug, Clone, Copy)]
+struct Aging {
+    /// Full weight for this long after the newest measurement...
+    fresh_for: Duration,
+    /// ...then half of what is left every `half_life`.
+    half_life: Duration,
 }
 
 /// A decaying least-squares fit of batch time = a + b * size, from the
@@ -78,7 +97,19 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
             recent: HashMap::new(),
             batch: HashMap::new(),
             fallback,
+            last_at: HashMap::new(),
+            aging: None,
         }
+    }
+
+    /// Measurements made with a time keep their full weight for
+    /// `fresh_for`, then lose half of it to the seed every `half_life`.
+    pub fn with_aging(mut self, fresh_for: Duration, half_life: Duration) -> Self {
+        self.aging = Some(Aging {
+            fresh_for,
+            half_life: half_life.max(Duration::from_millis(1)),
+        });
+        self
     }
 
     pub fn seed(&mut self, key: K, expected: Duration) {
@@ -91,6 +122,7 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
         self.ewma.remove(&key);
         self.recent.remove(&key);
         self.batch.remove(&key);
+        self.last_at.remove(&key);
     }
 
     /// A batch of `size` tasks took `measured`: the batch fit learns from
@@ -99,7 +131,7 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
         let fit = self.batch.entry(key).or_default();
         fit.observe(size.max(1) as f64, measured.as_secs_f64());
         let scale = fit.scale(size);
-        self.observe_single(key, measured.div_f64(scale));
+        self.observe_single(key, measured.div_f64(scale), None);
     }
 
     /// How much longer a batch of `size` takes than one task (1 for one
@@ -112,21 +144,35 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
         }
     }
 
-    pub fn observe(&mut self, key: K, measured: Duration) {
-        self.batch
-            .entry(key)
-            .or_default()
-            .observe(1.0, measured.as_secs_f64());
-        self.observe_single(key, measured);
+    /// [`ExecTimeModel::observe_batch`] at `now`, so that it ages.
+    pub fn observe_batch_at(&mut self, key: K, size: usize, measured: Duration, now: Instant) {
+        let fit = self.batch.entry(key).or_default();
+        fit.observe(size.max(1) as f64, measured.as_secs_f64());
+        let scale = fit.scale(size);
+        self.observe_single(key, measured.div_f64(scale), Some(now));
     }
 
-    fn observe_single(&mut self, key: K, measured: Duration) {
+    /// [`ExecTimeModel::observe`] at `now`, so that it ages.
+    pub fn observe_at(&mut self, key: K, measured: Duration, now: Instant) {
+        self.observe_batch_at(key, 1, measured, now);
+    }
+
+    pub fn observe(&mut self, key: K, measured: Duration) {
+        self.observe_batch(key, 1, measured);
+    }
+
+    fn observe_single(&mut self, key: K, measured: Duration, now: Option<Instant>) {
         let m = measured.as_secs_f64();
         let alpha = self.alpha;
+        // From the level the measurements had decayed to, or the seed.
+        let from = self
+            .level(key, now)
+            .or_else(|| self.seeds.get(&key).map(Duration::as_secs_f64));
         self.ewma
-            .entry(key)
-            .and_modify(|e| *e += alpha * (m - *e))
-            .or_insert(m);
+            .insert(key, from.map_or(m, |e| e + alpha * (m - e)));
+        if let Some(now) = now {
+            self.last_at.insert(key, now);
+        }
         let recent = self.recent.entry(key).or_default();
         if recent.len() == RECENT {
             recent.pop_front();
@@ -139,7 +185,17 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
     /// from the window, the level from the faster-moving average); the
     /// point estimate alone until something was measured.
     pub fn distribution_ms(&self, key: K) -> Vec<f64> {
-        let level = self.estimate(key).as_secs_f64() * 1e3;
+        self.distribution_at(key, None)
+    }
+
+    /// [`ExecTimeModel::distribution_ms`] at `now`: with aged measurements,
+    /// re-centred on the level they have decayed to.
+    pub fn distribution_ms_at(&self, key: K, now: Instant) -> Vec<f64> {
+        self.distribution_at(key, Some(now))
+    }
+
+    fn distribution_at(&self, key: K, now: Option<Instant>) -> Vec<f64> {
+        let level = self.estimate_at_opt(key, now).as_secs_f64() * 1e3;
         let Some(recent) = self.recent.get(&key).filter(|r| r.len() >= 2) else {
             return vec![level];
         };
@@ -153,10 +209,37 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
     }
 
     pub fn estimate(&self, key: K) -> Duration {
-        match self.ewma.get(&key) {
-            Some(&e) => Duration::from_secs_f64(e),
+        self.estimate_at_opt(key, None)
+    }
+
+    /// [`ExecTimeModel::estimate`] at `now`: aged measurements give way to
+    /// the seed.
+    pub fn estimate_at(&self, key: K, now: Instant) -> Duration {
+        self.estimate_at_opt(key, Some(now))
+    }
+
+    fn estimate_at_opt(&self, key: K, now: Option<Instant>) -> Duration {
+        match self.level(key, now) {
+            Some(e) => Duration::from_secs_f64(e),
             None => self.seeds.get(&key).copied().unwrap_or(self.fallback),
         }
+    }
+
+    /// The EWMA (seconds), decayed towards the seed by its age at `now`
+    /// (`None`: its value when last measured); `None` before any
+    /// measurement.
+    fn level(&self, key: K, now: Option<Instant>) -> Option<f64> {
+        let e = *self.ewma.get(&key)?;
+        let decayed = |now: Instant| {
+            let aging = self.aging?;
+            let seed = self.seeds.get(&key)?.as_secs_f64();
+            let idle = now
+                .saturating_duration_since(*self.last_at.get(&key)?)
+                .saturating_sub(aging.fresh_for);
+            let kept = 0.5f64.powf(idle.as_secs_f64() / aging.half_life.as_secs_f64());
+            Some(seed + (e - seed) * kept)
+        };
+        Some(now.and_then(decayed).unwrap_or(e))
     }
 }
 
@@ -200,7 +283,8 @@ mod tests {
         m.seed(1, Duration::from_millis(10));
         m.observe(1, Duration::from_millis(40));
         m.observe(1, Duration::from_millis(40));
-        assert_eq!(m.estimate(1), Duration::from_millis(40));
+        // 10 -> 25 -> 32.5 (alpha 0.5 from the seed).
+        assert_eq!(m.estimate(1), Duration::from_micros(32_500));
         m.seed(1, Duration::from_millis(20));
         m.forget(1);
         assert_eq!(m.estimate(1), Duration::from_millis(20));
@@ -213,11 +297,63 @@ mod tests {
         assert_eq!(m.estimate(1), Duration::from_millis(10));
         m.seed(1, Duration::from_millis(4));
         assert_eq!(m.estimate(1), Duration::from_millis(4));
+        // The seed counts as the first measurement.
         m.observe(1, Duration::from_millis(2));
-        assert_eq!(m.estimate(1), Duration::from_millis(2));
-        m.observe(1, Duration::from_millis(4));
         assert_eq!(m.estimate(1), Duration::from_millis(3));
+        m.observe(1, Duration::from_millis(5));
+        assert_eq!(m.estimate(1), Duration::from_millis(4));
         assert_eq!(m.estimate(2), Duration::from_millis(10));
+        // Without a seed, the first measurement is the estimate.
+        m.observe(3, Duration::from_millis(7));
+        assert_eq!(m.estimate(3), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn old_measurements_give_way_to_the_seed() {
+        let ms = Duration::from_millis;
+        let close = |d: Duration, want_ms: f64| (d.as_secs_f64() * 1e3 - want_ms).abs() < 1e-6;
+        let t0 = Instant::now();
+        let mut m = ExecTimeModel::new(1.0, ms(1)).with_aging(ms(2000), ms(1000));
+        m.seed(1, ms(15));
+        // One slow run (alpha 1: it is the level).
+        m.observe_at(1, ms(235), t0);
+        // (seconds after it, expected level ms)
+        for (s, want) in [
+            (0.0, 235.0),
+            (2.0, 235.0),
+            (3.0, 125.0),
+            (4.0, 70.0),
+            (12.0, 15.21484375),
+        ] {
+            let now = t0 + Duration::from_secs_f64(s);
+            assert!(
+                close(m.estimate_at(1, now), want),
+                "{s} s: {:?}",
+                m.estimate_at(1, now)
+            );
+            // One measurement: the distribution is the level alone.
+            let d = m.distribution_ms_at(1, now);
+            assert!(d.len() == 1 && (d[0] - want).abs() < 1e-6, "{s} s: {d:?}");
+        }
+        // Without a time, nothing ages.
+        assert_eq!(m.estimate(1), ms(235));
+        // A new measurement starts from the decayed level (alpha 0.5 here).
+        let mut h = ExecTimeModel::new(0.5, ms(1)).with_aging(ms(2000), ms(1000));
+        h.seed(1, ms(15));
+        h.observe_at(1, ms(215), t0);
+        assert!(close(h.estimate_at(1, t0), 115.0));
+        let later = t0 + Duration::from_secs(3);
+        // Decayed to 15 + 100 / 2 = 65; the new 25 ms run halves the way.
+        h.observe_at(1, ms(25), later);
+        assert!(
+            close(h.estimate_at(1, later), 45.0),
+            "{:?}",
+            h.estimate_at(1, later)
+        );
+        // Without a seed there is nothing to give way to.
+        let mut n = ExecTimeModel::new(1.0, ms(1)).with_aging(ms(10), ms(10));
+        n.observe_at(1, ms(50), t0);
+        assert_eq!(n.estimate_at(1, t0 + Duration::from_secs(60)), ms(50));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct NetworkStatus {
     pub bandwidth_assumed: bool,
     /// Age of the newest RTT sample used.
     pub age: Option<Duration>,
+    /// When the newest RTT sample of any source was taken: the last time
+    /// anything was heard from the host (see `Silence`).
+    pub heard_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,8 @@ pub struct LinkEstimator {
     segments: u64,
     /// Recent transfers: (bytes, seconds on the wire).
     transfers: VecDeque<(u64, f64)>,
+    /// The newest RTT sample's time, of any source.
+    heard_at: Option<Instant>,
 }
 
 impl LinkEstimator {
@@ -86,12 +91,14 @@ impl LinkEstimator {
             retransmits: 0,
             segments: 0,
             transfers: VecDeque::new(),
+            heard_at: None,
         }
     }
 
     pub fn on_event(&mut self, ev: &ProbeEvent) {
         match ev.kind {
             ProbeEventKind::Rtt(rtt) => {
+                self.heard_at = Some(self.heard_at.map_or(ev.at, |h| h.max(ev.at)));
                 let window = self.cfg.window;
                 self.windows
                     .entry(ev.source)
@@ -188,6 +195,7 @@ impl LinkEstimator {
             bandwidth_bps: self.bandwidth().unwrap_or(self.cfg.default_bandwidth_bps),
             bandwidth_assumed: self.transfers.is_empty(),
             age,
+            heard_at: self.heard_at,
         }
     }
 }
@@ -315,6 +323,18 @@ mod tests {
         est.on_event(&rtt(t0, SampleSource::ActiveTcpConnect, 5));
         assert!(est.snapshot(t0 + Duration::from_secs(1)).reachable);
         assert!(!est.snapshot(t0 + Duration::from_secs(10)).reachable);
+    }
+
+    #[test]
+    fn the_newest_sample_of_any_source_is_when_the_host_was_heard() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        assert_eq!(est.snapshot(t0).heard_at, None);
+        let later = t0 + Duration::from_millis(30);
+        est.on_event(&rtt(later, SampleSource::SockOps, 5));
+        // An older sample (of another source) arriving late changes nothing.
+        est.on_event(&rtt(t0, SampleSource::ActiveTcpConnect, 5));
+        assert_eq!(est.snapshot(later).heard_at, Some(later));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod load;
 mod residual;
 mod rtt_window;
 mod shift;
+mod silence;
 mod trend;
 mod uplink;
 
@@ -18,4 +19,5 @@ pub use residual::Residuals;
 pub(crate) use rtt_window::floor_ceil;
 pub use rtt_window::{quantile, RttWindow, WindowStats};
 pub use shift::{Shift, ShiftDetector};
+pub use silence::Silence;
 pub use uplink::{UplinkQueue, UploadId};

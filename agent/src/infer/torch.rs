@@ -275,7 +275,7 @@ impl Engine for TorchEngine {
         self.times
             .lock()
             .expect("exec-time lock")
-            .observe(task_type, elapsed);
+            .observe_at(task_type, elapsed, Instant::now());
         Ok(Inference { output, elapsed })
     }
 
@@ -354,10 +354,12 @@ impl Engine for TorchEngine {
             answers[*i] = Some(answer);
         }
         let elapsed = started.elapsed();
-        self.times
-            .lock()
-            .expect("exec-time lock")
-            .observe_batch(task_type, n, elapsed);
+        self.times.lock().expect("exec-time lock").observe_batch_at(
+            task_type,
+            n,
+            elapsed,
+            Instant::now(),
+        );
         prepared
             .into_iter()
             .zip(answers)
@@ -415,10 +417,11 @@ impl Engine for TorchEngine {
             .map_err(|e| TaskError::Internal(format!("{name}: {e}")))?;
         let elapsed = started.elapsed();
         let (model, model_version) = (m.spec.name.clone(), m.spec.version.clone());
-        self.times.lock().expect("exec-time lock").observe_batch(
+        self.times.lock().expect("exec-time lock").observe_batch_at(
             task_type,
             batch as usize,
             elapsed,
+            Instant::now(),
         );
         Ok(RawInference {
             output: RawTensor::from_f32(shape, &values),
@@ -525,6 +528,6 @@ impl Engine for TorchEngine {
         self.times
             .lock()
             .expect("exec-time lock")
-            .estimate(task_type)
+            .estimate_at(task_type, Instant::now())
     }
 }
