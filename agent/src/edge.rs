@@ -268,6 +268,17 @@ impl Edge {
                 serves: e.serves,
             })
             .collect();
+        // Connect to every endpoint now, in the background: the first tasks
+        // must not wait for a handshake (with mutual TLS, under the edge's
+        // CPU quota) that the agent could have made before they came.
+        for e in &endpoint_parts {
+            let (offloader, name, stop) = (e.offloader.clone(), e.name.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Some(Err(err)) = stop.run_until_cancelled(offloader.ready()).await {
+                    tracing::info!(endpoint = %name, error = %err, "no connection at start");
+                }
+            });
+        }
         let times = Arc::new(Mutex::new(crate::manager::exec_times(
             Duration::from_millis(1),
         )));
