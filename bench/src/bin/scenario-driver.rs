@@ -367,6 +367,7 @@ async fn send_one(
                 };
                 DecisionView {
                     p_meet: path_outlook.and_then(|o| o.p_meet),
+                    p50_ms: path_outlook.map(|o| o.p50_ms),
                     hedged: d.hedged,
                     jitter_ms: estimated.then_some(d.jitter_ms),
                     policy: d.policy,

@@ -37,6 +37,10 @@ pub struct DecisionView {
     /// The chosen path's predicted probability of meeting the deadline.
     #[serde(default)]
     pub p_meet: Option<f64>,
+    /// The median of the chosen path's predicted distribution (the
+    /// policies that predict one).
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
     /// Run on both paths (the first answer taken).
     #[serde(default)]
     pub hedged: bool,

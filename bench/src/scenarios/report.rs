@@ -262,13 +262,16 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
     let _ = writeln!(
         o,
         "## Prediction error\n\n\
-         |predicted - actual| / actual of the path each task took: the decision's expected \
-         latency against the agent's own measure from the decision to the answer (what the \
-         decision could still change), over completed tasks that neither fell back nor were \
-         hedged: median / p90. Outside: the median of what the submitter saw beyond that (the \
-         way to and from the task API under the edge's CPU quota), the same for every path. \
-         Hedged: tasks run on both paths.\n\n\
-         | scenario | policy | local | cloud | outside (ms) | hedged |\n|---|---|---|---|---|---|"
+         |predicted - actual| / actual of the path each task took, against the agent's own \
+         measure from the decision to the answer (what the decision could still change), over \
+         completed tasks that neither fell back nor were hedged: median / p90. The prediction \
+         is the median of the path's predicted distribution where the policy predicts one \
+         (deadline-aware, predictive: the point that minimises the absolute error; their \
+         expected latency is that distribution's mean, whose error the mean columns give), \
+         else the decision's expected latency. Outside: the median of what the submitter saw \
+         beyond that (the way to and from the task API under the edge's CPU quota), the same \
+         for every path. Hedged: tasks run on both paths.\n\n\
+         | scenario | policy | local | cloud | local, mean | cloud, mean | outside (ms) | hedged |\n|---|---|---|---|---|---|---|---|"
     );
     let show = |e: Option<(f64, f64)>| {
         e.map_or("-".into(), |(m, p)| {
@@ -282,12 +285,14 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
             }
             let _ = writeln!(
                 o,
-                "| {} (seed {}) | {} | {} | {} | {} | {} |",
+                "| {} (seed {}) | {} | {} | {} | {} | {} | {} | {} |",
                 s.name,
                 s.seed,
                 rw.policy,
                 show(rw.summary.pred_err_local),
                 show(rw.summary.pred_err_cloud),
+                show(rw.summary.pred_err_local_mean),
+                show(rw.summary.pred_err_cloud_mean),
                 ms(rw.summary.outside_ms),
                 rw.summary.hedged
             );
@@ -633,6 +638,8 @@ mod tests {
             charged_mean_ms: Some(12.5),
             pred_err_local: Some((0.1, 0.3)),
             pred_err_cloud: None,
+            pred_err_local_mean: Some((0.2, 0.4)),
+            pred_err_cloud_mean: None,
             hedged: 3,
             outside_ms: Some(2.5),
         };
@@ -707,7 +714,9 @@ mod tests {
         );
         assert!(md.contains("at commit 0123456789ab"));
         assert!(
-            md.contains("| wan (seed 106) | cost-model | 10 % / 30 % | - | 2.5 | 3 |"),
+            md.contains(
+                "| wan (seed 106) | cost-model | 10 % / 30 % | - | 20 % / 40 % | - | 2.5 | 3 |"
+            ),
             "{md}"
         );
         assert!(!md.contains("### Across seeds"));

@@ -36,11 +36,19 @@ pub struct Summary {
     pub charged_mean_ms: Option<f64>,
     /// Prediction error of the path taken, |predicted - actual| / actual
     /// over completed tasks that did not fall back, `actual` being the
-    /// agent's own measure (decision to answer): median and p90.
+    /// agent's own measure (decision to answer): median and p90. The
+    /// prediction is the median of the path's predicted distribution
+    /// where the decision has one, else its expected latency.
     #[serde(default)]
     pub pred_err_local: Option<(f64, f64)>,
     #[serde(default)]
     pub pred_err_cloud: Option<(f64, f64)>,
+    /// The same with the expected latency (a distribution's mean) as the
+    /// prediction.
+    #[serde(default)]
+    pub pred_err_local_mean: Option<(f64, f64)>,
+    #[serde(default)]
+    pub pred_err_cloud_mean: Option<(f64, f64)>,
     /// Tasks the agent ran on both paths.
     #[serde(default)]
     pub hedged: usize,
@@ -163,8 +171,10 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             .count(),
         charged_mean_ms: (!records.is_empty())
             .then(|| records.iter().map(charged_ms).sum::<f64>() / records.len() as f64),
-        pred_err_local: prediction_error(records, "local"),
-        pred_err_cloud: prediction_error(records, "cloud"),
+        pred_err_local: prediction_error(records, "local", Forecast::Median),
+        pred_err_cloud: prediction_error(records, "cloud", Forecast::Median),
+        pred_err_local_mean: prediction_error(records, "local", Forecast::Expected),
+        pred_err_cloud_mean: prediction_error(records, "cloud", Forecast::Expected),
         hedged: records
             .iter()
             .filter(|r| r.decision.as_ref().is_some_and(|d| d.hedged))
@@ -190,18 +200,32 @@ fn charged_ms(r: &TaskRecord) -> f64 {
     }
 }
 
+/// Which point of a decision's prediction is compared with the outcome.
+#[derive(Clone, Copy, PartialEq)]
+enum Forecast {
+    /// The median of the path's predicted distribution where there is one
+    /// (the point that minimises the absolute error), else `Expected`.
+    Median,
+    /// The decision's expected latency (for a distribution, its mean).
+    Expected,
+}
+
 /// Median and p90 of |predicted - actual| / actual on `path`.
-fn prediction_error(records: &[TaskRecord], path: &str) -> Option<(f64, f64)> {
+fn prediction_error(records: &[TaskRecord], path: &str, f: Forecast) -> Option<(f64, f64)> {
     let mut errs: Vec<f64> = records
         .iter()
         .filter(|r| r.completed() && !r.fell_back && r.path.as_deref() == Some(path))
         .filter(|r| r.decision.as_ref().is_some_and(|d| !d.hedged))
         .filter_map(|r| {
             let d = r.decision.as_ref()?;
-            let predicted = match d.path.as_str() {
+            let expected = match d.path.as_str() {
                 "local" => d.local_total_ms,
                 "cloud" => d.offload_total_ms,
                 _ => return None,
+            };
+            let predicted = match (f, d.p50_ms) {
+                (Forecast::Median, Some(p50)) => p50,
+                _ => expected,
             };
             // From the decision to the answer, as the agent measured it:
             // what the decision could affect (the way to the agent's API
@@ -310,7 +334,21 @@ mod tests {
         // |8 - 10| / 10 on the one local task with a decision; none in the cloud.
         let (med, p90) = s.pred_err_local.unwrap();
         assert!((med - 0.2).abs() < 1e-12 && (p90 - 0.2).abs() < 1e-12);
+        assert_eq!(
+            s.pred_err_local_mean, s.pred_err_local,
+            "no distribution: the same"
+        );
         assert_eq!(s.pred_err_cloud, None);
+        // With a predicted distribution, its median is the prediction;
+        // the expected latency (its mean) stays reported beside it.
+        let mut with_median = runs.clone();
+        if let Some(d) = with_median[0].decision.as_mut() {
+            d.p50_ms = Some(9.5);
+        }
+        let m = summarize(&with_median);
+        let (med, _) = m.pred_err_local.unwrap();
+        assert!((med - 0.05).abs() < 1e-12, "{med}");
+        assert_eq!(m.pred_err_local_mean, s.pred_err_local);
         assert_eq!((s.tasks, s.completed, s.failed), (5, 3, 2));
         assert_eq!((s.with_deadline, s.deadline_missed), (4, 3));
         assert_eq!(s.miss_rate(), Some(0.75));
