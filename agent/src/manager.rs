@@ -109,8 +109,10 @@ pub fn exec_times<K: Eq + std::hash::Hash + Copy>(fallback: Duration) -> ExecTim
 }
 
 /// An offload is overdue after twice its predicted p95, and never before
-/// this: a shorter wait would take a pause of the cloud for a dead link.
-const OVERDUE_MIN: Duration = Duration::from_millis(100);
+/// this: a shorter wait would take a pause of the cloud, or of this busy
+/// edge's probes (every 100 ms by default), for a dead link (at 100 ms,
+/// loaded test machines saw live endpoints go silent).
+const OVERDUE_MIN: Duration = Duration::from_millis(250);
 
 struct Job {
     task: Task,

@@ -37,10 +37,12 @@ impl Silence {
 
     /// An offload sent at `sent` is overdue: the endpoint is silent from
     /// then unless something was heard after it was sent. Returns whether
-    /// it is silent.
+    /// it is silent. An endpoint that has never answered cannot fall
+    /// silent: until its first answer, the transport's own connect
+    /// timeouts and failover are what is waited for.
     pub fn overdue(&mut self, sent: Instant, sampled: Option<Instant>) -> bool {
         let heard = self.heard(sampled);
-        if heard.is_some_and(|h| h > sent) {
+        if self.answered.is_none() || heard.is_some_and(|h| h > sent) {
             return false;
         }
         // The earliest such send of this silence (an earlier one that
@@ -71,14 +73,17 @@ mod tests {
     fn an_overdue_offload_with_nothing_heard_since_makes_it_silent() {
         let t0 = Instant::now();
         // (answered at, last sample at, sent at, silent)
-        let cases: [(Option<u64>, Option<u64>, u64, bool); 6] = [
-            (None, None, 100, true),
+        let cases: [(Option<u64>, Option<u64>, u64, bool); 8] = [
+            // Never answered: not silent, whatever else.
+            (None, None, 100, false),
+            (None, Some(50), 100, false),
             (Some(50), Some(90), 100, true),
             (Some(150), None, 100, false),
             (None, Some(150), 100, false),
             // Heard exactly when it was sent: not after.
             (Some(100), Some(100), 100, true),
             (Some(20), Some(101), 100, false),
+            (Some(20), None, 100, true),
         ];
         for (answered, sampled, sent, want) in cases {
             let mut s = Silence::new();
@@ -99,6 +104,7 @@ mod tests {
     fn anything_heard_after_the_overdue_send_ends_the_silence() {
         let t0 = Instant::now();
         let mut s = Silence::new();
+        s.answered(at(t0, 10));
         assert!(!s.is_silent(None), "nothing overdue yet");
         assert!(s.overdue(at(t0, 100), Some(at(t0, 40))));
         // A later overdue offload keeps the earliest quiet start.
