@@ -505,14 +505,28 @@ impl Manager {
                 rt.spawn(forward_loop(inner.clone()));
             }
         }
+        let (warmed_tx, warmed) = std::sync::mpsc::channel();
         let workers = (0..n)
             .map(|i| {
                 let inner = inner.clone();
+                let warmed = warmed_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{i}"))
-                    .spawn(move || worker_loop(inner, i))
+                    .spawn(move || {
+                        let _ = warmed.send(warm_worker(&inner));
+                        drop(warmed);
+                        worker_loop(inner, i)
+                    })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        drop(warmed_tx);
+        // The manager is ready when every worker is: a task accepted now
+        // waits for no first run.
+        for r in warmed.iter() {
+            if let Err(e) = r {
+                tracing::warn!(error = %format!("{e:#}"), "warming up a worker");
+            }
+        }
         Ok(Manager {
             inner,
             workers: Mutex::new(workers),
@@ -1760,6 +1774,15 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     None
 }
 
+/// Runs the models on this worker's thread (see [`crate::infer::Engine::warm_up`]),
+/// holding an engine only for that long.
+fn warm_worker(inner: &Inner) -> anyhow::Result<()> {
+    match inner.engines.try_checkout() {
+        Some(mut engine) => engine.engine().warm_up(),
+        None => Ok(()),
+    }
+}
+
 fn worker_loop(inner: Arc<Inner>, index: usize) {
     while let Some(jobs) = next_batch(&inner, index) {
         let now = Instant::now();
@@ -1925,4 +1948,88 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
     }
     state.in_flight[index] = Some((Instant::now(), expected));
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::{Engine, Inference};
+    use agent_core::Output;
+
+    /// An engine that notes the thread each warm-up ran on.
+    struct Noting(Arc<Mutex<Vec<String>>>);
+
+    impl Engine for Noting {
+        fn supports(&self, _: TaskType) -> bool {
+            true
+        }
+        fn validate(&self, _: TaskType, _: &[u8]) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn process(&mut self, _: TaskType, _: &[u8]) -> Result<Inference, TaskError> {
+            Ok(Inference {
+                output: Output {
+                    class: 0,
+                    confidence: 1.0,
+                    label: String::new(),
+                    boxes: Vec::new(),
+                    model: "m".into(),
+                    model_version: "1".into(),
+                },
+                elapsed: Duration::ZERO,
+            })
+        }
+        fn estimate(&self, _: TaskType) -> Duration {
+            Duration::ZERO
+        }
+        fn warm_up(&mut self) -> anyhow::Result<()> {
+            // Slow enough that a start that did not wait would be seen.
+            std::thread::sleep(Duration::from_millis(50));
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.0.lock().unwrap().push(name);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn start_returns_once_every_worker_warmed_on_its_own_thread() {
+        let noted = Arc::new(Mutex::new(Vec::new()));
+        let n = noted.clone();
+        let (events, _rx) = mpsc::channel(1);
+        let manager = Manager::start(
+            ManagerConfig {
+                workers: 3,
+                queue_capacity: 8,
+                queue_capacity_bytes: 1 << 20,
+                max_concurrent_offloads: 1,
+                policy: Policy::default(),
+                response_bytes: 1024,
+                cloud_expected: Duration::from_millis(10),
+                hedge_budget: 0.0,
+                hold_runnable_locally: false,
+                split: crate::config::SplitConfig::default(),
+            },
+            ManagerParts {
+                local_specs: HashMap::new(),
+                engine_factory: Arc::new(
+                    move || Ok(Box::new(Noting(n.clone())) as Box<dyn Engine>),
+                ),
+                local_times: crate::infer::shared_exec_times(0.2, Duration::from_millis(1)),
+                endpoints: Vec::new(),
+                probe_events: events,
+                store: None,
+                audit: None,
+            },
+        )
+        .unwrap();
+        let mut threads = noted.lock().unwrap().clone();
+        threads.sort();
+        assert_eq!(threads, ["infer-0", "infer-1", "infer-2"]);
+        let inner = manager.inner.clone();
+        inner.state.lock().unwrap().stopping = true;
+        inner.work_ready.notify_all();
+        for h in std::mem::take(&mut *manager.workers.lock().unwrap()) {
+            h.join().unwrap();
+        }
+    }
 }

@@ -594,6 +594,8 @@ mod tests {
                 ..Default::default()
             }),
             agent_ms: None,
+            queue_ms: None,
+            inference_ms: None,
         }
     }
 

@@ -48,6 +48,13 @@ pub trait Engine: Send {
     }
     /// Expected execution time for the task type (self-calibrating).
     fn estimate(&self, task_type: TaskType) -> Duration;
+    /// Runs every model a few times on the calling thread. A thread's first
+    /// runs pay for its allocator arena, its page faults and libtorch's
+    /// per-thread state (two to five times a warm run's time); a worker
+    /// calls this before it takes tasks so that no task pays for them.
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Runs the model's forward pass on a raw input tensor (a batch), with
     /// no pre- or post-processing: the KServe V2 entry point. The input must
     /// match [`Engine::raw_signature`]. Engines without one refuse.

@@ -524,6 +524,14 @@ impl Engine for TorchEngine {
         })
     }
 
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        for m in self.models.values() {
+            warm_up(&m.module, &m.spec, self.device)
+                .with_context(|| format!("warming up {}", m.spec.name))?;
+        }
+        Ok(())
+    }
+
     fn estimate(&self, task_type: TaskType) -> Duration {
         self.times
             .lock()

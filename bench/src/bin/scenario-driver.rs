@@ -339,6 +339,8 @@ async fn send_one(
         predicted: None,
         decision: None,
         agent_ms: None,
+        queue_ms: None,
+        inference_ms: None,
     };
     match answer {
         Err(_) => rec.error = format!("no answer within {limit:?}"),
@@ -358,6 +360,10 @@ async fn send_one(
             rec.transport = r.transport.clone();
             rec.fell_back = r.fell_back;
             rec.agent_ms = Some(r.duration_nano as f64 / 1e6);
+            if r.inference_nano > 0 {
+                rec.queue_ms = Some(r.queue_nano as f64 / 1e6);
+                rec.inference_ms = Some(r.inference_nano as f64 / 1e6);
+            }
             rec.predicted = r.success.then_some(i64::from(r.predicted_class));
             rec.decision = r.decision.map(|d| {
                 let estimated = d.network_source != "none" && d.offload_total_ms > 0.0;

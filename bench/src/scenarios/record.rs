@@ -91,6 +91,13 @@ pub struct TaskRecord {
     /// the answer); the rest of `latency_ms` is the way to and from it.
     #[serde(default)]
     pub agent_ms: Option<f64>,
+    /// The run's own timing as the agent reports it: the wait before the
+    /// run (locally: for a worker; offloaded: the cloud's queue) and the
+    /// inference itself. `None` where nothing ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_ms: Option<f64>,
 }
 
 impl TaskRecord {
@@ -166,6 +173,8 @@ pub(crate) mod tests {
             predicted: (outcome == Outcome::Ok).then_some(3),
             decision: None,
             agent_ms: None,
+            queue_ms: None,
+            inference_ms: None,
         }
     }
 
