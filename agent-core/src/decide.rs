@@ -609,7 +609,70 @@ fn offload_outlook(
         1,
         &mut bufs,
     )?;
+    let (p_loss, delay_ms) = loss_outlook(input);
+    let mut mixed = [0.0; RTT_POINTS * CLOUD_POINTS];
+    let values = with_loss(values, p_loss, delay_ms, &mut mixed);
     Outlook::corrected(values, input.residuals().1, left_ms)
+}
+
+/// Payload bytes per packet, for counting an exchange's packets.
+const PACKET_BYTES: usize = 1200;
+
+/// The chance that an offload's exchange loses a packet, from the link's
+/// loss rate and the packets the request and the answer take, and what a
+/// loss costs: one retransmission timeout (RTT + 4 x its deviation, as
+/// RFC 6298 and RFC 9002 arm it). The RTT samples leave retransmitted
+/// packets out, so without this a lossy link looks as fast as a clean one.
+fn loss_outlook(input: &DecisionInput) -> (f64, f64) {
+    let net = input.net;
+    let rate = if net.loss_rate.is_finite() {
+        net.loss_rate.clamp(0.0, 0.5)
+    } else {
+        0.0
+    };
+    let packets = input.payload_bytes.div_ceil(PACKET_BYTES).max(1)
+        + input.response_bytes.div_ceil(PACKET_BYTES).max(1);
+    let p = 1.0 - (1.0 - rate).powi(packets.min(1 << 16) as i32);
+    (p, net.rtt.srtt_ms + 4.0 * net.rtt.stddev_ms)
+}
+
+/// The mixture of `values` (sorted, equally likely) without a loss and,
+/// with probability `p`, delayed by `delay_ms`: as many equally likely
+/// values, an evenly spread share of them delayed, sorted again.
+fn with_loss<'a>(values: &'a [f64], p: f64, delay_ms: f64, out: &'a mut [f64]) -> &'a [f64] {
+    let n = values.len().min(out.len());
+    let k = (p * n as f64).round() as usize;
+    if k == 0 || n == 0 || !delay_ms.is_finite() || delay_ms <= 0.0 {
+        return values;
+    }
+    let k = k.min(n);
+    // Value i is delayed when one of k evenly spaced marks, at
+    // (j + 1/2) n / k, falls on it.
+    let delayed = |i: usize| (2 * i * k + n) / (2 * n) != (2 * (i + 1) * k + n) / (2 * n);
+    let (mut a, mut b, mut o) = (0, 0, 0);
+    let next = |from: usize, want: bool| (from..n).find(|&i| delayed(i) == want);
+    let (mut plain, mut late) = (next(0, false), next(0, true));
+    while o < n {
+        let take_plain = match (plain, late) {
+            (Some(i), Some(j)) => values[i] <= values[j] + delay_ms,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_plain {
+            let i = plain.expect("a plain value");
+            out[o] = values[i];
+            a += 1;
+            plain = next(i + 1, false);
+        } else {
+            let j = late.expect("a delayed value");
+            out[o] = values[j] + delay_ms;
+            b += 1;
+            late = next(j + 1, true);
+        }
+        o += 1;
+    }
+    debug_assert_eq!((a, b), (n - k, k));
+    &out[..n]
 }
 
 /// Decides where a task runs, or fails it early when no path can work.

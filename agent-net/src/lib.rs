@@ -17,8 +17,8 @@ pub use offload::{
     build_layered_stack, build_stack, time_left, Breaker, BreakerConfig, BreakerState,
     CloudEndpoints, Failover, FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded,
     Mode, OffloadConfig, OffloadError, OffloadReply, OffloadRequest, OffloadStack, Offloader,
-    QuicClientConfig, QuicFailure, QuicOffloader, RateLimitConfig, RateLimited, RetryConfig,
-    Retrying, Route, StackHealth, Verdict,
+    PacketCounts, QuicClientConfig, QuicFailure, QuicOffloader, RateLimitConfig, RateLimited,
+    RetryConfig, Retrying, Route, StackHealth, Verdict,
 };
 pub use tls::{TlsConfig, TlsMaterial};
 

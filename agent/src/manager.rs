@@ -18,7 +18,7 @@ use agent_core::{
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
 };
-use agent_net::{OffloadError, OffloadRequest, Offloader};
+use agent_net::{OffloadError, OffloadRequest, Offloader, PacketCounts};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -372,6 +372,9 @@ struct Endpoint {
     /// Offloads sent there that have not answered yet.
     in_flight: AtomicU64,
     /// Whether it has gone silent (an offload overdue, nothing heard).
+    /// The offload connection's newest packet counts (QUIC): its loss
+    /// feeds the link estimate, as the kernel's TCP retransmits do.
+    packets: Mutex<Option<PacketCounts>>,
     silence: Mutex<Silence>,
 }
 
@@ -465,6 +468,7 @@ impl Manager {
                     uplink: Mutex::new(UplinkQueue::new()),
                     in_flight: AtomicU64::new(0),
                     silence: Mutex::new(Silence::new()),
+                    packets: Mutex::new(None),
                 }
             })
             .collect();
@@ -1735,6 +1739,27 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                         .saturating_sub(uplink_wait),
                 },
             });
+            if let Some(now) = reply.packets {
+                let (sent, lost) =
+                    PacketCounts::advance(&mut endpoint.packets.lock().expect("packets"), now);
+                let event = |kind| ProbeEvent {
+                    dest: endpoint.parts.dest,
+                    source: SampleSource::OffloadTransfer,
+                    at: Instant::now(),
+                    kind,
+                };
+                let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+                if sent > 0 {
+                    let _ = inner
+                        .probe_events
+                        .try_send(event(ProbeEventKind::SegmentsSent(clamp(sent))));
+                }
+                if lost > 0 {
+                    let _ = inner
+                        .probe_events
+                        .try_send(event(ProbeEventKind::Retransmits(clamp(lost))));
+                }
+            }
             let output = output_from_response(r);
             inner.finish_timed(
                 job,

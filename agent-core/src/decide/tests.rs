@@ -306,6 +306,7 @@ struct Aware {
     priority: Priority,
     deadline_ms: Option<u64>,
     previous: Option<ExecPath>,
+    loss_rate: f64,
     expect: Result<(ExecPath, Reason), &'static str>,
 }
 
@@ -320,6 +321,7 @@ fn aware(name: &'static str) -> Aware {
         priority: Priority::Medium,
         deadline_ms: None,
         previous: None,
+        loss_rate: 0.0,
         expect: Ok((ExecPath::Local, Reason::LocalCheaper)),
     }
 }
@@ -405,6 +407,23 @@ fn deadline_aware_table() {
             ..aware("a clear gain overrides hysteresis")
         },
         Aware {
+            // Offload 12.06 ms against local 13 ms, both well within 20 ms.
+            queue_ms: 8,
+            deadline_ms: Some(20),
+            expect: Ok((ExecPath::Cloud, Reason::OffloadCheaper)),
+            ..aware("a clean link takes the faster offload")
+        },
+        Aware {
+            // 5 % loss over the request's and the answer's packets: about 1
+            // offload in 10 waits a retransmission timeout (10 ms here),
+            // which raises its mean to local's and its p95 to 22 ms.
+            queue_ms: 8,
+            deadline_ms: Some(20),
+            loss_rate: 0.05,
+            expect: Ok((ExecPath::Local, Reason::LocalCheaper)),
+            ..aware("a lossy link's retransmissions keep tight work local")
+        },
+        Aware {
             // The cloud's own queue is part of the offload distribution.
             queue_ms: 40,
             cloud: vec![60.0; 10],
@@ -413,7 +432,8 @@ fn deadline_aware_table() {
         },
     ];
     for c in cases {
-        let n = sampled_net(&c.rtts);
+        let mut n = sampled_net(&c.rtts);
+        n.loss_rate = c.loss_rate;
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
             edge_load: 0.0,
@@ -461,6 +481,45 @@ fn deadline_aware_table() {
             _ => panic!("{}: expected {:?}, got {:?}", c.name, c.expect, got),
         }
     }
+}
+
+#[test]
+fn loss_delays_an_evenly_spread_share_of_the_values() {
+    let values: Vec<f64> = (0..8).map(f64::from).collect();
+    let mut out = [0.0; 8];
+    // (loss probability, delay, values delayed)
+    for (p, delay, delayed) in [
+        (0.0, 100.0, 0),
+        (0.05, 100.0, 0),
+        (0.25, 100.0, 2),
+        (0.5, 100.0, 4),
+        (1.0, 100.0, 8),
+        (0.5, 0.0, 0),
+        (0.5, f64::NAN, 0),
+    ] {
+        let got = with_loss(&values, p, delay, &mut out).to_vec();
+        assert_eq!(got.len(), 8, "p {p}");
+        assert!(
+            got.windows(2).all(|w| w[0] <= w[1]),
+            "p {p}: unsorted {got:?}"
+        );
+        let late = got.iter().filter(|v| **v >= 100.0).count();
+        assert_eq!(late, delayed, "p {p}: {got:?}");
+        let extra = got.iter().sum::<f64>() - values.iter().sum::<f64>();
+        let want = if delayed > 0 {
+            delayed as f64 * delay
+        } else {
+            0.0
+        };
+        assert!((extra - want).abs() < 1e-9, "p {p}: {got:?}");
+    }
+    // The delayed ones spread over the distribution, not its top only.
+    let got = with_loss(&values, 0.5, 100.0, &mut out).to_vec();
+    let plain: Vec<f64> = got.iter().copied().filter(|v| *v < 100.0).collect();
+    assert!(
+        plain.first() < Some(&2.0) && plain.last() > Some(&5.0),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -54,8 +54,10 @@ pub struct NetworkStatus {
     pub rtt_shifts: u64,
     /// The RTT's short-term trend in that window (Holt), ms per second.
     pub rtt_trend_ms_per_s: f64,
-    /// Loss rate: failed probes over attempts, or retransmits over segments
-    /// when the kernel reports them.
+    /// Loss rate: failed probes over attempts, or lost over sent packets
+    /// where they are counted (the kernel's TCP retransmits, the QUIC
+    /// offload connection's losses), over about the last
+    /// [`LOSS_SEGMENTS`] packets.
     pub loss_rate: f64,
     pub bandwidth_bps: f64,
     /// True while `bandwidth_bps` is the configured default, not a measurement.
@@ -66,6 +68,9 @@ pub struct NetworkStatus {
     /// anything was heard from the host (see `Silence`).
     pub heard_at: Option<Instant>,
 }
+
+/// How many packets the loss rate remembers: both counts halve beyond it.
+pub const LOSS_SEGMENTS: u64 = 2000;
 
 #[derive(Debug, Clone)]
 pub struct LinkEstimator {
@@ -113,7 +118,15 @@ impl LinkEstimator {
             }
             ProbeEventKind::ProbeLost => self.record_probe(false),
             ProbeEventKind::Retransmits(n) => self.retransmits += u64::from(n),
-            ProbeEventKind::SegmentsSent(n) => self.segments += u64::from(n),
+            ProbeEventKind::SegmentsSent(n) => {
+                self.segments += u64::from(n);
+                // Both counts halve as packets go by: the loss rate is the
+                // recent link's, and a loss that began shows up.
+                while self.segments > LOSS_SEGMENTS {
+                    self.segments /= 2;
+                    self.retransmits /= 2;
+                }
+            }
             ProbeEventKind::Transfer { bytes, elapsed } => {
                 self.consecutive_failures = 0;
                 if bytes < self.cfg.min_transfer_bytes {
@@ -352,6 +365,36 @@ mod tests {
             ProbeEventKind::Retransmits(20),
         ));
         assert!((est.snapshot(t0).loss_rate - 0.02).abs() < 1e-9);
+    }
+
+    #[test]
+    fn loss_fades_as_clean_packets_go_by() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        let send = |est: &mut LinkEstimator, sent, lost| {
+            est.on_event(&ev(
+                t0,
+                SampleSource::OffloadTransfer,
+                ProbeEventKind::SegmentsSent(sent),
+            ));
+            est.on_event(&ev(
+                t0,
+                SampleSource::OffloadTransfer,
+                ProbeEventKind::Retransmits(lost),
+            ));
+        };
+        // (packets sent, lost among them, loss rate expected after)
+        send(&mut est, 1000, 100);
+        assert!((est.snapshot(t0).loss_rate - 0.1).abs() < 1e-9);
+        for _ in 0..8 {
+            send(&mut est, 1000, 0);
+        }
+        let faded = est.snapshot(t0).loss_rate;
+        assert!(faded < 0.02, "old loss still counts: {faded}");
+        // A loss that begins shows at once, not diluted by all history.
+        send(&mut est, 500, 50);
+        let rate = est.snapshot(t0).loss_rate;
+        assert!(rate > 0.03, "new loss diluted: {rate}");
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Offloader for GrpcOffloader {
                     transport: Transport::Grpc,
                     elapsed,
                     bytes_up,
+                    packets: None,
                 })
             }
             // A status with a source came from the client's own stack (no

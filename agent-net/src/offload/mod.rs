@@ -23,6 +23,7 @@ pub use stack::{
 };
 
 use agent_core::{TaskError, Transport};
+
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,74 @@ pub struct OffloadReply {
     pub elapsed: Duration,
     pub bytes_up: usize,
     pub bytes_down: usize,
+    /// The connection's packet counts so far, where the transport keeps
+    /// them (QUIC): the loss the kernel cannot see on UDP.
+    pub packets: Option<PacketCounts>,
+}
+
+/// Packets a connection has sent and declared lost since it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketCounts {
+    /// Which connection (a new one counts from zero).
+    pub connection: u64,
+    pub sent: u64,
+    pub lost: u64,
+}
+
+impl PacketCounts {
+    /// The packets sent and lost since the counts in `last`, which then
+    /// holds the newest counts. Replies finish out of order, so an older
+    /// snapshot of the same connection adds nothing.
+    pub fn advance(last: &mut Option<PacketCounts>, now: PacketCounts) -> (u64, u64) {
+        match last {
+            Some(l) if l.connection == now.connection => {
+                let d = (
+                    now.sent.saturating_sub(l.sent),
+                    now.lost.saturating_sub(l.lost),
+                );
+                l.sent = l.sent.max(now.sent);
+                l.lost = l.lost.max(now.lost);
+                d
+            }
+            _ => {
+                *last = Some(now);
+                (now.sent, now.lost)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod packet_tests {
+    use super::PacketCounts;
+
+    fn c(connection: u64, sent: u64, lost: u64) -> PacketCounts {
+        PacketCounts {
+            connection,
+            sent,
+            lost,
+        }
+    }
+
+    #[test]
+    fn counts_advance_per_connection_and_ignore_older_snapshots() {
+        let mut last = None;
+        // (snapshot, expected delta)
+        let steps = [
+            (c(1, 10, 1), (10, 1)),
+            (c(1, 25, 2), (15, 1)),
+            // An older snapshot of the same connection, finishing late.
+            (c(1, 20, 2), (0, 0)),
+            (c(1, 30, 2), (5, 0)),
+            // A new connection counts from zero.
+            (c(2, 4, 0), (4, 0)),
+            (c(2, 9, 3), (5, 3)),
+        ];
+        for (i, (now, want)) in steps.into_iter().enumerate() {
+            assert_eq!(PacketCounts::advance(&mut last, now), want, "step {i}");
+        }
+        assert_eq!(last, Some(c(2, 9, 3)));
+    }
 }
 
 impl OffloadReply {

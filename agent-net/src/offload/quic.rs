@@ -3,7 +3,7 @@
 //! prost-encoded `TaskRequest`, answered by a length-delimited
 //! `TaskResponse` (errors in-band: `success = false` with `error_kind`).
 
-use super::{time_left, OffloadError, OffloadReply, OffloadRequest, Offloader};
+use super::{time_left, OffloadError, OffloadReply, OffloadRequest, Offloader, PacketCounts};
 use crate::quic_settings::{congestion, transport_config};
 use crate::tls::TlsMaterial;
 use agent_core::Transport;
@@ -229,7 +229,13 @@ impl Offloader for QuicOffloader {
                 // The handshake is complete now; the same connection carries it.
                 result = self.exchange(&live.conn, &request).await;
             }
-            result.map_err(|e| {
+            let packets = live.conn.stats().path;
+            let packets = PacketCounts {
+                connection: live.conn.stable_id() as u64,
+                sent: packets.sent_packets,
+                lost: packets.lost_packets,
+            };
+            result.map(|bytes| (bytes, packets)).map_err(|e| {
                 let message = match e {
                     StreamError::ZeroRttRejected => "0-RTT rejected twice".into(),
                     StreamError::Broken(m) => m,
@@ -245,7 +251,7 @@ impl Offloader for QuicOffloader {
             })
         };
         // On timeout the streams are dropped: the server sees them stopped.
-        let bytes = match left {
+        let (bytes, packets) = match left {
             Some(left) => tokio::time::timeout(left, attempt)
                 .await
                 .map_err(|_| OffloadError::Timeout)??,
@@ -269,6 +275,7 @@ impl Offloader for QuicOffloader {
             elapsed,
             bytes_up,
             bytes_down: bytes.len(),
+            packets: Some(packets),
         })
     }
 

@@ -108,6 +108,7 @@ mod tests {
                 elapsed: Duration::ZERO,
                 bytes_up: 0,
                 bytes_down: 0,
+                packets: None,
             })
         }
     }

@@ -247,6 +247,7 @@ impl V2Offloader {
             elapsed,
             bytes_up,
             bytes_down,
+            packets: None,
         })
     }
 }
