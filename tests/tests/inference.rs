@@ -75,6 +75,30 @@ fn estimates_calibrate_from_measured_latency() {
 }
 
 #[test]
+fn warm_up_seeds_the_estimate_with_a_run_measured_here() {
+    let cfg = defaults();
+    let mut specs = cfg.edge.models;
+    // A guess far off what this machine does.
+    for s in specs.values_mut() {
+        s.expected_ms = 60_000.0;
+    }
+    let mut e = TorchEngine::load(
+        &specs,
+        tch::Device::Cpu,
+        shared_exec_times(0.2, Duration::from_millis(1)),
+    )
+    .unwrap();
+    let guessed = e.estimate(TaskType::ImageClassification);
+    assert_eq!(guessed, Duration::from_secs(60), "seeded from the spec");
+    e.warm_up().unwrap();
+    let measured = e.estimate(TaskType::ImageClassification);
+    assert!(
+        measured > Duration::ZERO && measured < Duration::from_secs(1),
+        "seeded from warm-up runs: {measured:?}"
+    );
+}
+
+#[test]
 fn wrong_shapes_and_unknown_types_are_clear_errors() {
     let mut e = engine(false, tch::Device::Cpu);
     match e.process(TaskType::ImageClassification, &[0u8; 63]) {

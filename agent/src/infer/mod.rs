@@ -51,7 +51,8 @@ pub trait Engine: Send {
     /// Runs every model a few times on the calling thread. A thread's first
     /// runs pay for its allocator arena, its page faults and libtorch's
     /// per-thread state (two to five times a warm run's time); a worker
-    /// calls this before it takes tasks so that no task pays for them.
+    /// calls this before it takes tasks so that no task pays for them. The
+    /// runs may seed the execution-time estimates.
     fn warm_up(&mut self) -> anyhow::Result<()> {
         Ok(())
     }

@@ -29,7 +29,9 @@ pub struct ModelSpec {
     /// Class names, by class index (optional).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
-    /// Execution time assumed until measured, in milliseconds.
+    /// Execution time assumed until measured, in milliseconds. An edge's
+    /// workers measure it at start (`Engine::warm_up`), so there it stands
+    /// only where that fails; the cloud keeps it as its seed.
     #[serde(default = "default_expected_ms")]
     pub expected_ms: f64,
     /// Dynamic batching: tasks of this model waiting together run as one

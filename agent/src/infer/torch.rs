@@ -87,22 +87,29 @@ fn zero_input(spec: &InputSpec) -> Prepared {
 /// take tens of milliseconds; run them at load time so the first real task
 /// (and the execution-time estimate) does not pay for them. They also
 /// check that the output has the shape the spec says, and return it (the
-/// batch size as `-1`).
-fn warm_up(module: &CModule, spec: &ModelSpec, device: Device) -> anyhow::Result<Vec<i64>> {
+/// batch size as `-1`) with the fastest run's time.
+fn warm_up(
+    module: &CModule,
+    spec: &ModelSpec,
+    device: Device,
+) -> anyhow::Result<(Vec<i64>, Duration)> {
     let input_spec = spec.input();
     tch::no_grad(|| {
         let input =
             to_torch(&input_tensor(&zero_input(&input_spec), &input_spec))?.to_device(device);
         let mut dims = Vec::new();
+        let mut fastest = Duration::MAX;
         for _ in 0..3 {
+            let started = Instant::now();
             let out = module.forward_ts(&[&input])?;
             dims = out.size();
+            fastest = fastest.min(started.elapsed());
             if let Err(e) = check_output(&dims, spec.output, 1) {
                 bail!("{e}");
             }
         }
         dims[0] = -1;
-        Ok(dims)
+        Ok((dims, fastest))
     })
 }
 
@@ -194,7 +201,7 @@ impl TorchEngine {
                 InputSpec::Text { vocab, .. } => Some(Vocab::load(vocab)?),
                 _ => None,
             };
-            let out_dims = warm_up(&module, spec, device)
+            let (out_dims, _) = warm_up(&module, spec, device)
                 .with_context(|| format!("first inference with {}", spec.path.display()))?;
             let split = match &spec.split {
                 Some(s) => {
@@ -524,10 +531,17 @@ impl Engine for TorchEngine {
         })
     }
 
+    /// Also seeds each model's execution-time estimate with its fastest
+    /// warm-up run here: a measure of this device under this process's
+    /// limits, where the spec's `expected_ms` is a guess.
     fn warm_up(&mut self) -> anyhow::Result<()> {
-        for m in self.models.values() {
-            warm_up(&m.module, &m.spec, self.device)
+        for (&task_type, m) in &self.models {
+            let (_, fastest) = warm_up(&m.module, &m.spec, self.device)
                 .with_context(|| format!("warming up {}", m.spec.name))?;
+            self.times
+                .lock()
+                .expect("exec-time lock")
+                .seed(task_type, fastest);
         }
         Ok(())
     }
