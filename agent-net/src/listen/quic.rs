@@ -36,7 +36,8 @@ pub fn endpoint(
         max_streams,
         crate::quic_settings::congestion("cubic")?,
     )));
-    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+    crate::quic_settings::endpoint(addr, Some(server))
+        .with_context(|| format!("binding QUIC on {addr}"))
 }
 
 /// Serves until `stop` is cancelled, then lets in-flight streams finish.

@@ -80,7 +80,7 @@ impl QuicOffloader {
             "0.0.0.0:0".parse()?
         };
         let mut endpoint =
-            quinn::Endpoint::client(bind).context("opening the QUIC client socket")?;
+            crate::quic_settings::endpoint(bind, None).context("opening the QUIC client socket")?;
         endpoint.set_default_client_config(client);
         Ok(QuicOffloader {
             endpoint,

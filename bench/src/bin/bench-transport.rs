@@ -17,7 +17,8 @@ use agent_core::TaskError;
 use agent_net::tls::{Side, TlsConfig};
 use agent_net::{CloudListeners, Handler, ListenConfig};
 use agent_net::{
-    GrpcOffloader, OffloadConfig, OffloadRequest, Offloader, QuicClientConfig, QuicOffloader,
+    GrpcOffloader, OffloadConfig, OffloadRequest, Offloader, PacketCounts, QuicClientConfig,
+    QuicOffloader,
 };
 use anyhow::{bail, Context, Result};
 use bench::scenarios::stats::percentile;
@@ -255,8 +256,14 @@ async fn client(
         for (name, o) in &transports {
             let row = measure(o.clone(), name, size, link, n, concurrency).await?;
             eprintln!(
-                "{link:>8} {name:>4} {size:>8} B: p50 {:>8} us  p99 {:>8} us  {:>8.1} req/s  ({n} requests, {concurrency} in flight)",
-                row.p50_us, row.p99_us, row.rps
+                "{link:>8} {name:>4} {size:>8} B: p50 {:>8} us  p99 {:>8} us  {:>8.1} req/s  ({n} requests, {concurrency} in flight){}",
+                row.p50_us,
+                row.p99_us,
+                row.rps,
+                match (row.packets_sent, row.packets_lost) {
+                    (Some(s), Some(l)) => format!("  packets sent {s}, lost {l}"),
+                    _ => String::new(),
+                }
             );
             rows.push(row);
         }
@@ -280,7 +287,12 @@ fn request(id: String, size: usize) -> OffloadRequest {
     }
 }
 
-async fn one(o: &dyn Offloader, req: &OffloadRequest, size: usize) -> Result<Duration> {
+/// One request: its latency and, over QUIC, the connection's packet counts after it.
+async fn one(
+    o: &dyn Offloader,
+    req: &OffloadRequest,
+    size: usize,
+) -> Result<(Duration, Option<PacketCounts>)> {
     let started = Instant::now();
     let reply = o
         .offload(req)
@@ -293,7 +305,7 @@ async fn one(o: &dyn Offloader, req: &OffloadRequest, size: usize) -> Result<Dur
             req.request.id
         );
     }
-    Ok(elapsed)
+    Ok((elapsed, reply.packets))
 }
 
 /// Percentile of sorted latencies in microseconds (the benchmarks' one
@@ -312,14 +324,17 @@ async fn measure(
     concurrency: usize,
 ) -> Result<Row> {
     // Warm-up: connection, TLS session, congestion window.
+    let mut before = None;
     for i in 0..concurrency {
-        one(o.as_ref(), &request(format!("warm-{i}"), size), size).await?;
+        before = one(o.as_ref(), &request(format!("warm-{i}"), size), size)
+            .await?
+            .1;
     }
     let reqs: Vec<OffloadRequest> = (0..n)
         .map(|i| request(format!("{name}-{size}-{i}"), size))
         .collect();
     let started = Instant::now();
-    let mut lat: Vec<Duration> = futures::stream::iter(reqs.iter())
+    let done: Vec<(Duration, Option<PacketCounts>)> = futures::stream::iter(reqs.iter())
         .map(|r| one(o.as_ref(), r, size))
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
@@ -327,6 +342,17 @@ async fn measure(
         .into_iter()
         .collect::<Result<_>>()?;
     let total = started.elapsed();
+    // The counters are cumulative per connection: the largest seen is the last.
+    let after = done
+        .iter()
+        .filter_map(|(_, p)| *p)
+        .filter(|p| Some(p.connection) == before.map(|b| b.connection))
+        .max_by_key(|p| (p.sent, p.lost));
+    let (packets_sent, packets_lost) = match (before, after) {
+        (Some(b), Some(a)) => (Some(a.sent - b.sent), Some(a.lost - b.lost)),
+        _ => (None, None),
+    };
+    let mut lat: Vec<Duration> = done.into_iter().map(|(d, _)| d).collect();
     lat.sort();
     Ok(Row {
         transport: name.into(),
@@ -335,6 +361,9 @@ async fn measure(
         p50_us: percentile_us(&lat, 0.50),
         p99_us: percentile_us(&lat, 0.99),
         rps: ((n as f64 / total.as_secs_f64()) * 10.0).round() / 10.0,
+        packets_sent,
+        packets_lost,
+        requests: n,
     })
 }
 
