@@ -58,37 +58,6 @@ fn size_buffers(socket: &UdpSocket, bytes: usize) -> (usize, usize) {
     (rcv, snd)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sysctl(name: &str) -> usize {
-        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    #[test]
-    fn socket_buffers_reach_the_asked_size_or_the_limit() {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (rcv, snd) = size_buffers(&socket, SOCKET_BUFFER_BYTES);
-        if nix::unistd::geteuid().is_root() {
-            // Privileged (CI runs as root): past the sysctl limits.
-            assert!(rcv >= SOCKET_BUFFER_BYTES, "receive buffer {rcv}");
-            assert!(snd >= SOCKET_BUFFER_BYTES, "send buffer {snd}");
-        } else {
-            let want = SOCKET_BUFFER_BYTES.min(sysctl("rmem_max"));
-            assert!(rcv >= want, "receive buffer {rcv}, wanted {want}");
-            let want = SOCKET_BUFFER_BYTES.min(sysctl("wmem_max"));
-            assert!(snd >= want, "send buffer {snd}, wanted {want}");
-        }
-        // Far above the kernel's default of 208 KiB either way.
-        assert!(rcv > 212_992 || sysctl("rmem_max") <= 212_992);
-    }
-}
-
 /// QUIC congestion controllers quinn offers (`[edge.offload] quic_congestion`).
 pub fn congestion(
     name: &str,
@@ -124,4 +93,35 @@ pub fn transport_config(
         t.max_idle_timeout(Some(idle));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn socket_buffers_reach_the_asked_size_or_the_limit() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (rcv, snd) = size_buffers(&socket, SOCKET_BUFFER_BYTES);
+        if nix::unistd::geteuid().is_root() {
+            // Privileged (CI runs as root): past the sysctl limits.
+            assert!(rcv >= SOCKET_BUFFER_BYTES, "receive buffer {rcv}");
+            assert!(snd >= SOCKET_BUFFER_BYTES, "send buffer {snd}");
+        } else {
+            let want = SOCKET_BUFFER_BYTES.min(sysctl("rmem_max"));
+            assert!(rcv >= want, "receive buffer {rcv}, wanted {want}");
+            let want = SOCKET_BUFFER_BYTES.min(sysctl("wmem_max"));
+            assert!(snd >= want, "send buffer {snd}, wanted {want}");
+        }
+        // Far above the kernel's default of 208 KiB either way.
+        assert!(rcv > 212_992 || sysctl("rmem_max") <= 212_992);
+    }
 }
