@@ -10,6 +10,16 @@
 pub const RING_BUF_MAP: &str = "EVENTS";
 /// Name of the hash map of remote endpoints worth measuring ([`FilterKey`] -> u8).
 pub const FILTER_MAP: &str = "FILTER";
+/// Name of the array map of the probe's switches (u32 per index): whether
+/// every endpoint is watched, and the filter's generation.
+pub const CONTROL_MAP: &str = "CONTROL";
+/// CONTROL index: nonzero when every remote endpoint is watched.
+pub const CONTROL_WATCH_ALL: u32 = 0;
+/// CONTROL index: bumped by userspace whenever FILTER or the watch-all
+/// switch changes, so flows admitted under an older filter are checked again.
+pub const CONTROL_FILTER_GEN: u32 = 1;
+/// Entries of the CONTROL map.
+pub const CONTROL_ENTRIES: u32 = 2;
 /// Name of the global holding the [`TracepointLayout`] the loader fills in.
 pub const TP_LAYOUT_GLOBAL: &str = "TP_LAYOUT";
 /// Name of the global holding the link-layer header length of the tc interface.
@@ -180,8 +190,8 @@ impl Record {
 }
 
 /// Key of the filter map: a remote address as IPv6 words in network byte
-/// order, IPv4 as `::ffff:a.b.c.d`. The all-zero key (`::`) means "watch
-/// every remote endpoint".
+/// order, IPv4 as `::ffff:a.b.c.d`. Watching every endpoint is a switch
+/// of its own (`CONTROL_WATCH_ALL`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FilterKey {
@@ -189,9 +199,6 @@ pub struct FilterKey {
 }
 
 impl FilterKey {
-    /// The wildcard entry: present means every remote endpoint is watched.
-    pub const WATCH_ALL: FilterKey = FilterKey { addr: [0; 4] };
-
     /// An IPv4 address given as its network-byte-order word.
     pub const fn v4(addr_be: u32) -> Self {
         FilterKey {

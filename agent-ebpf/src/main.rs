@@ -11,7 +11,10 @@
 //!
 //! Everything leaves through the one `EVENTS` ring buffer as an
 //! `agent_common::Record`. The `FILTER` map, written by userspace, says which
-//! remote endpoints matter; other traffic costs one or two hash lookups.
+//! remote endpoints matter (or the `CONTROL` map's watch-all switch). The tc
+//! programs consult it only for a flow they have no state for: a flow's
+//! entry is its admission, checked again only when userspace changes the
+//! filter (`CONTROL_FILTER_GEN`), so a watched packet costs one hash lookup.
 //!
 //! What it costs is bounded per flow, as ePPing does: at most one RTT
 //! sample per flow and source every `SAMPLE_INTERVAL_NS` (set by the
@@ -26,8 +29,9 @@ mod tcp_ts;
 
 use agent_common::{
     FilterKey, Flow, Record, RecordBody, RetransmitBody, RttBody, StateBody, TracepointLayout,
-    AF_INET, AF_INET6, DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP,
-    KIND_RETRANSMIT, KIND_RTT, KIND_STATE, RING_BUF_BYTES, RING_BUF_WAKEUP_RECORDS, SOURCE_SOCKOPS,
+    AF_INET, AF_INET6, CONTROL_ENTRIES, CONTROL_FILTER_GEN, CONTROL_WATCH_ALL,
+    DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAX_ENTRIES, IPPROTO_TCP, IPPROTO_UDP, KIND_RETRANSMIT,
+    KIND_RTT, KIND_STATE, RING_BUF_BYTES, RING_BUF_WAKEUP_RECORDS, SOURCE_SOCKOPS,
     SOURCE_TRACEPOINT, TCP_CLOSE, TCP_ESTABLISHED,
 };
 use aya_ebpf::{
@@ -38,7 +42,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{classifier, map, sock_ops, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{SockOpsContext, TcContext, TracePointContext},
     Global,
 };
@@ -73,19 +77,54 @@ const WAKEUP_BYTES: u64 =
 #[map]
 static FILTER: HashMap<FilterKey, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
 
+/// Switches written by userspace (`CONTROL_*` indices). An array lookup is
+/// inlined by the verifier: no hash, no helper call.
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_ENTRIES, 0);
+
 /// Records lost because the ring buffer was full (index 0), read by userspace.
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+#[inline(always)]
+fn control(index: u32) -> u32 {
+    CONTROL.get(index).copied().unwrap_or(0)
+}
+
 /// True when `remote` (four network-order words, IPv4 in word 0) is watched.
 #[inline(always)]
 fn watched(family: u8, remote: &[u32; 4]) -> bool {
+    if control(CONTROL_WATCH_ALL) != 0 {
+        return true;
+    }
     let key = if family == AF_INET {
         FilterKey::v4(remote[0])
     } else {
         FilterKey::v6(*remote)
     };
-    FILTER.get_ptr(&key).is_some() || FILTER.get_ptr(&FilterKey::WATCH_ALL).is_some()
+    FILTER.get_ptr(&key).is_some()
+}
+
+/// The filter's generation now: a flow admitted under another one is
+/// checked against the filter again.
+#[inline(always)]
+fn filter_gen() -> u32 {
+    control(CONTROL_FILTER_GEN)
+}
+
+/// True when a flow admitted under generation `*admitted` is still
+/// watched; refreshes `*admitted` when the filter changed and still admits it.
+#[inline(always)]
+fn still_watched(admitted: &mut u32, flow: &Flow) -> bool {
+    let gen = filter_gen();
+    if *admitted == gen {
+        return true;
+    }
+    if !watched(flow.family, &flow.remote) {
+        return false;
+    }
+    *admitted = gen;
+    true
 }
 
 /// A `T` at byte `off` of the packet: read straight from the packet's
@@ -358,9 +397,8 @@ fn observe_packet(ctx: &TcContext, egress: bool) -> Result<(), i64> {
     if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
         return Ok(());
     }
-    if !watched(flow.family, &flow.remote) {
-        return Ok(());
-    }
+    // Whether the flow is watched is decided where its state is looked up
+    // (`still_watched`, `watched`): one lookup per watched packet.
     let ports: [u16; 2] = pkt(ctx, l4)?;
     let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
     (flow.local_port, flow.remote_port) = if egress {

@@ -28,7 +28,7 @@ use agent_common::{Flow, RttBody, SOURCE_QUIC_SPIN};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 use aya_log_ebpf::debug;
 
-use crate::{emit_rtt, now_ns, pkt, rate_limited};
+use crate::{emit_rtt, filter_gen, now_ns, pkt, rate_limited, still_watched, watched};
 
 const SPIN_BIT: u8 = 0x20;
 /// Penalty a new flow starts with: eight good edges (four round trips) before the first sample.
@@ -59,7 +59,9 @@ struct SpinState {
     /// Packets carrying the current value, per direction.
     egress_run: u16,
     ingress_run: u16,
-    _pad: [u16; 3],
+    _pad: u16,
+    /// The filter generation the flow was last found watched under.
+    admitted: u32,
     /// Time of the last egress edge.
     egress_edge_ns: u64,
     /// Time of the last sample sent (the flow's rate limit).
@@ -79,13 +81,15 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
         return Ok(());
     }
     let val = u8::from(first & SPIN_BIT != 0);
-    let now = now_ns();
     let (dir, bit) = if egress {
         (DIR_EGRESS, 1u8)
     } else {
         (DIR_INGRESS, 2u8)
     };
     let Some(st) = SPIN.get_ptr_mut(flow) else {
+        if !watched(flow.family, &flow.remote) {
+            return Ok(());
+        }
         let mut st = SpinState {
             egress_val: 0,
             ingress_val: 0,
@@ -95,7 +99,8 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
             validated: 0,
             egress_run: 1,
             ingress_run: 1,
-            _pad: [0; 3],
+            _pad: 0,
+            admitted: filter_gen(),
             egress_edge_ns: 0,
             last_sample_ns: 0,
         };
@@ -110,6 +115,10 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
     // SAFETY: LRU value pointer from a successful lookup; egress and ingress
     // may race on it, which at worst costs or skews one sample.
     let st = unsafe { &mut *st };
+    if !still_watched(&mut st.admitted, flow) {
+        let _ = SPIN.remove(flow);
+        return Ok(());
+    }
     let (last, run) = if egress {
         (&mut st.egress_val, &mut st.egress_run)
     } else {
@@ -128,6 +137,8 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
     // An edge: good when in turn (the other direction had the previous edge)
     // and it ends a run of several packets.
     *last = val;
+    // The clock is read on edges only: about two packets per round trip.
+    let now = now_ns();
     let good = st.last_edge != dir && *run >= MIN_RUN;
     *run = 1;
     st.last_edge = dir;

@@ -15,7 +15,7 @@
 use agent_common::{Flow, RttBody, SOURCE_TC_TCP_TS};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::{emit_rtt, now_ns, pkt, rate_limited};
+use crate::{emit_rtt, filter_gen, now_ns, pkt, rate_limited, still_watched, watched};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -29,6 +29,9 @@ struct TsFlow {
     pending_ns: u64,
     /// When the last timing started (the flow's rate limit).
     last_start_ns: u64,
+    /// The filter generation the flow was last found watched under.
+    admitted: u32,
+    _pad: u32,
 }
 
 /// Per-flow timing state, keyed by the flow in egress orientation.
@@ -75,6 +78,10 @@ pub fn observe(ctx: &TcContext, flow: &Flow, l4: usize, egress: bool) -> Result<
 #[inline(always)]
 fn departure(flow: &Flow, tsval: u32, syn: bool) {
     let Some(st) = TS_FLOWS.get_ptr_mut(flow) else {
+        // Unwatched traffic ends here, after this lookup and the filter's.
+        if !watched(flow.family, &flow.remote) {
+            return;
+        }
         let now = now_ns();
         // A flow seen first mid-stream may be past this TSval's first
         // packet: wait for the next new one. A SYN is the first.
@@ -83,6 +90,8 @@ fn departure(flow: &Flow, tsval: u32, syn: bool) {
             pending_tsval: tsval,
             pending_ns: if syn { now } else { 0 },
             last_start_ns: if syn { now } else { 0 },
+            admitted: filter_gen(),
+            _pad: 0,
         };
         let _ = TS_FLOWS.insert(flow, &st, 0);
         return;
@@ -90,6 +99,10 @@ fn departure(flow: &Flow, tsval: u32, syn: bool) {
     // SAFETY: LRU value pointer from a successful lookup; egress and ingress
     // may race on it, which at worst costs or skews one sample.
     let st = unsafe { &mut *st };
+    if !still_watched(&mut st.admitted, flow) {
+        let _ = TS_FLOWS.remove(flow);
+        return;
+    }
     if st.last_tsval == tsval {
         return;
     }
@@ -114,6 +127,10 @@ fn echo(flow: &Flow, tsecr: u32) {
     let st = unsafe { &mut *st };
     let sent = st.pending_ns;
     if sent == 0 {
+        return;
+    }
+    if !still_watched(&mut st.admitted, flow) {
+        let _ = TS_FLOWS.remove(flow);
         return;
     }
     if tsecr != st.pending_tsval {

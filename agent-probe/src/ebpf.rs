@@ -32,12 +32,13 @@ mod records;
 
 use crate::privileges;
 use agent_common::{
-    FilterKey, TracepointLayout, DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAP, L2_LEN_GLOBAL,
-    PROG_SOCKOPS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE,
-    RING_BUF_DRAIN_MS, RING_BUF_MAP, SAMPLE_INTERVAL_GLOBAL, TP_LAYOUT_GLOBAL,
+    FilterKey, TracepointLayout, CONTROL_FILTER_GEN, CONTROL_MAP, CONTROL_WATCH_ALL,
+    DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS, RING_BUF_MAP,
+    SAMPLE_INTERVAL_GLOBAL, TP_LAYOUT_GLOBAL,
 };
 use agent_core::ProbeEvent;
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::tc::{self, NlOptions, TcAttachOptions};
 use aya::programs::{
     CgroupAttachMode, LinkOrder, SchedClassifier, SockOps, TcAttachType, TracePoint,
@@ -449,9 +450,44 @@ struct TcAttachment {
 type SpawnLogger = Box<dyn FnOnce() -> std::io::Result<JoinHandle<()>> + Send>;
 
 /// A loaded and attached probe. Dropping it detaches everything.
+/// The kernel's view of what to measure: the FILTER map of endpoints and
+/// the CONTROL switches. Every change bumps the filter generation, so the
+/// tc programs check flows they admitted earlier against the new filter.
+struct Filter {
+    map: BpfHashMap<MapData, FilterKey, u8>,
+    control: Array<MapData, u32>,
+    generation: u32,
+}
+
+impl Filter {
+    fn set_endpoints(&mut self, endpoints: &[IpAddr]) -> Result<(), MapError> {
+        let want: HashSet<FilterKey> = endpoints.iter().map(|ip| filter_key(*ip)).collect();
+        let have: Vec<FilterKey> = self.map.keys().collect::<Result<_, _>>()?;
+        for key in have {
+            if !want.contains(&key) {
+                self.map.remove(&key)?;
+            }
+        }
+        for key in want {
+            self.map.insert(key, 1, 0)?;
+        }
+        self.changed()
+    }
+
+    fn set_watch_all(&mut self, on: bool) -> Result<(), MapError> {
+        self.control.set(CONTROL_WATCH_ALL, u32::from(on), 0)?;
+        self.changed()
+    }
+
+    fn changed(&mut self) -> Result<(), MapError> {
+        self.generation = self.generation.wrapping_add(1);
+        self.control.set(CONTROL_FILTER_GEN, self.generation, 0)
+    }
+}
+
 pub struct EbpfProbe {
     bpf: Option<Ebpf>,
-    filter: Mutex<BpfHashMap<MapData, FilterKey, u8>>,
+    filter: Mutex<Filter>,
     drops: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
     spawn_logger: Option<SpawnLogger>,
@@ -612,18 +648,22 @@ impl EbpfProbe {
         let filter_map = bpf
             .take_map(FILTER_MAP)
             .ok_or_else(|| setup_error("eBPF object", "no FILTER map"))?;
-        let mut filter: BpfHashMap<MapData, FilterKey, u8> =
+        let filter: BpfHashMap<MapData, FilterKey, u8> =
             BpfHashMap::try_from(filter_map).map_err(|e| setup_error("FILTER map", chain(&e)))?;
-        for ip in &cfg.endpoints {
-            filter
-                .insert(filter_key(*ip), 1, 0)
-                .map_err(|e| kernel_error("filling the filter map", &e))?;
-        }
-        if cfg.watch_all {
-            filter
-                .insert(FilterKey::WATCH_ALL, 1, 0)
-                .map_err(|e| kernel_error("filling the filter map", &e))?;
-        }
+        let control = Array::try_from(
+            bpf.take_map(CONTROL_MAP)
+                .ok_or_else(|| setup_error("eBPF object", "no CONTROL map"))?,
+        )
+        .map_err(|e| setup_error("CONTROL map", chain(&e)))?;
+        let mut filter = Filter {
+            map: filter,
+            control,
+            generation: 0,
+        };
+        filter
+            .set_endpoints(&cfg.endpoints)
+            .and_then(|()| filter.set_watch_all(cfg.watch_all))
+            .map_err(|e| kernel_error("filling the filter map", &e))?;
         let ring = RingBuf::try_from(
             bpf.take_map(RING_BUF_MAP)
                 .ok_or_else(|| setup_error("eBPF object", "no EVENTS ring buffer"))?,
@@ -722,33 +762,16 @@ impl EbpfProbe {
         Ok(rx)
     }
 
-    /// Replaces the watched endpoints (the wildcard entry is left as is).
+    /// Replaces the watched endpoints (the watch-all switch is left as is).
     pub fn set_endpoints(&self, endpoints: &[IpAddr]) -> Result<(), MapError> {
-        let want: HashSet<FilterKey> = endpoints.iter().map(|ip| filter_key(*ip)).collect();
         let mut filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
-        let have: Vec<FilterKey> = filter.keys().collect::<Result<_, _>>()?;
-        for key in have {
-            if key != FilterKey::WATCH_ALL && !want.contains(&key) {
-                filter.remove(&key)?;
-            }
-        }
-        for key in want {
-            filter.insert(key, 1, 0)?;
-        }
-        Ok(())
+        filter.set_endpoints(endpoints)
     }
 
     /// Measures every remote endpoint (true) or only the listed ones.
     pub fn set_watch_all(&self, on: bool) -> Result<(), MapError> {
         let mut filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            filter.insert(FilterKey::WATCH_ALL, 1, 0)
-        } else {
-            match filter.remove(&FilterKey::WATCH_ALL) {
-                Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
+        filter.set_watch_all(on)
     }
 
     pub fn stats(&self) -> EbpfStats {
@@ -1080,7 +1103,6 @@ mod tests {
         let v6 = filter_key("2001:db8::1".parse().unwrap());
         assert_eq!(v6.addr[0], u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]));
         assert_eq!(v6.addr[3], u32::from_ne_bytes([0, 0, 0, 1]));
-        assert_ne!(filter_key("0.0.0.0".parse().unwrap()), FilterKey::WATCH_ALL);
     }
 
     #[test]

@@ -721,6 +721,68 @@ fn quic_spin_bit_rtt_only_from_spinning_watched_flows() {
 }
 
 #[test]
+fn a_filter_change_reaches_flows_already_measured() {
+    require_root();
+    init_tracing();
+    let object = object();
+    let net = TestNet::new(2);
+    let cgroup = TestCgroup::new();
+    let state = TempDir::new();
+    let (first, second) = (net.ip(2), net.ip(3));
+    let rt = runtime();
+    let cfg = EbpfProbeConfig {
+        object: Some(object),
+        cgroup: Some(cgroup.0.clone()),
+        tc_interface: Some(net.va.clone()),
+        endpoints: vec![IpAddr::V4(first)],
+        state_dir: state.0.clone(),
+        sample_interval: Duration::ZERO,
+        ..EbpfProbeConfig::default()
+    };
+    let (probe, mut rx) = start_probe(&rt, &net, cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = [first, second]
+        .iter()
+        .map(|&ip| quic_server(&net, ip, Spin::Real, Arc::clone(&stop)))
+        .collect();
+    let clients: Vec<_> = [first, second]
+        .iter()
+        .map(|&ip| quic_client(&net, ip, Spin::Real, Duration::from_secs(3)))
+        .collect();
+    // Both flows run throughout; the filter moves from the first to the
+    // second halfway. The first flow's state was admitted under the old
+    // filter: the change must reach it, not wait for the flow to end.
+    let before = drain(&mut rx, Duration::from_millis(1200));
+    probe.set_endpoints(&[IpAddr::V4(second)]).unwrap();
+    let _in_transit = drain(&mut rx, Duration::from_millis(200));
+    for c in clients {
+        c.join().unwrap();
+    }
+    let after = drain(&mut rx, Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().unwrap();
+    }
+    let count =
+        |events: &[ProbeEvent], ip: Ipv4Addr| rtts(events, ip, SampleSource::QuicSpin).len();
+    let (a1, b1, a2, b2) = (
+        count(&before, first),
+        count(&before, second),
+        count(&after, first),
+        count(&after, second),
+    );
+    eprintln!("before: first {a1}, second {b1}; after: first {a2}, second {b2}");
+    assert!(a1 >= 50, "the watched flow gave {a1} samples");
+    assert_eq!(b1, 0, "the unwatched flow gave samples");
+    assert_eq!(a2, 0, "the flow no longer watched kept giving samples");
+    assert!(b2 >= 50, "the newly watched flow gave {b2} samples");
+    let ids = probe.program_ids().to_vec();
+    drop(probe);
+    assert_unloaded(&ids);
+    assert_no_tcx(&net);
+}
+
+#[test]
 fn retransmits_are_reported_under_packet_loss() {
     require_root();
     init_tracing();
