@@ -449,7 +449,6 @@ struct TcAttachment {
 
 type SpawnLogger = Box<dyn FnOnce() -> std::io::Result<JoinHandle<()>> + Send>;
 
-/// A loaded and attached probe. Dropping it detaches everything.
 /// The kernel's view of what to measure: the FILTER map of endpoints and
 /// the CONTROL switches. Every change bumps the filter generation, so the
 /// tc programs check flows they admitted earlier against the new filter.
@@ -485,6 +484,7 @@ impl Filter {
     }
 }
 
+/// A loaded and attached probe. Dropping it detaches everything.
 pub struct EbpfProbe {
     bpf: Option<Ebpf>,
     filter: Mutex<Filter>,
