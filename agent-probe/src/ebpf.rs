@@ -422,6 +422,9 @@ pub struct EbpfStats {
     /// Records read from the ring buffer.
     pub records: u64,
     pub sockops_rtt: u64,
+    /// sock_ops samples left out because a retransmission came between
+    /// them and the socket's previous one (they measure loss recovery).
+    pub sockops_rtt_in_recovery: u64,
     pub tc_tcp_ts_rtt: u64,
     pub quic_spin_rtt: u64,
     /// Retransmitted skbs seen by the tracepoint.
@@ -780,6 +783,7 @@ impl EbpfProbe {
         EbpfStats {
             records: c.records.load(Ordering::Relaxed),
             sockops_rtt: c.sockops_rtt.load(Ordering::Relaxed),
+            sockops_rtt_in_recovery: c.sockops_rtt_in_recovery.load(Ordering::Relaxed),
             tc_tcp_ts_rtt: c.tc_tcp_ts_rtt.load(Ordering::Relaxed),
             quic_spin_rtt: c.quic_spin_rtt.load(Ordering::Relaxed),
             retransmits: c.retransmits.load(Ordering::Relaxed),

@@ -11,9 +11,9 @@ use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
-    LocalStatus, NetworkStatus, Output, Policy, ProbeEvent, ProbeEventKind, Residuals, RunTiming,
-    SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType, Transport,
-    UplinkQueue, UploadId,
+    LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, Residuals,
+    RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType,
+    Transport, UplinkQueue, UploadId,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -233,11 +233,15 @@ impl Reply {
 
 struct LocalState {
     queue: TaskQueue<Job>,
-    /// Per worker: when the running task started and how long it should take.
-    in_flight: Vec<Option<(Instant, Duration)>>,
+    /// Per worker: when the running task started, how long it should take
+    /// and its priority (a batch's: its first task's).
+    in_flight: Vec<Option<(Instant, Duration, Priority)>>,
     /// When the workers were busy lately: the decision prices the work a
     /// path adds to them...
     load: LoadMeter,
+    /// The same per priority (low to critical): work of a higher priority
+    /// than a task's goes before it, also when it arrives later.
+    load_by_priority: [LoadMeter; 4],
     /// ...or at the process's CPU load, when that is higher (under a quota,
     /// a spent allowance stalls every path through the edge).
     cpu: CpuMeter,
@@ -267,9 +271,29 @@ impl LocalState {
 
     /// Worker `index` finished what it ran.
     fn worker_done(&mut self, index: usize) {
-        if let Some((start, _)) = self.in_flight[index].take() {
-            self.load.add(start, Instant::now());
+        if let Some((start, _, priority)) = self.in_flight[index].take() {
+            let end = Instant::now();
+            self.load.add(start, end);
+            self.load_by_priority[priority_index(priority)].add(start, end);
         }
+    }
+
+    /// The workers' recent load from work of a higher priority than
+    /// `priority`.
+    fn higher_load(&self, priority: Priority, now: Instant) -> f64 {
+        self.load_by_priority[priority_index(priority) + 1..]
+            .iter()
+            .map(|m| m.load(now))
+            .sum()
+    }
+}
+
+fn priority_index(p: Priority) -> usize {
+    match p {
+        Priority::Low => 0,
+        Priority::Medium => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
     }
 }
 
@@ -483,6 +507,7 @@ impl Manager {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
                 load: LoadMeter::new(LOAD_WINDOW, n),
+                load_by_priority: std::array::from_fn(|_| LoadMeter::new(LOAD_WINDOW, n)),
                 cpu: CpuMeter::new(crate::cpu::allowance_cores(), LOAD_WINDOW),
                 last_path: HashMap::new(),
                 stopping: false,
@@ -954,7 +979,7 @@ impl Inner {
             .in_flight
             .iter()
             .flatten()
-            .map(|(start, expected)| expected.saturating_sub(now.duration_since(*start)))
+            .map(|(start, expected, _)| expected.saturating_sub(now.duration_since(*start)))
             .collect();
         let ep = endpoint.map(|i| &self.endpoints[i]);
         let mut net = ep.map_or_else(NetworkStatus::default, |e| e.parts.net.borrow().clone());
@@ -997,9 +1022,12 @@ impl Inner {
                 }),
             )
         };
-        let queue_wait = state
-            .queue
-            .wait_estimate(task.priority, &busy, self.cfg.workers.max(1));
+        let queue_wait = agent_core::wait_behind_higher(
+            state
+                .queue
+                .wait_estimate(task.priority, &busy, self.cfg.workers.max(1)),
+            state.higher_load(task.priority, now),
+        );
         let (uplink_wait, uplink_load) = ep.map_or((Duration::ZERO, 0.0), |e| {
             let q = e.uplink.lock().expect("uplink lock");
             (q.wait(now), q.load(now))
@@ -1468,11 +1496,18 @@ impl Drop for InFlight<'_> {
 struct PendingUpload<'a> {
     uplink: &'a Mutex<UplinkQueue>,
     id: UploadId,
+    /// Its answer came back over the link.
+    delivered: bool,
 }
 
 impl Drop for PendingUpload<'_> {
     fn drop(&mut self) {
-        self.uplink.lock().expect("uplink lock").answered(self.id);
+        let mut uplink = self.uplink.lock().expect("uplink lock");
+        if self.delivered {
+            uplink.delivered(self.id);
+        } else {
+            uplink.answered(self.id);
+        }
     }
 }
 
@@ -1592,7 +1627,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         .map_or(predicted, |o| {
             predicted.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
         });
-    let (uplink_wait, _upload) = {
+    let (uplink_wait, mut upload) = {
         let bytes = prost::Message::encoded_len(&req.request);
         let bandwidth = endpoint.parts.net.borrow().bandwidth_bps;
         let (wait, id) =
@@ -1606,6 +1641,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             PendingUpload {
                 uplink: &endpoint.uplink,
                 id,
+                delivered: false,
             },
         )
     };
@@ -1683,6 +1719,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     };
     drop(in_flight);
     if outcome.is_ok() {
+        upload.delivered = true;
         endpoint
             .silence
             .lock()
@@ -1971,7 +2008,8 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
                 .0;
         }
     }
-    state.in_flight[index] = Some((Instant::now(), expected));
+    let priority = batch[0].task.priority;
+    state.in_flight[index] = Some((Instant::now(), expected, priority));
     Some(batch)
 }
 

@@ -121,6 +121,20 @@ pub fn congestion_price_ms(work_ms: f64, load: f64) -> f64 {
     work_ms * rho / (1.0 - rho)
 }
 
+/// The wait before a task starts behind `ahead` of work queued before it,
+/// while work of higher priority keeps coming at `higher_load` (its share
+/// of the servers, lately): that work goes first too, so the wait is
+/// W = ahead + load x W (a non-preemptive priority queue). Without it, a
+/// task below a busy priority is predicted to start when the work now
+/// queued ahead is done, and waits several times that. Loads above
+/// [`LOAD_CAP`] count as that cap (at most 10x the work ahead).
+pub fn wait_behind_higher(ahead: Duration, higher_load: f64) -> Duration {
+    if !higher_load.is_finite() || higher_load <= 0.0 {
+        return ahead;
+    }
+    ahead.div_f64(1.0 - higher_load.min(LOAD_CAP))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +215,31 @@ mod tests {
         for (work, load, want) in cases {
             let got = congestion_price_ms(work, load);
             assert!((got - want).abs() < 1e-9, "{work} at {load}: {got}");
+        }
+    }
+
+    #[test]
+    fn higher_priority_work_stretches_the_wait() {
+        // (work ahead, higher-priority load) -> wait.
+        let cases = [
+            (ms(10), 0.0, ms(10)),
+            (ms(10), 0.5, ms(20)),
+            (ms(10), 0.75, ms(40)),
+            // At or past the cap: 10x.
+            (ms(10), 0.9, ms(100)),
+            (ms(10), 1.0, ms(100)),
+            (ms(0), 0.8, ms(0)),
+            // Nonsense loads leave the wait as it was.
+            (ms(10), -0.5, ms(10)),
+            (ms(10), f64::NAN, ms(10)),
+        ];
+        for (ahead, load, want) in cases {
+            let got = wait_behind_higher(ahead, load);
+            let diff = got.abs_diff(want);
+            assert!(
+                diff < Duration::from_micros(1),
+                "{ahead:?} at {load}: {got:?}"
+            );
         }
     }
 }

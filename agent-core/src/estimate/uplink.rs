@@ -8,7 +8,9 @@
 //! The schedule runs at the estimated rate, and a rate measured before the
 //! link narrowed is too fast: uploads still unanswered past their
 //! predicted time say so before any slow transfer has been measured, and
-//! every later upload is predicted to wait that much longer.
+//! every later upload is predicted to wait that much longer. An upload
+//! overtaken by a later one whose answer came back is not waiting in a
+//! FIFO: it lost a packet (or its answer did), and its delay is its own.
 
 use super::LoadMeter;
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ pub struct UplinkQueue {
     /// Uploads not answered yet: their id and when the answer is due.
     pending: BTreeMap<u64, Instant>,
     next_id: u64,
+    /// The newest upload whose answer came back over the link.
+    newest_delivered: Option<u64>,
 }
 
 /// An upload sent through [`UplinkQueue::send`], until
@@ -40,6 +44,7 @@ impl Default for UplinkQueue {
             meter: LoadMeter::new(LOAD_WINDOW, 1),
             pending: BTreeMap::new(),
             next_id: 0,
+            newest_delivered: None,
         }
     }
 }
@@ -67,12 +72,17 @@ impl UplinkQueue {
             .map_or(Duration::ZERO, |b| b.saturating_duration_since(now))
     }
 
-    /// How far the most overdue unanswered upload is past its due time.
+    /// How far the most overdue unanswered upload is past its due time,
+    /// among those sent after the newest one answered: the link carries
+    /// uploads in order, so one that a later answer overtook is delayed by
+    /// a loss of its own, not by a queue the next upload will meet.
     pub fn overdue(&self, now: Instant) -> Duration {
+        let after = self.newest_delivered.map_or(0, |id| id + 1);
         self.pending
-            .values()
+            .range(after..)
+            .map(|(_, due)| *due)
             .min()
-            .map_or(Duration::ZERO, |due| now.saturating_duration_since(*due))
+            .map_or(Duration::ZERO, |due| now.saturating_duration_since(due))
     }
 
     /// An upload of `bytes` sent at `now` over a link of `bandwidth_bps`,
@@ -102,9 +112,17 @@ impl UplinkQueue {
         (wait, UploadId(id))
     }
 
-    /// The upload's answer came (or it ended any other way).
+    /// The upload ended (answered, failed, cancelled or given up on): it
+    /// waits no more.
     pub fn answered(&mut self, id: UploadId) {
         self.pending.remove(&id.0);
+    }
+
+    /// The upload's answer came back over the link (the link has carried
+    /// it, and every upload sent before it that was in its queue).
+    pub fn delivered(&mut self, id: UploadId) {
+        self.newest_delivered = Some(self.newest_delivered.map_or(id.0, |n| n.max(id.0)));
+        self.answered(id);
     }
 
     /// Uploads not answered yet.
@@ -172,5 +190,34 @@ mod tests {
         let (_, _c) = q.send(t0 + ms(200), 12_500, 10e6, Duration::ZERO);
         assert_eq!(q.overdue(t0 + ms(210)), Duration::ZERO);
         assert_eq!(q.overdue(t0 + ms(215)), ms(5));
+    }
+
+    #[test]
+    fn an_upload_overtaken_by_a_later_answer_does_not_delay_the_next() {
+        let t0 = Instant::now();
+        let mut q = UplinkQueue::new();
+        // Three 1 ms uploads, answers due 40 ms after each transfer starts.
+        let (_, a) = q.send(t0, 1_250, 10e6, ms(40));
+        let (_, b) = q.send(t0, 1_250, 10e6, ms(40));
+        let (_, c) = q.send(t0, 1_250, 10e6, ms(40));
+        // At 100 ms all three are late: the schedule slipped by a's 60 ms.
+        assert_eq!(q.wait(t0 + ms(100)), ms(60));
+        // b's answer comes back, a's not: a lost a packet; only c, sent
+        // after b, can still be waiting in a queue (due at 42 ms).
+        q.delivered(b);
+        assert_eq!(q.pending(), 2);
+        assert_eq!(q.overdue(t0 + ms(100)), ms(58));
+        // c's answer too: a's delay is its own.
+        q.delivered(c);
+        assert_eq!(q.overdue(t0 + ms(100)), Duration::ZERO);
+        assert_eq!(q.wait(t0 + ms(100)), Duration::ZERO);
+        // A later upload that failed or was given up on overtakes nothing.
+        let (_, d) = q.send(t0 + ms(100), 1_250, 10e6, ms(40));
+        let (_, e) = q.send(t0 + ms(100), 1_250, 10e6, ms(40));
+        q.answered(e);
+        assert_eq!(q.overdue(t0 + ms(200)), ms(60));
+        q.answered(d);
+        q.answered(a);
+        assert_eq!((q.wait(t0 + ms(200)), q.pending()), (Duration::ZERO, 0));
     }
 }

@@ -79,6 +79,8 @@ pub fn local_ip(flow: &Flow) -> Option<IpAddr> {
 pub struct Counters {
     pub records: AtomicU64,
     pub sockops_rtt: AtomicU64,
+    /// sock_ops samples left out: taken across a retransmission.
+    pub sockops_rtt_in_recovery: AtomicU64,
     pub tc_tcp_ts_rtt: AtomicU64,
     pub quic_spin_rtt: AtomicU64,
     pub retransmits: AtomicU64,
@@ -136,19 +138,41 @@ impl Converter {
                     SOURCE_QUIC_SPIN => SampleSource::QuicSpin,
                     _ => return,
                 };
-                bump(match source {
-                    SampleSource::SockOps => &counters.sockops_rtt,
-                    SampleSource::TcTimestamp => &counters.tc_tcp_ts_rtt,
-                    _ => &counters.quic_spin_rtt,
-                });
-                out.push(event(
+                let rtt = event(
                     source,
                     ProbeEventKind::Rtt(Duration::from_nanos(body.rtt_ns)),
-                ));
-                if source == SampleSource::SockOps {
-                    self.socket_counters(&rec.flow, body.data_segs_out, body.total_retrans, |k| {
-                        out.push(event(SampleSource::SockOps, k))
+                );
+                if source != SampleSource::SockOps {
+                    bump(match source {
+                        SampleSource::TcTimestamp => &counters.tc_tcp_ts_rtt,
+                        _ => &counters.quic_spin_rtt,
                     });
+                    out.push(rtt);
+                    return;
+                }
+                let (segs, retrans) =
+                    self.socket_deltas(&rec.flow, body.data_segs_out, body.total_retrans);
+                // A sample taken across a retransmission measured the loss's
+                // recovery (a segment acknowledged only once the hole before
+                // it was filled), not the path: the loss rate prices that,
+                // and counted here too it would read as seconds of jitter.
+                if retrans == 0 {
+                    bump(&counters.sockops_rtt);
+                    out.push(rtt);
+                } else {
+                    bump(&counters.sockops_rtt_in_recovery);
+                }
+                if segs > 0 {
+                    out.push(event(
+                        SampleSource::SockOps,
+                        ProbeEventKind::SegmentsSent(segs),
+                    ));
+                }
+                if !self.retransmit_tracepoint && retrans > 0 {
+                    out.push(event(
+                        SampleSource::SockOps,
+                        ProbeEventKind::Retransmits(retrans),
+                    ));
                 }
             }
             Some(Decoded::Retransmit(_)) => {
@@ -170,26 +194,15 @@ impl Converter {
         }
     }
 
-    fn socket_counters(
-        &mut self,
-        flow: &Flow,
-        segs: u32,
-        retrans: u32,
-        mut emit: impl FnMut(ProbeEventKind),
-    ) {
+    /// Segments sent and retransmits since this socket's previous sample.
+    fn socket_deltas(&mut self, flow: &Flow, segs: u32, retrans: u32) -> (u32, u32) {
         if self.sockets.len() >= MAX_TRACKED_SOCKETS && !self.sockets.contains_key(flow) {
             self.sockets.clear();
         }
         let last = self.sockets.entry(*flow).or_insert((0, 0));
-        let seg_delta = segs.wrapping_sub(last.0);
-        let retrans_delta = retrans.wrapping_sub(last.1);
+        let deltas = (segs.wrapping_sub(last.0), retrans.wrapping_sub(last.1));
         *last = (segs, retrans);
-        if seg_delta > 0 {
-            emit(ProbeEventKind::SegmentsSent(seg_delta));
-        }
-        if !self.retransmit_tracepoint && retrans_delta > 0 {
-            emit(ProbeEventKind::Retransmits(retrans_delta));
-        }
+        deltas
     }
 }
 
@@ -432,7 +445,7 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
             &mut out,
         );
         conv.convert(
-            &rtt_record(SOURCE_SOCKOPS, flow, 1700, 25, 1),
+            &rtt_record(SOURCE_SOCKOPS, flow, 1700, 25, 0),
             &counters,
             &mut out,
         );
@@ -451,6 +464,50 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
             .iter()
             .all(|e| e.dest == "192.0.2.7".parse::<IpAddr>().unwrap()));
         assert_eq!(counters.sockops_rtt.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn samples_taken_across_a_retransmission_are_left_out() {
+        let counters = Counters::default();
+        let mut conv = Converter::new(MonoClock::now(), true);
+        let flow = v4_flow([192, 0, 2, 7], 40002);
+        let mut out = Vec::new();
+        // (rtt us, segments out, total retransmits) of one socket's samples.
+        for (rtt, segs, retrans) in [
+            (40_000, 10, 0),
+            // A loss between this sample and the last: the ACK that took
+            // it came after the recovery.
+            (310_000, 20, 1),
+            (41_000, 30, 1),
+            (39_000, 40, 1),
+            (650_000, 45, 3),
+            (40_500, 50, 3),
+        ] {
+            conv.convert(
+                &rtt_record(SOURCE_SOCKOPS, flow, rtt, segs, retrans),
+                &counters,
+                &mut out,
+            );
+        }
+        let rtts: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e.kind {
+                ProbeEventKind::Rtt(d) => Some(d.as_micros()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rtts, [40_000, 41_000, 39_000, 40_500]);
+        assert_eq!(counters.sockops_rtt.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.sockops_rtt_in_recovery.load(Ordering::Relaxed), 2);
+        // The segment counts go on regardless: the loss rate needs them.
+        let segs: u32 = out
+            .iter()
+            .filter_map(|e| match e.kind {
+                ProbeEventKind::SegmentsSent(n) => Some(n),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(segs, 50);
     }
 
     #[test]
@@ -636,7 +693,12 @@ mod proptests {
             let mut rec = Record::new(KIND_RTT, SOURCE_SOCKOPS, 5, flow);
             rec.body = RecordBody { rtt: RttBody { rtt_ns, srtt_ns: 0, data_segs_out: segs, total_retrans: retrans } };
             let events = convert_ring_items([bytes_of(&rec).as_slice()], tracepoint);
-            let mut want = vec![ProbeEventKind::Rtt(Duration::from_nanos(rtt_ns))];
+            // A socket's first sample counts the retransmits before it (of
+            // the handshake too): with any, it measured a recovery.
+            let mut want = Vec::new();
+            if retrans == 0 {
+                want.push(ProbeEventKind::Rtt(Duration::from_nanos(rtt_ns)));
+            }
             if segs > 0 {
                 want.push(ProbeEventKind::SegmentsSent(segs));
             }
