@@ -92,6 +92,13 @@ impl Policy {
         }
     }
 
+    /// Whether queued local tasks that a burst made late are decided again
+    /// (and moved to the cloud when it now looks likelier in time): the
+    /// deadline-aware policies; the baselines keep their first choice.
+    pub fn reconsiders_queued(&self) -> bool {
+        self.aware().is_some()
+    }
+
     /// The deadline-aware rule's parameters (p_margin, min_p, hysteresis)
     /// and forecast horizon (ms), for the policies that use it.
     fn aware(&self) -> Option<(f64, f64, f64, f64)> {
@@ -371,6 +378,8 @@ pub enum Reason {
     LocalLikelierInTime,
     OffloadLikelierInTime,
     KeptPrevious,
+    /// Queued locally, then decided again once the queue made it late.
+    MovedFromLateQueue,
 }
 
 impl fmt::Display for Reason {
@@ -389,6 +398,9 @@ impl fmt::Display for Reason {
             Reason::LocalLikelierInTime => "local likelier to meet the deadline",
             Reason::OffloadLikelierInTime => "offload likelier to meet the deadline",
             Reason::KeptPrevious => "kept the previous path (difference within hysteresis)",
+            Reason::MovedFromLateQueue => {
+                "moved from the local queue (it would end past the deadline there)"
+            }
         })
     }
 }

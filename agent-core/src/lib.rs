@@ -23,7 +23,7 @@ pub use estimate::{
     LinkEstimator, LoadMeter, NetworkStatus, Residuals, RttWindow, Shift, ShiftDetector, Silence,
     UplinkQueue, UploadId, WindowStats, LOAD_CAP,
 };
-pub use queue::{QueueFull, TaskQueue};
+pub use queue::{QueueFull, QueueId, TaskQueue};
 pub use result::{RunTiming, TaskResult};
 pub use sample::{ProbeEvent, ProbeEventKind, SampleSource};
 pub use task::{

@@ -244,6 +244,56 @@ impl<T> TaskQueue<T> {
     }
 }
 
+/// A queued item, for [`TaskQueue::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueId(u64);
+
+impl<T> TaskQueue<T> {
+    /// The items that would end after their deadline if the queue ran in
+    /// order on `workers` workers, each free once its run in flight ends
+    /// (`busy`: the time those runs have left), with how late each would
+    /// be. A late item is taken to leave the queue (moved elsewhere, or
+    /// expired unrun), so the items behind it move up.
+    pub fn late(
+        &self,
+        now: Instant,
+        busy: &[Duration],
+        workers: usize,
+    ) -> Vec<(QueueId, &T, Duration)> {
+        if !self.heap.iter().any(|e| e.deadline.is_some()) {
+            return Vec::new();
+        }
+        let mut free: Vec<Duration> = busy.to_vec();
+        free.resize(workers.max(busy.len()).max(1), Duration::ZERO);
+        let mut order: Vec<&Entry<T>> = self.heap.iter().collect();
+        order.sort_by(|a, b| b.cmp(a));
+        let mut late = Vec::new();
+        for e in order {
+            let next = free.iter_mut().min().expect("at least one worker");
+            let end = now + *next + e.expected;
+            match e.deadline {
+                Some(d) if end > d => late.push((QueueId(e.seq), &e.item, end - d)),
+                _ => *next += e.expected,
+            }
+        }
+        late
+    }
+
+    /// Takes out the item `id`, if it is still queued. Linear in the
+    /// queue's length.
+    pub fn remove(&mut self, id: QueueId) -> Option<T> {
+        let mut items = std::mem::take(&mut self.heap).into_vec();
+        let taken = items
+            .iter()
+            .position(|e| e.seq == id.0)
+            .map(|i| items.swap_remove(i));
+        self.heap = BinaryHeap::from(items);
+        let e = taken?;
+        self.bytes -= e.bytes;
+        Some(e.item)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +497,54 @@ mod tests {
             empty.wait_estimate(Priority::Low, &[ms(9)], 2),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn late_items_are_found_in_queue_order_and_removed() {
+        let t0 = Instant::now();
+        let mut q = TaskQueue::new(10, usize::MAX);
+        // One worker, 10 ms left of its run. Queue order: high (20 ms),
+        // then the mediums by deadline: a (deadline 50 ms, 20 ms of work),
+        // b (40 ms, 20), then c (no deadline, 20), d (low, deadline 200, 20).
+        q.push("a", Priority::Medium, Some(t0 + ms(50)), ms(20), 1)
+            .unwrap();
+        q.push("c", Priority::Medium, None, ms(20), 1).unwrap();
+        q.push("high", Priority::High, Some(t0 + ms(100)), ms(20), 1)
+            .unwrap();
+        q.push("b", Priority::Medium, Some(t0 + ms(40)), ms(20), 1)
+            .unwrap();
+        q.push("d", Priority::Low, Some(t0 + ms(200)), ms(20), 1)
+            .unwrap();
+        let busy = [ms(10)];
+        // high ends at 30; b would end at 50 (late by 10) and leaves; a then
+        // ends at 50 (in time); c at 70; d at 90.
+        let late: Vec<_> = q
+            .late(t0, &busy, 1)
+            .into_iter()
+            .map(|(id, item, by)| (id, *item, by))
+            .collect();
+        assert_eq!(late.len(), 1);
+        assert_eq!((late[0].1, late[0].2), ("b", ms(10)));
+        // Two workers, both free: nothing is late.
+        assert!(q.late(t0, &[], 2).is_empty());
+        // 30 ms later, with the same work left: high ends at 60, b and a
+        // are late (40 and 50 are past), c ends at 80, d at 100.
+        let later: Vec<_> = q
+            .late(t0 + ms(30), &busy, 1)
+            .into_iter()
+            .map(|(_, item, _)| *item)
+            .collect();
+        assert_eq!(later, ["b", "a"]);
+        // Removing takes the item and its bytes out, once.
+        let id = late[0].0;
+        assert_eq!(q.remove(id), Some("b"));
+        assert_eq!(q.remove(id), None);
+        assert_eq!((q.len(), q.bytes()), (4, 4));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect();
+        assert_eq!(order, ["high", "a", "c", "d"]);
+        // Without deadlines nothing is ever late.
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push("x", Priority::Medium, None, ms(500), 1).unwrap();
+        assert!(q.late(t0, &[ms(500)], 1).is_empty());
     }
 }

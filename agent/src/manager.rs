@@ -11,9 +11,9 @@ use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
-    LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, Residuals,
-    RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue, TaskResult, TaskType,
-    Transport, UplinkQueue, UploadId,
+    LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, Reason,
+    Residuals, RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue,
+    TaskResult, TaskType, Transport, UplinkQueue, UploadId,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -59,6 +59,8 @@ pub struct Stats {
     pub fell_back: AtomicU64,
     /// Offloads given up on while a local run could still meet the deadline.
     pub rescued: AtomicU64,
+    /// Tasks queued locally, then offloaded when the queue made them late.
+    pub moved: AtomicU64,
     /// Tasks held in the store for the cloud, and held tasks forwarded.
     pub held: AtomicU64,
     pub forwarded: AtomicU64,
@@ -79,6 +81,7 @@ pub struct StatsSnapshot {
     pub completed_grpc: u64,
     pub fell_back: u64,
     pub rescued: u64,
+    pub moved: u64,
     pub held: u64,
     pub forwarded: u64,
     pub failed: u64,
@@ -88,6 +91,9 @@ pub struct StatsSnapshot {
     pub hedge_won_cloud: u64,
 }
 
+/// The most late queued tasks one arrival decides again (each costs a
+/// decision under the state lock).
+const MAX_RECONSIDERED: usize = 4;
 /// Added to twice the local estimate when deciding that the cloud is too
 /// late for a deadline: room for the local queue and a slow run.
 const RESCUE_SLACK: Duration = Duration::from_millis(10);
@@ -276,6 +282,15 @@ impl LocalState {
             self.load.add(start, end);
             self.load_by_priority[priority_index(priority)].add(start, end);
         }
+    }
+
+    /// The time each run in flight has left (by its estimate).
+    fn busy(&self, now: Instant) -> Vec<Duration> {
+        self.in_flight
+            .iter()
+            .flatten()
+            .map(|(start, expected, _)| expected.saturating_sub(now.duration_since(*start)))
+            .collect()
     }
 
     /// The workers' recent load from work of a higher priority than
@@ -573,6 +588,7 @@ impl Manager {
             completed_grpc: g(&s.completed_grpc),
             fell_back: g(&s.fell_back),
             rescued: g(&s.rescued),
+            moved: g(&s.moved),
             held: g(&s.held),
             forwarded: g(&s.forwarded),
             failed: g(&s.failed),
@@ -667,6 +683,10 @@ impl Manager {
         let decision = {
             let mut state = inner.state.lock().expect("state lock");
             state.sample_cpu(now);
+            // Each arrival first reconsiders the queued tasks that have
+            // become late, then is decided against the queue they leave.
+            let moved = inner.take_late(&mut state, now);
+            self.inner.offload_moved(moved);
             let mut decision = inner.decide(&state, &task, now);
             if let Ok(d) = &mut decision {
                 state.last_path.insert(task.task_type, d.path);
@@ -891,6 +911,59 @@ impl Inner {
         self.local_estimate(t).mul_f64(scale / size as f64)
     }
 
+    /// Queued local tasks that the queue has made late (they would end past
+    /// their deadline if it ran in order) are decided again, at most
+    /// [`MAX_RECONSIDERED`] per call: those the policy now sends to the
+    /// cloud leave the queue and come back, with their new decision, for
+    /// the caller to offload once the lock is released. A burst of
+    /// higher-priority work that their first decision did not foresee shows
+    /// here, before their deadlines pass.
+    fn take_late(&self, state: &mut LocalState, now: Instant) -> Vec<Job> {
+        let policy = self.live.lock().expect("live lock").policy.clone();
+        if !policy.reconsiders_queued() || self.endpoints.is_empty() {
+            return Vec::new();
+        }
+        let busy = state.busy(now);
+        let mut moves = Vec::new();
+        let late = state.queue.late(now, &busy, self.cfg.workers.max(1));
+        let movable = late.into_iter().filter(|(_, job, _)| {
+            matches!(job.reply, Reply::One(_))
+                && !job.fell_back
+                && job.features.is_none()
+                && job
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| d.path == ExecPath::Local && d.split.is_none())
+        });
+        for (id, job, _) in movable.take(MAX_RECONSIDERED) {
+            match self.decide(state, &job.task, now) {
+                Ok(mut d) if d.path == ExecPath::Cloud && d.split.is_none() => {
+                    d.reason = Reason::MovedFromLateQueue;
+                    d.hedge = false;
+                    moves.push((id, d));
+                }
+                _ => {}
+            }
+        }
+        moves
+            .into_iter()
+            .filter_map(|(id, d)| {
+                let mut job = state.queue.remove(id)?;
+                job.decision = Some(d);
+                Some(job)
+            })
+            .collect()
+    }
+
+    /// Offloads the tasks [`Inner::take_late`] took out of the queue.
+    fn offload_moved(self: &Arc<Self>, moved: Vec<Job>) {
+        for job in moved {
+            self.stats.moved.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::record_moved_from_queue();
+            tokio::spawn(run_offload(self.clone(), job));
+        }
+    }
+
     /// Decides per usable endpoint (two drawn at random among more than
     /// two) and keeps the decision of the endpoint whose offload looks
     /// best; without any, the decision for the local path alone.
@@ -975,12 +1048,7 @@ impl Inner {
         endpoint: Option<usize>,
         split: Option<PointIndex>,
     ) -> Result<Decision, TaskError> {
-        let busy: Vec<Duration> = state
-            .in_flight
-            .iter()
-            .flatten()
-            .map(|(start, expected, _)| expected.saturating_sub(now.duration_since(*start)))
-            .collect();
+        let busy = state.busy(now);
         let ep = endpoint.map(|i| &self.endpoints[i]);
         let mut net = ep.map_or_else(NetworkStatus::default, |e| e.parts.net.borrow().clone());
         // A silent endpoint is unreachable whatever its estimate says: the
@@ -1240,7 +1308,9 @@ impl Inner {
             Err(TaskError::DeadlineExceeded(_)) => ran.is_none(),
             Err(_) => false,
         };
-        if !counted || fell_back || d.hedge {
+        // A task moved from the queue was predicted at its move, not at
+        // its arrival.
+        if !counted || fell_back || d.hedge || d.reason == Reason::MovedFromLateQueue {
             return;
         }
         let Some(o) = d.outlook() else { return };
@@ -2094,5 +2164,200 @@ mod tests {
         for h in std::mem::take(&mut *manager.workers.lock().unwrap()) {
             h.join().unwrap();
         }
+    }
+
+    /// One worker whose first run waits for the test to open a gate (the
+    /// queue behind it then holds still); every run is estimated at 20 ms.
+    struct Gated(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Engine for Gated {
+        fn supports(&self, _: TaskType) -> bool {
+            true
+        }
+        fn validate(&self, _: TaskType, _: &[u8]) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn process(&mut self, _: TaskType, _: &[u8]) -> Result<Inference, TaskError> {
+            let (open, cv) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(Inference {
+                output: Output {
+                    class: 0,
+                    confidence: 1.0,
+                    label: String::new(),
+                    boxes: Vec::new(),
+                    model: "m".into(),
+                    model_version: "1".into(),
+                },
+                elapsed: Duration::from_millis(20),
+            })
+        }
+        fn estimate(&self, _: TaskType) -> Duration {
+            Duration::from_millis(20)
+        }
+        fn warm_up(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A cloud that answers at once, counting what it was sent.
+    struct Answering(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl Offloader for Answering {
+        async fn offload(
+            &self,
+            req: &OffloadRequest,
+        ) -> Result<agent_net::OffloadReply, OffloadError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(agent_net::OffloadReply {
+                response: proto::TaskResponse {
+                    task_id: req.request.id.clone(),
+                    success: true,
+                    predicted_class: 1,
+                    confidence: 1.0,
+                    ..Default::default()
+                },
+                transport: Transport::Grpc,
+                elapsed: Duration::from_millis(2),
+                bytes_up: 64,
+                bytes_down: 64,
+                packets: None,
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_task_made_late_by_higher_priority_work_moves_to_the_cloud() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let g = gate.clone();
+        let cloud = Arc::new(Answering(AtomicU64::new(0)));
+        let now = Instant::now();
+        // A 2 ms link to a cloud whose answers are assumed to take 45 ms.
+        let (_net_tx, net) = watch::channel(NetworkStatus {
+            reachable: true,
+            source: Some(SampleSource::ActiveTcpConnect),
+            rtt: agent_core::WindowStats {
+                samples: 10,
+                srtt_ms: 2.0,
+                mean_ms: 2.0,
+                p50_ms: 2.0,
+                p95_ms: 2.0,
+                p99_ms: 2.0,
+                ..Default::default()
+            },
+            rtt_sorted_ms: vec![2.0; 10],
+            bandwidth_bps: 1e9,
+            age: Some(Duration::ZERO),
+            heard_at: Some(now),
+            ..Default::default()
+        });
+        let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
+        let (events, _rx) = mpsc::channel(64);
+        let manager = Manager::start(
+            ManagerConfig {
+                workers: 1,
+                queue_capacity: 16,
+                queue_capacity_bytes: 1 << 20,
+                max_concurrent_offloads: 8,
+                policy: Policy::default(),
+                response_bytes: 64,
+                cloud_expected: Duration::from_millis(45),
+                hedge_budget: 0.0,
+                hold_runnable_locally: false,
+                split: crate::config::SplitConfig::default(),
+            },
+            ManagerParts {
+                local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
+                engine_factory: Arc::new(move || Ok(Box::new(Gated(g.clone())) as Box<dyn Engine>)),
+                local_times: crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+                endpoints: vec![EndpointParts {
+                    name: "cloud".into(),
+                    offloader: cloud.clone(),
+                    dest: "192.0.2.1".parse().unwrap(),
+                    net,
+                    health: None,
+                    peer: false,
+                    serves: None,
+                    splits: false,
+                }],
+                probe_events: events,
+                store: None,
+                audit: None,
+            },
+        )
+        .unwrap();
+        let task = |id: &str, priority: Priority, deadline_ms: Option<u64>| {
+            let now = Instant::now();
+            Task {
+                id: id.into(),
+                task_type: TaskType::ImageClassification,
+                payload: vec![0; spec.height * spec.width],
+                priority,
+                deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
+                created_at: now,
+                context: HashMap::new(),
+            }
+        };
+        let path = |d: &Option<Decision>| d.as_ref().map(|d| (d.path, d.reason));
+        // The worker takes the first task and holds it.
+        let first = manager
+            .submit(task("running", Priority::Medium, None))
+            .unwrap();
+        for _ in 0..200 {
+            if manager.inner.state.lock().unwrap().in_flight[0].is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+        // 20 ms left of the run + its own 20 ms: local (40 ms) is cheaper
+        // than the cloud (47 ms), and in time for 55 ms.
+        let medium = manager
+            .submit(task("medium", Priority::Medium, Some(55)))
+            .unwrap();
+        // A critical task goes ahead of it (40 ms locally too): the medium
+        // one would now end at 60 ms, past its deadline.
+        let critical = manager
+            .submit(task("critical", Priority::Critical, None))
+            .unwrap();
+        assert_eq!(
+            cloud.0.load(Ordering::Relaxed),
+            0,
+            "all three queued locally"
+        );
+        // The next arrival finds it late and decides it again: the cloud
+        // is in time where the local queue is not.
+        let next = manager.submit(task("next", Priority::Low, None)).unwrap();
+        let moved = tokio::time::timeout(Duration::from_secs(5), medium)
+            .await
+            .expect("the late task was not moved (the worker is still held)")
+            .unwrap();
+        assert!(moved.outcome.is_ok(), "{moved:?}");
+        assert_eq!(moved.processed_by, Some(ExecPath::Cloud));
+        assert_eq!(
+            path(&moved.decision),
+            Some((ExecPath::Cloud, Reason::MovedFromLateQueue))
+        );
+        assert_eq!(manager.stats().moved, 1);
+        // The others end once each where they were queued.
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        for (rx, id) in [(first, "running"), (critical, "critical")] {
+            let r = rx.await.unwrap();
+            assert!(r.outcome.is_ok(), "{id}: {r:?}");
+            assert_eq!(r.processed_by, Some(ExecPath::Local), "{id}: {r:?}");
+        }
+        // The low one met a queue of 40 ms: the policy sent it to the cloud.
+        let r = next.await.unwrap();
+        assert!(r.outcome.is_ok(), "{r:?}");
+        let s = manager.stats();
+        assert_eq!((s.accepted, s.moved, s.completed_local), (4, 1, 2));
     }
 }

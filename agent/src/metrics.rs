@@ -91,6 +91,7 @@ pub fn describe(role: Role) {
                 "edge_offload_fallbacks_total",
                 "edge_offload_rescues_total",
                 "edge_offload_rate_limited_total",
+                "edge_tasks_moved_from_queue_total",
             ] {
                 counter!(name).increment(0);
             }
@@ -167,6 +168,10 @@ fn describe_edge() {
     describe_counter!(
         "edge_offload_rate_limited_total",
         "Offloads not sent because the rate limit towards the cloud was reached."
+    );
+    describe_counter!(
+        "edge_tasks_moved_from_queue_total",
+        "Tasks queued locally that the queue made late, offloaded instead."
     );
     describe_counter!(
         "edge_offload_rescues_total",
@@ -345,6 +350,11 @@ pub fn record_rescue() {
     counter!("edge_offload_rescues_total").increment(1);
 }
 
+/// A task queued locally, moved to the cloud because the queue made it late.
+pub fn record_moved_from_queue() {
+    counter!("edge_tasks_moved_from_queue_total").increment(1);
+}
+
 /// An offload not sent because the rate limit towards the cloud was reached.
 pub fn record_rate_limited() {
     counter!("edge_offload_rate_limited_total").increment(1);
@@ -377,6 +387,7 @@ fn reason_label(r: Reason) -> &'static str {
         Reason::NoLocalModel => "no_local_model",
         Reason::ThresholdLinkGoodQueueLong | Reason::ThresholdNotMet => "threshold",
         Reason::KeptPrevious => "hysteresis",
+        Reason::MovedFromLateQueue => "moved",
     }
 }
 
