@@ -2089,6 +2089,21 @@ mod tests {
     use crate::infer::{Engine, Inference};
     use agent_core::Output;
 
+    /// A test engine's answer, after `elapsed`.
+    fn answer(elapsed: Duration) -> Inference {
+        Inference {
+            output: Output {
+                class: 0,
+                confidence: 1.0,
+                label: String::new(),
+                boxes: Vec::new(),
+                model: "m".into(),
+                model_version: "1".into(),
+            },
+            elapsed,
+        }
+    }
+
     /// An engine that notes the thread each warm-up ran on.
     struct Noting(Arc<Mutex<Vec<String>>>);
 
@@ -2100,17 +2115,7 @@ mod tests {
             Ok(())
         }
         fn process(&mut self, _: TaskType, _: &[u8]) -> Result<Inference, TaskError> {
-            Ok(Inference {
-                output: Output {
-                    class: 0,
-                    confidence: 1.0,
-                    label: String::new(),
-                    boxes: Vec::new(),
-                    model: "m".into(),
-                    model_version: "1".into(),
-                },
-                elapsed: Duration::ZERO,
-            })
+            Ok(answer(Duration::ZERO))
         }
         fn estimate(&self, _: TaskType) -> Duration {
             Duration::ZERO
@@ -2183,17 +2188,7 @@ mod tests {
             while !*open {
                 open = cv.wait(open).unwrap();
             }
-            Ok(Inference {
-                output: Output {
-                    class: 0,
-                    confidence: 1.0,
-                    label: String::new(),
-                    boxes: Vec::new(),
-                    model: "m".into(),
-                    model_version: "1".into(),
-                },
-                elapsed: Duration::from_millis(20),
-            })
+            Ok(answer(Duration::from_millis(20)))
         }
         fn estimate(&self, _: TaskType) -> Duration {
             Duration::from_millis(20)
