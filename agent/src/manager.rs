@@ -919,8 +919,13 @@ impl Inner {
     /// higher-priority work that their first decision did not foresee shows
     /// here, before their deadlines pass.
     fn take_late(&self, state: &mut LocalState, now: Instant) -> Vec<Job> {
-        let policy = self.live.lock().expect("live lock").policy.clone();
-        if !policy.reconsiders_queued() || self.endpoints.is_empty() {
+        let reconsiders = self
+            .live
+            .lock()
+            .expect("live lock")
+            .policy
+            .reconsiders_queued();
+        if !reconsiders || self.endpoints.is_empty() {
             return Vec::new();
         }
         let busy = state.busy(now);
