@@ -960,6 +960,23 @@ impl Inner {
             .collect()
     }
 
+    /// An endpoint heard again after a silence: the residuals its offloads
+    /// left from the silence's start (tasks that expired into the dead
+    /// link, answers that came back only with it) describe the outage, and
+    /// kept, they would price its offloads high for seconds after.
+    fn forget_outages(&self) {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let heard_at = e.parts.net.borrow().heard_at;
+            let Some(since) = e.silence.lock().expect("silence").recovered(heard_at) else {
+                continue;
+            };
+            self.residuals
+                .lock()
+                .expect("residuals lock")
+                .forget_since(|k| k.0 == ExecPath::Cloud && k.2 == i, since);
+        }
+    }
+
     /// Offloads the tasks [`Inner::take_late`] took out of the queue.
     fn offload_moved(self: &Arc<Self>, moved: Vec<Job>) {
         for job in moved {
@@ -973,6 +990,7 @@ impl Inner {
     /// two) and keeps the decision of the endpoint whose offload looks
     /// best; without any, the decision for the local path alone.
     fn decide(&self, state: &LocalState, task: &Task, now: Instant) -> Result<Decision, TaskError> {
+        self.forget_outages();
         // A task a peer gateway offloaded to us runs here.
         let from_peer = task.context.contains_key(PEER_HOP);
         let serving = |i: &usize| {

@@ -72,6 +72,13 @@ pub struct NetworkStatus {
 /// How many packets the loss rate remembers: both counts halve beyond it.
 pub const LOSS_SEGMENTS: u64 = 2000;
 
+/// Nothing heard from the host for this long while packets went out is an
+/// outage, not loss: when the host is heard again, what was counted
+/// meanwhile (retransmissions into a dead link, probes that could not
+/// answer) leaves the loss rate. Kept, it priced every offload after the
+/// link came back as if a packet in two were lost.
+pub const OUTAGE_GAP: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct LinkEstimator {
     cfg: LinkConfig,
@@ -84,6 +91,9 @@ pub struct LinkEstimator {
     transfers: VecDeque<(u64, f64)>,
     /// The newest RTT sample's time, of any source.
     heard_at: Option<Instant>,
+    /// Counted since the newest RTT sample: (retransmits, segments, failed
+    /// probes); forgotten after an outage (see [`OUTAGE_GAP`]).
+    unheard: (u64, u64, usize),
 }
 
 impl LinkEstimator {
@@ -97,12 +107,20 @@ impl LinkEstimator {
             segments: 0,
             transfers: VecDeque::new(),
             heard_at: None,
+            unheard: (0, 0, 0),
         }
     }
 
     pub fn on_event(&mut self, ev: &ProbeEvent) {
         match ev.kind {
             ProbeEventKind::Rtt(rtt) => {
+                if self
+                    .heard_at
+                    .is_some_and(|h| ev.at.saturating_duration_since(h) > OUTAGE_GAP)
+                {
+                    self.forget_unheard();
+                }
+                self.unheard = (0, 0, 0);
                 self.heard_at = Some(self.heard_at.map_or(ev.at, |h| h.max(ev.at)));
                 let window = self.cfg.window;
                 self.windows
@@ -116,15 +134,24 @@ impl LinkEstimator {
                     self.record_probe(true);
                 }
             }
-            ProbeEventKind::ProbeLost => self.record_probe(false),
-            ProbeEventKind::Retransmits(n) => self.retransmits += u64::from(n),
+            ProbeEventKind::ProbeLost => {
+                self.record_probe(false);
+                self.unheard.2 += 1;
+            }
+            ProbeEventKind::Retransmits(n) => {
+                self.retransmits += u64::from(n);
+                self.unheard.0 += u64::from(n);
+            }
             ProbeEventKind::SegmentsSent(n) => {
                 self.segments += u64::from(n);
+                self.unheard.1 += u64::from(n);
                 // Both counts halve as packets go by: the loss rate is the
                 // recent link's, and a loss that began shows up.
                 while self.segments > LOSS_SEGMENTS {
                     self.segments /= 2;
                     self.retransmits /= 2;
+                    self.unheard.0 /= 2;
+                    self.unheard.1 /= 2;
                 }
             }
             ProbeEventKind::Transfer { bytes, elapsed } => {
@@ -151,6 +178,22 @@ impl LinkEstimator {
             .iter()
             .fold((0u64, 0.0), |(b, s), (tb, ts)| (b + tb, s + ts));
         (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
+    }
+
+    /// The host was silent for longer than [`OUTAGE_GAP`]: what was
+    /// counted since it was last heard described the outage, not the link.
+    fn forget_unheard(&mut self) {
+        let (retransmits, segments, mut failed) = self.unheard;
+        self.retransmits = self.retransmits.saturating_sub(retransmits);
+        self.segments = self.segments.saturating_sub(segments);
+        while failed > 0 {
+            // The newest failures are the outage's.
+            let Some(i) = self.probes.iter().rposition(|ok| !ok) else {
+                break;
+            };
+            self.probes.remove(i);
+            failed -= 1;
+        }
     }
 
     fn record_probe(&mut self, ok: bool) {
@@ -395,6 +438,58 @@ mod tests {
         send(&mut est, 500, 50);
         let rate = est.snapshot(t0).loss_rate;
         assert!(rate > 0.03, "new loss diluted: {rate}");
+    }
+
+    #[test]
+    fn what_an_outage_counted_leaves_the_loss_rate_when_the_host_is_heard_again() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let count = |est: &mut LinkEstimator, ms, kind| {
+            est.on_event(&ev(at(ms), SampleSource::SockOps, kind));
+        };
+        // (gap in ms before the host is heard again, loss rate after)
+        let cases = [
+            (500, 0.55 / 1.5),
+            (1010, 0.55 / 1.5),
+            (1500, 0.05),
+            (5000, 0.05),
+        ];
+        for (gap, want) in cases {
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            // A working link that loses 5 %.
+            est.on_event(&rtt(at(0), SampleSource::SockOps, 40));
+            count(&mut est, 10, ProbeEventKind::SegmentsSent(1000));
+            count(&mut est, 10, ProbeEventKind::Retransmits(50));
+            est.on_event(&rtt(at(15), SampleSource::SockOps, 40));
+            // Then nothing answers: every packet sent is a retransmission,
+            // and the active probes time out.
+            count(&mut est, 20, ProbeEventKind::SegmentsSent(500));
+            count(&mut est, 20, ProbeEventKind::Retransmits(500));
+            est.on_event(&ev(
+                at(30),
+                SampleSource::ActiveTcpConnect,
+                ProbeEventKind::ProbeLost,
+            ));
+            assert!((est.snapshot(at(30)).loss_rate - 0.55 / 1.5).abs() < 1e-9);
+            est.on_event(&rtt(at(gap), SampleSource::SockOps, 40));
+            let rate = est.snapshot(at(gap)).loss_rate;
+            assert!((rate - want).abs() < 1e-9, "gap {gap} ms: {rate}");
+            // The probe that failed in a long silence is forgotten too.
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            est.on_event(&rtt(at(0), SampleSource::ActiveTcpConnect, 40));
+            est.on_event(&ev(
+                at(30),
+                SampleSource::ActiveTcpConnect,
+                ProbeEventKind::ProbeLost,
+            ));
+            est.on_event(&rtt(at(gap), SampleSource::ActiveTcpConnect, 40));
+            let probe_rate = est.snapshot(at(gap)).loss_rate;
+            let want = if gap > 1000 { 0.0 } else { 1.0 / 3.0 };
+            assert!(
+                (probe_rate - want).abs() < 1e-9,
+                "gap {gap} ms: {probe_rate}"
+            );
+        }
     }
 
     #[test]

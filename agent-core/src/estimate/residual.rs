@@ -57,6 +57,14 @@ impl<K: Eq + Hash + Copy> Residuals<K> {
         q.push_back((at, residual_ms));
     }
 
+    /// Drops the residuals of the keys `matches` picks that were observed
+    /// at or after `since` (an outage's, once it is over).
+    pub fn forget_since(&mut self, matches: impl Fn(&K) -> bool, since: Instant) {
+        for (_, q) in self.by_key.iter_mut().filter(|(k, _)| matches(k)) {
+            q.retain(|(at, _)| at.is_none_or(|at| at < since));
+        }
+    }
+
     /// The recent residuals, sorted; empty until `min_samples` are in.
     pub fn sorted_ms(&self, key: K) -> Vec<f64> {
         self.select(key, None)
@@ -107,6 +115,25 @@ mod tests {
         }
         assert_eq!(r.sorted_ms("a"), vec![-2.0, 1.0, 9.0]);
         assert!(r.sorted_ms("b").is_empty());
+    }
+
+    #[test]
+    fn an_outage_s_residuals_are_forgotten_for_the_keys_picked() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Residuals::new(8, 1);
+        for (key, s, v) in [
+            ("a", 0, 1.0),
+            ("a", 5, 300.0),
+            ("b", 5, 2.0),
+            ("a", 6, 250.0),
+        ] {
+            r.observe_at(key, v, at(s));
+        }
+        r.observe("a", 3.0);
+        r.forget_since(|k| *k == "a", at(5));
+        assert_eq!(r.sorted_ms("a"), vec![1.0, 3.0]);
+        assert_eq!(r.sorted_ms("b"), vec![2.0]);
     }
 
     #[test]

@@ -52,6 +52,18 @@ impl Silence {
         true
     }
 
+    /// A silence that something heard has ended: returns when it began
+    /// (the overdue offload's send time), once. What was learnt about the
+    /// endpoint from then on describes the outage, not the endpoint.
+    pub fn recovered(&mut self, sampled: Option<Instant>) -> Option<Instant> {
+        let q = self.quiet_from?;
+        if self.heard(sampled).is_some_and(|h| h > q) {
+            self.quiet_from = None;
+            return Some(q);
+        }
+        None
+    }
+
     /// Whether the endpoint is silent: an offload was overdue and nothing
     /// has been heard since it was sent.
     pub fn is_silent(&self, sampled: Option<Instant>) -> bool {
@@ -122,5 +134,22 @@ mod tests {
         assert!(s.overdue(at(t0, 500), Some(at(t0, 120))));
         assert!(s.is_silent(Some(at(t0, 120))));
         assert!(!s.is_silent(Some(at(t0, 501))));
+    }
+
+    #[test]
+    fn a_silence_that_ended_is_reported_once_with_its_start() {
+        let t0 = Instant::now();
+        let mut s = Silence::new();
+        s.answered(at(t0, 10));
+        assert_eq!(s.recovered(None), None, "never silent");
+        assert!(s.overdue(at(t0, 100), Some(at(t0, 40))));
+        assert_eq!(s.recovered(Some(at(t0, 100))), None, "still silent");
+        assert_eq!(s.recovered(Some(at(t0, 150))), Some(at(t0, 100)));
+        assert_eq!(s.recovered(Some(at(t0, 150))), None, "reported once");
+        assert!(!s.is_silent(Some(at(t0, 150))));
+        // An answer ends one too.
+        assert!(s.overdue(at(t0, 400), Some(at(t0, 150))));
+        s.answered(at(t0, 420));
+        assert_eq!(s.recovered(Some(at(t0, 150))), Some(at(t0, 400)));
     }
 }
