@@ -199,6 +199,20 @@ impl<T> TaskQueue<T> {
         Some((e.item, e.expected))
     }
 
+    /// Multiplies the expected service time of the items that `matches`
+    /// by `factor` (their model's estimate moved since they were queued).
+    /// Linear in the queue's length; the order does not change.
+    pub fn rescale(&mut self, matches: impl Fn(&T) -> bool, factor: f64) {
+        if !factor.is_finite() || factor <= 0.0 || factor == 1.0 {
+            return;
+        }
+        let mut items = std::mem::take(&mut self.heap).into_vec();
+        for e in items.iter_mut().filter(|e| matches(&e.item)) {
+            e.expected = e.expected.mul_f64(factor);
+        }
+        self.heap = BinaryHeap::from(items);
+    }
+
     /// How many queued items `match`.
     pub fn count_matching(&self, matches: impl Fn(&T) -> bool) -> usize {
         self.heap.iter().filter(|e| matches(&e.item)).count()
@@ -496,6 +510,27 @@ mod tests {
         assert_eq!(
             empty.wait_estimate(Priority::Low, &[ms(9)], 2),
             Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn rescaling_moves_the_estimates_of_the_items_picked_only() {
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push("image", Priority::Medium, None, ms(6), 1).unwrap();
+        q.push("text", Priority::Medium, None, ms(1), 1).unwrap();
+        q.push("image", Priority::High, None, ms(6), 1).unwrap();
+        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(13));
+        q.rescale(|i| *i == "image", 2.5);
+        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(31));
+        // Nonsense factors change nothing.
+        for f in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            q.rescale(|_| true, f);
+        }
+        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(31));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(
+            order,
+            [("image", ms(15)), ("image", ms(15)), ("text", ms(1))]
         );
     }
 

@@ -251,6 +251,8 @@ struct LocalState {
     /// ...or at the process's CPU load, when that is higher (under a quota,
     /// a spent allowance stalls every path through the edge).
     cpu: CpuMeter,
+    /// Per task type, the run-time estimate its queued tasks are costed at.
+    costed_at: HashMap<TaskType, Duration>,
     /// The path chosen for the latest task of each type (hysteresis).
     last_path: HashMap<TaskType, ExecPath>,
     stopping: bool,
@@ -524,6 +526,7 @@ impl Manager {
                 load: LoadMeter::new(LOAD_WINDOW, n),
                 load_by_priority: std::array::from_fn(|_| LoadMeter::new(LOAD_WINDOW, n)),
                 cpu: CpuMeter::new(crate::cpu::allowance_cores(), LOAD_WINDOW),
+                costed_at: HashMap::new(),
                 last_path: HashMap::new(),
                 stopping: false,
             }),
@@ -685,6 +688,7 @@ impl Manager {
             state.sample_cpu(now);
             // Each arrival first reconsiders the queued tasks that have
             // become late, then is decided against the queue they leave.
+            inner.recost_queue(&mut state, now);
             let moved = inner.take_late(&mut state, now);
             self.inner.offload_moved(moved);
             let mut decision = inner.decide(&state, &task, now);
@@ -909,6 +913,35 @@ impl Inner {
     fn local_queue_cost(&self, state: &LocalState, t: TaskType) -> Duration {
         let (size, scale) = self.batch_outlook(state, t);
         self.local_estimate(t).mul_f64(scale / size as f64)
+    }
+
+    /// Brings the queued tasks' run times to each model's current
+    /// estimate: they were costed when they arrived, and under a CPU quota
+    /// a burst slows every run at once (a queue of tasks costed at 6 ms
+    /// each held runs of 15 to 30 ms, and tasks predicted to wait 40 ms
+    /// waited 140). The estimates follow within a few runs; the queue's
+    /// wait, and which queued tasks are late, follow them.
+    fn recost_queue(&self, state: &mut LocalState, now: Instant) {
+        let estimates: Vec<(TaskType, Duration)> = {
+            let times = self.local_times.lock().expect("exec-time lock");
+            self.local_specs
+                .keys()
+                .map(|&t| (t, times.estimate_at(t, now)))
+                .collect()
+        };
+        for (t, estimate) in estimates {
+            let Some(before) = state.costed_at.insert(t, estimate) else {
+                continue;
+            };
+            if before.is_zero() || before == estimate {
+                continue;
+            }
+            let factor = estimate.as_secs_f64() / before.as_secs_f64();
+            state.queue.rescale(
+                |j: &Job| j.task.task_type == t && j.head_to_run().is_none(),
+                factor,
+            );
+        }
     }
 
     /// Queued local tasks that the queue has made late (they would end past
@@ -2377,5 +2410,84 @@ mod tests {
         assert!(r.outcome.is_ok(), "{r:?}");
         let s = manager.stats();
         assert_eq!((s.accepted, s.moved, s.completed_local), (4, 1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_tasks_follow_their_model_s_new_estimate() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let g = gate.clone();
+        let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
+        let times = crate::infer::shared_exec_times(0.2, Duration::from_millis(20));
+        let (events, _rx) = mpsc::channel(64);
+        let manager = Manager::start(
+            ManagerConfig {
+                workers: 1,
+                queue_capacity: 16,
+                queue_capacity_bytes: 1 << 20,
+                max_concurrent_offloads: 8,
+                policy: Policy::default(),
+                response_bytes: 64,
+                cloud_expected: Duration::from_millis(45),
+                hedge_budget: 0.0,
+                hold_runnable_locally: false,
+                split: crate::config::SplitConfig::default(),
+            },
+            ManagerParts {
+                local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
+                engine_factory: Arc::new(move || Ok(Box::new(Gated(g.clone())) as Box<dyn Engine>)),
+                local_times: times.clone(),
+                endpoints: Vec::new(),
+                probe_events: events,
+                store: None,
+                audit: None,
+            },
+        )
+        .unwrap();
+        let task = |id: &str| Task {
+            id: id.into(),
+            task_type: TaskType::ImageClassification,
+            payload: vec![0; spec.height * spec.width],
+            priority: Priority::Medium,
+            deadline: None,
+            created_at: Instant::now(),
+            context: HashMap::new(),
+        };
+        // The worker holds the first task; two more queue behind it, costed
+        // at the model's 20 ms.
+        let mut pending = vec![manager.submit(task("running")).unwrap()];
+        for _ in 0..200 {
+            if manager.inner.state.lock().unwrap().in_flight[0].is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+        pending.push(manager.submit(task("a")).unwrap());
+        pending.push(manager.submit(task("b")).unwrap());
+        let before = manager.submit(task("before")).unwrap();
+        // The model now takes 80 ms a run (a CPU quota slowing every run).
+        times
+            .lock()
+            .unwrap()
+            .seed(TaskType::ImageClassification, Duration::from_millis(80));
+        let after = manager.submit(task("after")).unwrap();
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        for rx in pending {
+            assert!(rx.await.unwrap().outcome.is_ok());
+        }
+        let queue_ms = |r: TaskResult| {
+            assert!(r.outcome.is_ok(), "{r:?}");
+            r.decision.expect("a decision").local.queue_ms
+        };
+        // Before: a and b ahead at 20 ms each, and at most 20 ms of the run.
+        let before = queue_ms(before.await.unwrap());
+        assert!((40.0..=60.0).contains(&before), "{before} ms");
+        // After: a, b and "before" ahead at 80 ms each.
+        let after = queue_ms(after.await.unwrap());
+        assert!((240.0..=260.0).contains(&after), "{after} ms");
     }
 }
