@@ -2281,6 +2281,62 @@ mod tests {
         }
     }
 
+    /// One worker, a queue of 16, the default policy, a cloud assumed at
+    /// 45 ms.
+    fn one_worker_config() -> ManagerConfig {
+        ManagerConfig {
+            workers: 1,
+            queue_capacity: 16,
+            queue_capacity_bytes: 1 << 20,
+            max_concurrent_offloads: 8,
+            policy: Policy::default(),
+            response_bytes: 64,
+            cloud_expected: Duration::from_millis(45),
+            hedge_budget: 0.0,
+            hold_runnable_locally: false,
+            split: crate::config::SplitConfig::default(),
+        }
+    }
+
+    /// A manager of [`one_worker_config`] whose one worker runs an image
+    /// model (its spec given back) behind `gate`; the probe events' receiver
+    /// must be kept.
+    fn start_gated(
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        local_times: crate::infer::SharedExecTimes,
+        endpoints: Vec<EndpointParts>,
+    ) -> (Manager, ModelSpec, mpsc::Receiver<ProbeEvent>) {
+        let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
+        let (events, rx) = mpsc::channel(64);
+        let manager = Manager::start(
+            one_worker_config(),
+            ManagerParts {
+                local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
+                engine_factory: Arc::new(move || {
+                    Ok(Box::new(Gated(gate.clone())) as Box<dyn Engine>)
+                }),
+                local_times,
+                endpoints,
+                probe_events: events,
+                store: None,
+                audit: None,
+            },
+        )
+        .unwrap();
+        (manager, spec, rx)
+    }
+
+    /// Waits until the (single) worker has taken a task.
+    async fn worker_holds_a_task(manager: &Manager) {
+        for _ in 0..200 {
+            if manager.inner.state.lock().unwrap().in_flight[0].is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_task_made_late_by_higher_priority_work_moves_to_the_cloud() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -2306,41 +2362,20 @@ mod tests {
             heard_at: Some(now),
             ..Default::default()
         });
-        let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
-        let (events, _rx) = mpsc::channel(64);
-        let manager = Manager::start(
-            ManagerConfig {
-                workers: 1,
-                queue_capacity: 16,
-                queue_capacity_bytes: 1 << 20,
-                max_concurrent_offloads: 8,
-                policy: Policy::default(),
-                response_bytes: 64,
-                cloud_expected: Duration::from_millis(45),
-                hedge_budget: 0.0,
-                hold_runnable_locally: false,
-                split: crate::config::SplitConfig::default(),
-            },
-            ManagerParts {
-                local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
-                engine_factory: Arc::new(move || Ok(Box::new(Gated(g.clone())) as Box<dyn Engine>)),
-                local_times: crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
-                endpoints: vec![EndpointParts {
-                    name: "cloud".into(),
-                    offloader: cloud.clone(),
-                    dest: "192.0.2.1".parse().unwrap(),
-                    net,
-                    health: None,
-                    peer: false,
-                    serves: None,
-                    splits: false,
-                }],
-                probe_events: events,
-                store: None,
-                audit: None,
-            },
-        )
-        .unwrap();
+        let (manager, spec, _events) = start_gated(
+            g,
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            vec![EndpointParts {
+                name: "cloud".into(),
+                offloader: cloud.clone(),
+                dest: "192.0.2.1".parse().unwrap(),
+                net,
+                health: None,
+                peer: false,
+                serves: None,
+                splits: false,
+            }],
+        );
         let task = |id: &str, priority: Priority, deadline_ms: Option<u64>| {
             let now = Instant::now();
             Task {
@@ -2358,13 +2393,7 @@ mod tests {
         let first = manager
             .submit(task("running", Priority::Medium, None))
             .unwrap();
-        for _ in 0..200 {
-            if manager.inner.state.lock().unwrap().in_flight[0].is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+        worker_holds_a_task(&manager).await;
         // 20 ms left of the run + its own 20 ms: local (40 ms) is cheaper
         // than the cloud (47 ms), and in time for 55 ms.
         let medium = manager
@@ -2416,33 +2445,8 @@ mod tests {
     async fn queued_tasks_follow_their_model_s_new_estimate() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let g = gate.clone();
-        let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
         let times = crate::infer::shared_exec_times(0.2, Duration::from_millis(20));
-        let (events, _rx) = mpsc::channel(64);
-        let manager = Manager::start(
-            ManagerConfig {
-                workers: 1,
-                queue_capacity: 16,
-                queue_capacity_bytes: 1 << 20,
-                max_concurrent_offloads: 8,
-                policy: Policy::default(),
-                response_bytes: 64,
-                cloud_expected: Duration::from_millis(45),
-                hedge_budget: 0.0,
-                hold_runnable_locally: false,
-                split: crate::config::SplitConfig::default(),
-            },
-            ManagerParts {
-                local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
-                engine_factory: Arc::new(move || Ok(Box::new(Gated(g.clone())) as Box<dyn Engine>)),
-                local_times: times.clone(),
-                endpoints: Vec::new(),
-                probe_events: events,
-                store: None,
-                audit: None,
-            },
-        )
-        .unwrap();
+        let (manager, spec, _events) = start_gated(g, times.clone(), Vec::new());
         let task = |id: &str| Task {
             id: id.into(),
             task_type: TaskType::ImageClassification,
@@ -2455,13 +2459,7 @@ mod tests {
         // The worker holds the first task; two more queue behind it, costed
         // at the model's 20 ms.
         let mut pending = vec![manager.submit(task("running")).unwrap()];
-        for _ in 0..200 {
-            if manager.inner.state.lock().unwrap().in_flight[0].is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+        worker_holds_a_task(&manager).await;
         pending.push(manager.submit(task("a")).unwrap());
         pending.push(manager.submit(task("b")).unwrap());
         let before = manager.submit(task("before")).unwrap();
