@@ -207,6 +207,8 @@ pub struct ProbeConfig {
     pub timeout_ms: u64,
     /// RTT samples kept per source (the jitter window).
     pub window: usize,
+    /// ...for at most this long behind the source's newest sample.
+    pub window_max_age_ms: u64,
     /// Samples older than this are stale.
     pub stale_after_ms: u64,
     /// Throughput assumed until offload transfers have been measured.
@@ -444,6 +446,7 @@ impl Default for ProbeConfig {
             interval_ms: 100,
             timeout_ms: 1000,
             window: 60,
+            window_max_age_ms: 5000,
             stale_after_ms: 3000,
             default_bandwidth_mbit: 100.0,
             passive: true,

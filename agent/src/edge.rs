@@ -219,6 +219,7 @@ impl Edge {
         let endpoints = crate::endpoints::build(cfg).await?;
         let link = LinkConfig {
             window: cfg.probe.window,
+            window_max_age: Duration::from_millis(cfg.probe.window_max_age_ms),
             stale_after: Duration::from_millis(cfg.probe.stale_after_ms),
             default_bandwidth_bps: cfg.probe.default_bandwidth_mbit * 1e6,
             ..LinkConfig::default()

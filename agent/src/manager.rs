@@ -765,7 +765,17 @@ impl Manager {
                         return rejected(TaskError::Overloaded(full.to_string()));
                     }
                     inner.accept();
+                    // A task that went ahead of queued ones may have made
+                    // them late now: waiting for the next arrival to see
+                    // it left them too little time for the cloud.
+                    let overtaken = state.queue.count_matching(|j| j.task.priority < priority) > 0;
+                    let moved = if overtaken {
+                        inner.take_late(&mut state, Instant::now())
+                    } else {
+                        Vec::new()
+                    };
                     drop(state);
+                    inner.offload_moved(moved);
                     inner.work_ready.notify_one();
                     return Ok(rx);
                 }
@@ -2399,19 +2409,14 @@ mod tests {
         let medium = manager
             .submit(task("medium", Priority::Medium, Some(55)))
             .unwrap();
+        assert_eq!(cloud.0.load(Ordering::Relaxed), 0, "queued locally");
         // A critical task goes ahead of it (40 ms locally too): the medium
-        // one would now end at 60 ms, past its deadline.
+        // one would now end at 60 ms, past its deadline. Queueing the
+        // critical one finds it late at once and decides it again: the
+        // cloud is in time where the local queue is not.
         let critical = manager
             .submit(task("critical", Priority::Critical, None))
             .unwrap();
-        assert_eq!(
-            cloud.0.load(Ordering::Relaxed),
-            0,
-            "all three queued locally"
-        );
-        // The next arrival finds it late and decides it again: the cloud
-        // is in time where the local queue is not.
-        let next = manager.submit(task("next", Priority::Low, None)).unwrap();
         let moved = tokio::time::timeout(Duration::from_secs(5), medium)
             .await
             .expect("the late task was not moved (the worker is still held)")
@@ -2423,6 +2428,7 @@ mod tests {
             Some((ExecPath::Cloud, Reason::MovedFromLateQueue))
         );
         assert_eq!(manager.stats().moved, 1);
+        let next = manager.submit(task("next", Priority::Low, None)).unwrap();
         // The others end once each where they were queued.
         {
             let (open, cv) = &*gate;

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 pub struct LinkConfig {
     /// RTT samples kept per source (the jitter window).
     pub window: usize,
+    /// ...and for at most this long behind the newest: a source fed only a
+    /// trickle otherwise kept an old spell's samples for a minute.
+    pub window_max_age: Duration,
     /// A source whose newest sample is older than this is stale.
     pub stale_after: Duration,
     /// Active probe attempts kept for the loss rate.
@@ -31,6 +34,7 @@ impl Default for LinkConfig {
     fn default() -> Self {
         Self {
             window: 60,
+            window_max_age: Duration::from_secs(5),
             stale_after: Duration::from_secs(3),
             loss_window: 100,
             unreachable_after: 3,
@@ -122,10 +126,10 @@ impl LinkEstimator {
                 }
                 self.unheard = (0, 0, 0);
                 self.heard_at = Some(self.heard_at.map_or(ev.at, |h| h.max(ev.at)));
-                let window = self.cfg.window;
+                let (window, max_age) = (self.cfg.window, self.cfg.window_max_age);
                 self.windows
                     .entry(ev.source)
-                    .or_insert_with(|| RttWindow::new(window))
+                    .or_insert_with(|| RttWindow::new(window).with_max_age(max_age))
                     .push(ev.at, rtt);
                 // Passive samples describe the path to the host, not whether
                 // our service on it answers: only a probe or an offload that

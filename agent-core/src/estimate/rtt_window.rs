@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 pub struct RttWindow {
     capacity: usize,
     samples: VecDeque<f64>,
+    /// When each sample was taken (same order as `samples`).
+    taken: VecDeque<Instant>,
+    /// Samples older than this (behind the newest) leave the window.
+    max_age: Option<Duration>,
     last_at: Option<Instant>,
     srtt: Option<f64>,
     /// RFC 3550-style jitter: J += (|D| - J) / 16 over consecutive RTTs.
@@ -44,6 +48,8 @@ impl RttWindow {
         Self {
             capacity,
             samples: VecDeque::with_capacity(capacity),
+            taken: VecDeque::with_capacity(capacity),
+            max_age: None,
             last_at: None,
             srtt: None,
             rfc3550: 0.0,
@@ -52,6 +58,16 @@ impl RttWindow {
             shifts: 0,
             last_shift: None,
         }
+    }
+
+    /// Samples taken more than `max_age` before the newest leave the
+    /// window, whatever their number: when traffic to a host thins to a
+    /// trickle (no task goes there), a count alone kept the samples of a
+    /// jittery spell for a minute after the link had calmed, the host kept
+    /// looking jittery, and no task went there to show otherwise.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
     }
 
     pub fn push(&mut self, at: Instant, rtt: Duration) {
@@ -68,9 +84,18 @@ impl RttWindow {
         });
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
+            self.taken.pop_front();
         }
         self.samples.push_back(ms);
-        self.last_at = Some(self.last_at.map_or(at, |l| l.max(at)));
+        self.taken.push_back(at);
+        let newest = self.last_at.map_or(at, |l| l.max(at));
+        self.last_at = Some(newest);
+        if let Some(oldest) = self.max_age.and_then(|a| newest.checked_sub(a)) {
+            while self.samples.len() > 1 && self.taken.front().is_some_and(|t| *t < oldest) {
+                self.samples.pop_front();
+                self.taken.pop_front();
+            }
+        }
     }
 
     /// Tests `ms` against the window's level (median) and scale (MAD); on
@@ -90,7 +115,9 @@ impl RttWindow {
         if let Some((shift, run)) = self.detector.push(ms, median, scale) {
             // `run` counts this sample too; the others are the newest ones.
             let keep = run.saturating_sub(1).min(self.samples.len());
-            self.samples.drain(..self.samples.len() - keep);
+            let forget = self.samples.len() - keep;
+            self.samples.drain(..forget);
+            self.taken.drain(..forget);
             let level = self.samples.iter().chain([&ms]).sum::<f64>() / (keep + 1) as f64;
             self.srtt = Some(level);
             self.trend.reset(at, level);
@@ -226,6 +253,37 @@ mod tests {
         let expect = 20.0 * (1.0 - (15.0f64 / 16.0).powi(3));
         assert!((s.rfc3550_ms - expect).abs() < 1e-9);
         assert!((s.p50_ms - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn samples_older_than_the_maximum_age_leave_even_a_thin_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = RttWindow::new(60).with_max_age(Duration::from_secs(5));
+        // A busy spell, 40 samples in 2 s...
+        for i in 0..40 {
+            w.push(at(i * 50), ms(if i % 2 == 0 { 24.0 } else { 26.0 }));
+        }
+        assert_eq!(w.len(), 40);
+        // ...then a trickle of samples at its median (no shift), one
+        // a second: at 6 s the spell's samples before 1 s have left...
+        for s in 3..=6 {
+            w.push(at(s * 1000), ms(25.0));
+        }
+        assert_eq!(w.len(), 20 + 4);
+        // ...and at 7.95 s all of them.
+        w.push(at(7000), ms(25.0));
+        w.push(at(7950), ms(25.0));
+        assert_eq!(w.sorted_ms(), vec![25.0; 6]);
+        assert!(w.stats().unwrap().stddev_ms.abs() < 1e-9);
+        // The newest sample always stays, however old the others.
+        w.push(at(60_000), ms(25.0));
+        assert_eq!(w.len(), 1);
+        // Without a maximum age only the count bounds the window.
+        let mut w = RttWindow::new(60);
+        w.push(at(0), ms(5.0));
+        w.push(at(60_000), ms(8.0));
+        assert_eq!(w.len(), 2);
     }
 
     #[test]
