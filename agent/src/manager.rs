@@ -12,7 +12,7 @@ use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
     LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, Reason,
-    Residuals, RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue,
+    Residuals, RunShape, RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue,
     TaskResult, TaskType, Transport, UplinkQueue, UploadId,
 };
 use agent_net::wire::{
@@ -239,9 +239,8 @@ impl Reply {
 
 struct LocalState {
     queue: TaskQueue<Job>,
-    /// Per worker: when the running task started, how long it should take
-    /// and its priority (a batch's: its first task's).
-    in_flight: Vec<Option<(Instant, Duration, Priority)>>,
+    /// Per worker: what it runs.
+    in_flight: Vec<Option<Run>>,
     /// When the workers were busy lately: the decision prices the work a
     /// path adds to them...
     load: LoadMeter,
@@ -256,6 +255,19 @@ struct LocalState {
     /// The path chosen for the latest task of each type (hysteresis).
     last_path: HashMap<TaskType, ExecPath>,
     stopping: bool,
+}
+
+/// A worker's run in flight.
+#[derive(Clone)]
+struct Run {
+    start: Instant,
+    /// How long it should take...
+    expected: Duration,
+    /// ...and how long its model's recent runs took around their estimate,
+    /// for a run that overruns.
+    shape: RunShape,
+    /// Its priority (a batch's: its first task's).
+    priority: Priority,
 }
 
 /// The window the workers' load is read over.
@@ -279,19 +291,23 @@ impl LocalState {
 
     /// Worker `index` finished what it ran.
     fn worker_done(&mut self, index: usize) {
-        if let Some((start, _, priority)) = self.in_flight[index].take() {
+        if let Some(run) = self.in_flight[index].take() {
             let end = Instant::now();
-            self.load.add(start, end);
-            self.load_by_priority[priority_index(priority)].add(start, end);
+            self.load.add(run.start, end);
+            self.load_by_priority[priority_index(run.priority)].add(run.start, end);
         }
     }
 
-    /// The time each run in flight has left (by its estimate).
+    /// The time each run in flight has left (by its estimate, or once
+    /// overrun, by its model's recent runs).
     fn busy(&self, now: Instant) -> Vec<Duration> {
         self.in_flight
             .iter()
             .flatten()
-            .map(|(start, expected, _)| expected.saturating_sub(now.duration_since(*start)))
+            .map(|run| {
+                run.shape
+                    .time_left(run.expected, now.saturating_duration_since(run.start))
+            })
             .collect()
     }
 
@@ -2144,8 +2160,20 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
                 .0;
         }
     }
-    let priority = batch[0].task.priority;
-    state.in_flight[index] = Some((Instant::now(), expected, priority));
+    let start = Instant::now();
+    let shape = {
+        let times = inner.local_times.lock().expect("exec-time lock");
+        RunShape::new(
+            &times.distribution_ms_at(task_type, start),
+            times.estimate_at(task_type, start).as_secs_f64() * 1e3,
+        )
+    };
+    state.in_flight[index] = Some(Run {
+        start,
+        expected,
+        shape,
+        priority: batch[0].task.priority,
+    });
     Some(batch)
 }
 
@@ -2445,6 +2473,40 @@ mod tests {
         assert!(r.outcome.is_ok(), "{r:?}");
         let s = manager.stats();
         assert_eq!((s.accepted, s.moved, s.completed_local), (4, 1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_past_its_estimate_still_holds_its_worker() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let times = crate::infer::shared_exec_times(0.2, Duration::from_millis(20));
+        let (manager, spec, _events) = start_gated(gate.clone(), times, Vec::new());
+        let task = |id: &str| Task {
+            id: id.into(),
+            task_type: TaskType::ImageClassification,
+            payload: vec![0; spec.height * spec.width],
+            priority: Priority::Medium,
+            deadline: None,
+            created_at: Instant::now(),
+            context: HashMap::new(),
+        };
+        // The worker holds a task estimated at 20 ms for over twice that.
+        let running = manager.submit(task("running")).unwrap();
+        worker_holds_a_task(&manager).await;
+        tokio::time::sleep(Duration::from_millis(45)).await;
+        let next = manager.submit(task("next")).unwrap();
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        assert!(running.await.unwrap().outcome.is_ok());
+        let r = next.await.unwrap();
+        assert!(r.outcome.is_ok(), "{r:?}");
+        // Nothing measured yet: the run is taken to overrun by as much
+        // again, at most one more estimate; counted as finished, it would
+        // promise no wait at all.
+        let queue_ms = r.decision.expect("a decision").local.queue_ms;
+        assert!((19.0..=21.0).contains(&queue_ms), "{queue_ms} ms");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
