@@ -20,7 +20,7 @@ pub use offload::{
     PacketCounts, QuicClientConfig, QuicFailure, QuicOffloader, RateLimitConfig, RateLimited,
     RetryConfig, Retrying, Route, StackHealth, Verdict,
 };
-pub use quic_settings::{MAX_UDP_PAYLOAD, SOCKET_BUFFER_BYTES};
+pub use quic_settings::SOCKET_BUFFER_BYTES;
 pub use tls::{TlsConfig, TlsMaterial};
 
 use anyhow::Context;

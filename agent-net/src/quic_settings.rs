@@ -13,19 +13,6 @@ use std::time::Duration;
 /// packets with the default and p99 rose tenfold (bench-transport).
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-/// The largest UDP payload either end takes, and path-MTU discovery's
-/// upper bound. quinn's default (1452, an Ethernet frame's) made a 1 MB
-/// request 740 packets on loopback, each encrypted, sent and acknowledged
-/// on its own in user space where TCP moves 64 KB segments, and QUIC was
-/// the slower transport there (bench-transport). Discovery finds the
-/// path's own MTU below this bound (a lost probe costs no data). Above
-/// about 6.5 KB, quinn's batches of up to 10 segments per GSO send exceed
-/// a UDP send's 64 KB: the kernel refuses them, quinn-udp drops them as if
-/// they were probes, and the loss reads as a black hole that sends the MTU
-/// back to 1200 (seen at 8952, a jumbo frame's). quinn's receive buffer
-/// grows with it: about 13 MB per endpoint here, 3 MB at the default.
-pub const MAX_UDP_PAYLOAD: u16 = 6500;
-
 /// A quinn endpoint on `addr` over a UDP socket with
 /// [`SOCKET_BUFFER_BYTES`] buffers (a server when `server` is given).
 pub fn endpoint(
@@ -35,11 +22,7 @@ pub fn endpoint(
     let socket = UdpSocket::bind(addr).with_context(|| format!("binding UDP on {addr}"))?;
     size_buffers(&socket, SOCKET_BUFFER_BYTES);
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    let mut config = quinn::EndpointConfig::default();
-    config
-        .max_udp_payload_size(MAX_UDP_PAYLOAD)
-        .expect("a UDP payload size within QUIC's bounds");
-    quinn::Endpoint::new(config, server, socket, runtime)
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .with_context(|| format!("opening the QUIC endpoint on {addr}"))
 }
 
@@ -106,9 +89,6 @@ pub fn transport_config(
         .max_concurrent_bidi_streams(max_streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .congestion_controller_factory(congestion);
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
-    t.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }

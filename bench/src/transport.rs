@@ -230,18 +230,12 @@ pub fn render(r: &Report) -> String {
          (`SOCKET_BUFFER_BYTES`; beyond `net.core.rmem_max` only with CAP_NET_ADMIN): with the \
          kernel's default of 208 KiB a burst of 1 MB requests overflowed the server's socket, \
          and the lost packets' recovery set QUIC's tail. QUIC moves every request in packets \
-         of at most {} bytes (`MAX_UDP_PAYLOAD`, the ceiling of quinn's path-MTU discovery; \
-         1452 on the lossy link, whose MTU is 1500), each encrypted, sent, received and \
+         of at most 1452 bytes (quinn's path-MTU ceiling), each encrypted, sent, received and \
          acknowledged on its own in user space, where TCP on loopback moves 64 KB segments \
-         through the kernel: the packets per request above are that cost. At quinn's default \
-         ceiling (1452 bytes) a 1 MB request was about 740 packets on loopback and QUIC the \
-         slower transport at that size. At 64 KB on loopback QUIC's rounds differ: in the slow \
-         ones quinn's BBR enters its probe-RTT state before it has a bandwidth estimate and \
-         holds its window at the initial 240 KB (seen in the connection's statistics), less \
-         than the 512 KB of 8 requests in flight, so requests wait for window. On the lossy \
-         link, where recovery and not CPU sets the pace, QUIC is the faster.",
-        agent_net::SOCKET_BUFFER_BYTES >> 20,
-        agent_net::MAX_UDP_PAYLOAD,
+         through the kernel: the packets per request above are that cost. Where QUIC is \
+         slower than gRPC on loopback at 1 MB, that per-packet work on 2 cores is the reason; \
+         on the lossy link, where recovery and not CPU sets the pace, QUIC is the faster.",
+        agent_net::SOCKET_BUFFER_BYTES >> 20
     );
     let _ = writeln!(
         s,
