@@ -2364,6 +2364,26 @@ mod tests {
         (manager, spec, rx)
     }
 
+    /// A medium-priority image task without a deadline for `spec`'s model.
+    fn medium_image(spec: &ModelSpec, id: &str) -> Task {
+        Task {
+            id: id.into(),
+            task_type: TaskType::ImageClassification,
+            payload: vec![0; spec.height * spec.width],
+            priority: Priority::Medium,
+            deadline: None,
+            created_at: Instant::now(),
+            context: HashMap::new(),
+        }
+    }
+
+    /// Lets the gated engine's runs finish.
+    fn open_gate(gate: &(Mutex<bool>, std::sync::Condvar)) {
+        let (open, cv) = gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
     /// Waits until the (single) worker has taken a task.
     async fn worker_holds_a_task(manager: &Manager) {
         for _ in 0..200 {
@@ -2458,11 +2478,7 @@ mod tests {
         assert_eq!(manager.stats().moved, 1);
         let next = manager.submit(task("next", Priority::Low, None)).unwrap();
         // The others end once each where they were queued.
-        {
-            let (open, cv) = &*gate;
-            *open.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        open_gate(&gate);
         for (rx, id) in [(first, "running"), (critical, "critical")] {
             let r = rx.await.unwrap();
             assert!(r.outcome.is_ok(), "{id}: {r:?}");
@@ -2480,25 +2496,13 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let times = crate::infer::shared_exec_times(0.2, Duration::from_millis(20));
         let (manager, spec, _events) = start_gated(gate.clone(), times, Vec::new());
-        let task = |id: &str| Task {
-            id: id.into(),
-            task_type: TaskType::ImageClassification,
-            payload: vec![0; spec.height * spec.width],
-            priority: Priority::Medium,
-            deadline: None,
-            created_at: Instant::now(),
-            context: HashMap::new(),
-        };
+        let task = |id: &str| medium_image(&spec, id);
         // The worker holds a task estimated at 20 ms for over twice that.
         let running = manager.submit(task("running")).unwrap();
         worker_holds_a_task(&manager).await;
         tokio::time::sleep(Duration::from_millis(45)).await;
         let next = manager.submit(task("next")).unwrap();
-        {
-            let (open, cv) = &*gate;
-            *open.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        open_gate(&gate);
         assert!(running.await.unwrap().outcome.is_ok());
         let r = next.await.unwrap();
         assert!(r.outcome.is_ok(), "{r:?}");
@@ -2515,15 +2519,7 @@ mod tests {
         let g = gate.clone();
         let times = crate::infer::shared_exec_times(0.2, Duration::from_millis(20));
         let (manager, spec, _events) = start_gated(g, times.clone(), Vec::new());
-        let task = |id: &str| Task {
-            id: id.into(),
-            task_type: TaskType::ImageClassification,
-            payload: vec![0; spec.height * spec.width],
-            priority: Priority::Medium,
-            deadline: None,
-            created_at: Instant::now(),
-            context: HashMap::new(),
-        };
+        let task = |id: &str| medium_image(&spec, id);
         // The worker holds the first task; two more queue behind it, costed
         // at the model's 20 ms.
         let mut pending = vec![manager.submit(task("running")).unwrap()];
@@ -2537,11 +2533,7 @@ mod tests {
             .unwrap()
             .seed(TaskType::ImageClassification, Duration::from_millis(80));
         let after = manager.submit(task("after")).unwrap();
-        {
-            let (open, cv) = &*gate;
-            *open.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        open_gate(&gate);
         for rx in pending {
             assert!(rx.await.unwrap().outcome.is_ok());
         }
