@@ -286,7 +286,8 @@ pub fn render(r: &Report) -> String {
          between them, the edge's default single local worker, the active probe only: no \
          eBPF programs, whose cost `cargo xtask bench-ebpf` measures). The benchmark submits \
          tasks to the edge's task API over one HTTP/2 connection (TCP_NODELAY) in a closed \
-         loop: N tasks in flight, each answered task replaced at once. Beside it, a bare \
+         loop, from a single thread (a driver with a thread per core took CPU from the \
+         agent it measures): N tasks in flight, each answered task replaced at once. Beside it, a bare \
          tonic service implementing the same `EdgeAIService`, which answers at once \
          (`bench-throughput echo`, its own process), is driven the same way with the same \
          payloads: the cost of a gRPC round trip on this machine. Each round runs {:.1} s \
