@@ -9,7 +9,7 @@
 //! Criterion gives each one's mean and median with their confidence
 //! intervals. A single decision's tail is not in those, so after criterion
 //! the binary times 100,000 individual calls of each with `Instant` and
-//! prints one `percall` line per benchmark (p50/p99/p99.9/max in ns; each
+//! prints one `percall` line per benchmark (p50/p90/p99/p99.9/max in ns; each
 //! timing includes one `Instant::now()` pair, about 20-40 ns).
 //! `cargo xtask bench-decision` runs it and writes bench/results/decision.md.
 
@@ -329,8 +329,9 @@ fn per_call() {
     };
     let print = |name: &str, ns: &[u64]| {
         println!(
-            "percall {name} n={N} p50_ns={} p99_ns={} p999_ns={} max_ns={}",
+            "percall {name} n={N} p50_ns={} p90_ns={} p99_ns={} p999_ns={} max_ns={}",
             pct(ns, 0.50),
+            pct(ns, 0.90),
             pct(ns, 0.99),
             pct(ns, 0.999),
             ns[N - 1]
@@ -344,31 +345,36 @@ fn per_call() {
             print(name, &time(&mut f));
             continue;
         }
-        // The machine's own tail: plain arithmetic (no memory, no branches
-        // on data) as long as a decision's median, timed the same way in
-        // alternating blocks. On a shared VM, interruptions of a few
-        // microseconds hit a share of the calls that grows with their
-        // length; what this row shows at p99, no code of that length can
-        // beat here.
+        // The machine's own tail: code as long as a decision's median that
+        // is not the agent's, timed the same way in alternating blocks.
+        // Plain arithmetic (registers only) shows the interruptions; a loop
+        // that loads and stores over a few KB, as a decision does, also
+        // shows what a busy neighbour on the same core costs memory
+        // access. What these rows show at p99, no code of that length and
+        // kind can beat here.
         let median = pct(&time(&mut f), 0.50) as f64;
-        let per_iter = pct(
-            &time(&mut || {
-                black_box(arithmetic(1000));
-            }),
-            0.50,
-        ) as f64
-            / 1000.0;
-        let iters = (median / per_iter.max(0.01)) as u64;
-        let mut spin = || {
-            black_box(arithmetic(iters));
+        let tuned = |g: fn(u64) -> u64| {
+            let per_iter = pct(
+                &time(&mut || {
+                    black_box(g(1000));
+                }),
+                0.50,
+            ) as f64
+                / 1000.0;
+            (median / per_iter.max(0.01)) as u64
+        };
+        let (arith_iters, memory_iters) = (tuned(arithmetic), tuned(memory));
+        let mut arith = || {
+            black_box(arithmetic(arith_iters));
+        };
+        let mut mem = || {
+            black_box(memory(memory_iters));
         };
         const BLOCK: usize = 1000;
-        let (mut ns, mut spin_ns) = (Vec::with_capacity(N), Vec::with_capacity(N));
+        let mut out: [Vec<u64>; 3] = std::array::from_fn(|_| Vec::with_capacity(N));
         for _ in 0..N / BLOCK {
-            for (g, out) in [
-                (&mut f as &mut dyn FnMut(), &mut ns),
-                (&mut spin, &mut spin_ns),
-            ] {
+            let bodies: [&mut dyn FnMut(); 3] = [&mut f, &mut arith, &mut mem];
+            for (g, out) in bodies.into_iter().zip(out.iter_mut()) {
                 out.extend((0..BLOCK).map(|_| {
                     let t = Instant::now();
                     g();
@@ -376,11 +382,31 @@ fn per_call() {
                 }));
             }
         }
-        ns.sort_unstable();
-        spin_ns.sort_unstable();
-        print(name, &ns);
-        print("machine/arithmetic-loop", &spin_ns);
+        for (label, mut ns) in [name, "machine/arithmetic-loop", "machine/memory-loop"]
+            .into_iter()
+            .zip(out)
+        {
+            ns.sort_unstable();
+            print(label, &ns);
+        }
     }
+}
+
+/// `iters` steps over two 4 KB arrays: each step loads two values and
+/// stores one that a later step loads (a decision's merges go back and
+/// forth between buffers of that size).
+fn memory(iters: u64) -> u64 {
+    let mut a = black_box([1.0f64; 512]);
+    let mut b = [0.0f64; 512];
+    let mut acc = 0.0;
+    for i in 0..iters as usize {
+        let k = (i * 8) % 512;
+        b[k] = a[(k * 7) % 512] + a[k];
+        a[(k + 256) % 512] = b[k] * 0.5;
+        acc += b[k];
+    }
+    black_box(&b);
+    acc as u64
 }
 
 /// `iters` dependent multiply-adds.
