@@ -274,19 +274,6 @@ impl<T> TaskQueue<T> {
         busy: &[Duration],
         workers: usize,
     ) -> Vec<(QueueId, &T, Duration)> {
-        self.late_by(now, busy, workers, |_, expected| expected)
-    }
-
-    /// [`TaskQueue::late`] with each item's run time as `cost` gives it
-    /// from the item and its estimate (a quantile of its model's run
-    /// times, say, where the estimate is the typical run).
-    pub fn late_by(
-        &self,
-        now: Instant,
-        busy: &[Duration],
-        workers: usize,
-        cost: impl Fn(&T, Duration) -> Duration,
-    ) -> Vec<(QueueId, &T, Duration)> {
         if !self.heap.iter().any(|e| e.deadline.is_some()) {
             return Vec::new();
         }
@@ -297,11 +284,10 @@ impl<T> TaskQueue<T> {
         let mut late = Vec::new();
         for e in order {
             let next = free.iter_mut().min().expect("at least one worker");
-            let run = cost(&e.item, e.expected);
-            let end = now + *next + run;
+            let end = now + *next + e.expected;
             match e.deadline {
                 Some(d) if end > d => late.push((QueueId(e.seq), &e.item, end - d)),
-                _ => *next += run,
+                _ => *next += e.expected,
             }
         }
         late
@@ -584,29 +570,6 @@ mod tests {
             .map(|(_, item, _)| *item)
             .collect();
         assert_eq!(later, ["b", "a"]);
-        // Costed at twice their estimates (a model whose slow runs take
-        // twice its typical one): high ends at 50, b (40) and a (50) are
-        // late, c ends at 90, d at 130.
-        let slow: Vec<_> = q
-            .late_by(t0, &busy, 1, |_, e| e * 2)
-            .into_iter()
-            .map(|(_, item, by)| (*item, by))
-            .collect();
-        assert_eq!(slow, [("b", ms(50)), ("a", ms(40))]);
-        // Only the mediums' model is slow: high ends at 30, b at 70 (late),
-        // a at 70 (late), c at 70, d at 90.
-        let medium_slow: Vec<_> = q
-            .late_by(t0, &busy, 1, |i, e| {
-                if i.len() == 1 && *i != "d" {
-                    e * 2
-                } else {
-                    e
-                }
-            })
-            .into_iter()
-            .map(|(_, item, _)| *item)
-            .collect();
-        assert_eq!(medium_slow, ["b", "a"]);
         // Removing takes the item and its bytes out, once.
         let id = late[0].0;
         assert_eq!(q.remove(id), Some("b"));

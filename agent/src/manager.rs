@@ -270,10 +270,6 @@ struct Run {
     priority: Priority,
 }
 
-/// The quantile of a model's recent run times the late-queue check costs
-/// queued runs at.
-const LATE_QUANTILE: f64 = 0.75;
-
 /// The window the workers' load is read over.
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 
@@ -991,33 +987,9 @@ impl Inner {
         if !reconsiders || self.endpoints.is_empty() {
             return Vec::new();
         }
-        if state.queue.is_empty() {
-            return Vec::new();
-        }
         let busy = state.busy(now);
-        // On paper each queued run takes what three in four of its model's
-        // recent runs stayed within: with typical runs, work queued behind a
-        // burst of slower ones looked in time until the cloud no longer
-        // was.
-        let stretch: HashMap<TaskType, f64> = {
-            let times = self.local_times.lock().expect("exec-time lock");
-            self.local_specs
-                .keys()
-                .map(|&t| {
-                    let shape = RunShape::new(
-                        &times.distribution_ms_at(t, now),
-                        times.estimate_at(t, now).as_secs_f64() * 1e3,
-                    );
-                    (t, shape.stretch(LATE_QUANTILE))
-                })
-                .collect()
-        };
         let mut moves = Vec::new();
-        let late = state
-            .queue
-            .late_by(now, &busy, self.cfg.workers.max(1), |job, expected| {
-                expected.mul_f64(stretch.get(&job.task.task_type).copied().unwrap_or(1.0))
-            });
+        let late = state.queue.late(now, &busy, self.cfg.workers.max(1));
         let movable = late.into_iter().filter(|(_, job, _)| {
             matches!(job.reply, Reply::One(_))
                 && !job.fell_back

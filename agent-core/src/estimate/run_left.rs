@@ -30,17 +30,6 @@ impl RunShape {
         Self { ratios }
     }
 
-    /// How much longer than its estimate a run takes at quantile `q` of
-    /// the recent runs: at least 1 (a shape never shortens a run), 1 with
-    /// nothing measured.
-    pub fn stretch(&self, q: f64) -> f64 {
-        if self.ratios.is_empty() {
-            return 1.0;
-        }
-        let i = ((self.ratios.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        self.ratios[i].max(1.0)
-    }
-
     /// The time left of a run `expected` to take, `elapsed` into it: the
     /// estimate's remainder; once overrun, the median of the recent runs
     /// (scaled to this one) that took longer than it has so far, less
@@ -100,12 +89,6 @@ mod tests {
         let tight = RunShape::new(&[10.0, 11.0], 10.0);
         assert_eq!(tight.time_left(ms(10), ms(14)), ms(4));
         assert_eq!(tight.time_left(ms(10), ms(60)), ms(10));
-        // Three in four runs end within 2x the estimate.
-        assert_eq!(shape.stretch(0.75), 2.0);
-        assert_eq!(shape.stretch(0.5), 1.0);
-        assert_eq!(shape.stretch(1.0), 3.0);
-        assert_eq!(RunShape::new(&[5.0, 6.0], 10.0).stretch(0.9), 1.0);
-        assert_eq!(RunShape::default().stretch(0.75), 1.0);
         // Nothing measured: the same rule.
         assert_eq!(RunShape::default().time_left(ms(10), ms(16)), ms(6));
         assert_eq!(RunShape::new(&[5.0], 0.0), RunShape::default());
