@@ -287,8 +287,8 @@ pub fn render(r: &Report) -> String {
          eBPF programs, whose cost `cargo xtask bench-ebpf` measures). The benchmark submits \
          tasks to the edge's task API over one HTTP/2 connection (TCP_NODELAY) in a closed \
          loop, from a single thread (a driver with a thread per core took CPU from the \
-         agent it measures): N tasks in flight, each answered task replaced at once. Beside it, a bare \
-         tonic service implementing the same `EdgeAIService`, which answers at once \
+         agent it measures): N tasks in flight, each answered task replaced at once. \
+         Beside it, a bare tonic service implementing the same `EdgeAIService`, which answers at once \
          (`bench-throughput echo`, its own process), is driven the same way with the same \
          payloads: the cost of a gRPC round trip on this machine. Each round runs {:.1} s \
          after a warm-up; {} rounds per level alternate the two (agent first in even rounds, \

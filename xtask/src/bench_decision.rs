@@ -247,7 +247,8 @@ pub fn run(quick: bool) -> Result<()> {
             ns(hi / 256.0)
         );
     }
-    if let Some(d) = percall.iter().find(|p| p.name == "decide/deadline-aware") {
+    let find = |name: &str| percall.iter().find(|p| p.name == name);
+    if let Some(d) = find("decide/deadline-aware") {
         let _ =
             writeln!(
             md,
@@ -257,7 +258,6 @@ pub fn run(quick: bool) -> Result<()> {
             if d.p99 < TARGET_P99_NS { "met" } else { "missed" }
         );
     }
-    let find = |name: &str| percall.iter().find(|p| p.name == name);
     if let (Some(a), Some(m)) = (find("machine/arithmetic-loop"), find("machine/memory-loop")) {
         let _ = writeln!(
             md,
