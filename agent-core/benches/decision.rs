@@ -171,6 +171,7 @@ impl Inputs {
                 queue_wait: Duration::from_millis(15),
                 inference: Duration::from_millis(15),
                 supported: true,
+                overtakes: 0,
             },
             cloud: CloudStatus {
                 inference: Duration::from_millis(8),

@@ -10,7 +10,9 @@
 //! score that mixes the mean with the p95 as the priority grows, plus a
 //! congestion price for the work the path adds to a busy resource (the
 //! edge's workers, the uplink: ρ/(1 − ρ) later tasks wait behind each unit
-//! of it), with hysteresis against the previous choice for the task type.
+//! of it; a local run also delays each queued task of lower priority it
+//! overtakes by its whole length), with hysteresis against the previous
+//! choice for the task type.
 //!
 //! The seed's cost model (kept as `cost-model`, all expected latencies):
 //!   local   = queue wait + local inference
@@ -190,6 +192,9 @@ pub struct LocalStatus {
     pub inference: Duration,
     /// Whether a local model serves this task type.
     pub supported: bool,
+    /// Queued local tasks of lower priority that this one would run
+    /// ahead of: each of them waits its whole run longer.
+    pub overtakes: usize,
 }
 
 /// Split computing: the offload this decision weighs runs the model's head
@@ -339,8 +344,10 @@ pub struct LocalCost {
     pub queue_ms: f64,
     pub inference_ms: f64,
     pub total_ms: f64,
-    /// The congestion price of the inference's work on the edge (ms of
-    /// later tasks' waiting; weighed, not part of the predicted latency).
+    /// The price of the inference's work on the edge, in ms of other
+    /// tasks' waiting: the queued tasks it overtakes wait its run each,
+    /// later ones the congestion price (weighed, not part of the predicted
+    /// latency).
     pub congestion_ms: f64,
 }
 
@@ -510,7 +517,8 @@ fn local_cost(input: &DecisionInput) -> LocalCost {
         queue_ms,
         inference_ms,
         total_ms: queue_ms + inference_ms,
-        congestion_ms: congestion_price_ms(inference_ms, input.edge_load),
+        congestion_ms: congestion_price_ms(inference_ms, input.edge_load)
+            + inference_ms * l.overtakes as f64,
     }
 }
 

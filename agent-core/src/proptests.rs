@@ -103,6 +103,7 @@ proptest! {
                 queue_wait: Duration::from_micros(queue_us),
                 inference: Duration::from_micros(inference_us),
                 supported,
+                overtakes: 0,
             },
             cloud: CloudStatus { inference: Duration::from_micros(cloud_us) },
             local_dist_ms: &ld,

@@ -1211,6 +1211,9 @@ impl Inner {
                 queue_wait,
                 inference: self.local_estimate(task.task_type).mul_f64(batch_scale),
                 supported: self.local_specs.contains_key(&task.task_type),
+                overtakes: state
+                    .queue
+                    .count_matching(|j| j.task.priority < task.priority),
             },
             cloud: CloudStatus {
                 inference: cloud_inference,
@@ -2344,10 +2347,20 @@ mod tests {
         local_times: crate::infer::SharedExecTimes,
         endpoints: Vec<EndpointParts>,
     ) -> (Manager, ModelSpec, mpsc::Receiver<ProbeEvent>) {
+        start_gated_with(one_worker_config(), gate, local_times, endpoints)
+    }
+
+    /// [`start_gated`] with `cfg`.
+    fn start_gated_with(
+        cfg: ManagerConfig,
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        local_times: crate::infer::SharedExecTimes,
+        endpoints: Vec<EndpointParts>,
+    ) -> (Manager, ModelSpec, mpsc::Receiver<ProbeEvent>) {
         let spec: ModelSpec = toml::from_str("path = \"m.pt\"\nname = \"m\"").unwrap();
         let (events, rx) = mpsc::channel(64);
         let manager = Manager::start(
-            one_worker_config(),
+            cfg,
             ManagerParts {
                 local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),
                 engine_factory: Arc::new(move || {
@@ -2401,7 +2414,9 @@ mod tests {
         let g = gate.clone();
         let cloud = Arc::new(Answering(AtomicU64::new(0)));
         let now = Instant::now();
-        // A 2 ms link to a cloud whose answers are assumed to take 45 ms.
+        // A 2 ms link to a cloud whose answers are assumed to take 450 ms,
+        // local runs assumed at 200 ms (long enough that the test's own
+        // pace does not matter).
         let (_net_tx, net) = watch::channel(NetworkStatus {
             reachable: true,
             source: Some(SampleSource::ActiveTcpConnect),
@@ -2420,9 +2435,14 @@ mod tests {
             heard_at: Some(now),
             ..Default::default()
         });
-        let (manager, spec, _events) = start_gated(
+        let cfg = ManagerConfig {
+            cloud_expected: Duration::from_millis(450),
+            ..one_worker_config()
+        };
+        let (manager, spec, _events) = start_gated_with(
+            cfg,
             g,
-            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(200)),
             vec![EndpointParts {
                 name: "cloud".into(),
                 offloader: cloud.clone(),
@@ -2452,18 +2472,19 @@ mod tests {
             .submit(task("running", Priority::Medium, None))
             .unwrap();
         worker_holds_a_task(&manager).await;
-        // 20 ms left of the run + its own 20 ms: local (40 ms) is cheaper
-        // than the cloud (47 ms), and in time for 55 ms.
+        // 200 ms left of the run + its own 200 ms: local (400 ms) is
+        // cheaper than the cloud (452 ms), and in time for 550 ms.
         let medium = manager
-            .submit(task("medium", Priority::Medium, Some(55)))
+            .submit(task("medium", Priority::Medium, Some(550)))
             .unwrap();
         assert_eq!(cloud.0.load(Ordering::Relaxed), 0, "queued locally");
-        // A critical task goes ahead of it (40 ms locally too): the medium
-        // one would now end at 60 ms, past its deadline. Queueing the
-        // critical one finds it late at once and decides it again: the
-        // cloud is in time where the local queue is not.
+        // A critical task that only the local path gets done in time goes
+        // ahead of it (400 ms locally too, the cloud's 452 ms past its
+        // 450): the medium one would now end at 600 ms, past its deadline.
+        // Queueing the critical one finds it late at once and decides it
+        // again: the cloud is in time where the local queue is not.
         let critical = manager
-            .submit(task("critical", Priority::Critical, None))
+            .submit(task("critical", Priority::Critical, Some(450)))
             .unwrap();
         let moved = tokio::time::timeout(Duration::from_secs(5), medium)
             .await
@@ -2484,11 +2505,75 @@ mod tests {
             assert!(r.outcome.is_ok(), "{id}: {r:?}");
             assert_eq!(r.processed_by, Some(ExecPath::Local), "{id}: {r:?}");
         }
-        // The low one met a queue of 40 ms: the policy sent it to the cloud.
+        // The low one met a queue of 400 ms: the policy sent it to the cloud.
         let r = next.await.unwrap();
         assert!(r.outcome.is_ok(), "{r:?}");
         let s = manager.stats();
         assert_eq!((s.accepted, s.moved, s.completed_local), (4, 1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_that_would_overtake_queued_tasks_offloads_when_the_cloud_is_as_good() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let cloud = Arc::new(Answering(AtomicU64::new(0)));
+        let now = Instant::now();
+        // A 2 ms link to a cloud whose answers are assumed to take 45 ms.
+        let (_net_tx, net) = watch::channel(NetworkStatus {
+            reachable: true,
+            source: Some(SampleSource::ActiveTcpConnect),
+            rtt: agent_core::WindowStats {
+                samples: 10,
+                srtt_ms: 2.0,
+                mean_ms: 2.0,
+                p50_ms: 2.0,
+                p95_ms: 2.0,
+                p99_ms: 2.0,
+                ..Default::default()
+            },
+            rtt_sorted_ms: vec![2.0; 10],
+            bandwidth_bps: 1e9,
+            age: Some(Duration::ZERO),
+            heard_at: Some(now),
+            ..Default::default()
+        });
+        let (manager, spec, _events) = start_gated(
+            gate.clone(),
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            vec![EndpointParts {
+                name: "cloud".into(),
+                offloader: cloud.clone(),
+                dest: "192.0.2.1".parse().unwrap(),
+                net,
+                health: None,
+                peer: false,
+                serves: None,
+                splits: false,
+            }],
+        );
+        let first = manager.submit(medium_image(&spec, "running")).unwrap();
+        worker_holds_a_task(&manager).await;
+        // 20 ms left of the run + its own 20 ms: local (40 ms) against the
+        // cloud's 47 ms.
+        let queued = manager.submit(medium_image(&spec, "queued")).unwrap();
+        assert_eq!(cloud.0.load(Ordering::Relaxed), 0, "queued locally");
+        // A critical task: 40 ms locally as well, but it would go ahead of
+        // the queued one and make it wait 20 ms more (60 against 47).
+        let critical = Task {
+            priority: Priority::Critical,
+            ..medium_image(&spec, "critical")
+        };
+        let r = manager.submit(critical).unwrap().await.unwrap();
+        assert!(r.outcome.is_ok(), "{r:?}");
+        assert_eq!(r.processed_by, Some(ExecPath::Cloud), "{r:?}");
+        let d = r.decision.expect("a decision");
+        assert_eq!(d.reason, Reason::OffloadCheaper, "{d}");
+        assert!((d.local.congestion_ms - 20.0).abs() < 2.0, "{d}");
+        open_gate(&gate);
+        for (rx, id) in [(first, "running"), (queued, "queued")] {
+            let r = rx.await.unwrap();
+            assert!(r.outcome.is_ok(), "{id}: {r:?}");
+            assert_eq!(r.processed_by, Some(ExecPath::Local), "{id}: {r:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

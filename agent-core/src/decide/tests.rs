@@ -203,6 +203,7 @@ fn cost_model_table() {
                 queue_wait: d(c.queue_ms),
                 inference: d(c.local_ms),
                 supported: c.supported,
+                overtakes: 0,
             },
             cloud: CloudStatus {
                 inference: d(c.cloud_ms),
@@ -255,6 +256,7 @@ fn breakdown_adds_up() {
             queue_wait: d(7),
             inference: d(2),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(4) },
         local_dist_ms: &[],
@@ -449,6 +451,7 @@ fn deadline_aware_table() {
                 queue_wait: d(c.queue_ms),
                 inference: d(5),
                 supported: true,
+                overtakes: 0,
             },
             cloud: CloudStatus { inference: d(1) },
             local_dist_ms: &c.local,
@@ -544,6 +547,7 @@ fn outlooks_describe_the_distributions() {
             queue_wait: d(10),
             inference: d(5),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(2) },
         local_dist_ms: &local,
@@ -588,6 +592,7 @@ fn predictive_moves_the_rtt_by_its_trend() {
             queue_wait: d(20),
             inference: d(5),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(1) },
         local_dist_ms: &local,
@@ -664,6 +669,7 @@ fn hedges_only_when_both_paths_together_clearly_help() {
                 queue_wait: d(0),
                 inference: d(5),
                 supported: true,
+                overtakes: 0,
             },
             cloud: CloudStatus { inference: d(1) },
             local_dist_ms: &local,
@@ -704,6 +710,7 @@ fn residuals_correct_the_prediction() {
             queue_wait: d(0),
             inference: d(5),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(1) },
         local_dist_ms: &local,
@@ -915,6 +922,7 @@ fn a_split_offload_pays_for_its_head_and_uploads_its_features() {
             queue_wait: d(40),
             inference: d(15),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(5) },
         local_dist_ms: &local,
@@ -1010,6 +1018,7 @@ fn busy_resources_price_the_work_each_path_adds() {
             queue_wait: d(40),
             inference: d(15),
             supported: true,
+            overtakes: 0,
         },
         cloud: CloudStatus { inference: d(3) },
         local_dist_ms: &local,
@@ -1046,4 +1055,76 @@ fn busy_resources_price_the_work_each_path_adds() {
     // The seed's cost model does not price.
     let cost = decide(&input(0.8, 0.0), &Policy::from_name("cost-model").unwrap()).unwrap();
     assert_eq!(cost.path, ExecPath::Local);
+}
+
+#[test]
+fn a_local_run_that_overtakes_queued_tasks_pays_for_their_wait() {
+    // The case seen on the wan scenario: a high-priority detection, about
+    // 68 ms locally (3 ms queue + 65 ms run) or 72 ms offloaded, both sure
+    // to meet its 300 ms deadline, with queued tasks of lower priority it
+    // would run ahead of.
+    let n = sampled_net(&[40.0; 20]);
+    let local = [65.0];
+    let cloud = [30.0];
+    let input = |overtakes: usize, previous: Option<ExecPath>| DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
+        split: None,
+        task_type: TaskType::ObjectDetection,
+        priority: Priority::High,
+        payload_bytes: 2_000,
+        response_bytes: 0,
+        time_left: Some(d(300)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(3),
+            inference: d(65),
+            supported: true,
+            overtakes,
+        },
+        cloud: CloudStatus { inference: d(30) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &cloud,
+        previous,
+        local_residual_ms: &[],
+        cloud_residual_ms: &[],
+    };
+    // (overtaken, previous path, path, price of the local run)
+    let cases = [
+        (0, None, ExecPath::Local, 0.0),
+        (0, Some(ExecPath::Local), ExecPath::Local, 0.0),
+        // One queued task waits 65 ms more: 68 + 65 against 72.
+        (1, None, ExecPath::Cloud, 65.0),
+        // Well past the hysteresis, too.
+        (1, Some(ExecPath::Local), ExecPath::Cloud, 65.0),
+        (3, Some(ExecPath::Local), ExecPath::Cloud, 195.0),
+    ];
+    for (overtakes, previous, path, price) in cases {
+        let dec = decide(&input(overtakes, previous), &Policy::default()).unwrap();
+        assert_eq!(dec.path, path, "{overtakes} overtaken: {dec}");
+        assert!(
+            (dec.local.congestion_ms - price).abs() < 1e-9,
+            "{overtakes} overtaken: {dec}"
+        );
+        // Weighed, never predicted: the task's own outlook stays.
+        assert!((dec.local_outlook.unwrap().mean_ms - 68.0).abs() < 1e-9);
+        // The seed's cost model does not weigh it.
+        let seed = decide(
+            &input(overtakes, previous),
+            &Policy::CostModel { jitter_k: 2.0 },
+        )
+        .unwrap();
+        assert_eq!(seed.path, ExecPath::Local, "{seed}");
+    }
+    // A local path likelier in time still wins, whatever it overtakes: the
+    // task's own deadline comes first.
+    let mut tight = input(3, None);
+    tight.time_left = Some(d(70));
+    let dec = decide(&tight, &Policy::default()).unwrap();
+    assert_eq!(
+        (dec.path, dec.reason),
+        (ExecPath::Local, Reason::LocalLikelierInTime),
+        "{dec}"
+    );
 }
