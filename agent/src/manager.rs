@@ -57,7 +57,9 @@ pub struct Stats {
     pub completed_quic: AtomicU64,
     pub completed_grpc: AtomicU64,
     pub fell_back: AtomicU64,
-    /// Offloads given up on while a local run could still meet the deadline.
+    /// Offloads not answered while a local run could still meet the
+    /// deadline: the task runs here too (with a deadline; the first answer
+    /// wins) or instead (without one).
     pub rescued: AtomicU64,
     /// Tasks queued locally, then offloaded when the queue made them late.
     pub moved: AtomicU64,
@@ -66,7 +68,8 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
-    /// Tasks run on both paths, and which leg answered.
+    /// Tasks run on both paths, and which leg answered (a rescued task's
+    /// too).
     pub hedged: AtomicU64,
     pub hedge_won_local: AtomicU64,
     pub hedge_won_cloud: AtomicU64,
@@ -1411,6 +1414,50 @@ impl Inner {
         );
     }
 
+    /// Rescues an offload the cloud is slow to answer by running the task
+    /// here as well: `job` becomes the cloud's leg of a hedged task whose
+    /// local leg is queued, and the first answer wins (a leg's failure
+    /// answers only once the other failed too). Without room in the queue,
+    /// or time left for a local run, the offload goes on alone.
+    fn run_beside(&self, job: &mut Job) {
+        if !matches!(job.reply, Reply::One(_)) {
+            return;
+        }
+        let expected = self.local_estimate(job.task.task_type);
+        let now = Instant::now();
+        if job.task.time_left(now).is_some_and(|left| left < expected) {
+            return;
+        }
+        let mut state = self.state.lock().expect("state lock");
+        let bytes = job.task.payload.len();
+        if state.stopping || state.queue.room_for(bytes).is_err() {
+            return;
+        }
+        let shared = Arc::new(HedgedReply {
+            tx: Mutex::new(None),
+            legs: AtomicU32::new(2),
+            done: CancellationToken::new(),
+        });
+        let Reply::One(tx) = std::mem::replace(&mut job.reply, Reply::Hedged(shared.clone()))
+        else {
+            unreachable!("checked above");
+        };
+        *shared.tx.lock().expect("hedge lock") = Some(tx);
+        let mut local = Job::new(
+            job.task.clone(),
+            job.decision.clone(),
+            Reply::Hedged(shared),
+            job.claim.clone(),
+        );
+        local.fell_back = true;
+        let (p, d) = (job.task.priority, job.task.deadline);
+        if state.queue.push(local, p, d, expected, bytes).is_err() {
+            unreachable!("the queue had room under the same lock");
+        }
+        drop(state);
+        self.work_ready.notify_one();
+    }
+
     /// After a failed offload: run locally if that can still meet the
     /// deadline, else fail with the offload's error.
     fn fall_back_or_fail(&self, mut job: Job, err: OffloadError, transport: Option<Transport>) {
@@ -1749,6 +1796,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
     };
     tokio::pin!(rescue);
+    let mut rescue_armed = true;
     // Overdue with nothing heard from the endpoint since it was sent: the
     // endpoint is silent (a dead link, long before its estimate shows it),
     // new tasks stay off it, and this one runs elsewhere.
@@ -1814,10 +1862,18 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         tokio::select! {
             r = &mut offload => break Some(r),
             _ = job.reply.closed() => break None,
-            _ = &mut rescue => {
+            _ = &mut rescue, if rescue_armed => {
+                rescue_armed = false;
                 tracing::debug!(task = %job.task.id, "cloud too slow; running locally");
                 inner.stats.rescued.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::record_rescue();
+                // A task with a deadline keeps its offload: the answer may
+                // still come first (one retransmission late, say), and
+                // giving it up would throw that chance away.
+                if job.task.deadline.is_some() {
+                    inner.run_beside(&mut job);
+                    continue;
+                }
                 inner.fall_back_or_fail(job, OffloadError::Timeout, None);
                 return None;
             }
@@ -2320,6 +2376,125 @@ mod tests {
                 packets: None,
             })
         }
+    }
+
+    /// A cloud that answers after a delay.
+    struct Delayed(Duration);
+
+    #[async_trait::async_trait]
+    impl Offloader for Delayed {
+        async fn offload(
+            &self,
+            req: &OffloadRequest,
+        ) -> Result<agent_net::OffloadReply, OffloadError> {
+            tokio::time::sleep(self.0).await;
+            Answering(AtomicU64::new(0)).offload(req).await
+        }
+    }
+
+    /// A 2 ms link to `cloud`, for tasks with a deadline of 1 s on an edge
+    /// whose one worker is held by `gate`; local runs are assumed to take
+    /// 200 ms. So an offload not answered after about 590 ms (1 s less
+    /// twice the local estimate and the slack) is rescued.
+    fn start_rescuable(
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        cloud: Arc<dyn Offloader>,
+    ) -> (Manager, Task, watch::Sender<NetworkStatus>) {
+        let (net_tx, net) = watch::channel(NetworkStatus {
+            reachable: true,
+            source: Some(SampleSource::ActiveTcpConnect),
+            rtt: agent_core::WindowStats {
+                samples: 10,
+                srtt_ms: 2.0,
+                mean_ms: 2.0,
+                p50_ms: 2.0,
+                p95_ms: 2.0,
+                p99_ms: 2.0,
+                ..Default::default()
+            },
+            rtt_sorted_ms: vec![2.0; 10],
+            bandwidth_bps: 1e9,
+            age: Some(Duration::ZERO),
+            heard_at: Some(Instant::now()),
+            ..Default::default()
+        });
+        let cfg = ManagerConfig {
+            policy: Policy::AlwaysOffload,
+            ..one_worker_config()
+        };
+        let (manager, spec, _events) = start_gated_with(
+            cfg,
+            gate,
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(200)),
+            vec![EndpointParts {
+                name: "cloud".into(),
+                offloader: cloud,
+                dest: "192.0.2.1".parse().unwrap(),
+                net,
+                health: None,
+                peer: false,
+                serves: None,
+                splits: false,
+            }],
+        );
+        let task = Task {
+            deadline: Some(Instant::now() + Duration::from_secs(1)),
+            ..medium_image(&spec, "rescued")
+        };
+        (manager, task, net_tx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rescued_offload_still_answers_when_the_cloud_comes_first() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        // The cloud answers at 800 ms: after the rescue, before the
+        // deadline, while the local run is held.
+        let (manager, mut task, _net) = start_rescuable(
+            gate.clone(),
+            Arc::new(Delayed(Duration::from_millis(800))),
+        );
+        task.deadline = Some(Instant::now() + Duration::from_secs(1));
+        let started = Instant::now();
+        let r = manager.submit(task).unwrap().await.unwrap();
+        let took = started.elapsed();
+        assert!(r.outcome.is_ok(), "{r:?}");
+        assert_eq!(r.processed_by, Some(ExecPath::Cloud), "{r:?}");
+        assert!(!r.fell_back, "{r:?}");
+        assert!(took >= Duration::from_millis(790), "{took:?}");
+        // The local leg was queued beside it (and taken by the worker).
+        assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
+        let s = manager.stats();
+        assert_eq!((s.rescued, s.hedge_won_cloud, s.hedge_won_local), (1, 1, 0));
+        open_gate(&gate);
+        manager.shutdown().await;
+        let s = manager.stats();
+        // One result: the local leg's answer went nowhere.
+        assert_eq!((s.completed_grpc, s.completed_local, s.failed), (1, 0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rescued_offload_answers_from_the_local_run_when_it_comes_first() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        open_gate(&gate);
+        // The cloud would answer only after the deadline.
+        let (manager, mut task, _net) =
+            start_rescuable(gate, Arc::new(Delayed(Duration::from_secs(30))));
+        task.deadline = Some(Instant::now() + Duration::from_secs(1));
+        let r = tokio::time::timeout(Duration::from_secs(5), manager.submit(task).unwrap())
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(r.outcome.is_ok(), "{r:?}");
+        assert_eq!(r.processed_by, Some(ExecPath::Local), "{r:?}");
+        assert!(r.fell_back, "{r:?}");
+        let s = manager.stats();
+        assert_eq!((s.rescued, s.hedge_won_cloud, s.hedge_won_local), (1, 0, 1));
+        // The offload leg was called off: nothing keeps shutdown waiting.
+        tokio::time::timeout(Duration::from_secs(5), manager.shutdown())
+            .await
+            .expect("the cloud's leg was not called off");
+        let s = manager.stats();
+        assert_eq!((s.completed_grpc, s.completed_local, s.failed), (0, 1, 0));
     }
 
     /// One worker, a queue of 16, the default policy, a cloud assumed at
