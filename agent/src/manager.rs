@@ -2449,13 +2449,14 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         // The cloud answers at 800 ms: after the rescue, before the
         // deadline, while the local run is held.
-        let (manager, mut task, _net) = start_rescuable(
-            gate.clone(),
-            Arc::new(Delayed(Duration::from_millis(800))),
-        );
+        let (manager, mut task, _net) =
+            start_rescuable(gate.clone(), Arc::new(Delayed(Duration::from_millis(800))));
         task.deadline = Some(Instant::now() + Duration::from_secs(1));
         let started = Instant::now();
-        let r = manager.submit(task).unwrap().await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), manager.submit(task).unwrap())
+            .await
+            .expect("no answer: the cloud's was given up for the held local run")
+            .unwrap();
         let took = started.elapsed();
         assert!(r.outcome.is_ok(), "{r:?}");
         assert_eq!(r.processed_by, Some(ExecPath::Cloud), "{r:?}");
