@@ -2378,6 +2378,45 @@ mod tests {
         }
     }
 
+    /// A 2 ms link, measured just now.
+    fn two_ms_link() -> (watch::Sender<NetworkStatus>, watch::Receiver<NetworkStatus>) {
+        watch::channel(NetworkStatus {
+            reachable: true,
+            source: Some(SampleSource::ActiveTcpConnect),
+            rtt: agent_core::WindowStats {
+                samples: 10,
+                srtt_ms: 2.0,
+                mean_ms: 2.0,
+                p50_ms: 2.0,
+                p95_ms: 2.0,
+                p99_ms: 2.0,
+                ..Default::default()
+            },
+            rtt_sorted_ms: vec![2.0; 10],
+            bandwidth_bps: 1e9,
+            age: Some(Duration::ZERO),
+            heard_at: Some(Instant::now()),
+            ..Default::default()
+        })
+    }
+
+    /// The one endpoint "cloud", reached through `offloader` over `net`.
+    fn cloud_endpoint(
+        offloader: Arc<dyn Offloader>,
+        net: watch::Receiver<NetworkStatus>,
+    ) -> EndpointParts {
+        EndpointParts {
+            name: "cloud".into(),
+            offloader,
+            dest: "192.0.2.1".parse().unwrap(),
+            net,
+            health: None,
+            peer: false,
+            serves: None,
+            splits: false,
+        }
+    }
+
     /// A cloud that answers after a delay.
     struct Delayed(Duration);
 
@@ -2400,24 +2439,7 @@ mod tests {
         gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
         cloud: Arc<dyn Offloader>,
     ) -> (Manager, Task, watch::Sender<NetworkStatus>) {
-        let (net_tx, net) = watch::channel(NetworkStatus {
-            reachable: true,
-            source: Some(SampleSource::ActiveTcpConnect),
-            rtt: agent_core::WindowStats {
-                samples: 10,
-                srtt_ms: 2.0,
-                mean_ms: 2.0,
-                p50_ms: 2.0,
-                p95_ms: 2.0,
-                p99_ms: 2.0,
-                ..Default::default()
-            },
-            rtt_sorted_ms: vec![2.0; 10],
-            bandwidth_bps: 1e9,
-            age: Some(Duration::ZERO),
-            heard_at: Some(Instant::now()),
-            ..Default::default()
-        });
+        let (net_tx, net) = two_ms_link();
         let cfg = ManagerConfig {
             policy: Policy::AlwaysOffload,
             ..one_worker_config()
@@ -2426,16 +2448,7 @@ mod tests {
             cfg,
             gate,
             crate::infer::shared_exec_times(0.2, Duration::from_millis(200)),
-            vec![EndpointParts {
-                name: "cloud".into(),
-                offloader: cloud,
-                dest: "192.0.2.1".parse().unwrap(),
-                net,
-                health: None,
-                peer: false,
-                serves: None,
-                splits: false,
-            }],
+            vec![cloud_endpoint(cloud, net)],
         );
         let task = Task {
             deadline: Some(Instant::now() + Duration::from_secs(1)),
@@ -2589,28 +2602,10 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let g = gate.clone();
         let cloud = Arc::new(Answering(AtomicU64::new(0)));
-        let now = Instant::now();
         // A 2 ms link to a cloud whose answers are assumed to take 450 ms,
         // local runs assumed at 200 ms (long enough that the test's own
         // pace does not matter).
-        let (_net_tx, net) = watch::channel(NetworkStatus {
-            reachable: true,
-            source: Some(SampleSource::ActiveTcpConnect),
-            rtt: agent_core::WindowStats {
-                samples: 10,
-                srtt_ms: 2.0,
-                mean_ms: 2.0,
-                p50_ms: 2.0,
-                p95_ms: 2.0,
-                p99_ms: 2.0,
-                ..Default::default()
-            },
-            rtt_sorted_ms: vec![2.0; 10],
-            bandwidth_bps: 1e9,
-            age: Some(Duration::ZERO),
-            heard_at: Some(now),
-            ..Default::default()
-        });
+        let (_net_tx, net) = two_ms_link();
         let cfg = ManagerConfig {
             cloud_expected: Duration::from_millis(450),
             ..one_worker_config()
@@ -2619,16 +2614,7 @@ mod tests {
             cfg,
             g,
             crate::infer::shared_exec_times(0.2, Duration::from_millis(200)),
-            vec![EndpointParts {
-                name: "cloud".into(),
-                offloader: cloud.clone(),
-                dest: "192.0.2.1".parse().unwrap(),
-                net,
-                health: None,
-                peer: false,
-                serves: None,
-                splits: false,
-            }],
+            vec![cloud_endpoint(cloud.clone(), net)],
         );
         let task = |id: &str, priority: Priority, deadline_ms: Option<u64>| {
             let now = Instant::now();
@@ -2692,39 +2678,12 @@ mod tests {
     async fn work_that_would_overtake_queued_tasks_offloads_when_the_cloud_is_as_good() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let cloud = Arc::new(Answering(AtomicU64::new(0)));
-        let now = Instant::now();
         // A 2 ms link to a cloud whose answers are assumed to take 45 ms.
-        let (_net_tx, net) = watch::channel(NetworkStatus {
-            reachable: true,
-            source: Some(SampleSource::ActiveTcpConnect),
-            rtt: agent_core::WindowStats {
-                samples: 10,
-                srtt_ms: 2.0,
-                mean_ms: 2.0,
-                p50_ms: 2.0,
-                p95_ms: 2.0,
-                p99_ms: 2.0,
-                ..Default::default()
-            },
-            rtt_sorted_ms: vec![2.0; 10],
-            bandwidth_bps: 1e9,
-            age: Some(Duration::ZERO),
-            heard_at: Some(now),
-            ..Default::default()
-        });
+        let (_net_tx, net) = two_ms_link();
         let (manager, spec, _events) = start_gated(
             gate.clone(),
             crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
-            vec![EndpointParts {
-                name: "cloud".into(),
-                offloader: cloud.clone(),
-                dest: "192.0.2.1".parse().unwrap(),
-                net,
-                health: None,
-                peer: false,
-                serves: None,
-                splits: false,
-            }],
+            vec![cloud_endpoint(cloud.clone(), net)],
         );
         let first = manager.submit(medium_image(&spec, "running")).unwrap();
         worker_holds_a_task(&manager).await;
