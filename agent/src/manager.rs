@@ -277,6 +277,12 @@ struct Run {
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 
 impl LocalState {
+    /// Queued tasks of lower priority than `priority`: those a new task of
+    /// it runs ahead of.
+    fn queued_below(&self, priority: Priority) -> usize {
+        self.queue.count_matching(|j| j.task.priority < priority)
+    }
+
     /// How busy the edge is: its workers' or its CPU allowance's share in
     /// use, whichever is higher.
     fn edge_load(&self, now: Instant) -> f64 {
@@ -787,7 +793,7 @@ impl Manager {
                     // A task that went ahead of queued ones may have made
                     // them late now: waiting for the next arrival to see
                     // it left them too little time for the cloud.
-                    let overtaken = state.queue.count_matching(|j| j.task.priority < priority) > 0;
+                    let overtaken = state.queued_below(priority) > 0;
                     let moved = if overtaken {
                         inner.take_late(&mut state, Instant::now())
                     } else {
@@ -1214,9 +1220,7 @@ impl Inner {
                 queue_wait,
                 inference: self.local_estimate(task.task_type).mul_f64(batch_scale),
                 supported: self.local_specs.contains_key(&task.task_type),
-                overtakes: state
-                    .queue
-                    .count_matching(|j| j.task.priority < task.priority),
+                overtakes: state.queued_below(task.priority),
             },
             cloud: CloudStatus {
                 inference: cloud_inference,
@@ -2462,9 +2466,8 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         // The cloud answers at 800 ms: after the rescue, before the
         // deadline, while the local run is held.
-        let (manager, mut task, _net) =
+        let (manager, task, _net) =
             start_rescuable(gate.clone(), Arc::new(Delayed(Duration::from_millis(800))));
-        task.deadline = Some(Instant::now() + Duration::from_secs(1));
         let started = Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(5), manager.submit(task).unwrap())
             .await
@@ -2491,9 +2494,8 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         open_gate(&gate);
         // The cloud would answer only after the deadline.
-        let (manager, mut task, _net) =
+        let (manager, task, _net) =
             start_rescuable(gate, Arc::new(Delayed(Duration::from_secs(30))));
-        task.deadline = Some(Instant::now() + Duration::from_secs(1));
         let r = tokio::time::timeout(Duration::from_secs(5), manager.submit(task).unwrap())
             .await
             .expect("no answer")
