@@ -24,10 +24,11 @@
 
 mod runs;
 
+use crate::estimate::quantile;
 use crate::estimate::{congestion_price_ms, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
-use runs::{grid, quantile_of_two, sorted_runs, sum, Buffers, Values, MAX_VALUES};
+use runs::{grid, sorted_sums, sum, Buffers, ShiftedRows, Values, MAX_SHIFTS};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -284,32 +285,18 @@ pub struct Outlook {
 impl Outlook {
     /// From predicted latencies, sorted (at least one).
     fn of_sorted(values: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
-        Outlook::of_runs(values, &[], left_ms)
-    }
-
-    /// From predicted latencies in two sorted runs (at least one value):
-    /// the last merge of a long list is left out, and its quantiles are
-    /// found by bisection across the two runs instead.
-    fn of_runs(x: &[f64], y: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
         // Sorted by `total_cmp`, a negative value or -NaN comes first and
-        // an infinity or NaN last: each run's ends vouch for all of it.
-        let sane = |r: &[f64]| match (r.first(), r.last()) {
-            (Some(first), Some(last)) => *first >= 0.0 && last.is_finite(),
-            _ => true,
-        };
-        let len = x.len() + y.len();
-        if len == 0 || !sane(x) || !sane(y) {
-            return None;
+        // an infinity or NaN last: the ends vouch for all of it.
+        match (values.first(), values.last()) {
+            (Some(first), Some(last)) if *first >= 0.0 && last.is_finite() => {}
+            _ => return None,
         }
-        let n = len as f64;
-        let mean_ms = (sum(x) + sum(y)) / n;
-        let p_meet = left_ms
-            .map(|l| (x.partition_point(|v| *v <= l) + y.partition_point(|v| *v <= l)) as f64 / n);
+        let n = values.len() as f64;
         Some(Outlook {
-            mean_ms,
-            p50_ms: quantile_of_two(x, y, 0.5),
-            p95_ms: quantile_of_two(x, y, 0.95),
-            p_meet,
+            mean_ms: sum(values) / n,
+            p50_ms: quantile(values, 0.5),
+            p95_ms: quantile(values, 0.95),
+            p_meet: left_ms.map(|l| values.partition_point(|v| *v <= l) as f64 / n),
             correction_ms: 0.0,
         })
     }
@@ -321,15 +308,19 @@ impl Outlook {
             return Outlook::of_sorted(values, left_ms);
         }
         let res = grid::<RESIDUAL_POINTS>(residuals);
-        let mut bufs: Buffers<MAX_VALUES> = [[0.0; MAX_VALUES]; 2];
-        let (all, first) = sorted_runs(values, res.as_slice(), |v| v.max(0.0), 2, &mut bufs)?;
-        let (x, y) = all.split_at(first);
-        let mut o = Outlook::of_runs(x, y, left_ms)?;
-        // What the residuals moved the mean by (the clamp at 0 can make
-        // it less than their mean).
-        let raw = sum(values) / values.len() as f64;
-        o.correction_ms = o.mean_ms - raw;
-        Some(o)
+        let all = ShiftedRows::new(values, res.as_slice())?;
+        let n = all.len() as f64;
+        let raw = sum(values);
+        let mean_ms = all.sum(raw) / n;
+        Some(Outlook {
+            mean_ms,
+            p50_ms: all.quantile(0.5),
+            p95_ms: all.quantile(0.95),
+            p_meet: left_ms.map(|l| all.count_at_most(l) as f64 / n),
+            // What the residuals moved the mean by (the clamp at 0 can make
+            // it less than their mean).
+            correction_ms: mean_ms - raw / values.len() as f64,
+        })
     }
 
     /// Mean and tail mixed by the task's priority.
@@ -570,14 +561,14 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
 
 /// How finely each distribution enters a path's outlook (evenly spaced
 /// quantiles): the offload outlook holds RTT x cloud x residual points, so
-/// these sizes set a decision's cost (16 x 4 x 4 = 256 values; 24 x 8 x 6
-/// made it 1,152 and a decision about 11 us on this machine).
+/// these sizes set a decision's cost (16 x 4 x 4 = 256 values, of which
+/// the 64 RTT x cloud sums are written out; 24 x 8 x 6 made it 1,152 and a
+/// decision about 11 us on this machine).
 const RTT_POINTS: usize = 16;
 const CLOUD_POINTS: usize = 4;
 const LOCAL_POINTS: usize = 16;
 const RESIDUAL_POINTS: usize = 4;
-const _: () = assert!(RTT_POINTS * CLOUD_POINTS * RESIDUAL_POINTS <= MAX_VALUES);
-const _: () = assert!(LOCAL_POINTS * RESIDUAL_POINTS <= MAX_VALUES);
+const _: () = assert!(RESIDUAL_POINTS <= MAX_SHIFTS);
 
 /// Local latency: the queue wait plus each recent inference time.
 fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook> {
@@ -622,11 +613,10 @@ fn offload_outlook(
     // network's, and one more factor would multiply the values.
     let transfer = cost.head_ms + cost.upload_ms + cost.download_ms;
     let mut bufs: Buffers<{ RTT_POINTS * CLOUD_POINTS }> = [[0.0; RTT_POINTS * CLOUD_POINTS]; 2];
-    let (values, _) = sorted_runs(
+    let values = sorted_sums(
         rtts.as_slice(),
         cloud.as_slice(),
         |v| transfer + v,
-        1,
         &mut bufs,
     )?;
     let (p_loss, delay_ms) = loss_outlook(input);

@@ -1,14 +1,11 @@
 //! Sorted runs of predicted latencies: the arithmetic under an outlook.
 //! A decision builds its distributions as sums of small sorted grids and
-//! reads quantiles from them, about 350 values in all; this is most of its
-//! time, so nothing here allocates and the merges keep two independent
-//! dependency chains in flight.
+//! reads a few statistics from them, some 330 values in all; this is most
+//! of its time, so nothing here allocates, the merges keep two independent
+//! dependency chains in flight, and the last sum (a prediction plus each
+//! past residual) is never written out ([`ShiftedRows`]).
 
 use crate::estimate::{floor_ceil, quantile};
-
-/// The most values an outlook holds: the offload outlook's RTT x cloud x
-/// residual points (see `decide`).
-pub(super) const MAX_VALUES: usize = 256;
 
 /// A list of at most `N` values on the stack.
 #[derive(Clone, Copy)]
@@ -83,25 +80,12 @@ pub(super) type Buffers<const N: usize> = [[f64; N]; 2];
 /// decision's time; merging the runs is a few nanoseconds a value. `None`
 /// if a value is not finite (or `f` makes one so), or if there are more
 /// than the buffers hold.
-#[cfg(test)]
 pub(super) fn sorted_sums<'b, const N: usize>(
     a: &[f64],
     b: &[f64],
     f: impl Fn(f64) -> f64,
     bufs: &'b mut Buffers<N>,
 ) -> Option<&'b [f64]> {
-    sorted_runs(a, b, f, 1, bufs).map(|(v, _)| v)
-}
-
-/// [`sorted_sums`] merged only down to `runs` sorted runs (1 or 2), in one
-/// of `bufs`: the values and, for two, where the second run starts.
-pub(super) fn sorted_runs<'b, const N: usize>(
-    a: &[f64],
-    b: &[f64],
-    f: impl Fn(f64) -> f64,
-    runs: usize,
-    bufs: &'b mut Buffers<N>,
-) -> Option<(&'b [f64], usize)> {
     let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
     let total = a.len() * b.len();
     if !finite(a) || !finite(b) || total > N {
@@ -117,7 +101,7 @@ pub(super) fn sorted_runs<'b, const N: usize>(
         }
     }
     let mut run = a.len().max(1);
-    while run * runs.max(1) < total {
+    while run < total {
         let mut jobs = from
             .chunks(2 * run)
             .zip(to.chunks_mut(2 * run))
@@ -139,45 +123,199 @@ pub(super) fn sorted_runs<'b, const N: usize>(
         std::mem::swap(&mut from, &mut to);
         run *= 2;
     }
-    let first = run.min(total);
     let values: &'b [f64] = from;
     // Sums of finite values are never NaN, so an overflow shows as an
-    // infinity at one end of a run.
-    let ends = [0, first.saturating_sub(1), first, total.saturating_sub(1)];
-    let finite_ends = ends
+    // infinity at one end.
+    let finite_ends = [values.first(), values.last()]
         .iter()
-        .all(|&k| values.get(k).is_none_or(|v| v.is_finite()));
-    finite_ends.then_some((values, first))
+        .all(|v| v.is_none_or(|v| v.is_finite()));
+    finite_ends.then_some(values)
 }
 
-/// The `k`-th smallest (from 0) of two sorted runs of finite values
-/// together, by bisection on how many come from `x`.
-pub(super) fn kth_of_two(x: &[f64], y: &[f64], k: usize) -> f64 {
-    let need = k + 1;
-    let (mut lo, mut hi) = (need.saturating_sub(y.len()), need.min(x.len()));
-    // The fewest from `x` such that no value left in `x` is below one
-    // taken from `y`.
-    while lo < hi {
-        let i = (lo + hi) / 2;
-        if x[i] < y[need - i - 1] {
-            lo = i + 1;
+/// The most residual points a [`ShiftedRows`] takes.
+pub(super) const MAX_SHIFTS: usize = 4;
+
+/// Every `max(x_i + r_j, 0)` for sorted `x` and `r`, read where it lies:
+/// each `r_j` shifts `x` into one sorted row. An outlook's last step (its
+/// prediction plus each past residual, a latency staying >= 0) is such a
+/// set, 256 values for an offload; its mean, count in time and two
+/// quantiles need a few dozen of them, where merging them all took a
+/// third of a decision.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ShiftedRows<'a> {
+    x: &'a [f64],
+    r: &'a [f64],
+}
+
+impl<'a> ShiftedRows<'a> {
+    /// `None` unless both are non-empty and finite (and their sums too),
+    /// with at most [`MAX_SHIFTS`] shifts.
+    pub(super) fn new(x: &'a [f64], r: &'a [f64]) -> Option<Self> {
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        let ok = !x.is_empty()
+            && (1..=MAX_SHIFTS).contains(&r.len())
+            && finite(x)
+            && finite(r)
+            && (x[x.len() - 1] + r[r.len() - 1]).is_finite();
+        debug_assert!(!ok || (x.is_sorted() && r.is_sorted()));
+        ok.then_some(ShiftedRows { x, r })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.x.len() * self.r.len()
+    }
+
+    #[inline(always)]
+    fn at(&self, row: usize, i: usize) -> f64 {
+        (self.x[i] + self.r[row]).max(0.0)
+    }
+
+    /// The sum of every value: a row's is `x`'s sum shifted, less what the
+    /// clamp at 0 took.
+    pub(super) fn sum(&self, x_sum: f64) -> f64 {
+        let n = self.x.len();
+        if self.x[0] + self.r[0] >= 0.0 {
+            // Nothing clamped (the usual case).
+            return self.r.len() as f64 * x_sum + n as f64 * self.r.iter().sum::<f64>();
+        }
+        (0..self.r.len())
+            .map(|row| {
+                let r = self.r[row];
+                match self.x.partition_point(|v| v + r < 0.0) {
+                    0 => x_sum + n as f64 * r,
+                    z => self.x[z..].iter().map(|v| v + r).sum(),
+                }
+            })
+            .sum()
+    }
+
+    /// How many values are at most `limit`.
+    pub(super) fn count_at_most(&self, limit: f64) -> usize {
+        (0..self.r.len())
+            .map(|row| {
+                let r = self.r[row];
+                self.x.partition_point(|v| (v + r).max(0.0) <= limit)
+            })
+            .sum()
+    }
+
+    /// The `k`-th value (from 0) in ascending order, or in descending
+    /// order with `DESC`, past the first `start[row]` of each row (in that
+    /// order), and the one after it (itself when there is none). Each
+    /// round sets aside the first values of the row whose probe comes
+    /// first, probing `k / rows` values on in each row: those set aside
+    /// all rank below `k`, so `k` shrinks by a quarter a round (k-th of
+    /// several sorted lists by elimination).
+    fn kth_and_next<const DESC: bool>(
+        &self,
+        mut start: [usize; MAX_SHIFTS],
+        k: usize,
+    ) -> (f64, f64) {
+        let (n, rows) = (self.x.len(), self.r.len());
+        // Descending is ascending over the values negated, rows reversed.
+        let key = |row: usize, i: usize| {
+            if DESC {
+                -self.at(row, n - 1 - i)
+            } else {
+                self.at(row, i)
+            }
+        };
+        let mut k = k;
+        while k > 0 {
+            // `k / rows` (a row used up only makes the rounds more), with
+            // no division on the way from one round to the next.
+            let step = match rows {
+                4 => k >> 2,
+                2 => k >> 1,
+                1 => k,
+                _ => k / rows,
+            }
+            .max(1);
+            let mut best = (f64::INFINITY, 0, 0);
+            for (row, &s) in start[..rows].iter().enumerate() {
+                let take = step.min(n - s);
+                if take > 0 {
+                    let probe = key(row, s + take - 1);
+                    if probe < best.0 {
+                        best = (probe, row, take);
+                    }
+                }
+            }
+            start[best.1] += best.2;
+            k -= best.2;
+        }
+        let head = |row: usize| {
+            if start[row] < n {
+                key(row, start[row])
+            } else {
+                f64::INFINITY
+            }
+        };
+        let first = (1..rows).fold(0, |w, row| if head(row) < head(w) { row } else { w });
+        let kth = head(first);
+        let after = start[first] + 1;
+        let mut next = if after < n {
+            key(first, after)
         } else {
-            hi = i;
+            f64::INFINITY
+        };
+        for row in (0..rows).filter(|&row| row != first) {
+            next = next.min(head(row));
+        }
+        let next = if next.is_finite() { next } else { kth };
+        if DESC {
+            (-kth, -next)
+        } else {
+            (kth, next)
         }
     }
-    let j = need - lo;
-    let last_x = if lo > 0 { x[lo - 1] } else { f64::NEG_INFINITY };
-    let last_y = if j > 0 { y[j - 1] } else { f64::NEG_INFINITY };
-    last_x.max(last_y)
-}
 
-/// The type-7 quantile of two sorted runs together, as `quantile` gives it
-/// for the merged list (at least one value).
-pub(super) fn quantile_of_two(x: &[f64], y: &[f64], q: f64) -> f64 {
-    let pos = q * (x.len() + y.len() - 1) as f64;
-    let (lo, hi) = floor_ceil(pos);
-    let v_lo = kth_of_two(x, y, lo);
-    v_lo + (kth_of_two(x, y, hi) - v_lo) * (pos - lo as f64)
+    /// The type-7 quantile of every value, as `quantile` gives it for the
+    /// values sorted. The values at most a guess (the sum of both lists'
+    /// own quantiles) are counted first, and the search goes on from
+    /// there, up or down: from a good guess only a few rounds are left.
+    pub(super) fn quantile(&self, q: f64) -> f64 {
+        let (n, rows) = (self.x.len(), self.r.len());
+        let last = self.len() - 1;
+        let q = q.clamp(0.0, 1.0);
+        let pos = q * last as f64;
+        let (lo, hi) = floor_ceil(pos);
+        let guess = quantile(self.x, q) + quantile(self.r, q);
+        let below: [usize; MAX_SHIFTS] = std::array::from_fn(|row| {
+            if row < rows {
+                let r = self.r[row];
+                self.x.partition_point(|v| (v + r).max(0.0) <= guess)
+            } else {
+                n
+            }
+        });
+        let above = below.map(|b| n - b);
+        let c: usize = below[..rows].iter().sum();
+        let (v_lo, v_hi) = if c <= lo {
+            let (v_lo, next) = self.kth_and_next::<false>(below, lo - c);
+            (v_lo, if hi == lo { v_lo } else { next })
+        } else if c > hi {
+            let (v_hi, before) = self.kth_and_next::<true>(above, c - 1 - hi);
+            (if hi == lo { v_hi } else { before }, v_hi)
+        } else {
+            // `lo` is the last value at most the guess, `hi` the first above.
+            (
+                self.kth_and_next::<true>(above, 0).0,
+                self.kth_and_next::<false>(below, 0).0,
+            )
+        };
+        v_lo + (v_hi - v_lo) * (pos - lo as f64)
+    }
+
+    /// The `k`-th smallest value (from 0), searched from either end.
+    #[cfg(test)]
+    pub(super) fn kth(&self, k: usize) -> [f64; 2] {
+        [
+            self.kth_and_next::<false>([0; MAX_SHIFTS], k).0,
+            self.kth_and_next::<true>([0; MAX_SHIFTS], self.len() - 1 - k)
+                .0,
+        ]
+    }
 }
 
 /// One merge to do: sorted `x` and `y` into `out` (their length together).
@@ -189,7 +327,7 @@ type Job<'a> = (&'a [f64], &'a [f64], &'a mut [f64]);
 /// before it, so 2 x `M` independent chains in flight run several times
 /// faster than one. Both ends follow the same order (on ties, `x` first),
 /// so the front's smallest half and the back's largest half make up all
-/// the values; they are not NaN (see [`sorted_runs`]).
+/// the values; they are not NaN (see [`sorted_sums`]).
 fn merge<const M: usize>(jobs: [Job<'_>; M]) {
     let n = jobs.first().map_or(0, |j| j.2.len());
     debug_assert!(jobs

@@ -826,49 +826,63 @@ fn sorted_sums_equal_every_sum_sorted() {
 }
 
 #[test]
-fn two_runs_give_the_merged_list_s_quantiles() {
+fn shifted_rows_give_the_statistics_of_every_sum_sorted() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    // Ties within and across the runs.
-    let mut next = |n: usize| sorted_noise(&mut x, n, |r, _| (r % 53) as f64 / 4.0);
-    for (nx, ny) in [
-        (1usize, 0usize),
-        (0, 3),
-        (1, 1),
+    // Ties within and across the rows, and sums below 0 (clamped).
+    let mut next = |n: usize| sorted_noise(&mut x, n, |r, _| (r % 53) as f64 / 4.0 - 3.0);
+    for (nx, nr) in [
+        (1usize, 1usize),
+        (1, 4),
         (5, 2),
-        (64, 64),
-        (128, 128),
-        (7, 30),
+        (16, 4),
+        (64, 4),
+        (7, 3),
+        (64, 1),
     ] {
-        let (a, b) = (next(nx), next(ny));
-        let mut all = [a.clone(), b.clone()].concat();
+        let (a, r) = (next(nx), next(nr));
+        let mut all: Vec<f64> = a
+            .iter()
+            .flat_map(|x| r.iter().map(move |y| (x + y).max(0.0)))
+            .collect();
         all.sort_by(f64::total_cmp);
+        let rows = ShiftedRows::new(&a, &r).unwrap();
+        assert_eq!(rows.len(), all.len());
         for (k, want) in all.iter().enumerate() {
-            assert_eq!(super::runs::kth_of_two(&a, &b, k), *want, "{nx}+{ny} k={k}");
+            assert_eq!(rows.kth(k), [*want; 2], "{nx}x{nr} k={k}");
         }
-        let (two, one) = (
-            Outlook::of_runs(&a, &b, Some(6.0)).unwrap(),
-            Outlook::of_sorted(&all, Some(6.0)).unwrap(),
-        );
-        assert!((two.mean_ms - one.mean_ms).abs() < 1e-9, "{nx}+{ny}");
-        assert_eq!(
-            (two.p50_ms, two.p95_ms, two.p_meet),
-            (quantile(&all, 0.5), quantile(&all, 0.95), one.p_meet),
-            "{nx}+{ny}"
+        // Every case of the guess: below, above, and between the two
+        // values a quantile falls between.
+        for q in (0..=200).map(|i| i as f64 / 200.0) {
+            assert_eq!(rows.quantile(q), quantile(&all, q), "{nx}x{nr} q={q}");
+        }
+        for limit in [-1.0, 0.0, 2.5, 6.0, 1e9] {
+            let want = all.iter().filter(|v| **v <= limit).count();
+            assert_eq!(rows.count_at_most(limit), want, "{nx}x{nr} <= {limit}");
+        }
+        let sum: f64 = all.iter().sum();
+        let got = rows.sum(a.iter().sum());
+        assert!(
+            (got - sum).abs() < 1e-9 * sum.abs().max(1.0),
+            "{got} vs {sum}"
         );
     }
-    // Merged down to two runs: each sorted, together every sum.
-    let (a, b) = (next(16), next(4));
-    let mut bufs = [[0.0; 64]; 2];
-    let (v, first) = super::runs::sorted_runs(&a, &b, |v| v, 2, &mut bufs).unwrap();
-    let mut v = v.to_vec();
-    assert_eq!((v.len(), first), (64, 32));
-    assert!(v[..first].is_sorted() && v[first..].is_sorted());
-    v.sort_by(f64::total_cmp);
-    let mut bufs = [[0.0; 64]; 2];
+    // All clamped: exactly 0.
     assert_eq!(
-        Some(&v[..]),
-        super::runs::sorted_sums(&a, &b, |v| v, &mut bufs)
+        ShiftedRows::new(&[1.0, 2.0], &[-5.0]).unwrap().sum(3.0),
+        0.0
     );
+}
+
+#[test]
+fn shifted_rows_of_values_not_finite_or_too_many_shifts_are_none() {
+    let none = |a: &[f64], r: &[f64]| ShiftedRows::new(a, r).is_none();
+    assert!(none(&[1.0, f64::NAN], &[1.0]));
+    assert!(none(&[1.0], &[f64::INFINITY]));
+    assert!(none(&[f64::MAX], &[f64::MAX]));
+    assert!(none(&[], &[1.0]));
+    assert!(none(&[1.0], &[]));
+    assert!(none(&[1.0], &[1.0; MAX_SHIFTS + 1]));
+    assert!(!none(&[1.0], &[1.0; MAX_SHIFTS]));
 }
 
 #[test]
