@@ -1142,3 +1142,20 @@ fn a_local_run_that_overtakes_queued_tasks_pays_for_their_wait() {
         "{dec}"
     );
 }
+
+#[test]
+fn a_grid_is_the_data_s_evenly_spaced_quantiles() {
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for n in [1usize, 4, 5, 16, 17, 32, 60] {
+        let data = sorted_noise(&mut x, n, |r, _| (r % 1000) as f64 / 10.0);
+        let got = super::runs::grid::<4>(&data);
+        let want: Vec<f64> = if n <= 4 {
+            data.clone()
+        } else {
+            (0..4)
+                .map(|i| quantile(&data, (i as f64 + 0.5) / 4.0))
+                .collect()
+        };
+        assert_eq!(got.as_slice(), &want[..], "n={n}");
+    }
+}
