@@ -395,7 +395,7 @@ fn per_call() {
 
 /// `iters` steps over two 4 KB arrays: each step loads two values and
 /// stores one that a later step loads (a decision's merges go back and
-/// forth between buffers of that size).
+/// forth between two stack buffers).
 fn memory(iters: u64) -> u64 {
     let mut a = black_box([1.0f64; 512]);
     let mut b = [0.0f64; 512];
