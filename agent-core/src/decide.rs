@@ -24,8 +24,7 @@
 
 mod runs;
 
-use crate::estimate::quantile;
-use crate::estimate::{congestion_price_ms, NetworkStatus};
+use crate::estimate::{congestion_price_ms, quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
 use runs::{grid, sorted_sums, sum, Buffers, ShiftedRows, Values, MAX_SHIFTS};

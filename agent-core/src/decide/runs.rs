@@ -64,6 +64,10 @@ pub(super) fn grid<const N: usize>(sorted: &[f64]) -> Values<N> {
     out
 }
 
+fn all_finite(v: &[f64]) -> bool {
+    v.iter().all(|x| x.is_finite())
+}
+
 /// A sum in four lanes: a single running sum waits on each addition's
 /// latency (some 250 in a row for an offload outlook).
 pub(super) fn sum(v: &[f64]) -> f64 {
@@ -93,9 +97,8 @@ pub(super) fn sorted_sums<'b, const N: usize>(
     f: impl Fn(f64) -> f64,
     bufs: &'b mut Buffers<N>,
 ) -> Option<&'b [f64]> {
-    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
     let total = a.len() * b.len();
-    if !finite(a) || !finite(b) || total > N {
+    if !all_finite(a) || !all_finite(b) || total > N {
         return None;
     }
     let [from, to] = bufs;
@@ -158,11 +161,10 @@ impl<'a> ShiftedRows<'a> {
     /// `None` unless both are non-empty and finite (and their sums too),
     /// with at most [`MAX_SHIFTS`] shifts.
     pub(super) fn new(x: &'a [f64], r: &'a [f64]) -> Option<Self> {
-        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
         let ok = !x.is_empty()
             && (1..=MAX_SHIFTS).contains(&r.len())
-            && finite(x)
-            && finite(r)
+            && all_finite(x)
+            && all_finite(r)
             && (x[x.len() - 1] + r[r.len() - 1]).is_finite();
         debug_assert!(!ok || (x.is_sorted() && r.is_sorted()));
         ok.then_some(ShiftedRows { x, r })
@@ -196,14 +198,18 @@ impl<'a> ShiftedRows<'a> {
             .sum()
     }
 
+    /// How many values of each row are at most `limit` (rows past the
+    /// last: all of theirs, so that none is ever searched).
+    fn at_most_per_row(&self, limit: f64) -> [usize; MAX_SHIFTS] {
+        std::array::from_fn(|row| match self.r.get(row) {
+            Some(&r) => self.x.partition_point(|v| (v + r).max(0.0) <= limit),
+            None => self.x.len(),
+        })
+    }
+
     /// How many values are at most `limit`.
     pub(super) fn count_at_most(&self, limit: f64) -> usize {
-        (0..self.r.len())
-            .map(|row| {
-                let r = self.r[row];
-                self.x.partition_point(|v| (v + r).max(0.0) <= limit)
-            })
-            .sum()
+        self.at_most_per_row(limit)[..self.r.len()].iter().sum()
     }
 
     /// The `k`-th value (from 0) in ascending order, or in descending
@@ -216,7 +222,7 @@ impl<'a> ShiftedRows<'a> {
     fn kth_and_next<const DESC: bool>(
         &self,
         mut start: [usize; MAX_SHIFTS],
-        k: usize,
+        mut k: usize,
     ) -> (f64, f64) {
         let (n, rows) = (self.x.len(), self.r.len());
         // Descending is ascending over the values negated, rows reversed.
@@ -227,7 +233,6 @@ impl<'a> ShiftedRows<'a> {
                 self.at(row, i)
             }
         };
-        let mut k = k;
         while k > 0 {
             // `k / rows` (a row used up only makes the rounds more), with
             // no division on the way from one round to the next.
@@ -287,15 +292,7 @@ impl<'a> ShiftedRows<'a> {
         let q = q.clamp(0.0, 1.0);
         let pos = q * last as f64;
         let (lo, hi) = floor_ceil(pos);
-        let guess = quantile(self.x, q) + quantile(self.r, q);
-        let below: [usize; MAX_SHIFTS] = std::array::from_fn(|row| {
-            if row < rows {
-                let r = self.r[row];
-                self.x.partition_point(|v| (v + r).max(0.0) <= guess)
-            } else {
-                n
-            }
-        });
+        let below = self.at_most_per_row(quantile(self.x, q) + quantile(self.r, q));
         let above = below.map(|b| n - b);
         let c: usize = below[..rows].iter().sum();
         let (v_lo, v_hi) = if c <= lo {
