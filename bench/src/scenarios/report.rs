@@ -558,7 +558,9 @@ pub fn render(r: &BenchResult) -> String {
     }
     let _ = writeln!(
         o,
-        "\n- **tasks**: sent (the same seeded stream for every policy of a scenario);\n\
+        "\n- **tasks**: sent (the same seeded stream for every policy of a scenario; the \
+         policies of a seed run one after another, in the listed order turned by one place per \
+         seed, so a slow spell of the shared host does not fall on one policy in every seed);\n\
          - **deadline miss**: of the tasks with a deadline, those not answered with a result \
          within it (a failed task misses);\n\
          - **failed**: sent but not answered with a result (failed early, rejected, or no answer);\n\

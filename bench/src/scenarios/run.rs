@@ -225,7 +225,27 @@ fn run_policy(
     })
 }
 
-fn run_scenario(ctx: &Ctx, sc: &Scenario, file: &Path, dir: &Path) -> Result<Vec<PolicyRun>> {
+/// The order the policies of a seed's run go in: the listed order turned
+/// by one per seed, so that a slow spell of the shared host, or a cloud
+/// still warming up, does not fall on the same policy in every seed.
+pub fn run_order(policies: usize, seed_index: u64) -> Vec<usize> {
+    let turn = if policies == 0 {
+        0
+    } else {
+        (seed_index % policies as u64) as usize
+    };
+    (0..policies).map(|i| (i + turn) % policies).collect()
+}
+
+/// Runs every policy of one seed (in `run_order`) against one emulated
+/// link and cloud; the runs come back in the listed order.
+fn run_scenario(
+    ctx: &Ctx,
+    sc: &Scenario,
+    seed_index: u64,
+    file: &Path,
+    dir: &Path,
+) -> Result<Vec<PolicyRun>> {
     let prefix = format!("sb{}", std::process::id());
     let mut cmd = Command::new(&ctx.netem_tun);
     cmd.args(["run", "--scenario"])
@@ -270,12 +290,14 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, file: &Path, dir: &Path) -> Result<Vec
         Duration::from_secs(60),
     )?;
 
-    let mut runs = Vec::new();
-    for policy in &ctx.o.policies {
-        runs.push(run_policy(
+    let mut runs: Vec<Option<PolicyRun>> = ctx.o.policies.iter().map(|_| None).collect();
+    for i in run_order(ctx.o.policies.len(), seed_index) {
+        let policy = &ctx.o.policies[i];
+        runs[i] = Some(run_policy(
             ctx, &mut lab, sc, file, dir, &net, &certs, policy,
         )?);
     }
+    let runs: Vec<PolicyRun> = runs.into_iter().flatten().collect();
     cloud.stop(Duration::from_secs(10))?;
     drop(cloud);
     if let Some(cg) = cloud_cg {
@@ -548,15 +570,19 @@ pub fn run(o: &Options) -> Result<BenchResult> {
                 result.calibrations.push(c);
             }
             drop_cgroup(probe);
+            let order: Vec<&str> = run_order(o.policies.len(), k)
+                .into_iter()
+                .map(|i| o.policies[i].as_str())
+                .collect();
             eprintln!(
-                "scenario-bench: {} ({:.0}-{:.0} s, seed {}), policies {}",
+                "scenario-bench: {} ({:.0}-{:.0} s, seed {}), policies in this order: {}",
                 sc.name,
                 span.0,
                 span.1,
                 sc.workload.seed,
-                o.policies.join(", ")
+                order.join(", ")
             );
-            let runs = run_scenario(&ctx, &sc, &sc_file, &dir)?;
+            let runs = run_scenario(&ctx, &sc, k, &sc_file, &dir)?;
             for r in runs.iter().flat_map(|r| &r.records) {
                 match (r.completed(), r.transport.as_str()) {
                     (true, "quic") => quic += 1,
@@ -682,5 +708,27 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
         // Without both fixed policies there is no oracle.
         let r = assemble(&sc, (0.0, 10.0), "q".into(), &runs[2..]);
         assert!(r.oracle.is_none() && r.rows[0].vs_oracle_ms.is_none());
+    }
+
+    #[test]
+    fn each_policy_takes_each_place_in_turn_across_seeds() {
+        assert_eq!(run_order(5, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(run_order(5, 1), vec![1, 2, 3, 4, 0]);
+        assert_eq!(run_order(5, 7), vec![2, 3, 4, 0, 1]);
+        assert!(run_order(0, 3).is_empty());
+        // Over as many seeds as policies, every policy runs once in
+        // every place, and each seed runs every policy once.
+        let n = 6;
+        let mut seen = vec![vec![0; n]; n];
+        for k in 0..n as u64 {
+            let order = run_order(n, k);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            for (place, &p) in order.iter().enumerate() {
+                seen[p][place] += 1;
+            }
+        }
+        assert!(seen.iter().flatten().all(|&c| c == 1), "{seen:?}");
     }
 }
