@@ -55,6 +55,8 @@ pub struct ProbeEvent {
     /// The remote endpoint (the cloud service's address) the path leads to.
     pub dest: IpAddr,
     pub source: SampleSource,
+    /// When it was observed; for a lost probe, when the probe was sent
+    /// (its loss is only known a timeout later, and probes overlap).
     pub at: Instant,
     pub kind: ProbeEventKind,
 }

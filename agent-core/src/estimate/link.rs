@@ -98,6 +98,12 @@ pub struct LinkEstimator {
     /// Counted since the newest RTT sample: (retransmits, segments, failed
     /// probes); forgotten after an outage (see [`OUTAGE_GAP`]).
     unheard: (u64, u64, usize),
+    /// The newest successful probe's time.
+    probe_ok_at: Option<Instant>,
+    /// The last outage that has ended: from the last sample before it to
+    /// the first after it. A probe sent into it whose timeout comes only
+    /// later is the outage's, not a loss.
+    last_outage: Option<(Instant, Instant)>,
 }
 
 impl LinkEstimator {
@@ -112,17 +118,20 @@ impl LinkEstimator {
             transfers: VecDeque::new(),
             heard_at: None,
             unheard: (0, 0, 0),
+            probe_ok_at: None,
+            last_outage: None,
         }
     }
 
     pub fn on_event(&mut self, ev: &ProbeEvent) {
         match ev.kind {
             ProbeEventKind::Rtt(rtt) => {
-                if self
+                if let Some(h) = self
                     .heard_at
-                    .is_some_and(|h| ev.at.saturating_duration_since(h) > OUTAGE_GAP)
+                    .filter(|&h| ev.at.saturating_duration_since(h) > OUTAGE_GAP)
                 {
                     self.forget_unheard();
+                    self.last_outage = Some((h, ev.at));
                 }
                 self.unheard = (0, 0, 0);
                 self.heard_at = Some(self.heard_at.map_or(ev.at, |h| h.max(ev.at)));
@@ -135,12 +144,26 @@ impl LinkEstimator {
                 // our service on it answers: only a probe or an offload that
                 // reached the service clears a run of failures.
                 if ev.source == SampleSource::ActiveTcpConnect {
-                    self.record_probe(true);
+                    self.probe_ok_at = Some(self.probe_ok_at.map_or(ev.at, |t| t.max(ev.at)));
+                    self.remember_probe(true);
+                    self.consecutive_failures = 0;
                 }
             }
             ProbeEventKind::ProbeLost => {
-                self.record_probe(false);
+                // `at` is when the lost probe was sent.
+                if self
+                    .last_outage
+                    .is_some_and(|(from, to)| from < ev.at && ev.at < to)
+                {
+                    return;
+                }
+                self.remember_probe(false);
                 self.unheard.2 += 1;
+                // A probe has been answered since this one was sent: a
+                // loss, but not a sign that the service does not answer now.
+                if self.probe_ok_at.is_none_or(|ok| ok < ev.at) {
+                    self.consecutive_failures += 1;
+                }
             }
             ProbeEventKind::Retransmits(n) => {
                 self.retransmits += u64::from(n);
@@ -200,12 +223,12 @@ impl LinkEstimator {
         }
     }
 
-    fn record_probe(&mut self, ok: bool) {
+    /// One probe's outcome in the loss window.
+    fn remember_probe(&mut self, ok: bool) {
         if self.probes.len() == self.cfg.loss_window {
             self.probes.pop_front();
         }
         self.probes.push_back(ok);
-        self.consecutive_failures = if ok { 0 } else { self.consecutive_failures + 1 };
     }
 
     /// The freshest non-stale source, preferring passive ones: they measure
@@ -373,6 +396,64 @@ mod tests {
         let s = est.snapshot(t0 + Duration::from_millis(20));
         assert_eq!(s.source, Some(SampleSource::SockOps));
         assert!(!s.reachable, "the host answers TCP, the service does not");
+    }
+
+    /// Probes overlap, so a lost one is reported a timeout after it was
+    /// sent, at the moment it was sent, often after later ones answered.
+    #[test]
+    fn a_lost_probe_counts_by_when_it_was_sent() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let probe = SampleSource::ActiveTcpConnect;
+        let lost = |sent: u64| ev(at(sent), probe, ProbeEventKind::ProbeLost);
+        // (events in the order they arrive, reachable, loss rate)
+        let cases: [(&str, Vec<ProbeEvent>, bool, f64); 4] = [
+            (
+                "a probe lost on a working link: a loss, the service answers",
+                vec![rtt(at(0), probe, 5), lost(100), rtt(at(205), probe, 5)],
+                true,
+                1.0 / 3.0,
+            ),
+            (
+                "three lost after the last answer: the service does not answer",
+                vec![rtt(at(0), probe, 5), lost(100), lost(200), lost(300)],
+                false,
+                3.0 / 4.0,
+            ),
+            (
+                "lost before an answer they arrive after: not in a row",
+                vec![
+                    rtt(at(0), probe, 5),
+                    rtt(at(305), probe, 5),
+                    lost(100),
+                    lost(200),
+                    lost(300),
+                ],
+                true,
+                3.0 / 5.0,
+            ),
+            (
+                "sent into an outage that ended before they timed out: neither",
+                vec![
+                    rtt(at(0), probe, 5),
+                    lost(1100),
+                    rtt(at(2000), probe, 5),
+                    lost(1500),
+                    lost(1900),
+                ],
+                true,
+                0.0,
+            ),
+        ];
+        for (what, events, reachable, loss) in cases {
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            for e in &events {
+                est.on_event(e);
+            }
+            let s = est.snapshot(at(2100));
+            assert_eq!(s.reachable, reachable, "{what}");
+            assert!((s.loss_rate - loss).abs() < 1e-9, "{what}: {}", s.loss_rate);
+        }
     }
 
     #[test]
