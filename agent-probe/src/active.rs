@@ -107,8 +107,9 @@ impl ActiveProbe {
             };
             let (at, kind) = match rtt {
                 Some(rtt) => {
-                    last_ok = Some(Instant::now());
-                    (Instant::now(), ProbeEventKind::Rtt(rtt))
+                    let now = Instant::now();
+                    last_ok = Some(now);
+                    (now, ProbeEventKind::Rtt(rtt))
                 }
                 None => {
                     last_ok = None;

@@ -229,20 +229,17 @@ fn run_policy(
 /// by one per seed, so that a slow spell of the shared host, or a cloud
 /// still warming up, does not fall on the same policy in every seed.
 pub fn run_order(policies: usize, seed_index: u64) -> Vec<usize> {
-    let turn = if policies == 0 {
-        0
-    } else {
-        (seed_index % policies as u64) as usize
-    };
+    let turn = seed_index.checked_rem(policies as u64).unwrap_or(0) as usize;
     (0..policies).map(|i| (i + turn) % policies).collect()
 }
 
-/// Runs every policy of one seed (in `run_order`) against one emulated
-/// link and cloud; the runs come back in the listed order.
+/// Runs every policy of one seed, in `order` (indices into the listed
+/// policies, see [`run_order`]), against one emulated link and cloud; the
+/// runs come back in the listed order.
 fn run_scenario(
     ctx: &Ctx,
     sc: &Scenario,
-    seed_index: u64,
+    order: &[usize],
     file: &Path,
     dir: &Path,
 ) -> Result<Vec<PolicyRun>> {
@@ -291,7 +288,7 @@ fn run_scenario(
     )?;
 
     let mut runs: Vec<Option<PolicyRun>> = ctx.o.policies.iter().map(|_| None).collect();
-    for i in run_order(ctx.o.policies.len(), seed_index) {
+    for &i in order {
         let policy = &ctx.o.policies[i];
         runs[i] = Some(run_policy(
             ctx, &mut lab, sc, file, dir, &net, &certs, policy,
@@ -570,19 +567,17 @@ pub fn run(o: &Options) -> Result<BenchResult> {
                 result.calibrations.push(c);
             }
             drop_cgroup(probe);
-            let order: Vec<&str> = run_order(o.policies.len(), k)
-                .into_iter()
-                .map(|i| o.policies[i].as_str())
-                .collect();
+            let order = run_order(o.policies.len(), k);
+            let names: Vec<&str> = order.iter().map(|&i| o.policies[i].as_str()).collect();
             eprintln!(
                 "scenario-bench: {} ({:.0}-{:.0} s, seed {}), policies in this order: {}",
                 sc.name,
                 span.0,
                 span.1,
                 sc.workload.seed,
-                order.join(", ")
+                names.join(", ")
             );
-            let runs = run_scenario(&ctx, &sc, k, &sc_file, &dir)?;
+            let runs = run_scenario(&ctx, &sc, &order, &sc_file, &dir)?;
             for r in runs.iter().flat_map(|r| &r.records) {
                 match (r.completed(), r.transport.as_str()) {
                     (true, "quic") => quic += 1,
