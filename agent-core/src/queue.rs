@@ -242,15 +242,40 @@ impl<T> TaskQueue<T> {
         busy: &[Duration],
         workers: usize,
     ) -> Duration {
+        self.wait_behind(
+            |e| (e.priority, e.ahead) >= (priority, ahead),
+            busy,
+            workers,
+        )
+    }
+
+    /// Expected wait before the queued item `id` starts: only the work
+    /// ahead of it in queue order counts, not itself nor what queued
+    /// behind it (which [`TaskQueue::wait_estimate`], the wait of a new
+    /// arrival, would count). `None` when `id` is no longer queued.
+    pub fn wait_ahead_of(
+        &self,
+        id: QueueId,
+        busy: &[Duration],
+        workers: usize,
+    ) -> Option<Duration> {
+        let item = self.heap.iter().find(|e| e.seq == id.0)?;
+        Some(self.wait_behind(|e| e > item, busy, workers))
+    }
+
+    /// The wait before a start behind the entries `ahead` picks, handed in
+    /// queue order to whichever of `workers` frees up first.
+    fn wait_behind(
+        &self,
+        ahead: impl Fn(&Entry<T>) -> bool,
+        busy: &[Duration],
+        workers: usize,
+    ) -> Duration {
         let mut free: Vec<Duration> = busy.to_vec();
         free.resize(workers.max(busy.len()).max(1), Duration::ZERO);
-        let mut ahead: Vec<&Entry<T>> = self
-            .heap
-            .iter()
-            .filter(|e| (e.priority, e.ahead) >= (priority, ahead))
-            .collect();
-        ahead.sort_by(|a, b| b.cmp(a));
-        for e in ahead {
+        let mut before: Vec<&Entry<T>> = self.heap.iter().filter(|e| ahead(e)).collect();
+        before.sort_by(|a, b| b.cmp(a));
+        for e in before {
             let next = free.iter_mut().min().expect("at least one worker");
             *next += e.expected;
         }
@@ -511,6 +536,39 @@ mod tests {
             empty.wait_estimate(Priority::Low, &[ms(9)], 2),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_queued_item_waits_only_for_the_work_ahead_of_it() {
+        let t0 = Instant::now();
+        let mut q = TaskQueue::new(10, usize::MAX);
+        // seq 0..=4, in this order of arrival.
+        q.push("low", Priority::Low, None, ms(10), 0).unwrap();
+        q.push("med-late", Priority::Medium, Some(t0 + ms(80)), ms(5), 0)
+            .unwrap();
+        q.push("med-none", Priority::Medium, None, ms(3), 0)
+            .unwrap();
+        q.push("med-early", Priority::Medium, Some(t0 + ms(50)), ms(4), 0)
+            .unwrap();
+        q.push("high", Priority::High, None, ms(6), 0).unwrap();
+        let busy = [ms(2)];
+        let ahead_of = |seq| q.wait_ahead_of(QueueId(seq), &busy, 1).unwrap();
+        // Queue order: high, med-early, med-late, med-none, low.
+        assert_eq!(ahead_of(4), ms(2));
+        assert_eq!(ahead_of(3), ms(8));
+        assert_eq!(ahead_of(1), ms(12));
+        assert_eq!(ahead_of(2), ms(17));
+        assert_eq!(ahead_of(0), ms(20));
+        // A new medium arrival waits behind every medium item; the queued
+        // med-early does not wait behind itself or the two behind it.
+        assert_eq!(q.wait_estimate(Priority::Medium, &busy, 1), ms(20));
+        // Two workers: high goes to the idle one (free at 6), med-early
+        // to the one free at 2 (free at 6): med-late starts at 6.
+        assert_eq!(q.wait_ahead_of(QueueId(1), &busy, 2), Some(ms(6)));
+        // An item no longer queued has no wait.
+        q.remove(QueueId(3)).unwrap();
+        assert_eq!(q.wait_ahead_of(QueueId(3), &busy, 1), None);
+        assert_eq!(q.wait_ahead_of(QueueId(1), &busy, 1), Some(ms(8)));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use crate::split::{PointIndex, SplitPoints};
 use crate::store::TaskStore;
 use agent_core::{
     CloudStatus, CpuMeter, Decision, DecisionInput, ExecPath, ExecTimeModel, LoadMeter,
-    LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, Reason,
-    Residuals, RunShape, RunTiming, SampleSource, Silence, SplitInput, Task, TaskError, TaskQueue,
-    TaskResult, TaskType, Transport, UplinkQueue, UploadId,
+    LocalStatus, NetworkStatus, Output, Policy, Priority, ProbeEvent, ProbeEventKind, QueueId,
+    Reason, Residuals, RunShape, RunTiming, SampleSource, Silence, SplitInput, Task, TaskError,
+    TaskQueue, TaskResult, TaskType, Transport, UplinkQueue, UploadId,
 };
 use agent_net::wire::{
     error_from_kind, error_response, output_from_response, task_to_request, timing_from_response,
@@ -716,7 +716,7 @@ impl Manager {
             inner.recost_queue(&mut state, now);
             let moved = inner.take_late(&mut state, now);
             self.inner.offload_moved(moved);
-            let mut decision = inner.decide(&state, &task, now);
+            let mut decision = inner.decide(&state, &task, now, None);
             if let Ok(d) = &mut decision {
                 state.last_path.insert(task.task_type, d.path);
                 // Hedge within the budget, with a local leg that fits (a
@@ -1009,7 +1009,7 @@ impl Inner {
                     .is_some_and(|d| d.path == ExecPath::Local && d.split.is_none())
         });
         for (id, job, _) in movable.take(MAX_RECONSIDERED) {
-            match self.decide(state, &job.task, now) {
+            match self.decide(state, &job.task, now, Some(id)) {
                 Ok(mut d) if d.path == ExecPath::Cloud && d.split.is_none() => {
                     d.reason = Reason::MovedFromLateQueue;
                     d.hedge = false;
@@ -1056,8 +1056,16 @@ impl Inner {
 
     /// Decides per usable endpoint (two drawn at random among more than
     /// two) and keeps the decision of the endpoint whose offload looks
-    /// best; without any, the decision for the local path alone.
-    fn decide(&self, state: &LocalState, task: &Task, now: Instant) -> Result<Decision, TaskError> {
+    /// best; without any, the decision for the local path alone. `queued`:
+    /// the task is in the local queue already (decided again), and waits
+    /// there only for the work ahead of it.
+    fn decide(
+        &self,
+        state: &LocalState,
+        task: &Task,
+        now: Instant,
+        queued: Option<QueueId>,
+    ) -> Result<Decision, TaskError> {
         self.forget_outages();
         // A task a peer gateway offloaded to us runs here.
         let from_peer = task.context.contains_key(PEER_HOP);
@@ -1082,7 +1090,7 @@ impl Inner {
             usable = (0..self.endpoints.len()).filter(serving).collect();
         }
         if usable.is_empty() {
-            return self.decide_for(state, task, now, None, None);
+            return self.decide_for(state, task, now, queued, None, None);
         }
         let candidates = agent_core::endpoint_candidates(&usable, rand::random());
         // Per endpoint, the whole offload and each split point it may use.
@@ -1096,12 +1104,12 @@ impl Inner {
             })
             .collect();
         if let [(i, v)] = options[..] {
-            return self.decide_for(state, task, now, Some(i), v);
+            return self.decide_for(state, task, now, queued, Some(i), v);
         }
         let mut decisions = Vec::with_capacity(options.len());
         let mut first_err = None;
         for &(i, v) in &options {
-            match self.decide_for(state, task, now, Some(i), v) {
+            match self.decide_for(state, task, now, queued, Some(i), v) {
                 Ok(d) => decisions.push(d),
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -1136,6 +1144,7 @@ impl Inner {
         state: &LocalState,
         task: &Task,
         now: Instant,
+        queued: Option<QueueId>,
         endpoint: Option<usize>,
         split: Option<PointIndex>,
     ) -> Result<Decision, TaskError> {
@@ -1181,12 +1190,12 @@ impl Inner {
                 }),
             )
         };
-        let queue_wait = agent_core::wait_behind_higher(
-            state
-                .queue
-                .wait_estimate(task.priority, &busy, self.cfg.workers.max(1)),
-            state.higher_load(task.priority, now),
-        );
+        let workers = self.cfg.workers.max(1);
+        let ahead = queued
+            .and_then(|id| state.queue.wait_ahead_of(id, &busy, workers))
+            .unwrap_or_else(|| state.queue.wait_estimate(task.priority, &busy, workers));
+        let queue_wait =
+            agent_core::wait_behind_higher(ahead, state.higher_load(task.priority, now));
         let (uplink_wait, uplink_load) = ep.map_or((Duration::ZERO, 0.0), |e| {
             let q = e.uplink.lock().expect("uplink lock");
             (q.wait(now), q.load(now))

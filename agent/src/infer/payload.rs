@@ -3,8 +3,9 @@
 //! run before any decoding, so a decompression bomb, a truncated file or
 //! invalid UTF-8 is a clear error and never a large allocation or a panic.
 
-use super::spec::InputSpec;
+use super::spec::{InputSpec, ModelSpec};
 use super::tokenizer::Vocab;
+use agent_core::TaskError;
 use image::{ImageFormat, ImageReader, Limits};
 use std::io::Cursor;
 
@@ -51,6 +52,15 @@ fn dimensions(payload: &[u8], max_pixels: u64) -> Result<(u32, u32), String> {
         ));
     }
     Ok((w, h))
+}
+
+impl ModelSpec {
+    /// Checks a payload without decoding it: size, image header and
+    /// dimensions, UTF-8.
+    pub fn validate_payload(&self, payload: &[u8]) -> Result<(), TaskError> {
+        check(&self.input(), payload)
+            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", self.name)))
+    }
 }
 
 /// Checks a payload without decoding it.

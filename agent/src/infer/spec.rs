@@ -2,8 +2,6 @@
 //! and what its output means. Checking a payload needs no model loaded, so
 //! the manager and the cloud do it before accepting work.
 
-use super::payload;
-use agent_core::TaskError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -164,13 +162,6 @@ impl ModelSpec {
             height: self.height,
             width: self.width,
         })
-    }
-
-    /// Checks a payload without decoding it: size, image header and
-    /// dimensions, UTF-8.
-    pub fn validate_payload(&self, payload: &[u8]) -> Result<(), TaskError> {
-        payload::check(&self.input(), payload)
-            .map_err(|e| TaskError::InvalidInput(format!("{}: {e}", self.name)))
     }
 
     /// The name of class `class`, or its number.
