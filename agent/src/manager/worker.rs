@@ -1,0 +1,194 @@
+//! The local workers: each takes the next batch from the queue, runs it
+//! on an engine of its own and ends its tasks; a split task's head runs
+//! here too, its tail is offloaded.
+
+use super::*;
+
+/// Runs the models on this worker's thread (see [`crate::infer::Engine::warm_up`]),
+/// holding an engine only for that long.
+pub(super) fn warm_worker(inner: &Inner) -> anyhow::Result<()> {
+    match inner.engines.try_checkout() {
+        Some(mut engine) => engine.engine().warm_up(),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
+    while let Some(jobs) = next_batch(&inner, index) {
+        let now = Instant::now();
+        // Tasks whose submitter left or whose deadline passed while queued
+        // end here; the others run together.
+        let mut runnable = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if !job.fell_back {
+                // Acceptance to a worker: the wait in the local queue (a task
+                // that fell back also spent its failed offload).
+                crate::metrics::record_queue_wait(job.task.task_type, now - job.task.created_at);
+            }
+            if job.reply.is_closed() {
+                let e = TaskError::Cancelled("submitter went away".into());
+                inner.finish_timed(job, Err(e), None, None, None);
+            } else if job.task.deadline.is_some_and(|d| d <= now) {
+                let e = TaskError::DeadlineExceeded("expired while queued locally".into());
+                inner.finish_timed(job, Err(e), None, None, None);
+            } else {
+                runnable.push(job);
+            }
+        }
+        if runnable.is_empty() {
+            inner.state.lock().expect("state lock").worker_done(index);
+            continue;
+        }
+        if let Some(point) = runnable[0].head_to_run() {
+            let job = runnable.pop().expect("a runnable job");
+            run_head(&inner, job, point);
+            inner.state.lock().expect("state lock").worker_done(index);
+            continue;
+        }
+        let task_type = runnable[0].task.task_type;
+        let payloads: Vec<&[u8]> = runnable.iter().map(|j| j.task.payload.as_slice()).collect();
+        // As many engines as workers: one is always free for this worker,
+        // from the newest generation of models.
+        let results = match inner.engines.checkout() {
+            Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                engine.engine().process_batch(task_type, &payloads)
+            }))
+            .unwrap_or_else(|_| {
+                payloads
+                    .iter()
+                    .map(|_| Err(TaskError::Internal("inference panicked".into())))
+                    .collect()
+            }),
+            None => payloads
+                .iter()
+                .map(|_| Err(TaskError::Unavailable("the edge is shutting down".into())))
+                .collect(),
+        };
+        drop(payloads);
+        if runnable.len() > 1 {
+            ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
+                .record(runnable.len() as f64);
+        }
+        inner.state.lock().expect("state lock").worker_done(index);
+        for (job, result) in runnable.into_iter().zip(results) {
+            let timing = result.as_ref().ok().map(|inf| RunTiming {
+                queued: now - job.task.created_at,
+                inference: inf.elapsed,
+            });
+            let outcome = result.map(|inf| inf.output);
+            let ran = outcome.is_ok().then_some(ExecPath::Local);
+            inner.finish_timed(job, outcome, ran, None, timing);
+        }
+    }
+}
+
+/// Runs a split task's head on this worker, then sends its features (the
+/// offload runs on the runtime; the worker moves on). A head that fails
+/// leaves the task to the usual fallback: the local model, deadline
+/// allowing.
+fn run_head(inner: &Arc<Inner>, mut job: Job, point: PointIndex) {
+    let t = job.task.task_type;
+    let name = match inner.splits.get(t, point) {
+        Some(p) => p.name.clone(),
+        None => {
+            let e = OffloadError::Rejected(TaskError::Internal(format!(
+                "unknown split point {point} for {}",
+                t.as_str()
+            )));
+            inner.fall_back_or_fail(job, e, None);
+            return;
+        }
+    };
+    let features = match inner.engines.checkout() {
+        Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+            engine.engine().split_head(t, &name, &job.task.payload)
+        }))
+        .unwrap_or_else(|_| Err(TaskError::Internal("split head panicked".into()))),
+        None => Err(TaskError::Unavailable("the edge is shutting down".into())),
+    }
+    .and_then(|f| {
+        let wire = crate::split::to_wire(&name, &f)?;
+        inner
+            .splits
+            .observe(t, point, f.elapsed, wire.data.len() + 8 * wire.scale.len());
+        Ok(wire)
+    });
+    match (features, &inner.runtime) {
+        (Ok(f), Some(rt)) => {
+            job.features = Some(f);
+            crate::metrics::record_split_head(t, &name);
+            rt.spawn(run_offload(inner.clone(), job));
+        }
+        (Ok(_), None) => {
+            let e = OffloadError::Rejected(TaskError::Internal("no runtime for offloads".into()));
+            inner.fall_back_or_fail(job, e, None);
+        }
+        (Err(e), _) => {
+            tracing::debug!(task = %job.task.id, error = %e, "split head failed");
+            inner.fall_back_or_fail(job, OffloadError::Rejected(e), None);
+        }
+    }
+}
+
+/// The next work of worker `index`: the first task in queue order, with up
+/// to `max_batch - 1` more of the same model, waiting at most
+/// `max_batch_delay_ms` for them when the batch is not full. `None` once
+/// stopping with nothing left.
+fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
+    let mut state = inner.state.lock().expect("state lock");
+    let (first, mut expected) = loop {
+        if let Some(popped) = state.queue.pop() {
+            break popped;
+        }
+        if state.stopping {
+            return None;
+        }
+        state = inner.work_ready.wait(state).expect("state lock");
+    };
+    let task_type = first.task.task_type;
+    let (max_batch, delay) = inner.batching(task_type);
+    // A split head runs alone.
+    let alone = first.head_to_run().is_some();
+    let mut batch = vec![first];
+    if max_batch > 1 && !alone {
+        let until = Instant::now() + delay;
+        loop {
+            while batch.len() < max_batch {
+                match state
+                    .queue
+                    .pop_matching(|j| j.task.task_type == task_type && j.head_to_run().is_none())
+                {
+                    Some((job, e)) => {
+                        batch.push(job);
+                        expected += e;
+                    }
+                    None => break,
+                }
+            }
+            let now = Instant::now();
+            if batch.len() >= max_batch || now >= until || state.stopping {
+                break;
+            }
+            state = inner
+                .work_ready
+                .wait_timeout(state, until - now)
+                .expect("state lock")
+                .0;
+        }
+    }
+    let start = Instant::now();
+    let shape = {
+        let times = inner.local_times.lock().expect("exec-time lock");
+        RunShape::new(
+            &times.distribution_ms_at(task_type, start),
+            times.estimate_at(task_type, start).as_secs_f64() * 1e3,
+        )
+    };
+    state.in_flight[index] = Some(Run {
+        start,
+        expected,
+        shape,
+        priority: batch[0].task.priority,
+    });
+    Some(batch)
+}
