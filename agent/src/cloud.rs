@@ -386,15 +386,8 @@ impl CloudHandler {
         let result = tokio::task::spawn_blocking(move || {
             let mut payloads: Vec<&[u8]> = vec![own.as_slice()];
             payloads.extend(followers.iter().map(|f| f.payload.as_slice()));
-            let mut results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.engine().process_batch(task_type, &payloads)
-            }))
-            .unwrap_or_else(|_| {
-                payloads
-                    .iter()
-                    .map(|_| Err(TaskError::Internal("inference panicked".into())))
-                    .collect()
-            });
+            let mut results =
+                crate::infer::process_batch_guarded(engine.engine(), task_type, &payloads);
             drop(payloads);
             drop(engine);
             drop(permit);

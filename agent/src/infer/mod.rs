@@ -25,6 +25,24 @@ pub fn shared_exec_times(alpha: f64, fallback: Duration) -> SharedExecTimes {
     Arc::new(Mutex::new(ExecTimeModel::new(alpha, fallback)))
 }
 
+/// Runs a batch on `engine`; a panic in the model becomes an error for
+/// every task of the batch, and the thread that ran it lives on.
+pub fn process_batch_guarded(
+    engine: &mut dyn Engine,
+    task_type: TaskType,
+    payloads: &[&[u8]],
+) -> Vec<Result<Inference, TaskError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.process_batch(task_type, payloads)
+    }))
+    .unwrap_or_else(|_| {
+        payloads
+            .iter()
+            .map(|_| Err(TaskError::Internal("inference panicked".into())))
+            .collect()
+    })
+}
+
 /// A loaded set of models, one per supported task type. Not `Sync`: each
 /// worker owns its own engine.
 pub trait Engine: Send {
@@ -403,4 +421,45 @@ pub fn torch_engines(
     Ok(Arc::new(move || {
         Ok(Box::new(TorchEngine::load(&specs, device, times.clone())?) as Box<dyn Engine>)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model with a bug: every run panics.
+    struct Panicking;
+
+    impl Engine for Panicking {
+        fn supports(&self, _: TaskType) -> bool {
+            true
+        }
+        fn validate(&self, _: TaskType, _: &[u8]) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn process(&mut self, _: TaskType, _: &[u8]) -> Result<Inference, TaskError> {
+            panic!("a bug in the model")
+        }
+        fn estimate(&self, _: TaskType) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    #[test]
+    fn a_panicking_batch_fails_each_of_its_tasks() {
+        let payloads: [&[u8]; 3] = [b"a", b"b", b"c"];
+        let results =
+            process_batch_guarded(&mut Panicking, TaskType::ImageClassification, &payloads);
+        assert_eq!(results.len(), 3);
+        for r in results {
+            assert!(
+                matches!(&r, Err(TaskError::Internal(m)) if m == "inference panicked"),
+                "{:?}",
+                r.map(|i| i.elapsed)
+            );
+        }
+        // The thread that ran it goes on.
+        let again = process_batch_guarded(&mut Panicking, TaskType::NlpAnalysis, &payloads[..1]);
+        assert_eq!(again.len(), 1);
+    }
 }

@@ -1280,6 +1280,12 @@ impl Inner {
             .map(|(i, _)| i)
     }
 
+    /// Ends a task whose submitter went away.
+    fn finish_cancelled(&self, job: Job) {
+        let e = TaskError::Cancelled("submitter went away".into());
+        self.finish(job, Err(e), None, None);
+    }
+
     /// Sends the task's one result and updates the counters.
     fn finish(
         &self,

@@ -129,12 +129,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     let offloader = endpoint.parts.offloader.clone();
     let _permit = inner.offload_permits.acquire().await;
     if job.reply.is_closed() {
-        inner.finish(
-            job,
-            Err(TaskError::Cancelled("submitter went away".into())),
-            None,
-            None,
-        );
+        inner.finish_cancelled(job);
         return None;
     }
     let mut request = task_to_request(&job.task, Instant::now(), SystemTime::now());
@@ -309,12 +304,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
     };
     let Some(outcome) = outcome else {
-        inner.finish(
-            job,
-            Err(TaskError::Cancelled("submitter went away".into())),
-            None,
-            None,
-        );
+        inner.finish_cancelled(job);
         return None;
     };
     drop(in_flight);

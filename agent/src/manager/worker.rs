@@ -50,15 +50,9 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
         // As many engines as workers: one is always free for this worker,
         // from the newest generation of models.
         let results = match inner.engines.checkout() {
-            Some(mut engine) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                engine.engine().process_batch(task_type, &payloads)
-            }))
-            .unwrap_or_else(|_| {
-                payloads
-                    .iter()
-                    .map(|_| Err(TaskError::Internal("inference panicked".into())))
-                    .collect()
-            }),
+            Some(mut engine) => {
+                crate::infer::process_batch_guarded(engine.engine(), task_type, &payloads)
+            }
             None => payloads
                 .iter()
                 .map(|_| Err(TaskError::Unavailable("the edge is shutting down".into())))
