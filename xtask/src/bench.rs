@@ -7,7 +7,7 @@
 //! split computing set (bench/split: bench/results/split.md). Needs root.
 //! See bench/README.md.
 
-use crate::util::{self, cargo, project_root};
+use crate::util::{self, project_root};
 use anyhow::{Context, Result};
 
 /// The split computing set: its scenarios and the policies it compares
@@ -20,29 +20,15 @@ pub fn run(quick: bool, set: &str, extra: &[String]) -> Result<()> {
         matches!(set, "all" | "scenarios" | "split"),
         "--set {set:?}: all, scenarios or split"
     );
-    crate::ebpf::build()?;
-    util::run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "agent",
-        "-p",
-        "bench",
-        "-p",
-        "jitter-lab",
-    ]))?;
-    let mut shown = String::from("cargo xtask bench");
+    util::build_lab()?;
+    let mut base = String::from("cargo xtask bench");
     if quick {
-        shown.push_str(" --quick");
+        base.push_str(" --quick");
     }
     if set != "all" {
-        shown.push_str(&format!(" --set {set}"));
+        base.push_str(&format!(" --set {set}"));
     }
-    if !extra.is_empty() {
-        shown.push_str(" -- ");
-        shown.push_str(&extra.join(" "));
-    }
+    let shown = util::shown(base, extra);
     let bench = |args: &[&str]| -> Result<()> {
         let mut c =
             std::process::Command::new(project_root().join("target/release/scenario-bench"));

@@ -26,15 +26,14 @@ pub fn run(quick: bool, json: bool, extra: &[String]) -> Result<()> {
         "--bin",
         "bench-throughput",
     ]))?;
-    let mut shown = format!(
-        "cargo xtask bench-throughput{}{}",
-        if quick { " --quick" } else { "" },
-        if json { " --json" } else { "" }
+    let shown = util::shown(
+        format!(
+            "cargo xtask bench-throughput{}{}",
+            if quick { " --quick" } else { "" },
+            if json { " --json" } else { "" }
+        ),
+        extra,
     );
-    if !extra.is_empty() {
-        shown.push_str(" -- ");
-        shown.push_str(&extra.join(" "));
-    }
     let mut c = util::cmd(
         project_root()
             .join("target/release/bench-throughput")

@@ -6,32 +6,11 @@
 //! is the JSON array of {fault, sent, results, errors, lost, recovery_s,
 //! worst_inflight_s}. Needs root. See bench/README.md.
 
-use crate::util::{self, cargo, project_root};
-use anyhow::{Context, Result};
-use std::os::unix::process::CommandExt;
+use crate::util;
+use anyhow::Result;
 
 pub fn run(extra: &[String]) -> Result<()> {
-    crate::ebpf::build()?;
-    util::run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "agent",
-        "-p",
-        "bench",
-        "-p",
-        "jitter-lab",
-    ]))?;
-    let mut shown = String::from("cargo xtask faults");
-    if !extra.is_empty() {
-        shown.push_str(" -- ");
-        shown.push_str(&extra.join(" "));
-    }
-    let mut c = std::process::Command::new(project_root().join("target/release/faults"));
-    c.current_dir(project_root())
-        .args(["--command", &shown])
-        .args(extra);
-    // Become the suite, so Ctrl-C reaches it and it cleans up.
-    Err(c.exec()).context("starting target/release/faults")
+    util::build_lab()?;
+    let shown = util::shown("cargo xtask faults".into(), extra);
+    util::become_bench("faults", &shown, extra)
 }

@@ -31,3 +31,62 @@ pub fn run(c: &mut Command) -> Result<()> {
 pub fn cargo() -> Command {
     cmd(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
+
+/// Builds what the benchmarks on emulated links run (release): the eBPF
+/// object, the agent, the benchmark programs and the jitter lab.
+pub fn build_lab() -> Result<()> {
+    crate::ebpf::build()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "agent",
+        "-p",
+        "bench",
+        "-p",
+        "jitter-lab",
+    ]))
+}
+
+/// The command a results file says it was made by: `base`, then the extra
+/// arguments after ` -- ` where there are any.
+pub fn shown(mut base: String, extra: &[String]) -> String {
+    if !extra.is_empty() {
+        base.push_str(" -- ");
+        base.push_str(&extra.join(" "));
+    }
+    base
+}
+
+/// Becomes `target/release/<program> --command <shown> <extra>`, so that
+/// Ctrl-C reaches it and it removes its namespaces and cgroups before the
+/// shell returns. Returns only if it could not start.
+pub fn become_bench(program: &str, shown: &str, extra: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let path = project_root().join("target/release").join(program);
+    let err = Command::new(&path)
+        .current_dir(project_root())
+        .args(["--command", shown])
+        .args(extra)
+        .exec();
+    Err(err).with_context(|| format!("starting {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shown_command_carries_the_extra_arguments() {
+        assert_eq!(
+            shown("cargo xtask faults".into(), &[]),
+            "cargo xtask faults"
+        );
+        let extra = ["--soak".to_string(), "600".to_string()];
+        assert_eq!(
+            shown("cargo xtask faults".into(), &extra),
+            "cargo xtask faults -- --soak 600"
+        );
+    }
+}
