@@ -9,14 +9,11 @@
 //! `echo_us_p50` of the trivial model at 1 in flight, `at_16` the same at
 //! 16, and the memory of every stack).
 
-use crate::util::{self, cargo, project_root};
+use crate::util::{self, project_root};
 use anyhow::Result;
 
 pub fn run(quick: bool, json: bool, extra: &[String]) -> Result<()> {
-    util::run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
+    util::release_build(&[
         "-p",
         "agent",
         "-p",
@@ -25,7 +22,7 @@ pub fn run(quick: bool, json: bool, extra: &[String]) -> Result<()> {
         "agent",
         "--bin",
         "bench-throughput",
-    ]))?;
+    ])?;
     let shown = util::shown(
         format!(
             "cargo xtask bench-throughput{}{}",

@@ -7,14 +7,11 @@
 //! round's rows). Writes bench/results/transport.md: three alternating
 //! rounds, medians with their range, QUIC/gRPC p99 ratios.
 
-use crate::util::{self, cargo, project_root};
+use crate::util::{self, project_root};
 use anyhow::Result;
 
 pub fn run(quick: bool, json: bool) -> Result<()> {
-    util::run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
+    util::release_build(&[
         "-p",
         "bench",
         "-p",
@@ -23,7 +20,7 @@ pub fn run(quick: bool, json: bool) -> Result<()> {
         "bench-transport",
         "--bin",
         "netem-tun",
-    ]))?;
+    ])?;
     let mut c = util::cmd(
         project_root()
             .join("target/release/bench-transport")

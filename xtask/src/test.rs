@@ -9,7 +9,7 @@ use anyhow::Result;
 pub fn run(extra: &[String]) -> Result<()> {
     let object = crate::ebpf::build()?;
     eprintln!("test: eBPF object at {}", object.display());
-    util::run(cargo().args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
+    util::release_build(&["--workspace", "--bins"])?;
     // Before the tests, so that cargo test's summary stays the last lines.
     crate::deploy::run()?;
     util::run(

@@ -36,17 +36,12 @@ pub fn cargo() -> Command {
 /// object, the agent, the benchmark programs and the jitter lab.
 pub fn build_lab() -> Result<()> {
     crate::ebpf::build()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "agent",
-        "-p",
-        "bench",
-        "-p",
-        "jitter-lab",
-    ]))
+    release_build(&["-p", "agent", "-p", "bench", "-p", "jitter-lab"])
+}
+
+/// `cargo build --release --quiet` with `args` (the packages and targets).
+pub fn release_build(args: &[&str]) -> Result<()> {
+    run(cargo().args(["build", "--release", "--quiet"]).args(args))
 }
 
 /// The command a results file says it was made by: `base`, then the extra
