@@ -20,7 +20,7 @@ pub fn run(quick: bool, set: &str, extra: &[String]) -> Result<()> {
         matches!(set, "all" | "scenarios" | "split"),
         "--set {set:?}: all, scenarios or split"
     );
-    util::build_lab()?;
+    crate::lab_build::build()?;
     let mut base = String::from("cargo xtask bench");
     if quick {
         base.push_str(" --quick");

@@ -8,7 +8,7 @@ use crate::util;
 use anyhow::Result;
 
 pub fn run(extra: &[String]) -> Result<()> {
-    util::build_lab()?;
+    crate::lab_build::build()?;
     let shown = util::shown("cargo xtask bench-endpoints".into(), extra);
     util::become_bench("bench-endpoints", &shown, extra)
 }

@@ -10,7 +10,7 @@ use crate::util;
 use anyhow::Result;
 
 pub fn run(extra: &[String]) -> Result<()> {
-    util::build_lab()?;
+    crate::lab_build::build()?;
     let shown = util::shown("cargo xtask faults".into(), extra);
     util::become_bench("faults", &shown, extra)
 }

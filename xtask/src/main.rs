@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod ebpf;
 mod faults;
+mod lab_build;
 mod netem_check;
 mod probe_check;
 mod setup;

@@ -32,13 +32,6 @@ pub fn cargo() -> Command {
     cmd(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Builds what the benchmarks on emulated links run (release): the eBPF
-/// object, the agent, the benchmark programs and the jitter lab.
-pub fn build_lab() -> Result<()> {
-    crate::ebpf::build()?;
-    release_build(&["-p", "agent", "-p", "bench", "-p", "jitter-lab"])
-}
-
 /// `cargo build --release --quiet` with `args` (the packages and targets).
 pub fn release_build(args: &[&str]) -> Result<()> {
     run(cargo().args(["build", "--release", "--quiet"]).args(args))
