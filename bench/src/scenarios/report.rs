@@ -299,6 +299,55 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
         }
     }
     let _ = writeln!(o);
+    local_error_by_type(o, r);
+}
+
+/// The default policy's local prediction error per task type: under the
+/// edge's CPU quota the models differ most in how often a run outlasts
+/// the period's allowance.
+fn local_error_by_type(o: &mut String, r: &BenchResult) {
+    let rows: Vec<_> = r
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.rows
+                .iter()
+                .filter(|rw| rw.policy == "deadline-aware")
+                .map(move |rw| (s, &rw.summary.pred_err_local_by_type))
+        })
+        .filter(|(_, by)| !by.is_empty())
+        .collect();
+    let types: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|(_, by)| by.keys()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Local prediction error of deadline-aware per task type (the local column above, \
+         split): median / p90 (tasks). A run that outlasts the edge's allowance per quota \
+         period waits for one or more later periods; neither the run's start in the period \
+         nor the kernel's remaining runtime at its start told how many (ARCHITECTURE.md, \
+         `ExecTimeModel`).\n"
+    );
+    let mut head = String::from("| scenario |");
+    let mut rule = String::from("|---|");
+    for t in &types {
+        head.push_str(&format!(" {t} |"));
+        rule.push_str("---|");
+    }
+    let _ = writeln!(o, "{head}\n{rule}");
+    for (s, by) in rows {
+        let mut line = format!("| {} (seed {}) |", s.name, s.seed);
+        for t in &types {
+            line.push_str(&match by.get(*t) {
+                Some((m, p90, n)) => format!(" {:.0} % / {:.0} % ({n}) |", m * 100.0, p90 * 100.0),
+                None => " - |".into(),
+            });
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    let _ = writeln!(o);
 }
 
 /// File names of a scenario's plots, next to the report.
@@ -642,6 +691,11 @@ mod tests {
             pred_err_cloud: None,
             pred_err_local_mean: Some((0.2, 0.4)),
             pred_err_cloud_mean: None,
+            pred_err_local_by_type: [
+                ("image_classification".to_string(), (0.4, 0.9, 20)),
+                ("nlp_analysis".to_string(), (0.1, 0.3, 12)),
+            ]
+            .into(),
             hedged: 3,
             outside_ms: Some(2.5),
         };
@@ -722,6 +776,18 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("### Across seeds"));
+        // The per-type table is the default policy's alone.
+        assert!(!md.contains("per task type (the local column"), "{md}");
+        let mut typed = result();
+        typed.scenarios[0].rows[0].policy = "deadline-aware".into();
+        let md = render(&typed);
+        assert!(
+            md.contains(
+                "| scenario | image_classification | nlp_analysis |\n|---|---|---|\n\
+                 | wan (seed 106) | 40 % / 90 % (20) | 10 % / 30 % (12) |"
+            ),
+            "{md}"
+        );
         // A second seed: rows name their seed and the spread table appears.
         let mut two = result();
         let mut other = two.scenarios[0].clone();

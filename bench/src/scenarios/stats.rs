@@ -2,7 +2,7 @@
 
 use super::record::TaskRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -49,6 +49,10 @@ pub struct Summary {
     pub pred_err_local_mean: Option<(f64, f64)>,
     #[serde(default)]
     pub pred_err_cloud_mean: Option<(f64, f64)>,
+    /// `pred_err_local` per task type: the median, the p90 and how many
+    /// tasks they are over.
+    #[serde(default)]
+    pub pred_err_local_by_type: BTreeMap<String, (f64, f64, usize)>,
     /// Tasks the agent ran on both paths.
     #[serde(default)]
     pub hedged: usize,
@@ -175,6 +179,17 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
         pred_err_cloud: prediction_error(records, "cloud", Forecast::Median),
         pred_err_local_mean: prediction_error(records, "local", Forecast::Expected),
         pred_err_cloud_mean: prediction_error(records, "cloud", Forecast::Expected),
+        pred_err_local_by_type: {
+            let types: BTreeSet<&str> = records.iter().map(|r| r.task.as_str()).collect();
+            types
+                .into_iter()
+                .filter_map(|t| {
+                    let errs = errors(records, "local", Forecast::Median, |r| r.task == t);
+                    let (m, p90) = (percentile(&errs, 0.5)?, percentile(&errs, 0.9)?);
+                    Some((t.to_string(), (m, p90, errs.len())))
+                })
+                .collect()
+        },
         hedged: records
             .iter()
             .filter(|r| r.decision.as_ref().is_some_and(|d| d.hedged))
@@ -212,8 +227,21 @@ enum Forecast {
 
 /// Median and p90 of |predicted - actual| / actual on `path`.
 fn prediction_error(records: &[TaskRecord], path: &str, f: Forecast) -> Option<(f64, f64)> {
+    let errs = errors(records, path, f, |_| true);
+    Some((percentile(&errs, 0.5)?, percentile(&errs, 0.9)?))
+}
+
+/// |predicted - actual| / actual of the `keep` tasks that ran on `path`
+/// where their decision sent them, sorted.
+fn errors(
+    records: &[TaskRecord],
+    path: &str,
+    f: Forecast,
+    keep: impl Fn(&TaskRecord) -> bool,
+) -> Vec<f64> {
     let mut errs: Vec<f64> = records
         .iter()
+        .filter(|r| keep(r))
         .filter(|r| r.completed() && !r.fell_back && r.path.as_deref() == Some(path))
         .filter(|r| r.decision.as_ref().is_some_and(|d| !d.hedged))
         .filter_map(|r| {
@@ -236,7 +264,7 @@ fn prediction_error(records: &[TaskRecord], path: &str, f: Forecast) -> Option<(
         })
         .collect();
     errs.sort_by(f64::total_cmp);
-    Some((percentile(&errs, 0.5)?, percentile(&errs, 0.9)?))
+    errs
 }
 
 /// How good one task's outcome is: completed within its deadline (or with
@@ -349,6 +377,16 @@ mod tests {
         let (med, _) = m.pred_err_local.unwrap();
         assert!((med - 0.05).abs() < 1e-12, "{med}");
         assert_eq!(m.pred_err_local_mean, s.pred_err_local);
+        // Per task type: the one local task with a decision.
+        assert_eq!(
+            m.pred_err_local_by_type.len(),
+            1,
+            "{:?}",
+            m.pred_err_local_by_type
+        );
+        let (t, &(med, p90, n)) = m.pred_err_local_by_type.iter().next().unwrap();
+        assert_eq!((t.as_str(), n), (runs[0].task.as_str(), 1));
+        assert!((med - 0.05).abs() < 1e-12 && (p90 - 0.05).abs() < 1e-12);
         assert_eq!((s.tasks, s.completed, s.failed), (5, 3, 2));
         assert_eq!((s.with_deadline, s.deadline_missed), (4, 3));
         assert_eq!(s.miss_rate(), Some(0.75));
