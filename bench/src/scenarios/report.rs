@@ -317,11 +317,11 @@ fn local_error_by_type(o: &mut String, r: &BenchResult) {
         })
         .filter(|(_, by)| !by.is_empty())
         .collect();
-    let types: std::collections::BTreeSet<&String> =
-        rows.iter().flat_map(|(_, by)| by.keys()).collect();
     if rows.is_empty() {
         return;
     }
+    let types: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|(_, by)| by.keys()).collect();
     let _ = writeln!(
         o,
         "Local prediction error of deadline-aware per task type (the local column above, \
