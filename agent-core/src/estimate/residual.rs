@@ -1,9 +1,9 @@
 //! What the predictions missed: per key (path and task type), the recent
-//! residuals `actual - predicted` (ms) of tasks that ran where the decision
-//! sent them. Their distribution is added to the next prediction, so the
+//! residuals `actual - predicted median` (ms) of tasks that ran where the
+//! decision sent them. Their median moves the next prediction, so the
 //! outlooks absorb what the model leaves out (CPU contention among the
-//! edge's own threads, stream setup, serialization) and stay calibrated
-//! against what actually happens.
+//! edge's own threads, stream setup, serialization) and their medians stay
+//! on what actually happens.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

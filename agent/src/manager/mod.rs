@@ -1434,7 +1434,7 @@ impl Inner {
         };
         self.residuals.lock().expect("residuals lock").observe_at(
             (d.path, task.task_type, endpoint, variant),
-            actual_ms - (o.mean_ms - o.correction_ms),
+            actual_ms - (o.p50_ms - o.correction_ms),
             Instant::now(),
         );
     }
