@@ -27,7 +27,7 @@ mod runs;
 use crate::estimate::{congestion_price_ms, quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
-use runs::{grid, sorted_sums, sum, Buffers, ShiftedRows, Values};
+use runs::{grid, sorted_sums, sum, Buffers, Shifted, Values};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -310,8 +310,7 @@ impl Outlook {
         if residuals.is_empty() {
             return Outlook::of_sorted(values, left_ms);
         }
-        let shift = [quantile(residuals, 0.5)];
-        let all = ShiftedRows::new(values, &shift)?;
+        let all = Shifted::new(values, quantile(residuals, 0.5))?;
         let n = all.len() as f64;
         let p50_ms = all.quantile(0.5);
         Some(Outlook {

@@ -2,10 +2,10 @@
 //! A decision builds its distributions as sums of small sorted grids and
 //! reads a few statistics from them, some 330 values in all; this is most
 //! of its time, so nothing here allocates, the merges keep two independent
-//! dependency chains in flight, and the last sum (a prediction plus each
-//! past residual) is never written out ([`ShiftedRows`]).
+//! dependency chains in flight, and the last step (a prediction moved by
+//! the residual correction) is never written out ([`Shifted`]).
 
-use crate::estimate::{floor_ceil, quantile};
+use crate::estimate::floor_ceil;
 
 /// A list of at most `N` values on the stack.
 #[derive(Clone, Copy)]
@@ -142,183 +142,58 @@ pub(super) fn sorted_sums<'b, const N: usize>(
     finite_ends.then_some(values)
 }
 
-/// The most residual points a [`ShiftedRows`] takes.
-pub(super) const MAX_SHIFTS: usize = 4;
-
-/// Every `max(x_i + r_j, 0)` for sorted `x` and `r`, read where it lies:
-/// each `r_j` shifts `x` into one sorted row. An outlook's last step (its
-/// prediction plus each past residual, a latency staying >= 0) is such a
-/// set, 256 values for an offload; its mean, count in time and two
-/// quantiles need a few dozen of them, where merging them all took a
-/// third of a decision.
+/// Every `max(x_i + shift, 0)` for sorted `x`, read where it lies: an
+/// outlook's last step (its prediction moved by the residual correction,
+/// a latency staying >= 0) is such a set, 256 values for an offload, of
+/// which its mean, count in time and two quantiles need a few.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ShiftedRows<'a> {
+pub(super) struct Shifted<'a> {
     x: &'a [f64],
-    r: &'a [f64],
+    shift: f64,
 }
 
-impl<'a> ShiftedRows<'a> {
-    /// `None` unless both are non-empty and finite (and their sums too),
-    /// with at most [`MAX_SHIFTS`] shifts.
-    pub(super) fn new(x: &'a [f64], r: &'a [f64]) -> Option<Self> {
+impl<'a> Shifted<'a> {
+    /// `None` unless `x` is non-empty and it, the shift and their sums
+    /// are finite.
+    pub(super) fn new(x: &'a [f64], shift: f64) -> Option<Self> {
         let ok = !x.is_empty()
-            && (1..=MAX_SHIFTS).contains(&r.len())
             && all_finite(x)
-            && all_finite(r)
-            && (x[x.len() - 1] + r[r.len() - 1]).is_finite();
-        debug_assert!(!ok || (x.is_sorted() && r.is_sorted()));
-        ok.then_some(ShiftedRows { x, r })
+            && shift.is_finite()
+            && (x[x.len() - 1] + shift).is_finite();
+        debug_assert!(!ok || x.is_sorted());
+        ok.then_some(Shifted { x, shift })
     }
 
     pub(super) fn len(&self) -> usize {
-        self.x.len() * self.r.len()
+        self.x.len()
     }
 
     #[inline(always)]
-    fn at(&self, row: usize, i: usize) -> f64 {
-        (self.x[i] + self.r[row]).max(0.0)
+    fn at(&self, i: usize) -> f64 {
+        (self.x[i] + self.shift).max(0.0)
     }
 
-    /// The sum of every value: a row's is `x`'s sum shifted, less what the
-    /// clamp at 0 took.
+    /// The sum of every value: `x`'s sum shifted, less what the clamp at
+    /// 0 took.
     pub(super) fn sum(&self, x_sum: f64) -> f64 {
-        let n = self.x.len();
-        if self.x[0] + self.r[0] >= 0.0 {
-            // Nothing clamped (the usual case).
-            return self.r.len() as f64 * x_sum + n as f64 * self.r.iter().sum::<f64>();
+        match self.x.partition_point(|v| v + self.shift < 0.0) {
+            0 => x_sum + self.x.len() as f64 * self.shift,
+            z => self.x[z..].iter().map(|v| v + self.shift).sum(),
         }
-        (0..self.r.len())
-            .map(|row| {
-                let r = self.r[row];
-                match self.x.partition_point(|v| v + r < 0.0) {
-                    0 => x_sum + n as f64 * r,
-                    z => self.x[z..].iter().map(|v| v + r).sum(),
-                }
-            })
-            .sum()
-    }
-
-    /// How many values of each row are at most `limit` (rows past the
-    /// last: all of theirs, so that none is ever searched).
-    fn at_most_per_row(&self, limit: f64) -> [usize; MAX_SHIFTS] {
-        std::array::from_fn(|row| match self.r.get(row) {
-            Some(&r) => self.x.partition_point(|v| (v + r).max(0.0) <= limit),
-            None => self.x.len(),
-        })
     }
 
     /// How many values are at most `limit`.
     pub(super) fn count_at_most(&self, limit: f64) -> usize {
-        self.at_most_per_row(limit)[..self.r.len()].iter().sum()
+        self.x
+            .partition_point(|v| (v + self.shift).max(0.0) <= limit)
     }
 
-    /// The `k`-th value (from 0) in ascending order, or in descending
-    /// order with `DESC`, past the first `start[row]` of each row (in that
-    /// order), and the one after it (itself when there is none). Each
-    /// round sets aside the first values of the row whose probe comes
-    /// first, probing `k / rows` values on in each row: those set aside
-    /// all rank below `k`, so `k` shrinks by a quarter a round (k-th of
-    /// several sorted lists by elimination).
-    fn kth_and_next<const DESC: bool>(
-        &self,
-        mut start: [usize; MAX_SHIFTS],
-        mut k: usize,
-    ) -> (f64, f64) {
-        let (n, rows) = (self.x.len(), self.r.len());
-        // Descending is ascending over the values negated, rows reversed.
-        let key = |row: usize, i: usize| {
-            if DESC {
-                -self.at(row, n - 1 - i)
-            } else {
-                self.at(row, i)
-            }
-        };
-        while k > 0 {
-            // `k / rows` (a row used up only makes the rounds more), with
-            // no division on the way from one round to the next.
-            let step = match rows {
-                4 => k >> 2,
-                2 => k >> 1,
-                1 => k,
-                _ => k / rows,
-            }
-            .max(1);
-            let mut best = (f64::INFINITY, 0, 0);
-            for (row, &s) in start[..rows].iter().enumerate() {
-                let take = step.min(n - s);
-                if take > 0 {
-                    let probe = key(row, s + take - 1);
-                    if probe < best.0 {
-                        best = (probe, row, take);
-                    }
-                }
-            }
-            start[best.1] += best.2;
-            k -= best.2;
-        }
-        let head = |row: usize| {
-            if start[row] < n {
-                key(row, start[row])
-            } else {
-                f64::INFINITY
-            }
-        };
-        let first = (1..rows).fold(0, |w, row| if head(row) < head(w) { row } else { w });
-        let kth = head(first);
-        let after = start[first] + 1;
-        let mut next = if after < n {
-            key(first, after)
-        } else {
-            f64::INFINITY
-        };
-        for row in (0..rows).filter(|&row| row != first) {
-            next = next.min(head(row));
-        }
-        let next = if next.is_finite() { next } else { kth };
-        if DESC {
-            (-kth, -next)
-        } else {
-            (kth, next)
-        }
-    }
-
-    /// The type-7 quantile of every value, as `quantile` gives it for the
-    /// values sorted. The values at most a guess (the sum of both lists'
-    /// own quantiles) are counted first, and the search goes on from
-    /// there, up or down: from a good guess only a few rounds are left.
+    /// The type-7 quantile of the values, as `quantile` gives it.
     pub(super) fn quantile(&self, q: f64) -> f64 {
-        let (n, rows) = (self.x.len(), self.r.len());
-        let last = self.len() - 1;
-        let q = q.clamp(0.0, 1.0);
-        let pos = q * last as f64;
+        let pos = q.clamp(0.0, 1.0) * (self.len() - 1) as f64;
         let (lo, hi) = floor_ceil(pos);
-        let below = self.at_most_per_row(quantile(self.x, q) + quantile(self.r, q));
-        let above = below.map(|b| n - b);
-        let c: usize = below[..rows].iter().sum();
-        let (v_lo, v_hi) = if c <= lo {
-            let (v_lo, next) = self.kth_and_next::<false>(below, lo - c);
-            (v_lo, if hi == lo { v_lo } else { next })
-        } else if c > hi {
-            let (v_hi, before) = self.kth_and_next::<true>(above, c - 1 - hi);
-            (if hi == lo { v_hi } else { before }, v_hi)
-        } else {
-            // `lo` is the last value at most the guess, `hi` the first above.
-            (
-                self.kth_and_next::<true>(above, 0).0,
-                self.kth_and_next::<false>(below, 0).0,
-            )
-        };
+        let (v_lo, v_hi) = (self.at(lo), self.at(hi));
         v_lo + (v_hi - v_lo) * (pos - lo as f64)
-    }
-
-    /// The `k`-th smallest value (from 0), searched from either end.
-    #[cfg(test)]
-    pub(super) fn kth(&self, k: usize) -> [f64; 2] {
-        [
-            self.kth_and_next::<false>([0; MAX_SHIFTS], k).0,
-            self.kth_and_next::<true>([0; MAX_SHIFTS], self.len() - 1 - k)
-                .0,
-        ]
     }
 }
 

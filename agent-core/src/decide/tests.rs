@@ -1,6 +1,5 @@
 //! Table-driven tests of the decision engine.
 
-use super::runs::MAX_SHIFTS;
 use super::*;
 use crate::estimate::{quantile, WindowStats};
 
@@ -821,41 +820,32 @@ fn sorted_sums_equal_every_sum_sorted() {
 }
 
 #[test]
-fn shifted_rows_give_the_statistics_of_every_sum_sorted() {
+fn shifted_values_give_the_statistics_of_the_values_shifted() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    // Ties within and across the rows, and sums below 0 (clamped).
+    // Ties, and values shifted below 0 (clamped).
     let mut next = |n: usize| sorted_noise(&mut x, n, |r, _| (r % 53) as f64 / 4.0 - 3.0);
-    for (nx, nr) in [
-        (1usize, 1usize),
-        (1, 4),
-        (5, 2),
-        (16, 4),
-        (64, 4),
-        (7, 3),
-        (64, 1),
+    for (n, shift) in [
+        (1usize, 0.0),
+        (1, -5.0),
+        (5, 2.0),
+        (16, -1.5),
+        (64, 3.25),
+        (7, -20.0),
     ] {
-        let (a, r) = (next(nx), next(nr));
-        let mut all: Vec<f64> = a
-            .iter()
-            .flat_map(|x| r.iter().map(move |y| (x + y).max(0.0)))
-            .collect();
+        let a = next(n);
+        let mut all: Vec<f64> = a.iter().map(|x| (x + shift).max(0.0)).collect();
         all.sort_by(f64::total_cmp);
-        let rows = ShiftedRows::new(&a, &r).unwrap();
-        assert_eq!(rows.len(), all.len());
-        for (k, want) in all.iter().enumerate() {
-            assert_eq!(rows.kth(k), [*want; 2], "{nx}x{nr} k={k}");
-        }
-        // Every case of the guess: below, above, and between the two
-        // values a quantile falls between.
+        let s = super::runs::Shifted::new(&a, shift).unwrap();
+        assert_eq!(s.len(), all.len());
         for q in (0..=200).map(|i| i as f64 / 200.0) {
-            assert_eq!(rows.quantile(q), quantile(&all, q), "{nx}x{nr} q={q}");
+            assert_eq!(s.quantile(q), quantile(&all, q), "{n} {shift:+} q={q}");
         }
         for limit in [-1.0, 0.0, 2.5, 6.0, 1e9] {
             let want = all.iter().filter(|v| **v <= limit).count();
-            assert_eq!(rows.count_at_most(limit), want, "{nx}x{nr} <= {limit}");
+            assert_eq!(s.count_at_most(limit), want, "{n} {shift:+} <= {limit}");
         }
         let sum: f64 = all.iter().sum();
-        let got = rows.sum(a.iter().sum());
+        let got = s.sum(a.iter().sum());
         assert!(
             (got - sum).abs() < 1e-9 * sum.abs().max(1.0),
             "{got} vs {sum}"
@@ -863,21 +853,22 @@ fn shifted_rows_give_the_statistics_of_every_sum_sorted() {
     }
     // All clamped: exactly 0.
     assert_eq!(
-        ShiftedRows::new(&[1.0, 2.0], &[-5.0]).unwrap().sum(3.0),
+        super::runs::Shifted::new(&[1.0, 2.0], -5.0)
+            .unwrap()
+            .sum(3.0),
         0.0
     );
 }
 
 #[test]
-fn shifted_rows_of_values_not_finite_or_too_many_shifts_are_none() {
-    let none = |a: &[f64], r: &[f64]| ShiftedRows::new(a, r).is_none();
-    assert!(none(&[1.0, f64::NAN], &[1.0]));
-    assert!(none(&[1.0], &[f64::INFINITY]));
-    assert!(none(&[f64::MAX], &[f64::MAX]));
-    assert!(none(&[], &[1.0]));
-    assert!(none(&[1.0], &[]));
-    assert!(none(&[1.0], &[1.0; MAX_SHIFTS + 1]));
-    assert!(!none(&[1.0], &[1.0; MAX_SHIFTS]));
+fn shifted_values_not_finite_are_none() {
+    let none = |a: &[f64], r: f64| super::runs::Shifted::new(a, r).is_none();
+    assert!(none(&[1.0, f64::NAN], 1.0));
+    assert!(none(&[1.0], f64::INFINITY));
+    assert!(none(&[1.0], f64::NAN));
+    assert!(none(&[f64::MAX], f64::MAX));
+    assert!(none(&[], 1.0));
+    assert!(!none(&[1.0], -1.0));
 }
 
 #[test]
