@@ -304,8 +304,7 @@ impl Outlook {
     /// (a latency stays >= 0): the distribution of what will actually be
     /// seen. A shift, not the sum with every residual: each residual
     /// already carries the spread the model measures (the run times, the
-    /// RTT samples), and adding them all counted it twice (the local
-    /// median 30-60 % off where the shifted one is 10-30 %).
+    /// RTT samples), and adding them all counted it twice.
     fn corrected(values: &[f64], residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
         if residuals.is_empty() {
             return Outlook::of_sorted(values, left_ms);

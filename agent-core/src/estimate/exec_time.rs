@@ -184,9 +184,7 @@ impl<K: Eq + Hash + Copy> ExecTimeModel<K> {
     /// the recent measurements as they were; the point estimate alone
     /// until two were made. Not re-centred on the EWMA: under a CPU quota
     /// one run in a few waits for a later quota period, and each such run
-    /// moved the EWMA, and with it every value, by a fifth of its excess
-    /// (the text model, 1.2 ms, was predicted 38 % off by the median; 17 %
-    /// from the window as measured).
+    /// moved the EWMA, and with it every value, by a fifth of its excess.
     pub fn distribution_ms(&self, key: K) -> Vec<f64> {
         self.distribution_at(key, None)
     }
