@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/bandwidth-collapse.toml by `netem-tun tc-script --scenario bench/scenarios/bandwidth-collapse.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# bandwidth-collapse: WAN (RTT 40 ms +- 2 ms) at 100 Mbit/s collapsing to 2 Mbit/s at 60 s
+# bandwidth-collapse: WAN (RTT 40 ms +- 2 ms) at 100 Mbit/s collapsing to 2 Mbit/s at 60 s; arrivals 20/s with a 100/s burst at 58-62 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/bursty.toml by `netem-tun tc-script --scenario bench/scenarios/bursty.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# bursty: Calm WAN (RTT 40 ms +- 2 ms) alternating with 10 s jitter storms (RTT 60 ms +- 40 ms, pareto)
+# bursty: Calm WAN (RTT 40 ms +- 2 ms) alternating with 10 s jitter storms (RTT 60 ms +- 40 ms, pareto); arrivals 20/s with a 100/s burst at 22-25 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

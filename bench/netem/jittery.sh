@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/jittery.toml by `netem-tun tc-script --scenario bench/scenarios/jittery.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# jittery: Jittery WAN: RTT 40 ms +- 25 ms (20 ms +- 17.7 ms pareto each way), 100 Mbit/s; arrivals 20/s, 40/s from 30 s
+# jittery: Jittery WAN: RTT 40 ms +- 25 ms (20 ms +- 17.7 ms pareto each way), 100 Mbit/s; arrivals 20/s, 40/s from 30 s with a 100/s burst at 33-36 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/lossy.toml by `netem-tun tc-script --scenario bench/scenarios/lossy.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# lossy: WAN (RTT 40 ms +- 2 ms) with bursty Gilbert-Elliott loss of ~5 % each way; arrivals 20/s with an 80/s burst at 30-32 s
+# lossy: WAN (RTT 40 ms +- 2 ms) with bursty Gilbert-Elliott loss of ~5 % each way; arrivals 20/s with a 100/s burst at 30-33 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/outage.toml by `netem-tun tc-script --scenario bench/scenarios/outage.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# outage: WAN (RTT 40 ms +- 2 ms) with the link down from 60 s to 65 s; arrivals 20/s with a 45/s backlog burst at 65-69 s
+# outage: WAN (RTT 40 ms +- 2 ms) with the link down from 60 s to 65 s; arrivals 20/s with a 100/s backlog burst at 65-68 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its

@@ -2,7 +2,7 @@
 # Generated from bench/scenarios/wan.toml by `netem-tun tc-script --scenario bench/scenarios/wan.toml`; do not edit.
 # (bench/tests/scenarios.rs fails when this script and the scenario disagree.)
 #
-# wan: WAN: RTT 40 ms +- 2 ms (20 ms +- 1.41 ms normal each way), 100 Mbit/s; arrivals 20/s, idle at 30-35 s, 35/s at 35-60 s
+# wan: WAN: RTT 40 ms +- 2 ms (20 ms +- 1.41 ms normal each way), 100 Mbit/s; arrivals 20/s, idle at 30-35 s, a 100/s backlog at 35-38 s, 35/s to 60 s
 #
 # Applies the scenario with tc netem on a gateway interface DEV:
 #   uplink (edge -> cloud) on the egress of DEV, downlink (cloud -> edge) on its
