@@ -28,14 +28,7 @@ pub struct LinkConfig {
     /// their time: a small transfer weighs by its bytes, so scheduling
     /// noise on it barely moves the estimate).
     pub transfer_window: usize,
-    /// A transfer that took longer than the estimate predicts by this much
-    /// and by `TRANSFER_STEP_FACTOR` (4) times is a narrowed link: the
-    /// window restarts from it instead of averaging it with the old link's.
-    pub transfer_step: Duration,
 }
-
-/// See [`LinkConfig::transfer_step`].
-const TRANSFER_STEP_FACTOR: f64 = 4.0;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -48,7 +41,6 @@ impl Default for LinkConfig {
             default_bandwidth_bps: 100e6,
             min_transfer_bytes: 1024,
             transfer_window: 8,
-            transfer_step: Duration::from_millis(20),
         }
     }
 }
@@ -197,20 +189,6 @@ impl LinkEstimator {
                 // `elapsed` is the transfer's time on the wire beyond one RTT and
                 // the server's own time (and the wait behind the edge's own
                 // earlier uploads), as measured by the offload client.
-                // Both an absolute and a relative excess: a small transfer's
-                // time on a fast link is mostly scheduling noise, and a
-                // window of 8 needs 8 transfers to forget a link that
-                // collapsed, while the large uploads it still prices as
-                // fast miss their deadlines.
-                if let Some(bps) = self.bandwidth() {
-                    let expected = bytes as f64 * 8.0 / bps;
-                    let took = elapsed.as_secs_f64();
-                    if took > expected * TRANSFER_STEP_FACTOR
-                        && took - expected > self.cfg.transfer_step.as_secs_f64()
-                    {
-                        self.transfers.clear();
-                    }
-                }
                 if self.transfers.len() == self.cfg.transfer_window.max(1) {
                     self.transfers.pop_front();
                 }
@@ -635,39 +613,6 @@ mod tests {
         ));
         let b = est.snapshot(t0).bandwidth_bps;
         assert!(b > 94e6 && b < 100e6, "{b}");
-    }
-
-    #[test]
-    fn a_much_slower_transfer_restarts_the_bandwidth_window() {
-        let t0 = Instant::now();
-        let transfer = |bytes, ms| {
-            ev(
-                t0,
-                SampleSource::OffloadTransfer,
-                ProbeEventKind::Transfer {
-                    bytes,
-                    elapsed: Duration::from_micros((ms * 1e3) as u64),
-                },
-            )
-        };
-        let mut est = LinkEstimator::new(LinkConfig::default());
-        // 40 kB uploads at 100 Mbit/s: 3.2 ms each.
-        for _ in 0..8 {
-            est.on_event(&transfer(40_000, 3.2));
-        }
-        // A 3 kB one slowed by 2 ms of scheduling is averaged in.
-        est.on_event(&transfer(3_000, 2.24));
-        let b = est.snapshot(t0).bandwidth_bps;
-        assert!(b > 90e6 && b < 100e6, "{b}");
-        // The link collapses to 2 Mbit/s: one 40 kB upload takes 160 ms
-        // and the estimate is that upload's, not 8 fast ones' average.
-        est.on_event(&transfer(40_000, 160.0));
-        let b = est.snapshot(t0).bandwidth_bps;
-        assert!((b - 2e6).abs() < 1e3, "{b}");
-        // Faster transfers than the estimate join the window as before.
-        est.on_event(&transfer(40_000, 3.2));
-        let b = est.snapshot(t0).bandwidth_bps;
-        assert!((b - 80_000.0 * 8.0 / 0.1632).abs() < 1e3, "{b}");
     }
 
     #[test]
