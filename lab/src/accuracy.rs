@@ -64,6 +64,10 @@ pub struct SampleSummary {
     pub samples: usize,
     pub mean_ms: f64,
     pub sd_ms: f64,
+    /// The standard deviation a normal distribution with the samples'
+    /// interquartile range has (IQR / 1.349): the spread of the bulk,
+    /// which one host stall among hundreds of samples leaves alone.
+    pub robust_sd_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
 }
@@ -98,13 +102,28 @@ pub fn summarize(v: &[f64]) -> SampleSummary {
     let mean = v.iter().sum::<f64>() / n.max(1) as f64;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
     let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let iqr = quantile(&sorted, 0.75) - quantile(&sorted, 0.25);
     SampleSummary {
         samples: n,
         mean_ms: r(mean),
         sd_ms: r(var.sqrt()),
+        robust_sd_ms: r(iqr / 1.349),
         min_ms: r(v.iter().copied().fold(f64::INFINITY, f64::min)),
         max_ms: r(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
     }
+}
+
+/// The `q` quantile of sorted values, interpolated between neighbours
+/// (0 for none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let pos = q.clamp(0.0, 1.0) * last as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 impl CheckReport {
@@ -284,5 +303,30 @@ mod tests {
         assert_eq!(s.mean_ms, 2.5);
         assert_eq!(s.sd_ms, 1.291);
         assert_eq!((s.min_ms, s.max_ms), (1.0, 4.0));
+        // IQR 3.25 - 1.75 = 1.5, over 1.349.
+        assert_eq!(s.robust_sd_ms, 1.112);
+        assert_eq!(summarize(&[]).robust_sd_ms, 0.0);
+    }
+
+    #[test]
+    fn one_stall_moves_the_sd_but_not_the_robust_sd() {
+        // 20 ms +- 5 ms (quartiles at 0.674 sd, as a normal's), then one
+        // exchange stalled to 98 ms.
+        let mut v: Vec<f64> = (1..500)
+            .map(|i| {
+                let q = (f64::from(i) / 500.0 - 0.5) * 2.0;
+                // A smooth stand-in for the normal quantile on (-1, 1).
+                20.0 + 5.055 * q / (1.0 - q.abs() * 0.5)
+            })
+            .collect();
+        let clean = summarize(&v);
+        v.push(98.0);
+        let stalled = summarize(&v);
+        assert!(stalled.sd_ms > clean.sd_ms * 1.2, "{clean:?} {stalled:?}");
+        assert!(
+            (stalled.robust_sd_ms - clean.robust_sd_ms).abs() < 0.02 * clean.robust_sd_ms,
+            "{clean:?} {stalled:?}"
+        );
+        assert!((clean.robust_sd_ms - 5.0).abs() < 0.1, "{clean:?}");
     }
 }
