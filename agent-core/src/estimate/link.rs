@@ -28,24 +28,7 @@ pub struct LinkConfig {
     /// their time: a small transfer weighs by its bytes, so scheduling
     /// noise on it barely moves the estimate).
     pub transfer_window: usize,
-    /// Transfers older than this leave the window, and with none left the
-    /// bandwidth is the default again. An estimate that is too high is
-    /// corrected by the uploads it invites; one that is too low (a jitter
-    /// spike or an RTT step taken for a narrow link) stops the uploads
-    /// that would correct it, so it has to expire.
-    pub transfer_max_age: Duration,
-    /// A transfer that took longer than the estimate predicts by this much
-    /// and by [`TRANSFER_STEP_FACTOR`] times is slow; [`TRANSFER_STEP_RUN`]
-    /// slow ones in a row are a narrowed link: the window restarts from
-    /// them instead of averaging them with the old link's.
-    pub transfer_step: Duration,
 }
-
-/// See [`LinkConfig::transfer_step`].
-const TRANSFER_STEP_FACTOR: f64 = 4.0;
-/// See [`LinkConfig::transfer_step`]: one slow transfer alone is as often
-/// a jitter spike on a small upload.
-const TRANSFER_STEP_RUN: usize = 2;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -58,8 +41,6 @@ impl Default for LinkConfig {
             default_bandwidth_bps: 100e6,
             min_transfer_bytes: 1024,
             transfer_window: 8,
-            transfer_max_age: Duration::from_secs(10),
-            transfer_step: Duration::from_millis(20),
         }
     }
 }
@@ -110,10 +91,8 @@ pub struct LinkEstimator {
     consecutive_failures: u32,
     retransmits: u64,
     segments: u64,
-    /// Recent transfers: (when measured, bytes, seconds on the wire).
-    transfers: VecDeque<(Instant, u64, f64)>,
-    /// Slow transfers in a row, newest last (see [`LinkConfig::transfer_step`]).
-    slow_run: usize,
+    /// Recent transfers: (bytes, seconds on the wire).
+    transfers: VecDeque<(u64, f64)>,
     /// The newest RTT sample's time, of any source.
     heard_at: Option<Instant>,
     /// Counted since the newest RTT sample: (retransmits, segments, failed
@@ -137,7 +116,6 @@ impl LinkEstimator {
             retransmits: 0,
             segments: 0,
             transfers: VecDeque::new(),
-            slow_run: 0,
             heard_at: None,
             unheard: (0, 0, 0),
             probe_ok_at: None,
@@ -211,55 +189,22 @@ impl LinkEstimator {
                 // `elapsed` is the transfer's time on the wire beyond one RTT and
                 // the server's own time (and the wait behind the edge's own
                 // earlier uploads), as measured by the offload client.
-                // Both an absolute and a relative excess: a small transfer's
-                // time on a fast link is mostly scheduling noise, and a
-                // window of 8 needs 8 transfers to forget a link that
-                // collapsed, while the large uploads it still prices as
-                // fast miss their deadlines.
-                // The excess must also pass the RTT's own spread: the
-                // transfer's time is what is left beyond the window's
-                // fastest RTT, so a jittery link's slow round trip would
-                // otherwise read as a narrow link.
-                let took = elapsed.as_secs_f64().max(1e-5);
-                let spread = self.rtt_spread_ms(ev.at) / 1e3;
-                let slow = self.bandwidth(ev.at).is_some_and(|bps| {
-                    let expected = bytes as f64 * 8.0 / bps;
-                    took > expected * TRANSFER_STEP_FACTOR
-                        && took - expected > self.cfg.transfer_step.as_secs_f64() + spread
-                });
-                self.slow_run = if slow { self.slow_run + 1 } else { 0 };
                 if self.transfers.len() == self.cfg.transfer_window.max(1) {
                     self.transfers.pop_front();
                 }
-                self.transfers.push_back((ev.at, bytes, took));
-                if self.slow_run >= TRANSFER_STEP_RUN {
-                    let keep = self.slow_run.min(self.transfers.len());
-                    self.transfers.drain(..self.transfers.len() - keep);
-                }
+                self.transfers
+                    .push_back((bytes, elapsed.as_secs_f64().max(1e-5)));
             }
         }
     }
 
-    /// The recent transfers' bytes over their time on the wire, of those
-    /// not older than [`LinkConfig::transfer_max_age`] at `now`.
-    fn bandwidth(&self, now: Instant) -> Option<f64> {
+    /// The recent transfers' bytes over their time on the wire.
+    fn bandwidth(&self) -> Option<f64> {
         let (bytes, secs) = self
             .transfers
             .iter()
-            .filter(|(at, _, _)| now.saturating_duration_since(*at) <= self.cfg.transfer_max_age)
-            .fold((0u64, 0.0), |(b, s), (_, tb, ts)| (b + tb, s + ts));
+            .fold((0u64, 0.0), |(b, s), (tb, ts)| (b + tb, s + ts));
         (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
-    }
-
-    /// How far the RTT window's 95th percentile lies above its fastest
-    /// sample (ms): the delay a round trip may add by jitter alone.
-    fn rtt_spread_ms(&self, now: Instant) -> f64 {
-        self.best_window(now)
-            .and_then(|(_, w)| {
-                let fastest = w.sorted_ms().first().copied()?;
-                Some(w.stats()?.p95_ms - fastest)
-            })
-            .map_or(0.0, |ms| ms.max(0.0))
     }
 
     /// The host was silent for longer than [`OUTAGE_GAP`]: what was
@@ -322,7 +267,6 @@ impl LinkEstimator {
             .and_then(|(_, w)| w.last_at())
             .map(|t| now.saturating_duration_since(t));
         let fresh = age.is_some_and(|a| a <= self.cfg.stale_after);
-        let bandwidth = self.bandwidth(now);
         NetworkStatus {
             reachable: fresh && self.consecutive_failures < self.cfg.unreachable_after,
             source: best.map(|(s, _)| s),
@@ -331,8 +275,8 @@ impl LinkEstimator {
             rtt_shifts: best.map_or(0, |(_, w)| w.shifts().0),
             rtt_trend_ms_per_s: best.map_or(0.0, |(_, w)| w.trend_ms_per_s()),
             loss_rate,
-            bandwidth_bps: bandwidth.unwrap_or(self.cfg.default_bandwidth_bps),
-            bandwidth_assumed: bandwidth.is_none(),
+            bandwidth_bps: self.bandwidth().unwrap_or(self.cfg.default_bandwidth_bps),
+            bandwidth_assumed: self.transfers.is_empty(),
             age,
             heard_at: self.heard_at,
         }
@@ -669,109 +613,6 @@ mod tests {
         ));
         let b = est.snapshot(t0).bandwidth_bps;
         assert!(b > 94e6 && b < 100e6, "{b}");
-    }
-
-    fn transfer_at(at: Instant, bytes: u64, ms: f64) -> ProbeEvent {
-        ev(
-            at,
-            SampleSource::OffloadTransfer,
-            ProbeEventKind::Transfer {
-                bytes,
-                elapsed: Duration::from_micros((ms * 1e3) as u64),
-            },
-        )
-    }
-
-    #[test]
-    fn slower_transfers_in_a_row_restart_the_bandwidth_window() {
-        let t0 = Instant::now();
-        let transfer = |bytes, ms| transfer_at(t0, bytes, ms);
-        let bandwidth = |est: &LinkEstimator| est.snapshot(t0).bandwidth_bps;
-        let mut est = LinkEstimator::new(LinkConfig::default());
-        // 40 kB uploads at 100 Mbit/s: 3.2 ms each.
-        for _ in 0..8 {
-            est.on_event(&transfer(40_000, 3.2));
-        }
-        // A 3 kB one slowed by 2 ms of scheduling is averaged in.
-        est.on_event(&transfer(3_000, 2.24));
-        let b = bandwidth(&est);
-        assert!(b > 90e6 && b < 100e6, "{b}");
-        // One 40 kB upload slowed by 60 ms (a jitter spike) is averaged
-        // in; the next normal one (replacing a normal one) ends the run.
-        est.on_event(&transfer(40_000, 63.2));
-        let spiked = bandwidth(&est);
-        assert!(spiked > 15e6 && spiked < 40e6, "{spiked}");
-        est.on_event(&transfer(40_000, 3.2));
-        assert!((bandwidth(&est) - spiked).abs() < 1.0);
-        // The link collapses to 2 Mbit/s: 40 kB take 160 ms. The first
-        // such upload is averaged in; with the second the estimate is
-        // theirs, not the fast ones' average.
-        est.on_event(&transfer(40_000, 160.0));
-        let b = bandwidth(&est);
-        assert!(b > 5e6 && b < 20e6, "{b}");
-        est.on_event(&transfer(40_000, 160.0));
-        let b = bandwidth(&est);
-        assert!((b - 2e6).abs() < 1e3, "{b}");
-        // A third slow one joins them; faster ones join as before.
-        est.on_event(&transfer(40_000, 160.0));
-        assert!((bandwidth(&est) - 2e6).abs() < 1e3);
-        est.on_event(&transfer(40_000, 3.2));
-        let b = bandwidth(&est);
-        assert!((b - 160_000.0 * 8.0 / 0.4832).abs() < 1e3, "{b}");
-    }
-
-    #[test]
-    fn slow_transfers_within_the_rtt_spread_do_not_restart_the_window() {
-        let t0 = Instant::now();
-        let mut est = LinkEstimator::new(LinkConfig::default());
-        // A jittery link: RTT 40 ms to 120 ms (p95 - fastest about 75 ms).
-        for i in 0..60u64 {
-            let rtt = Duration::from_millis(40 + (i * 37) % 81);
-            est.on_event(&ev(
-                t0 + Duration::from_millis(i),
-                SampleSource::SockOps,
-                ProbeEventKind::Rtt(rtt),
-            ));
-        }
-        let at = t0 + Duration::from_millis(60);
-        for _ in 0..8 {
-            est.on_event(&transfer_at(at, 40_000, 3.2));
-        }
-        // Two uploads slowed by 60 ms of round-trip jitter each: averaged
-        // in, not a narrowed link.
-        est.on_event(&transfer_at(at, 40_000, 63.2));
-        est.on_event(&transfer_at(at, 40_000, 63.2));
-        let b = est.snapshot(at).bandwidth_bps;
-        assert!(b > 10e6 && b < 20e6, "{b}");
-        // Slowed by 160 ms, beyond the spread: restarted.
-        est.on_event(&transfer_at(at, 40_000, 163.2));
-        est.on_event(&transfer_at(at, 40_000, 163.2));
-        let b = est.snapshot(at).bandwidth_bps;
-        assert!((b - 80_000.0 * 8.0 / 0.3264).abs() < 1e3, "{b}");
-    }
-
-    #[test]
-    fn unmeasured_bandwidth_returns_to_the_default() {
-        let t0 = Instant::now();
-        let cfg = LinkConfig::default();
-        let max_age = cfg.transfer_max_age;
-        let mut est = LinkEstimator::new(cfg);
-        // Two 40 kB uploads at 2 Mbit/s, 1 s apart.
-        est.on_event(&transfer_at(t0, 40_000, 160.0));
-        est.on_event(&transfer_at(t0 + Duration::from_secs(1), 40_000, 160.0));
-        let s = est.snapshot(t0 + Duration::from_secs(1));
-        assert!((s.bandwidth_bps - 2e6).abs() < 1e3 && !s.bandwidth_assumed);
-        // The first expires: the second alone is the estimate.
-        let s = est.snapshot(t0 + max_age + Duration::from_millis(500));
-        assert!((s.bandwidth_bps - 2e6).abs() < 1e3 && !s.bandwidth_assumed);
-        // Both expired: the default again, as assumed.
-        let s = est.snapshot(t0 + max_age + Duration::from_secs(2));
-        assert_eq!((s.bandwidth_bps, s.bandwidth_assumed), (100e6, true));
-        // An old transfer does not count toward a restart either: the
-        // next one is judged against the default.
-        est.on_event(&transfer_at(t0 + max_age * 2, 40_000, 3.2));
-        let s = est.snapshot(t0 + max_age * 2);
-        assert!((s.bandwidth_bps - 100e6).abs() < 1e3, "{s:?}");
     }
 
     #[test]

@@ -214,9 +214,8 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         .map_or(predicted, |o| {
             predicted.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
         });
-    let up_bytes = prost::Message::encoded_len(&req.request);
     let (uplink_wait, mut upload) = {
-        let bytes = up_bytes;
+        let bytes = prost::Message::encoded_len(&req.request);
         let bandwidth = endpoint.parts.net.borrow().bandwidth_bps;
         let (wait, id) =
             endpoint
@@ -346,7 +345,15 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             // build in its buffer: that queue is part of the uploads' time
             // (taking it out with the smoothed RTT measured a flooded
             // uplink as fast, and flooded it further).
-            let base_rtt = base_rtt(endpoint);
+            let base_rtt = {
+                let net = endpoint.parts.net.borrow();
+                let ms = net
+                    .rtt_sorted_ms
+                    .first()
+                    .copied()
+                    .unwrap_or(net.rtt.srtt_ms);
+                Duration::from_secs_f64(ms.max(0.0) / 1e3)
+            };
             let _ = inner.probe_events.try_send(ProbeEvent {
                 dest: endpoint.parts.dest,
                 source: SampleSource::OffloadTransfer,
@@ -398,16 +405,6 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
         Err(e) => {
             tracing::debug!(task = %job.task.id, error = %e, "offload failed");
-            if matches!(e, OffloadError::Timeout) {
-                let server = job
-                    .decision
-                    .as_ref()
-                    .and_then(|d| d.offload.as_ref())
-                    .map_or(Duration::ZERO, |o| {
-                        Duration::from_secs_f64(o.cloud_inference_ms.clamp(0.0, 3.6e6) / 1e3)
-                    });
-                censored_transfer(&inner, endpoint, sent_at, up_bytes, uplink_wait + server);
-            }
             // A failed endpoint: another one first, where one can still
             // answer in time.
             let unreachable = matches!(
@@ -427,56 +424,4 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
     }
     None
-}
-
-/// The link's own round trip: the fastest RTT in the window, without the
-/// queue our uploads build in its buffer.
-fn base_rtt(endpoint: &Endpoint) -> Duration {
-    let net = endpoint.parts.net.borrow();
-    let ms = net
-        .rtt_sorted_ms
-        .first()
-        .copied()
-        .unwrap_or(net.rtt.srtt_ms);
-    Duration::from_secs_f64(ms.max(0.0) / 1e3)
-}
-
-/// An offload that ran out of time while the endpoint was heard from (the
-/// link carried other packets): its upload took at least this long (less
-/// `not_link`, the wait behind earlier uploads and the cloud's predicted
-/// time), so its bytes over that time bound the bandwidth from above. Counted as a
-/// transfer, it brings a stale estimate down when the link narrows: only
-/// completed transfers were counted before, and after a collapse the large
-/// uploads stopped completing, so the estimate kept the old, fast link and
-/// kept sending them into it. A silent endpoint (an outage) says nothing
-/// about its bandwidth and is not counted.
-fn censored_transfer(
-    inner: &Inner,
-    endpoint: &Endpoint,
-    sent_at: Instant,
-    bytes: usize,
-    not_link: Duration,
-) {
-    let heard_since = endpoint
-        .parts
-        .net
-        .borrow()
-        .heard_at
-        .is_some_and(|at| at > sent_at);
-    if !heard_since {
-        return;
-    }
-    let elapsed = sent_at
-        .elapsed()
-        .saturating_sub(base_rtt(endpoint))
-        .saturating_sub(not_link);
-    let _ = inner.probe_events.try_send(ProbeEvent {
-        dest: endpoint.parts.dest,
-        source: SampleSource::OffloadTransfer,
-        at: Instant::now(),
-        kind: ProbeEventKind::Transfer {
-            bytes: bytes as u64,
-            elapsed,
-        },
-    });
 }
