@@ -509,9 +509,48 @@ fn iperf3_server(pair: &Pair) -> Result<Child> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting iperf3 (apt package iperf3)")?;
-    // It listens within a few milliseconds; connecting too early is refused.
-    std::thread::sleep(Duration::from_millis(300));
+    // A client that connects before the server listens is refused: a fixed
+    // 300 ms pause was once too short on a loaded host.
+    let mut child = child;
+    let port: u16 = PORT.parse().expect("a port number");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !listening(&pair.b, port)? {
+        if let Some(status) = child.try_wait()? {
+            bail!("iperf3 -s exited before listening: {status}");
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("iperf3 -s did not listen on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(child)
+}
+
+/// Whether a TCP socket in namespace `ns` listens on `port`, as its
+/// `/proc/net/tcp{,6}` say (a test connection would count as an iperf3
+/// client).
+fn listening(ns: &str, port: u16) -> Result<bool> {
+    let tables = netns::run_in(ns, || {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{f}"));
+        Ok(format!(
+            "{}{}",
+            read("tcp")?,
+            read("tcp6").unwrap_or_default()
+        ))
+    })?;
+    Ok(listens_on(&tables, port))
+}
+
+/// A `/proc/net/tcp` table has a socket in state LISTEN (0A) whose local
+/// address (`ADDR:PORT`, the port in hex) has `port`.
+fn listens_on(table: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
 }
 
 struct Iperf {
@@ -1294,6 +1333,19 @@ impl OverheadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_socket_is_found_by_its_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0A00000A:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0A00000A:1452 0A00000B:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+";
+        // 5201 = 0x1451, listening; 5202 only as an established socket.
+        assert!(listens_on(table, 5201));
+        assert!(!listens_on(table, 5202));
+        assert!(!listens_on(table, 81));
+        assert!(!listens_on("", 5201));
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
