@@ -110,8 +110,8 @@ pub fn summarize(v: &[f64]) -> SampleSummary {
         mean_ms: r(mean),
         sd_ms: r(var.sqrt()),
         robust_sd_ms: r(iqr / 1.349),
-        min_ms: r(v.iter().copied().fold(f64::INFINITY, f64::min)),
-        max_ms: r(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+        min_ms: r(sorted.first().copied().unwrap_or(f64::INFINITY)),
+        max_ms: r(sorted.last().copied().unwrap_or(f64::NEG_INFINITY)),
     }
 }
 

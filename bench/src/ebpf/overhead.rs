@@ -502,7 +502,7 @@ fn build_pair(cleanup: &Cleanup) -> Result<Pair> {
 }
 
 fn iperf3_server(pair: &Pair) -> Result<Child> {
-    let child = netns::command(&pair.b, "iperf3")?
+    let mut child = netns::command(&pair.b, "iperf3")?
         .args(["-s", "-p", PORT, "-B"])
         .arg(pair.addr_b.to_string())
         .stdout(Stdio::null())
@@ -511,7 +511,6 @@ fn iperf3_server(pair: &Pair) -> Result<Child> {
         .context("starting iperf3 (apt package iperf3)")?;
     // A client that connects before the server listens is refused: a fixed
     // 300 ms pause was once too short on a loaded host.
-    let mut child = child;
     let port: u16 = PORT.parse().expect("a port number");
     let until = Instant::now() + Duration::from_secs(10);
     while !listening(&pair.b, port)? {
