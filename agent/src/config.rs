@@ -60,6 +60,11 @@ pub struct EdgeConfig {
     pub device: String,
     /// libtorch intra-op threads; 1 keeps workers from oversubscribing cores.
     pub intra_op_threads: i32,
+    /// A local task whose model is estimated at most this long (ms) runs on
+    /// the thread that accepted it, sparing the hand-off to a worker thread
+    /// and back, when a worker waits idle and nothing is queued; 0: always
+    /// on a worker. Such a run holds an async runtime thread: keep it short.
+    pub inline_max_ms: f64,
     pub policy: Policy,
     /// Expected size of a response on the wire, for the download cost.
     pub response_bytes: usize,
@@ -426,6 +431,7 @@ impl Default for EdgeConfig {
             hedge_budget: 0.05,
             device: "auto".into(),
             intra_op_threads: 1,
+            inline_max_ms: 0.2,
             policy: Policy::default(),
             response_bytes: 128,
             cloud_expected_ms: 10.0,
@@ -499,7 +505,16 @@ impl Config {
     /// A configuration file's text; absent fields keep their defaults,
     /// unknown ones are errors. Paths stay as written (see [`Config::load`]).
     pub fn parse(text: &str) -> Result<Config> {
-        Ok(toml::from_str(text)?)
+        let cfg: Config = toml::from_str(text)?;
+        for (key, ms) in [
+            ("edge.inline_max_ms", cfg.edge.inline_max_ms),
+            ("edge.cloud_expected_ms", cfg.edge.cloud_expected_ms),
+        ] {
+            if !(ms.is_finite() && ms >= 0.0) {
+                anyhow::bail!("{key} must be a number of milliseconds, 0 or more (got {ms})");
+            }
+        }
+        Ok(cfg)
     }
 
     /// Loads `path`, or the defaults when `None`; model paths are resolved.

@@ -313,6 +313,7 @@ impl Edge {
                 hedge_budget: cfg.hedge_budget,
                 hold_runnable_locally: cfg.store.hold_runnable_locally,
                 split: cfg.split.clone(),
+                inline_max: Duration::from_secs_f64(cfg.inline_max_ms.max(0.0) / 1e3),
             },
             ManagerParts {
                 local_specs: models,

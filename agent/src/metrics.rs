@@ -141,6 +141,11 @@ fn describe_edge() {
         "Time a task waited in the local queue before a worker took it, by task type."
     );
     describe_counter!(
+        "edge_inline_runs_total",
+        "Local tasks run on the thread that accepted them (an idle edge, a model estimated \
+         under inline_max_ms), by task type."
+    );
+    describe_counter!(
         "edge_decisions_total",
         "Decisions by policy, chosen path and coarse reason (cheaper, deadline, unreachable, \
          no_estimate, no_local_model, threshold, hysteresis, policy)."
@@ -442,6 +447,10 @@ pub fn record_result(r: &TaskResult, task_type: TaskType) {
 }
 
 /// A local worker took a task that waited `wait` in the queue.
+pub fn record_inline_run(task_type: TaskType) {
+    counter!("edge_inline_runs_total", "task_type" => task_type.as_str()).increment(1);
+}
+
 pub fn record_queue_wait(task_type: TaskType, wait: Duration) {
     histogram!("edge_queue_wait_seconds", "task_type" => task_type.as_str())
         .record(wait.as_secs_f64());

@@ -29,9 +29,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+mod inline;
 mod offload;
 mod worker;
 
+use inline::run_inline;
 use offload::{forward_loop, run_offload};
 use worker::{warm_worker, worker_loop};
 
@@ -52,6 +54,10 @@ pub struct ManagerConfig {
     pub hold_runnable_locally: bool,
     /// Split computing: which split points the decision may weigh.
     pub split: crate::config::SplitConfig,
+    /// A local task whose model is estimated at most this long runs on the
+    /// thread that accepted it when a worker waits idle and nothing is
+    /// queued (see [`inline`]); zero: always on a worker.
+    pub inline_max: Duration,
 }
 
 /// Counters of what happened to tasks, for logs, the demo and metrics.
@@ -79,6 +85,8 @@ pub struct Stats {
     pub hedged: AtomicU64,
     pub hedge_won_local: AtomicU64,
     pub hedge_won_cloud: AtomicU64,
+    /// Local tasks run on the thread that accepted them (see [`inline`]).
+    pub ran_inline: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -98,6 +106,7 @@ pub struct StatsSnapshot {
     pub hedged: u64,
     pub hedge_won_local: u64,
     pub hedge_won_cloud: u64,
+    pub ran_inline: u64,
 }
 
 /// The most late queued tasks one arrival decides again (each costs a
@@ -185,6 +194,19 @@ impl Job {
 struct Outstanding {
     count: AtomicU64,
     drained: Notify,
+    /// The edge's busy periods (count above zero), for inline runs.
+    periods: Mutex<BusyPeriods>,
+}
+
+/// The edge's busy periods: from a task accepted by an idle edge to the
+/// count falling back to zero.
+#[derive(Default)]
+struct BusyPeriods {
+    /// When the last one ended (`None`: none yet).
+    idle_since: Option<Instant>,
+    /// Tasks accepted in the current one, and in the last one.
+    tasks: u64,
+    last_tasks: u64,
 }
 
 /// One accepted task's hold on [`Outstanding`], released on drop.
@@ -193,6 +215,7 @@ struct Claim(Arc<Outstanding>);
 impl Claim {
     fn new(o: &Arc<Outstanding>) -> Arc<Claim> {
         o.count.fetch_add(1, Ordering::SeqCst);
+        o.periods.lock().unwrap_or_else(|e| e.into_inner()).tasks += 1;
         Arc::new(Claim(o.clone()))
     }
 }
@@ -200,6 +223,10 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut p = self.0.periods.lock().unwrap_or_else(|e| e.into_inner());
+            p.idle_since = Some(Instant::now());
+            p.last_tasks = std::mem::take(&mut p.tasks);
+            drop(p);
             self.0.drained.notify_waiters();
         }
     }
@@ -250,6 +277,11 @@ struct LocalState {
     queue: TaskQueue<Job>,
     /// Per worker: what it runs.
     in_flight: Vec<Option<Run>>,
+    /// Per worker: waiting for work with nothing in hand.
+    waiting: Vec<bool>,
+    /// Per worker: its slot is lent to a run on an accepting thread (see
+    /// [`inline`]); it takes no work until the slot is back.
+    lent: Vec<bool>,
     /// When the workers were busy lately: the decision prices the work a
     /// path adds to them...
     load: LoadMeter,
@@ -554,6 +586,8 @@ impl Manager {
             state: Mutex::new(LocalState {
                 queue: TaskQueue::new(cfg.queue_capacity, cfg.queue_capacity_bytes),
                 in_flight: vec![None; n],
+                waiting: vec![false; n],
+                lent: vec![false; n],
                 load: LoadMeter::new(LOAD_WINDOW, n),
                 load_by_priority: std::array::from_fn(|_| LoadMeter::new(LOAD_WINDOW, n)),
                 cpu: CpuMeter::new(crate::cpu::allowance_cores(), LOAD_WINDOW),
@@ -630,6 +664,7 @@ impl Manager {
             hedged: g(&s.hedged),
             hedge_won_local: g(&s.hedge_won_local),
             hedge_won_cloud: g(&s.hedge_won_cloud),
+            ran_inline: g(&s.ran_inline),
         }
     }
 
@@ -762,8 +797,7 @@ impl Manager {
                     }
                     inner.accept();
                     inner.stats.hedged.fetch_add(1, Ordering::Relaxed);
-                    drop(state);
-                    inner.work_ready.notify_one();
+                    inner.wake_worker(state);
                     tokio::spawn(run_offload(self.inner.clone(), leg(task)));
                     return Ok(rx);
                 }
@@ -782,6 +816,15 @@ impl Manager {
                         Reply::One(tx),
                         Claim::new(&inner.outstanding),
                     );
+                    if !d_split {
+                        if let Some((slot, engine)) = inner.lend_worker(&mut state, &job.task, now)
+                        {
+                            drop(state);
+                            inner.accept();
+                            run_inline(inner, job, slot, engine);
+                            return Ok(rx);
+                        }
+                    }
                     // A refused job drops its claim with it. A split's
                     // head runs ahead of the whole local runs.
                     let pushed = if d_split {
@@ -805,9 +848,8 @@ impl Manager {
                     } else {
                         Vec::new()
                     };
-                    drop(state);
+                    inner.wake_worker(state);
                     inner.offload_moved(moved);
-                    inner.work_ready.notify_one();
                     return Ok(rx);
                 }
                 other => other,
@@ -901,6 +943,19 @@ impl Manager {
 impl Inner {
     fn accept(&self) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Releases the state lock and wakes a worker for the work just
+    /// queued: every worker while a slot is lent (see [`inline`]), which
+    /// would take the wake-up and leave the work to the others asleep.
+    fn wake_worker(&self, state: std::sync::MutexGuard<'_, LocalState>) {
+        let any_lent = state.lent.contains(&true);
+        drop(state);
+        if any_lent {
+            self.work_ready.notify_all();
+        } else {
+            self.work_ready.notify_one();
+        }
     }
 
     /// Whether one more hedge stays within the budget.
@@ -1479,8 +1534,7 @@ impl Inner {
         if state.queue.push(local, p, d, expected, bytes).is_err() {
             unreachable!("the queue had room under the same lock");
         }
-        drop(state);
-        self.work_ready.notify_one();
+        self.wake_worker(state);
     }
 
     /// After a failed offload: run locally if that can still meet the
@@ -1512,8 +1566,7 @@ impl Inner {
                     let bytes = job.task.payload.len();
                     match state.queue.push(job, p, d, expected, bytes) {
                         Ok(()) => {
-                            drop(state);
-                            self.work_ready.notify_one();
+                            self.wake_worker(state);
                             return;
                         }
                         Err((j, _)) => job = j,
@@ -1703,6 +1756,7 @@ mod tests {
                 hedge_budget: 0.0,
                 hold_runnable_locally: false,
                 split: crate::config::SplitConfig::default(),
+                inline_max: Duration::from_micros(200),
             },
             ManagerParts {
                 local_specs: HashMap::new(),
@@ -1927,6 +1981,7 @@ mod tests {
             hedge_budget: 0.0,
             hold_runnable_locally: false,
             split: crate::config::SplitConfig::default(),
+            inline_max: Duration::from_micros(200),
         }
     }
 

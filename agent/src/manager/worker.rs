@@ -131,12 +131,18 @@ fn run_head(inner: &Arc<Inner>, mut job: Job, point: PointIndex) {
 fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
     let mut state = inner.state.lock().expect("state lock");
     let (first, mut expected) = loop {
-        if let Some(popped) = state.queue.pop() {
-            break popped;
+        // A lent slot takes no work until its run on the accepting thread
+        // ends (see [`super::inline`]).
+        if !state.lent[index] {
+            if let Some(popped) = state.queue.pop() {
+                state.waiting[index] = false;
+                break popped;
+            }
         }
-        if state.stopping {
+        if state.stopping && state.queue.is_empty() {
             return None;
         }
+        state.waiting[index] = true;
         state = inner.work_ready.wait(state).expect("state lock");
     };
     let task_type = first.task.task_type;
@@ -170,19 +176,7 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
                 .0;
         }
     }
-    let start = Instant::now();
-    let shape = {
-        let times = inner.local_times.lock().expect("exec-time lock");
-        RunShape::new(
-            &times.distribution_ms_at(task_type, start),
-            times.estimate_at(task_type, start).as_secs_f64() * 1e3,
-        )
-    };
-    state.in_flight[index] = Some(Run {
-        start,
-        expected,
-        shape,
-        priority: batch[0].task.priority,
-    });
+    let run = inner.run_at(task_type, Instant::now(), expected, batch[0].task.priority);
+    state.in_flight[index] = Some(run);
     Some(batch)
 }
