@@ -12,7 +12,7 @@ pub mod tls;
 pub mod wire;
 
 pub use features::{decode_features, encode_features, FeatureCodec};
-pub use listen::{CloudListeners, Handler, ListenConfig};
+pub use listen::{CloudListeners, Handler, ListenConfig, SHUTDOWN_GRACE};
 pub use offload::{
     build_layered_stack, build_stack, time_left, Breaker, BreakerConfig, BreakerState,
     CloudEndpoints, Failover, FailoverConfig, FailoverState, FailoverStats, GrpcOffloader, Guarded,

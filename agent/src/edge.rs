@@ -429,7 +429,22 @@ impl Edge {
         }
         // Detach the kernel programs.
         drop(self.passive);
-        self.api.await??;
+        // Every accepted task has its answer by now. A submitter that keeps
+        // its connection open and answers nothing, not even the closing
+        // ping of the server's graceful shutdown (a client process stuck
+        // elsewhere), would hold it up forever: it gets a grace, then the
+        // connection is dropped.
+        let mut api = self.api;
+        match tokio::time::timeout(agent_net::SHUTDOWN_GRACE, &mut api).await {
+            Ok(served) => served??,
+            Err(_) => {
+                api.abort();
+                tracing::warn!(
+                    grace = ?agent_net::SHUTDOWN_GRACE,
+                    "task API connections still open after the grace; closing them"
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -135,12 +135,17 @@ pub fn dead_address() -> String {
 
 /// A gRPC client of the cloud service itself, with the test CA's client certificate.
 pub async fn cloud_client(cloud: &CloudListeners) -> EdgeAiServiceClient<Channel> {
+    cloud_client_at(cloud.grpc_addr).await
+}
+
+/// [`cloud_client`] of the cloud service at `grpc_addr`.
+pub async fn cloud_client_at(grpc_addr: std::net::SocketAddr) -> EdgeAiServiceClient<Channel> {
     let tls = TlsConfig::from_dir(certs(), Side::Client)
         .load(Side::Client)
         .unwrap()
         .unwrap()
         .grpc_client("localhost");
-    let ch = Channel::from_shared(format!("https://{}", cloud.grpc_addr))
+    let ch = Channel::from_shared(format!("https://{grpc_addr}"))
         .unwrap()
         .tls_config(tls)
         .unwrap()

@@ -126,3 +126,82 @@ async fn impatient_clients_do_not_wedge_the_edge() {
     edge.shutdown().await.unwrap();
     cloud.shutdown().await.unwrap();
 }
+
+/// Runs `session` on a runtime of its own thread and keeps what it returns
+/// (a client, so its connection stays open), then stops running that
+/// runtime until the returned sender is dropped: a client whose process
+/// is stuck elsewhere, like a driver blocked between rounds. Its
+/// connection stays open and answers nothing, not even the server's
+/// closing ping.
+fn freeze<F, Fut, T>(session: F) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: 'static,
+{
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let kept = rt.block_on(session());
+        ready_tx.send(()).unwrap();
+        let _ = released.recv();
+        drop(kept);
+        drop(rt);
+    });
+    tokio::task::block_in_place(|| ready.recv()).expect("the frozen client's session");
+    (release, thread)
+}
+
+/// Shuts `what` down, which must take about the servers' grace (5 s), not
+/// forever.
+async fn shuts_down_in_time(
+    what: &str,
+    shutdown: impl std::future::Future<Output = anyhow::Result<()>>,
+) {
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: a frozen client held up shutdown"))
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{what}: shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_submitter_does_not_hold_up_the_edge_s_shutdown() {
+    let cfg = defaults();
+    let edge = start_edge(cfg.edge.clone(), dead_address()).await;
+    let addr = edge.api_addr.to_string();
+    let (release, frozen) = freeze(move || async move {
+        let mut c = agent_net::task_api::connect(&addr).await.unwrap();
+        let r = c.offload_task(digits_request("before")).await.unwrap();
+        assert!(r.into_inner().success);
+        c
+    });
+    shuts_down_in_time("edge", edge.shutdown()).await;
+    drop(release);
+    frozen.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_edge_does_not_hold_up_the_cloud_s_shutdown() {
+    let cfg = defaults();
+    let cloud = start_cloud(cfg.cloud.clone()).await;
+    let grpc = cloud.grpc_addr;
+    let (release, frozen) = freeze(move || async move {
+        let mut c = cloud_client_at(grpc).await;
+        let r = c.offload_task(digits_request("before")).await.unwrap();
+        assert!(r.into_inner().success);
+        c
+    });
+    shuts_down_in_time("cloud", cloud.shutdown()).await;
+    drop(release);
+    frozen.join().unwrap();
+}

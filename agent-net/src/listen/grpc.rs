@@ -1,11 +1,12 @@
 //! gRPC listener of the cloud service.
 
-use super::Handler;
+use super::{Handler, SHUTDOWN_GRACE};
 use crate::wire::error_to_status;
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 pub struct GrpcCloud {
@@ -26,7 +27,11 @@ impl EdgeAiService for GrpcCloud {
     }
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
+/// Serves until `shutdown` resolves, then finishes in-flight requests
+/// within [`SHUTDOWN_GRACE`]: a client that keeps its connection open and
+/// answers nothing, not even the closing ping of the graceful shutdown (a
+/// client process stuck elsewhere), would hold it up forever; past the
+/// grace its connection is dropped.
 pub async fn serve(
     handler: Arc<dyn Handler>,
     listener: TcpListener,
@@ -54,9 +59,26 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let stopping = CancellationToken::new();
+    let stopped = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopped.cancel();
+    };
+    let serving = builder
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return Ok(served?),
+        _ = stopping.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+        Ok(served) => served?,
+        Err(_) => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "gRPC connections still open after the grace; closing them"
+        ),
+    }
     Ok(())
 }

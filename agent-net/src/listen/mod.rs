@@ -11,6 +11,10 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How long a server's shutdown waits for its in-flight requests and for
+/// its clients to close their connections, once it stopped accepting.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every listener serves: one request in, one answer (or error) out.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {

@@ -4,7 +4,7 @@
 //! limited by the transport (`max_concurrent_bidi_streams`), request size
 //! by the read limit.
 
-use super::Handler;
+use super::{Handler, SHUTDOWN_GRACE};
 use crate::tls::TlsMaterial;
 use crate::wire::{decode_request_frame, encode_frame, error_response};
 use agent_core::TaskError;
@@ -14,9 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// How long shutdown waits for in-flight streams.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Room for the payload plus the request's other fields.
 const ENVELOPE: usize = 64 * 1024;
