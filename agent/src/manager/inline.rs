@@ -136,13 +136,7 @@ pub(super) fn run_inline(
     // The worker's slot and engine are free before the answer goes out.
     drop(engine);
     drop(slot);
-    let timing = result.as_ref().ok().map(|inf| RunTiming {
-        queued: start - job.task.created_at,
-        inference: inf.elapsed,
-    });
-    let outcome = result.map(|inf| inf.output);
-    let ran = outcome.is_ok().then_some(ExecPath::Local);
-    inner.finish_timed(job, outcome, ran, None, timing);
+    super::worker::finish_run(inner, job, result, start);
 }
 
 #[cfg(test)]

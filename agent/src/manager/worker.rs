@@ -65,15 +65,26 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
         }
         inner.state.lock().expect("state lock").worker_done(index);
         for (job, result) in runnable.into_iter().zip(results) {
-            let timing = result.as_ref().ok().map(|inf| RunTiming {
-                queued: now - job.task.created_at,
-                inference: inf.elapsed,
-            });
-            let outcome = result.map(|inf| inf.output);
-            let ran = outcome.is_ok().then_some(ExecPath::Local);
-            inner.finish_timed(job, outcome, ran, None, timing);
+            finish_run(&inner, job, result, now);
         }
     }
+}
+
+/// Ends a task that ran locally, started at `started`, with its run's
+/// result.
+pub(super) fn finish_run(
+    inner: &Inner,
+    job: Job,
+    result: Result<crate::infer::Inference, TaskError>,
+    started: Instant,
+) {
+    let timing = result.as_ref().ok().map(|inf| RunTiming {
+        queued: started - job.task.created_at,
+        inference: inf.elapsed,
+    });
+    let outcome = result.map(|inf| inf.output);
+    let ran = outcome.is_ok().then_some(ExecPath::Local);
+    inner.finish_timed(job, outcome, ran, None, timing);
 }
 
 /// Runs a split task's head on this worker, then sends its features (the
