@@ -3,7 +3,6 @@
 use super::{Handler, SHUTDOWN_GRACE};
 use crate::wire::error_to_status;
 use proto::edge_ai_service_server::{EdgeAiService, EdgeAiServiceServer};
-use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,7 @@ impl EdgeAiService for GrpcCloud {
     }
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests
+/// Serves until `stop` is cancelled, then finishes in-flight requests
 /// within [`SHUTDOWN_GRACE`]: a client that keeps its connection open and
 /// answers nothing, not even the closing ping of the graceful shutdown (a
 /// client process stuck elsewhere), would hold it up forever; past the
@@ -37,7 +36,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
     max_streams: u32,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     // Room for the payload plus the request's other fields.
     let max_msg = handler.max_payload_bytes() + 64 * 1024;
@@ -59,19 +58,13 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let stopping = CancellationToken::new();
-    let stopped = stopping.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stopped.cancel();
-    };
     let serving = builder
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     tokio::pin!(serving);
     tokio::select! {
         served = &mut serving => return Ok(served?),
-        _ = stopping.cancelled() => {}
+        _ = stop.cancelled() => {}
     }
     match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
         Ok(served) => served?,

@@ -83,7 +83,7 @@ impl CloudListeners {
             listener,
             tls.map(|t| t.grpc_server()),
             cfg.max_concurrent_streams,
-            stop.clone().cancelled_owned(),
+            stop.clone(),
         ))];
         if let Some(endpoint) = quic {
             tasks.push(tokio::spawn(quic::serve(handler, endpoint, stop.clone())));

@@ -92,27 +92,6 @@ impl Inner {
         state.in_flight[index] = Some(self.run_at(task.task_type, now, estimate, task.priority));
         Some((LentSlot { inner: self, index }, engine))
     }
-
-    /// A run of a task of type `t` starting at `start`, expected to take
-    /// `expected`.
-    pub(super) fn run_at(
-        &self,
-        t: TaskType,
-        start: Instant,
-        expected: Duration,
-        priority: Priority,
-    ) -> Run {
-        let times = self.local_times.lock().expect("exec-time lock");
-        Run {
-            start,
-            expected,
-            shape: RunShape::new(
-                &times.distribution_ms_at(t, start),
-                times.estimate_at(t, start).as_secs_f64() * 1e3,
-            ),
-            priority,
-        }
-    }
 }
 
 /// Runs `job` here, on the borrowed slot and engine, and ends it.

@@ -194,7 +194,11 @@ impl Job {
 struct Outstanding {
     count: AtomicU64,
     drained: Notify,
-    /// The edge's busy periods (count above zero), for inline runs.
+    /// Claims ever taken: a busy period's tasks are the claims taken
+    /// during it.
+    claims: AtomicU64,
+    /// The edge's busy periods (count above zero), for inline runs;
+    /// locked only when one starts or ends.
     periods: Mutex<BusyPeriods>,
 }
 
@@ -204,8 +208,8 @@ struct Outstanding {
 struct BusyPeriods {
     /// When the last one ended (`None`: none yet).
     idle_since: Option<Instant>,
-    /// Tasks accepted in the current one, and in the last one.
-    tasks: u64,
+    /// The first claim of the current one, and the last one's tasks.
+    first_claim: u64,
     last_tasks: u64,
 }
 
@@ -214,8 +218,13 @@ struct Claim(Arc<Outstanding>);
 
 impl Claim {
     fn new(o: &Arc<Outstanding>) -> Arc<Claim> {
-        o.count.fetch_add(1, Ordering::SeqCst);
-        o.periods.lock().unwrap_or_else(|e| e.into_inner()).tasks += 1;
+        let claim = o.claims.fetch_add(1, Ordering::SeqCst);
+        if o.count.fetch_add(1, Ordering::SeqCst) == 0 {
+            o.periods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first_claim = claim;
+        }
         Arc::new(Claim(o.clone()))
     }
 }
@@ -225,7 +234,7 @@ impl Drop for Claim {
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
             let mut p = self.0.periods.lock().unwrap_or_else(|e| e.into_inner());
             p.idle_since = Some(Instant::now());
-            p.last_tasks = std::mem::take(&mut p.tasks);
+            p.last_tasks = self.0.claims.load(Ordering::SeqCst) - p.first_claim;
             drop(p);
             self.0.drained.notify_waiters();
         }

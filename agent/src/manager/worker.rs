@@ -191,3 +191,26 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
     state.in_flight[index] = Some(run);
     Some(batch)
 }
+
+impl Inner {
+    /// A run of a task of type `t` starting at `start`, expected to take
+    /// `expected`.
+    pub(super) fn run_at(
+        &self,
+        t: TaskType,
+        start: Instant,
+        expected: Duration,
+        priority: Priority,
+    ) -> Run {
+        let times = self.local_times.lock().expect("exec-time lock");
+        Run {
+            start,
+            expected,
+            shape: RunShape::new(
+                &times.distribution_ms_at(t, start),
+                times.estimate_at(t, start).as_secs_f64() * 1e3,
+            ),
+            priority,
+        }
+    }
+}
