@@ -88,6 +88,15 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     assert_eq!(sc["name"], "wan");
     let rows = sc["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
+    let seed_dir = tmp
+        .join("work/wan")
+        .join(format!("seed-{}", sc["seed"].as_u64().unwrap()));
+    let records = |policy: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(seed_dir.join(format!("{policy}.jsonl"))).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
     let mut sent = Vec::new();
     for row in rows {
         let s = &row["summary"];
@@ -99,11 +108,29 @@ fn one_scenario_two_policies_accounts_for_every_task() {
         // 20 tasks/s for 5 s (Poisson): far from 0, and all accounted for.
         assert!(tasks > 50, "{row}");
         assert_eq!(completed + failed, tasks, "{row}");
-        assert!(
-            completed * 10 >= tasks * 9,
-            "most tasks complete on a calm WAN: {row}"
-        );
         assert!(s["p50_ms"].as_f64().unwrap() > 0.0);
+        // Only a deadline may fail a task on a calm WAN: none is refused or
+        // lost. The 50 ms tasks are under a round trip plus the cloud's
+        // inference, so offloading misses many of them by design; the rest
+        // (100 ms or no deadline) mostly complete under either policy.
+        let recs = records(row["policy"].as_str().unwrap());
+        assert_eq!(recs.len() as u64, tasks, "{row}");
+        for r in &recs {
+            assert!(
+                r["outcome"] == "ok" || (r["outcome"] == "failed" && r["deadline_ms"].is_u64()),
+                "a task failed on a calm WAN for other than its deadline: {r}"
+            );
+        }
+        let roomy: Vec<_> = recs
+            .iter()
+            .filter(|r| r["deadline_ms"].as_u64().is_none_or(|d| d >= 100))
+            .collect();
+        let roomy_done = roomy.iter().filter(|r| r["outcome"] == "ok").count();
+        assert!(
+            roomy_done * 10 >= roomy.len() * 9,
+            "only {roomy_done} of {} tasks with 100 ms or more complete on a calm WAN: {row}",
+            roomy.len()
+        );
         sent.push(tasks);
     }
     // The same seeded stream for both policies.
@@ -125,13 +152,9 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     // task answered by the cloud took at least the round trip, and cheap
     // tasks that found the local worker idle finished well within it.
     assert!(off["p50_ms"].as_f64().unwrap() > 35.0, "{off}");
-    let seed_dir = tmp
-        .join("work/wan")
-        .join(format!("seed-{}", sc["seed"].as_u64().unwrap()));
     let latencies = |policy: &str, path: &str| -> Vec<f64> {
-        let text = std::fs::read_to_string(seed_dir.join(format!("{policy}.jsonl"))).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        records(policy)
+            .into_iter()
             .filter(|r| r["outcome"] == "ok" && r["path"] == path)
             .map(|r| r["latency_ms"].as_f64().unwrap())
             .collect()

@@ -646,6 +646,7 @@ fn run_cases(
             }
         }
     }
+    close(rt, agent);
     std::thread::sleep(Duration::from_millis(500));
     let agent_rows = rows[start..].iter().filter(|r| r.service == "agent");
     let (mut edge_peak, mut cloud_peak) = (edge_idle, cloud_idle);
@@ -663,6 +664,17 @@ fn run_cases(
         cloud_after_mib: mib(rss_kib(cloud_pid)),
     });
     Ok(())
+}
+
+/// Drops a target's client and runs the runtime until its connection has
+/// closed: this driver's runtime runs only inside `block_on`, and an agent
+/// stopping with a client connection still open waits out its shutdown
+/// grace for it.
+fn close(rt: &tokio::runtime::Runtime, t: Target) {
+    rt.block_on(async move {
+        drop(t);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
 }
 
 async fn connect(addr: &str) -> Result<agent_net::task_api::TaskApiClient> {
@@ -908,6 +920,9 @@ fn run(o: &Options) -> Result<()> {
                     rows.push(measure_round(&rt, t, case, &payloads, c, r, length)?);
                 }
             }
+        }
+        for (_, t) in targets {
+            close(&rt, t);
         }
         plain.stop(Duration::from_secs(15))?;
         batched.stop(Duration::from_secs(15))?;
