@@ -23,7 +23,7 @@ use agent_net::{
 use anyhow::{bail, Context, Result};
 use bench::scenarios::stats::percentile;
 use bench::support::stamp;
-use bench::transport::{self, Row};
+use bench::transport::{self, Row, QUIC_CUBIC};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use jitter_lab::lab::Ready;
@@ -227,36 +227,41 @@ async fn client(
     let quic_addr = quic
         .parse()
         .with_context(|| format!("QUIC address {quic}"))?;
-    let transports: [(&str, Arc<dyn Offloader>); 2] = [
-        (
-            "quic",
-            Arc::new(QuicOffloader::new(
-                quic_addr,
-                &tls,
-                QuicClientConfig {
-                    max_message: max,
-                    ..cfg.quic_client("localhost")
-                },
-            )?),
-        ),
-        (
-            "grpc",
-            Arc::new(GrpcOffloader::new(
-                grpc,
-                Some(tls.grpc_client("localhost")),
-                max,
-                Duration::from_secs(3),
-                OffloadConfig::default().grpc_keep_alive(),
-            )?),
-        ),
-    ];
+    let quic_with = |congestion: &str| -> Result<Arc<dyn Offloader>> {
+        Ok(Arc::new(QuicOffloader::new(
+            quic_addr,
+            &tls,
+            QuicClientConfig {
+                max_message: max,
+                congestion: congestion.into(),
+                ..cfg.quic_client("localhost")
+            },
+        )?))
+    };
+    let mut transports: Vec<(&str, Arc<dyn Offloader>)> =
+        vec![("quic", quic_with(&cfg.quic_congestion)?)];
+    // The same client with Cubic beside the agent's controller, in the
+    // same rounds: what the choice of controller costs on each link.
+    if cfg.quic_congestion != "cubic" {
+        transports.push((QUIC_CUBIC, quic_with("cubic")?));
+    }
+    transports.push((
+        "grpc",
+        Arc::new(GrpcOffloader::new(
+            grpc,
+            Some(tls.grpc_client("localhost")),
+            max,
+            Duration::from_secs(3),
+            OffloadConfig::default().grpc_keep_alive(),
+        )?),
+    ));
     let mut rows = Vec::new();
     for size in SIZES {
         let (n, concurrency) = plan(size, link, quick);
         for (name, o) in &transports {
             let row = measure(o.clone(), name, size, link, n, concurrency).await?;
             eprintln!(
-                "{link:>8} {name:>4} {size:>8} B: p50 {:>8} us  p99 {:>8} us  {:>8.1} req/s  ({n} requests, {concurrency} in flight){}",
+                "{link:>8} {name:>10} {size:>8} B: p50 {:>8} us  p99 {:>8} us  {:>8.1} req/s  ({n} requests, {concurrency} in flight){}",
                 row.p50_us,
                 row.p99_us,
                 row.rps,
