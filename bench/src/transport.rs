@@ -249,9 +249,9 @@ pub fn render(r: &Report) -> String {
          floor is 4 packets, and a round that falls into it stalls: compare the 64 KB p99 of \
          `quic` and `quic-cubic` on loopback. The whole-task offloads of the scenario \
          workloads (a few to a few tens of KB each) stay application-limited and do not meet \
-         it. Not measured \
-         here: connection migration, 0-RTT resumption latency, links with jitter or rate \
-         limits (the scenario benchmark covers those for the agent as a whole).\n\n\
+         it. Not measured here: connection migration, 0-RTT resumption latency, links with \
+         jitter or rate limits (the scenario benchmark covers those for the agent as a \
+         whole).\n\n\
          Every round's rows (JSON):\n\n```json\n{}\n```",
         serde_json::to_string(r.rows).unwrap_or_default()
     );
