@@ -26,6 +26,10 @@ pub const TP_LAYOUT_GLOBAL: &str = "TP_LAYOUT";
 pub const L2_LEN_GLOBAL: &str = "L2_LEN";
 /// Name of the global holding the per-flow RTT sample interval (u64 ns).
 pub const SAMPLE_INTERVAL_GLOBAL: &str = "SAMPLE_INTERVAL_NS";
+/// Name of the global that, when nonzero, makes every program return at
+/// once (a benchmark's measure of what the hooks cost without the
+/// programs' work; see `cargo xtask bench-ebpf --hooks-only`).
+pub const HOOKS_ONLY_GLOBAL: &str = "HOOKS_ONLY";
 /// Default shortest time between two RTT samples of one flow and source
 /// (sock_ops socket, tc timestamp flow, QUIC spin flow), in nanoseconds;
 /// 0 keeps every sample. See `cargo xtask bench-ebpf` for what it saves.

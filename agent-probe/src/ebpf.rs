@@ -33,9 +33,9 @@ mod records;
 use crate::privileges;
 use agent_common::{
     FilterKey, TracepointLayout, CONTROL_FILTER_GEN, CONTROL_MAP, CONTROL_WATCH_ALL,
-    DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAP, L2_LEN_GLOBAL, PROG_SOCKOPS, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS, RING_BUF_MAP,
-    SAMPLE_INTERVAL_GLOBAL, TP_LAYOUT_GLOBAL,
+    DEFAULT_SAMPLE_INTERVAL_NS, FILTER_MAP, HOOKS_ONLY_GLOBAL, L2_LEN_GLOBAL, PROG_SOCKOPS,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TP_RETRANSMIT, PROG_TP_SET_STATE, RING_BUF_DRAIN_MS,
+    RING_BUF_MAP, SAMPLE_INTERVAL_GLOBAL, TP_LAYOUT_GLOBAL,
 };
 use agent_core::ProbeEvent;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf};
@@ -99,6 +99,9 @@ pub struct EbpfProbeConfig {
     /// Shortest time between two RTT samples of one flow and source (the
     /// kernel's per-flow rate limit, like ePPing's); zero keeps every sample.
     pub sample_interval: Duration,
+    /// Attach every program but have each return at once, measuring
+    /// nothing: what the hooks cost by themselves (benchmarks only).
+    pub hooks_only: bool,
 }
 
 /// The default per-flow sample interval ([`EbpfProbeConfig::sample_interval`]).
@@ -116,6 +119,7 @@ impl Default for EbpfProbeConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             channel_capacity: 8192,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            hooks_only: false,
         }
     }
 }
@@ -551,12 +555,16 @@ impl EbpfProbe {
         let tp_layout = *layout.as_ref().unwrap_or(&TracepointLayout::DEFAULT);
         let clock = MonoClock::now();
         let sample_interval_ns = u64::try_from(cfg.sample_interval.as_nanos()).unwrap_or(u64::MAX);
+        let hooks_only = u32::from(cfg.hooks_only);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(TP_LAYOUT_GLOBAL, &tp_layout, true)
             .override_global(L2_LEN_GLOBAL, l2.as_ref().unwrap_or(&14), true)
             // Not required: an object built before the rate limit loads without it.
-            .override_global(SAMPLE_INTERVAL_GLOBAL, &sample_interval_ns, false);
+            .override_global(SAMPLE_INTERVAL_GLOBAL, &sample_interval_ns, false)
+            // Required when asked for: an object without it would measure
+            // its whole work under the hooks-only label.
+            .override_global(HOOKS_ONLY_GLOBAL, &hooks_only, cfg.hooks_only);
         let loaded = match &object {
             ObjectSource::File(path) => loader.load_file(path),
             ObjectSource::Embedded(bytes) => loader.load(bytes),

@@ -23,6 +23,8 @@ pub struct Options {
     pub object: Option<PathBuf>,
     /// An older object measured as a third arm of the same run (before/after).
     pub baseline_object: Option<PathBuf>,
+    /// A third arm: the programs attached but returning at once (the hooks' floor).
+    pub hooks_only: bool,
 }
 
 pub fn run(o: Options) -> Result<()> {
@@ -47,6 +49,9 @@ pub fn run(o: Options) -> Result<()> {
     }
     if let Some(obj) = &o.baseline_object {
         command.push_str(&format!(" --baseline-object {}", obj.display()));
+    }
+    if o.hooks_only {
+        command.push_str(" --hooks-only");
     }
     if o.json {
         command.push_str(" --json");
@@ -77,6 +82,9 @@ pub fn run(o: Options) -> Result<()> {
     }
     if let Some(obj) = &o.baseline_object {
         c.arg("--baseline-object").arg(obj);
+    }
+    if o.hooks_only {
+        c.arg("--hooks-only");
     }
     if o.json {
         c.arg("--json");

@@ -84,8 +84,11 @@ enum Cmd {
         #[arg(long)]
         object: Option<std::path::PathBuf>,
         /// An older eBPF object measured as a third arm of the same alternating run (before/after).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hooks_only")]
         baseline_object: Option<std::path::PathBuf>,
+        /// A third arm: every program attached but returning at once (what the hooks alone cost).
+        #[arg(long)]
+        hooks_only: bool,
     },
     /// QUIC vs gRPC offload latency and throughput (1 KB, 64 KB, 1 MB) on loopback and a 1 %-loss link.
     BenchTransport {
@@ -184,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             sample_interval_ms,
             object,
             baseline_object,
+            hooks_only,
         } => {
             setup::all()?;
             bench_ebpf::run(bench_ebpf::Options {
@@ -194,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 sample_interval_ms,
                 object,
                 baseline_object,
+                hooks_only,
             })
         }
         Cmd::BenchTransport { quick, json } => {

@@ -50,8 +50,12 @@ struct Args {
     object: Option<PathBuf>,
     /// Another object measured as a third arm of the same alternating run
     /// (every sample kept): an older build, for a before/after.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hooks_only")]
     baseline_object: Option<PathBuf>,
+    /// A third arm of the same run: the object attached the same way with
+    /// every program returning at once (what the hooks cost by themselves)
+    #[arg(long)]
+    hooks_only: bool,
 }
 
 fn main() {
@@ -83,6 +87,7 @@ fn main() {
                 Duration::from_secs_f64(ms.max(0.0) / 1e3)
             }),
         baseline_object: args.baseline_object,
+        hooks_only: args.hooks_only,
         placement,
     };
     let progress = |m: &str| eprintln!("ebpf-overhead: {m}");

@@ -130,6 +130,10 @@ pub struct OverheadOptions {
     /// (an older build: a before/after under the same conditions), loaded
     /// with every sample kept.
     pub baseline_object: Option<PathBuf>,
+    /// Instead of a baseline object, the third arm is the probe's own
+    /// object with every program returning at once: the hooks' cost alone,
+    /// the floor under any work the programs do.
+    pub hooks_only: bool,
     /// How [`place`] set up this process (reported).
     pub placement: Placement,
 }
@@ -144,6 +148,7 @@ impl Default for OverheadOptions {
             object: None,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             baseline_object: None,
+            hooks_only: false,
             placement: Placement::default(),
         }
     }
@@ -196,7 +201,7 @@ pub enum Parts {
 
 /// What a round runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Arm {
     /// No probe.
     Off,
@@ -204,6 +209,8 @@ pub enum Arm {
     Probe,
     /// The baseline object (`--baseline-object`).
     Baseline,
+    /// The probe's object, every program returning at once (`--hooks-only`).
+    HooksOnly,
 }
 
 impl Arm {
@@ -212,6 +219,18 @@ impl Arm {
             Arm::Off => "off",
             Arm::Probe => "on",
             Arm::Baseline => "baseline",
+            Arm::HooksOnly => "hooks only",
+        }
+    }
+}
+
+impl OverheadOptions {
+    /// The third arm of the alternating run, if any.
+    fn third_arm(&self) -> Option<Arm> {
+        if self.hooks_only {
+            Some(Arm::HooksOnly)
+        } else {
+            self.baseline_object.as_ref().map(|_| Arm::Baseline)
         }
     }
 }
@@ -325,9 +344,13 @@ pub struct OverheadReport {
     /// Per program: nanoseconds per run over every statistics round
     /// (tc: per skb; sock_ops: per RTT callback, one per ACK).
     pub ns_per_packet: BTreeMap<String, f64>,
-    /// The same for the baseline object, when there is one.
+    /// The same for the third arm (a baseline object, or the hooks only),
+    /// when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_ns_per_packet: Option<BTreeMap<String, f64>>,
+    /// What the third arm is (`baseline`, `hooks-only`), if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub third_arm: Option<Arm>,
     /// bulk >= 0.97 and small >= 0.95 (medians).
     pub targets_met: bool,
     pub ci_method: &'static str,
@@ -664,6 +687,7 @@ fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions, arm: Arm) -> Resul
         Arm::Baseline => (opts.baseline_object.clone(), Duration::ZERO),
         _ => (opts.object.clone(), opts.sample_interval),
     };
+    let hooks_only = arm == Arm::HooksOnly;
     let cfg = EbpfProbeConfig {
         object,
         cgroup: Some(match opts.parts {
@@ -674,6 +698,7 @@ fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions, arm: Arm) -> Resul
         endpoints: vec![IpAddr::V4(pair.addr_b)],
         state_dir: std::env::temp_dir().join(format!("{PREFIX}{}-state", std::process::id())),
         sample_interval,
+        hooks_only,
         ..EbpfProbeConfig::default()
     };
     let mut probe = netns::run_in(&pair.a, move || {
@@ -852,6 +877,11 @@ pub fn run(
     progress: &dyn Fn(&str),
 ) -> Result<OverheadReport> {
     sys::require_root("ebpf-overhead")?;
+    anyhow::ensure!(
+        !(opts.hooks_only && opts.baseline_object.is_some()),
+        "one third arm at a time: a baseline object or the hooks only"
+    );
+    let third = opts.third_arm();
     let started = Instant::now();
     let (load_start, busy_start) = (loadavg(), busy());
     sweep_stale();
@@ -900,10 +930,9 @@ pub fn run(
     let mut last_detach = None;
     // Without a baseline: off/on, then on/off. With one, the three arms
     // rotate, so each comes first, second and third equally often.
-    let arms: Vec<Arm> = if opts.baseline_object.is_some() {
-        vec![Arm::Off, Arm::Probe, Arm::Baseline]
-    } else {
-        vec![Arm::Off, Arm::Probe]
+    let arms: Vec<Arm> = match third {
+        Some(arm) => vec![Arm::Off, Arm::Probe, arm],
+        None => vec![Arm::Off, Arm::Probe],
     };
     for pair_no in 0..opts.rounds {
         let mut order = arms.clone();
@@ -999,27 +1028,30 @@ pub fn run(
         };
         let (with, without) = (of(Arm::Probe), of(Arm::Off));
         let readers = readers_of(Arm::Probe);
-        let baseline = match &opts.baseline_object {
-            Some(obj) => {
+        let baseline = match third {
+            Some(arm) => {
                 progress(&format!(
-                    "program cost: {} s of {} with the baseline object and the statistics on",
+                    "program cost: {} s of {} with the {} arm and the statistics on",
                     opts.seconds,
-                    workload.name()
+                    workload.name(),
+                    arm.label()
                 ));
-                let (programs, _) =
-                    stats_round(&pair, &cgs, opts, workload, Arm::Baseline, &mut all_clean)?;
+                let (programs, _) = stats_round(&pair, &cgs, opts, workload, arm, &mut all_clean)?;
                 for p in &programs {
                     let t = base_totals.entry(p.name.clone()).or_default();
                     t.0 += (p.ns_per_run * p.runs as f64) as u64;
                     t.1 += p.runs;
                 }
-                let base = of(Arm::Baseline);
+                let base = of(arm);
                 let ci = ratio_ci95(&base, &without, RESAMPLES, 42 + i as u64);
-                let rd = readers_of(Arm::Baseline);
+                let rd = readers_of(arm);
                 Some(BaselineSummary {
-                    object: obj.display().to_string(),
+                    object: match &opts.baseline_object {
+                        Some(obj) if arm == Arm::Baseline => obj.display().to_string(),
+                        _ => "the probe's object, every program returning at once".into(),
+                    },
                     rounds: base.len(),
-                    median: median(&base),
+                    median: r4(median(&base)),
                     ratio: r4(median(&base) / median(&without)),
                     ratio_ci95: [r4(ci[0]), r4(ci[1])],
                     records_per_s: mean(&rd.iter().map(|r| r.records_per_s).collect::<Vec<_>>())
@@ -1038,8 +1070,8 @@ pub fn run(
             unit: workload.unit(),
             rounds_with: with.len(),
             rounds_without: without.len(),
-            median_with: median(&with),
-            median_without: median(&without),
+            median_with: r4(median(&with)),
+            median_without: r4(median(&without)),
             ratio: r4(median(&with) / median(&without)),
             ratio_ci95: [r4(ci[0]), r4(ci[1])],
             records_per_s: mean(&readers.iter().map(|r| r.records_per_s).collect::<Vec<_>>())
@@ -1070,7 +1102,7 @@ pub fn run(
             .collect()
     };
     let ns_per_packet = per_run(totals);
-    let baseline_ns_per_packet = opts.baseline_object.is_some().then(|| per_run(base_totals));
+    let baseline_ns_per_packet = third.is_some().then(|| per_run(base_totals));
     let readers = rounds.iter().filter_map(|r| r.reader.as_ref());
     let kernel_drops = readers.clone().map(|r| r.kernel_drops).sum();
     let channel_drops = readers.map(|r| r.channel_drops).sum();
@@ -1086,6 +1118,7 @@ pub fn run(
         many_ratio_ci_high: ci(Workload::Many, 1),
         ns_per_packet,
         baseline_ns_per_packet,
+        third_arm: third,
         targets_met: ratio(Workload::Bulk).is_some_and(|r| r >= BULK_TARGET)
             && ratio(Workload::Small).is_some_and(|r| r >= SMALL_TARGET),
         ci_method: "bootstrap percentile interval of the ratio of medians (rounds with and \
@@ -1140,6 +1173,14 @@ fn opt(x: Option<f64>) -> String {
 }
 
 impl OverheadReport {
+    /// How the third arm's rows are named.
+    fn third_label(&self) -> &'static str {
+        match self.third_arm {
+            Some(Arm::HooksOnly) => "hooks only",
+            _ => "with the baseline object",
+        }
+    }
+
     /// The report as Markdown (the results file's body).
     pub fn markdown(&self, command: &str) -> String {
         use std::fmt::Write;
@@ -1179,11 +1220,17 @@ impl OverheadReport {
              not measured for small, whose traffic runs in this process too).{}\n",
             self.seconds_per_round,
             self.ci_method,
-            if self.baseline_ns_per_packet.is_some() {
-                " The rows \"with the baseline object\" are a third arm of the same run: the older object, \
-                 every sample kept, against the same rounds without."
-            } else {
-                ""
+            match self.third_arm {
+                Some(Arm::HooksOnly) => {
+                    " The rows \"hooks only\" are a third arm of the same run: the same object attached \
+                     the same way, every program returning at once (sock_ops still turns the RTT callbacks \
+                     on): what the hooks cost by themselves, the floor under the programs' work."
+                }
+                Some(_) => {
+                    " The rows \"with the baseline object\" are a third arm of the same run: the older object, \
+                     every sample kept, against the same rounds without."
+                }
+                None => "",
             }
         );
         let _ = writeln!(s, "| workload | rounds with / without | median without | median with | ratio | 95 % CI | target | records/s read | reader CPU % |");
@@ -1214,8 +1261,9 @@ impl OverheadReport {
             if let Some(b) = &w.baseline {
                 let _ = writeln!(
                     s,
-                    "| {} with the baseline object | {} / {} | {} {} | {} {} | {} | {} to {} | - | {} | {} |",
+                    "| {} {} | {} / {} | {} {} | {} {} | {} | {} to {} | - | {} | {} |",
                     w.workload.name(),
+                    self.third_label(),
                     b.rounds,
                     w.rounds_without,
                     w.median_without,
@@ -1240,7 +1288,13 @@ impl OverheadReport {
             s,
             "From the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`, turned on through \
              BPF_ENABLE_STATS for one extra round per workload, not counted above): nanoseconds per run \
-             (tc: per skb, a GSO burst on a veth; sock_ops: per RTT callback, one per ACK) and share of one CPU.\n"
+             (tc: per skb, a GSO burst on a veth; sock_ops: per RTT callback, one per ACK) and share of one CPU.{}\n",
+            if self.third_arm == Some(Arm::HooksOnly) {
+                " The hooks-only rows time programs that return at once: that floor is the statistics' own \
+                 clock reads and the program's entry, so a program's work is its figure less the floor."
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
@@ -1248,10 +1302,11 @@ impl OverheadReport {
         );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for w in &self.workloads {
+            let tag = format!(" ({})", self.third_label());
             let base = w
                 .baseline
                 .iter()
-                .flat_map(|b| b.programs.iter().map(|p| (" (baseline)", p)));
+                .flat_map(|b| b.programs.iter().map(|p| (tag.as_str(), p)));
             for (tag, p) in w.programs.iter().map(|p| ("", p)).chain(base) {
                 let _ = writeln!(
                     s,
@@ -1276,7 +1331,11 @@ impl OverheadReport {
         if let Some(b) = &self.baseline_ns_per_packet {
             let _ = writeln!(
                 s,
-                "Baseline object over all three: {}.\n",
+                "{} over all three: {}.\n",
+                match self.third_arm {
+                    Some(Arm::HooksOnly) => "Hooks only",
+                    _ => "Baseline object",
+                },
                 b.iter()
                     .map(|(k, v)| format!("`{k}` {v} ns"))
                     .collect::<Vec<_>>()
