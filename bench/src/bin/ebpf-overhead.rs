@@ -5,7 +5,7 @@
 //! JSON beside it), or with `--json` one JSON object on the last line.
 //! Needs root, iperf3 and the eBPF object.
 
-use bench::ebpf::overhead::{self, OverheadOptions, Parts, Workload};
+use bench::ebpf::overhead::{self, OverheadOptions, Parts, ThirdArm, Workload};
 use bench::support::cleanup::Cleanup;
 use clap::Parser;
 use std::path::PathBuf;
@@ -86,8 +86,10 @@ fn main() {
             .map_or(defaults.sample_interval, |ms| {
                 Duration::from_secs_f64(ms.max(0.0) / 1e3)
             }),
-        baseline_object: args.baseline_object,
-        hooks_only: args.hooks_only,
+        third: match args.baseline_object {
+            Some(obj) => Some(ThirdArm::Baseline(obj)),
+            None => args.hooks_only.then_some(ThirdArm::HooksOnly),
+        },
         placement,
     };
     let progress = |m: &str| eprintln!("ebpf-overhead: {m}");

@@ -126,14 +126,8 @@ pub struct OverheadOptions {
     pub object: Option<PathBuf>,
     /// The probe's per-flow sample interval (default: the probe's default).
     pub sample_interval: Duration,
-    /// Another object measured in the same alternating run as a third arm
-    /// (an older build: a before/after under the same conditions), loaded
-    /// with every sample kept.
-    pub baseline_object: Option<PathBuf>,
-    /// Instead of a baseline object, the third arm is the probe's own
-    /// object with every program returning at once: the hooks' cost alone,
-    /// the floor under any work the programs do.
-    pub hooks_only: bool,
+    /// A third arm of the same alternating run, if any.
+    pub third: Option<ThirdArm>,
     /// How [`place`] set up this process (reported).
     pub placement: Placement,
 }
@@ -147,8 +141,7 @@ impl Default for OverheadOptions {
             parts: Parts::All,
             object: None,
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
-            baseline_object: None,
-            hooks_only: false,
+            third: None,
             placement: Placement::default(),
         }
     }
@@ -224,13 +217,29 @@ impl Arm {
     }
 }
 
-impl OverheadOptions {
-    /// The third arm of the alternating run, if any.
-    fn third_arm(&self) -> Option<Arm> {
-        if self.hooks_only {
-            Some(Arm::HooksOnly)
-        } else {
-            self.baseline_object.as_ref().map(|_| Arm::Baseline)
+/// What the third arm of an alternating run measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThirdArm {
+    /// Another object (an older build: a before/after under the same
+    /// conditions), loaded with every sample kept.
+    Baseline(PathBuf),
+    /// The probe's own object with every program returning at once: the
+    /// hooks' cost alone, the floor under any work the programs do.
+    HooksOnly,
+}
+
+impl ThirdArm {
+    fn arm(&self) -> Arm {
+        match self {
+            ThirdArm::Baseline(_) => Arm::Baseline,
+            ThirdArm::HooksOnly => Arm::HooksOnly,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ThirdArm::Baseline(obj) => obj.display().to_string(),
+            ThirdArm::HooksOnly => "the probe's object, every program returning at once".into(),
         }
     }
 }
@@ -683,8 +692,8 @@ struct Attached {
 }
 
 fn attach(pair: &Pair, cgs: &Cgroups, opts: &OverheadOptions, arm: Arm) -> Result<Attached> {
-    let (object, sample_interval) = match arm {
-        Arm::Baseline => (opts.baseline_object.clone(), Duration::ZERO),
+    let (object, sample_interval) = match (arm, &opts.third) {
+        (Arm::Baseline, Some(ThirdArm::Baseline(obj))) => (Some(obj.clone()), Duration::ZERO),
         _ => (opts.object.clone(), opts.sample_interval),
     };
     let hooks_only = arm == Arm::HooksOnly;
@@ -877,11 +886,7 @@ pub fn run(
     progress: &dyn Fn(&str),
 ) -> Result<OverheadReport> {
     sys::require_root("ebpf-overhead")?;
-    anyhow::ensure!(
-        !(opts.hooks_only && opts.baseline_object.is_some()),
-        "one third arm at a time: a baseline object or the hooks only"
-    );
-    let third = opts.third_arm();
+    let third = opts.third.as_ref().map(ThirdArm::arm);
     let started = Instant::now();
     let (load_start, busy_start) = (loadavg(), busy());
     sweep_stale();
@@ -1028,8 +1033,9 @@ pub fn run(
         };
         let (with, without) = (of(Arm::Probe), of(Arm::Off));
         let readers = readers_of(Arm::Probe);
-        let baseline = match third {
-            Some(arm) => {
+        let baseline = match &opts.third {
+            Some(kind) => {
+                let arm = kind.arm();
                 progress(&format!(
                     "program cost: {} s of {} with the {} arm and the statistics on",
                     opts.seconds,
@@ -1046,10 +1052,7 @@ pub fn run(
                 let ci = ratio_ci95(&base, &without, RESAMPLES, 42 + i as u64);
                 let rd = readers_of(arm);
                 Some(BaselineSummary {
-                    object: match &opts.baseline_object {
-                        Some(obj) if arm == Arm::Baseline => obj.display().to_string(),
-                        _ => "the probe's object, every program returning at once".into(),
-                    },
+                    object: kind.describe(),
                     rounds: base.len(),
                     median: r4(median(&base)),
                     ratio: r4(median(&base) / median(&without)),
