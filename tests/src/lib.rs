@@ -68,18 +68,35 @@ pub fn other_ca_certs() -> &'static Path {
     DIR.get_or_init(|| gen_dir("other-ca"))
 }
 
-fn gen_dir(name: &str) -> PathBuf {
-    // Folders of test processes that have ended are removed here.
-    let prefix = format!("edge-offload-test-{name}-");
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for e in entries.flatten() {
-            let file = e.file_name();
-            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix));
-            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+/// Removes what test processes that have ended left under the temp
+/// folder as `{prefix}{pid}{suffix}`. What a process makes once for its
+/// whole life (held in a static, which is never dropped) cannot be removed
+/// by a guard; the next test process removes it here.
+fn sweep_ended(prefix: &str, suffix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let pid = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(prefix))
+            .and_then(|f| f.strip_suffix(suffix))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+            let path = e.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
     }
+}
+
+fn gen_dir(name: &str) -> PathBuf {
+    let prefix = format!("edge-offload-test-{name}-");
+    sweep_ended(&prefix, "");
     let d = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
     tls::gen_certs(&d, &[]).expect("generating test certificates");
     d
@@ -166,12 +183,11 @@ pub fn client_material(trust: &Path, identity: &Path) -> tls::TlsMaterial {
     .unwrap()
 }
 
-/// The `agent` binary next to this test's build (`cargo build --release
-/// -p agent` first; `cargo xtask test` does).
 /// [`defaults`] as a configuration file, for agents started as processes.
 pub fn defaults_file() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
+        sweep_ended("edge-offload-test-config-", ".toml");
         let path = std::env::temp_dir().join(format!(
             "edge-offload-test-config-{}.toml",
             std::process::id()
@@ -182,6 +198,8 @@ pub fn defaults_file() -> &'static Path {
     })
 }
 
+/// The `agent` binary next to this test's build (`cargo build --release
+/// -p agent` first; `cargo xtask test` does).
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe

@@ -6,19 +6,11 @@
 
 use agent::update::{keygen, sign, Outcome, MANIFEST, SIGNATURE};
 use agent_core::{Policy, Priority, TaskType};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::*;
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Prepares a signed update in `stage`: the model file and its manifest.
 fn stage(stage: &Path, source: &Path, file: &str, version: &str, key: &Path) {
@@ -62,13 +54,14 @@ async fn verdict(edge: &agent::edge::Edge, want: impl Fn(&Outcome) -> bool) -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_signed_model_is_swapped_in_under_load_and_bad_updates_are_refused() {
-    let root =
-        TempDir(std::env::temp_dir().join(format!("model-update-test-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&root.0);
-    let updates = root.0.join("updates");
+    let root = tempfile::Builder::new()
+        .prefix("model-update-test-")
+        .tempdir()
+        .unwrap();
+    let updates = root.path().join("updates");
     std::fs::create_dir_all(&updates).unwrap();
-    let (key, public) = keygen(&root.0.join("keys")).unwrap();
-    let (other_key, _) = keygen(&root.0.join("other-keys")).unwrap();
+    let (key, public) = keygen(&root.path().join("keys")).unwrap();
+    let (other_key, _) = keygen(&root.path().join("other-keys")).unwrap();
 
     let cloud = start_cloud(defaults().cloud).await;
     let mut cfg = defaults().edge;
@@ -117,7 +110,7 @@ async fn a_signed_model_is_swapped_in_under_load_and_bad_updates_are_refused() {
         "no manifest yet"
     );
 
-    let staging = root.0.join("stage");
+    let staging = root.path().join("stage");
     // A signed update.
     stage(&staging, &v2_source, "digits-v2.pt", "2", &key);
     publish(&staging, &updates, "digits-v2.pt");
@@ -127,7 +120,7 @@ async fn a_signed_model_is_swapped_in_under_load_and_bad_updates_are_refused() {
 
     // A file that is not a TorchScript model, correctly signed: loading
     // fails and nothing is swapped.
-    let junk = root.0.join("junk.pt");
+    let junk = root.path().join("junk.pt");
     std::fs::write(&junk, b"not a TorchScript archive").unwrap();
     stage(&staging, &junk, "digits-v3.pt", "3", &key);
     publish(&staging, &updates, "digits-v3.pt");

@@ -14,14 +14,6 @@ use std::time::{Duration, Instant};
 use tests::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -47,9 +39,10 @@ async fn wait_for_log(path: &Path, message: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_audit_log_and_a_live_policy_change_on_sighup() {
-    let dir = TempDir(std::env::temp_dir().join(format!("operations-test-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("operations-test-")
+        .tempdir()
+        .unwrap();
     let cloud = start_cloud(defaults().cloud).await;
 
     let mut cfg = defaults();
@@ -59,10 +52,10 @@ async fn json_logs_audit_log_and_a_live_policy_change_on_sighup() {
     cfg.edge.policy = Policy::AlwaysLocal;
     cfg.edge.hedge_budget = 0.0;
     cfg.edge.probe.passive = false;
-    cfg.edge.audit_log = Some(dir.0.join("audit.jsonl"));
-    let config = dir.0.join("agent.toml");
+    cfg.edge.audit_log = Some(dir.path().join("audit.jsonl"));
+    let config = dir.path().join("agent.toml");
     std::fs::write(&config, toml::to_string(&cfg).unwrap()).unwrap();
-    let log = dir.0.join("edge.log");
+    let log = dir.path().join("edge.log");
 
     let mut edge = tokio::process::Command::new(agent_binary())
         .arg("--config")
@@ -155,7 +148,7 @@ async fn json_logs_audit_log_and_a_live_policy_change_on_sighup() {
     assert!(after["duration_ms"].as_f64().unwrap() > 0.0);
 
     // The audit log: exactly one line per task, with the explanation.
-    let audit = json_lines(&dir.0.join("audit.jsonl"));
+    let audit = json_lines(&dir.path().join("audit.jsonl"));
     assert_eq!(audit.len(), ids.len(), "{audit:?}");
     for (line, id) in audit.iter().zip(&ids) {
         assert_eq!(line["task_id"], id.as_str());

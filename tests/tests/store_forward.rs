@@ -37,12 +37,14 @@ async fn submit(edge: &agent::edge::Edge, id: &str, i: usize) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_tasks_reach_the_cloud_when_it_returns_even_across_an_edge_restart() {
     let cloud_addr = dead_address();
-    let dir = std::env::temp_dir().join(format!("edge-store-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::Builder::new()
+        .prefix("edge-store-test-")
+        .tempdir()
+        .unwrap();
     let mut cfg = defaults().edge;
     cfg.policy = Policy::AlwaysOffload;
     cfg.hedge_budget = 0.0;
-    cfg.store.path = dir.join("store.redb").display().to_string();
+    cfg.store.path = dir.path().join("store.redb").display().to_string();
     // The digits model runs locally too: hold it anyway, as for a task
     // type only the cloud can run.
     cfg.store.hold_runnable_locally = true;
@@ -127,5 +129,4 @@ async fn held_tasks_reach_the_cloud_when_it_returns_even_across_an_edge_restart(
     assert_eq!(edge.manager.stats().completed_local, 0);
     edge.shutdown().await.unwrap();
     cloud.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -94,10 +94,11 @@ async fn no_unauthenticated_task_api_beyond_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_task_api_serves_and_is_removed_at_shutdown() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let dir = std::env::temp_dir().join(format!("edge-offload-test-unix-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("edge.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("edge-offload-test-unix-")
+        .tempdir()
+        .unwrap();
+    let sock = dir.path().join("edge.sock");
     // A socket file left by an agent that is gone.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
@@ -131,7 +132,7 @@ async fn a_unix_socket_task_api_serves_and_is_removed_at_shutdown() {
     assert_eq!(r.predicted_class, i32::from(sample.label));
 
     // `agent submit --edge unix:/path`.
-    let payload = dir.join("digit.bin");
+    let payload = dir.path().join("digit.bin");
     std::fs::write(&payload, &sample.pixels).unwrap();
     let out = tokio::process::Command::new(agent_binary())
         .args(["submit", "--edge", &cfg.edge.listen, "--task-type"])
@@ -161,7 +162,6 @@ async fn a_unix_socket_task_api_serves_and_is_removed_at_shutdown() {
 
     edge.shutdown().await.unwrap();
     assert!(!sock.exists(), "the socket file outlived the edge");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Sockets of this process connected from or to `local` (by file

@@ -190,8 +190,13 @@ async fn edge_ai_client(addr: std::net::SocketAddr, tls: bool) -> EdgeAiServiceC
     EdgeAiServiceClient::new(ch.expect("connection to the cloud service"))
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("edge-offload-{name}-{}", std::process::id()))
+/// A folder under the temp folder, removed when the guard drops (on a
+/// failed assertion too).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("edge-offload-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The workload models over plaintext V2: our script, then the contract
@@ -205,7 +210,7 @@ async fn tritonclient_gets_the_cloud_answers_over_v2() {
     let v2 = cloud.v2_addr().expect("V2 listener").to_string();
     let mut grpc = edge_ai_client(cloud.listeners.grpc_addr, false).await;
     let dir = temp_dir("v2-cases");
-    write_cases(&cfg, &mut grpc, payloads(false), &dir).await;
+    write_cases(&cfg, &mut grpc, payloads(false), dir.path()).await;
     let root = repo_root();
     let script = root.join("tests/v2/check_cloud_v2.py");
     let max = cfg.max_payload_bytes.to_string();
@@ -216,7 +221,7 @@ async fn tritonclient_gets_the_cloud_answers_over_v2() {
             "--url",
             &v2,
             "--cases",
-            dir.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
             "--server-version",
             env!("CARGO_PKG_VERSION"),
             "--max-bytes",
@@ -236,7 +241,6 @@ async fn tritonclient_gets_the_cloud_answers_over_v2() {
             ],
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     cloud.shutdown().await.unwrap();
     eprintln!("done in {:?}", started.elapsed());
 }
@@ -251,7 +255,7 @@ async fn tritonclient_over_tls_digits() {
     let v2 = format!("localhost:{}", cloud.v2_addr().expect("V2 listener").port());
     let mut grpc = edge_ai_client(cloud.listeners.grpc_addr, true).await;
     let dir = temp_dir("v2-cases-digits");
-    write_cases(&cfg, &mut grpc, payloads(true), &dir).await;
+    write_cases(&cfg, &mut grpc, payloads(true), dir.path()).await;
     let script = repo_root().join("tests/v2/check_cloud_v2.py");
     let max = cfg.max_payload_bytes.to_string();
     run_script(
@@ -261,13 +265,12 @@ async fn tritonclient_over_tls_digits() {
             "--url",
             &v2,
             "--cases",
-            dir.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
             "--tls-dir",
             tests::certs().to_str().unwrap(),
             "--max-bytes",
             &max,
         ],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     cloud.shutdown().await.unwrap();
 }

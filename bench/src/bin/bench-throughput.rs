@@ -697,8 +697,12 @@ fn run(o: &Options) -> Result<()> {
     }
     let commit = stamp::source_commit();
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("bench-throughput-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // Certificates and the agents' logs (their tails go into errors);
+    // removed when `run` returns, on every path.
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-throughput-")
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let certs = dir.join("certs");
     let out = Command::new(&o.agent)
         .args(["--log", "warn", "gen-certs", "--out"])
@@ -978,7 +982,6 @@ fn run(o: &Options) -> Result<()> {
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
     let mut last = match &h1 {
         Some(h) => serde_json::to_value(h)?,

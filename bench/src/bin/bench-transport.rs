@@ -500,7 +500,11 @@ async fn run(o: &RunOptions, scenario: &Path) -> Result<()> {
     let (quick, json, loopback_only) = (o.quick, o.json, o.loopback_only);
     let commit = stamp::source_commit();
     let exe = std::env::current_exe()?;
-    let certs = std::env::temp_dir().join(format!("bench-transport-certs-{}", std::process::id()));
+    // Removed when `run` returns, on every path.
+    let certs_dir = tempfile::Builder::new()
+        .prefix("bench-transport-certs-")
+        .tempdir()?;
+    let certs = certs_dir.path().to_path_buf();
     agent_net::tls::gen_certs(&certs, &[])?;
     let result = async {
         let mut rows = Vec::new();
@@ -538,7 +542,6 @@ async fn run(o: &RunOptions, scenario: &Path) -> Result<()> {
         Ok(rows)
     }
     .await;
-    let _ = std::fs::remove_dir_all(&certs);
     let rows: Vec<Row> = result?;
     if !json {
         println!("| link | transport | payload | p50 (us) | p99 (us) | req/s |");
