@@ -509,24 +509,25 @@ for lib in loaded:
             elif not ver and not sym.startswith(("Py", "_Py")):
                 loose.add(sym)  # Python's own symbols come from the interpreter
 loose -= defined
-work = tempfile.mkdtemp()
-for soname, syms in sorted(wanted.items()):
-    # Unversioned references may come from any loaded library: every
-    # stand-in without versions carries all of them.
-    allsyms = dict(syms) if syms else {s: None for s in loose}
-    c, vs = os.path.join(work, "stub.c"), os.path.join(work, "stub.map")
-    with open(c, "w") as fh:
-        for s in sorted(allsyms):
-            fh.write(f"int {s}(void) {{ return 0; }}\n")
-    args = ["gcc", "-shared", "-fPIC", "-o", os.path.join(torch_dir, "lib", soname),
-            f"-Wl,-soname,{soname}", c]
-    versions = sorted(set(v for v in allsyms.values() if v))
-    if versions:
-        with open(vs, "w") as fh:
-            for v in versions:
-                names = "; ".join(s for s, x in sorted(allsyms.items()) if x == v)
-                fh.write(f"{v} {{ global: {names}; }};\n")
-        args.append(f"-Wl,--version-script={vs}")
-    run(*args)
+# The generated sources are removed with the folder.
+with tempfile.TemporaryDirectory() as work:
+    for soname, syms in sorted(wanted.items()):
+        # Unversioned references may come from any loaded library: every
+        # stand-in without versions carries all of them.
+        allsyms = dict(syms) if syms else {s: None for s in loose}
+        c, vs = os.path.join(work, "stub.c"), os.path.join(work, "stub.map")
+        with open(c, "w") as fh:
+            for s in sorted(allsyms):
+                fh.write(f"int {s}(void) {{ return 0; }}\n")
+        args = ["gcc", "-shared", "-fPIC", "-o", os.path.join(torch_dir, "lib", soname),
+                f"-Wl,-soname,{soname}", c]
+        versions = sorted(set(v for v in allsyms.values() if v))
+        if versions:
+            with open(vs, "w") as fh:
+                for v in versions:
+                    names = "; ".join(s for s, x in sorted(allsyms.items()) if x == v)
+                    fh.write(f"{v} {{ global: {names}; }};\n")
+            args.append(f"-Wl,--version-script={vs}")
+        run(*args)
 print(f"setup: v2 venv: {len(wanted)} CUDA stand-ins: {' '.join(sorted(wanted))}")
 "#;
