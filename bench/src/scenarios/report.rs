@@ -312,7 +312,7 @@ fn local_error_by_type(o: &mut String, r: &BenchResult) {
         .flat_map(|s| {
             s.rows
                 .iter()
-                .filter(|rw| rw.policy == "deadline-aware")
+                .filter(|rw| rw.policy == DEFAULT_POLICY)
                 .map(move |rw| (s, &rw.summary.pred_err_local_by_type))
         })
         .filter(|(_, by)| !by.is_empty())
@@ -346,6 +346,146 @@ fn local_error_by_type(o: &mut String, r: &BenchResult) {
             });
         }
         let _ = writeln!(o, "{line}");
+    }
+    let _ = writeln!(o);
+}
+
+/// The default policy: the one the report's targets are about.
+const DEFAULT_POLICY: &str = "deadline-aware";
+/// The static policies it must not miss more deadlines than.
+const STATIC_POLICIES: [&str; 4] = ["always-local", "always-offload", "threshold", "cost-model"];
+/// The calm scenarios whose prediction error has a target.
+const CALM: [&str; 2] = ["lan", "wan"];
+
+/// Mean over `v`, `None` when empty.
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The default policy against the static ones and the oracle, per scenario
+/// (means over the seeds), and its prediction error in the calm
+/// scenarios: the decision engine's targets, checked on this run. Only
+/// for a run with the default policy, every static one and the oracle.
+fn targets(o: &mut String, r: &BenchResult) {
+    let mut names: Vec<&str> = r.scenarios.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    // Per scenario: the mean over its seeds of `f` for `policy`.
+    let over_seeds = |name: &str, policy: &str, f: &dyn Fn(&Summary) -> Option<f64>| {
+        let v: Vec<f64> = r
+            .scenarios
+            .iter()
+            .filter(|s| s.name == name)
+            .filter_map(|s| {
+                if policy == "*oracle*" {
+                    s.oracle.as_ref()
+                } else {
+                    s.rows
+                        .iter()
+                        .find(|rw| rw.policy == policy)
+                        .map(|rw| &rw.summary)
+                }
+            })
+            .filter_map(f)
+            .collect();
+        mean(&v)
+    };
+    let complete = names.iter().all(|&n| {
+        STATIC_POLICIES
+            .iter()
+            .chain([&DEFAULT_POLICY, &"*oracle*"])
+            .all(|&p| over_seeds(n, p, &|s| s.miss_rate()).is_some())
+    });
+    if names.is_empty() || !complete {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## Targets\n\n\
+         {DEFAULT_POLICY} against the static policies ({}) and the oracle, on this run: \
+         deadline-miss rate and mean latency (failures charged), each the mean over the \
+         seeds. Targets: a miss rate no higher than any static policy's in every scenario, \
+         strictly lower than the best of them in at least 4, a mean latency within 15 % of \
+         the oracle's in at least 5.\n\n\
+         | scenario | {DEFAULT_POLICY} miss | best static miss | no higher than any static | strictly lower | mean / oracle mean | within 15 % |\n\
+         |---|---|---|---|---|---|---|",
+        STATIC_POLICIES.join(", ")
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let (mut no_higher, mut lower, mut near) = (0, 0, 0);
+    for &name in &names {
+        let miss = |p: &str| over_seeds(name, p, &|s| s.miss_rate()).unwrap_or(f64::NAN);
+        let own = miss(DEFAULT_POLICY);
+        let (best, best_miss) = STATIC_POLICIES
+            .iter()
+            .map(|&p| (p, miss(p)))
+            .fold(("", f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+        let ok_higher = own <= best_miss;
+        let ok_lower = own < best_miss;
+        let ratio = match (
+            over_seeds(name, DEFAULT_POLICY, &|s| s.charged_mean_ms),
+            over_seeds(name, "*oracle*", &|s| s.charged_mean_ms),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let ok_near = ratio.is_some_and(|x| x <= 1.15);
+        no_higher += usize::from(ok_higher);
+        lower += usize::from(ok_lower);
+        near += usize::from(ok_near);
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} ({best}) | {} | {} | {} | {} |",
+            pct(Some(own)),
+            pct(Some(best_miss)),
+            yes(ok_higher),
+            yes(ok_lower),
+            ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            yes(ok_near),
+        );
+    }
+    let n = names.len();
+    let _ = writeln!(
+        o,
+        "\nNo higher than any static policy in {no_higher} of {n} scenarios (target: all): {}; \
+         strictly lower than the best in {lower} (target: at least 4): {}; within 15 % of the \
+         oracle in {near} (target: at least 5): {}.\n",
+        yes(no_higher == n),
+        yes(lower >= 4),
+        yes(near >= 5)
+    );
+    // Prediction error, per seed, in the calm scenarios.
+    let calm: Vec<&ScenarioResult> = r
+        .scenarios
+        .iter()
+        .filter(|s| CALM.contains(&s.name.as_str()))
+        .collect();
+    if calm.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "{DEFAULT_POLICY}'s median prediction error per path in the calm scenarios, per seed \
+         (target: at most 25 % for each path; from the prediction error table below):\n\n\
+         | scenario | local | cloud | at most 25 % |\n|---|---|---|---|"
+    );
+    for s in calm {
+        let Some(rw) = s.rows.iter().find(|rw| rw.policy == DEFAULT_POLICY) else {
+            continue;
+        };
+        let show = |e: Option<(f64, f64)>| e.map_or("-".into(), |(m, _)| pct(Some(m)));
+        let within = [rw.summary.pred_err_local, rw.summary.pred_err_cloud]
+            .iter()
+            .flatten()
+            .all(|(m, _)| *m <= 0.25);
+        let _ = writeln!(
+            o,
+            "| {} (seed {}) | {} | {} | {} |",
+            s.name,
+            s.seed,
+            show(rw.summary.pred_err_local),
+            show(rw.summary.pred_err_cloud),
+            yes(within)
+        );
     }
     let _ = writeln!(o);
 }
@@ -627,6 +767,7 @@ pub fn render(r: &BenchResult) -> String {
          bound: a policy that mixes paths changes the queueing both paths see.\n"
     );
 
+    targets(&mut o, r);
     split_section(&mut o, r);
     prediction_errors(&mut o, r);
     let _ = writeln!(o, "## Edge CPU throttling\n");
@@ -806,5 +947,78 @@ mod tests {
             serde_json::from_str::<BenchResult>(&json).unwrap(),
             result()
         );
+    }
+
+    #[test]
+    fn targets_compare_the_default_policy_with_every_static_one() {
+        // Without every static policy (the split set, a partial run): no section.
+        assert!(!render(&result()).contains("## Targets"));
+        let base = result();
+        let sc0 = &base.scenarios[0];
+        let with = |name: &str, seed: u64, missed: &[(&str, usize)], charged: f64| {
+            let mut sc = sc0.clone();
+            sc.name = name.into();
+            sc.seed = seed;
+            sc.rows = missed
+                .iter()
+                .map(|&(policy, m)| {
+                    let mut rw = sc0.rows[0].clone();
+                    rw.policy = policy.into();
+                    rw.summary.deadline_missed = m;
+                    rw.summary.charged_mean_ms = Some(charged);
+                    rw
+                })
+                .collect();
+            if let Some(o) = sc.oracle.as_mut() {
+                o.charged_mean_ms = Some(10.0);
+            }
+            sc
+        };
+        // Misses of 180 tasks with a deadline: always-local, always-offload,
+        // threshold, cost-model, deadline-aware.
+        let policies = |m: [usize; 5]| {
+            [
+                ("always-local", m[0]),
+                ("always-offload", m[1]),
+                ("threshold", m[2]),
+                ("cost-model", m[3]),
+                ("deadline-aware", m[4]),
+            ]
+        };
+        let mut r = base.clone();
+        r.scenarios = vec![
+            // wan: lower than the best static (9 -> 5.0 %), mean 1.10x the oracle's.
+            with("wan", 1, &policies([30, 20, 9, 12, 3]), 11.0),
+            with("wan", 2, &policies([30, 20, 9, 12, 3]), 11.0),
+            // lossy: a tie with cost-model (not strictly lower), 2x the oracle.
+            with("lossy", 1, &policies([40, 30, 20, 18, 18]), 20.0),
+            // bursty: higher than threshold.
+            with("bursty", 1, &policies([40, 30, 20, 25, 27]), 9.0),
+        ];
+        let md = render(&r);
+        assert!(
+            md.contains("| wan | 1.7 % | 5.0 % (threshold) | yes | yes | 1.10 | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| lossy | 10.0 % | 10.0 % (cost-model) | yes | no | 2.00 | no |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| bursty | 15.0 % | 11.1 % (threshold) | no | no | 0.90 | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "No higher than any static policy in 2 of 3 scenarios (target: all): no; \
+                 strictly lower than the best in 1 (target: at least 4): no; within 15 % of \
+                 the oracle in 2 (target: at least 5): no."
+            ),
+            "{md}"
+        );
+        // Prediction error per seed in the calm scenarios (10 % local, no cloud figure).
+        assert!(md.contains("| wan (seed 1) | 10.0 % | - | yes |"), "{md}");
+        assert!(md.contains("| wan (seed 2) | 10.0 % | - | yes |"), "{md}");
+        assert!(!md.contains("| lossy (seed 1) | 10.0 % | - |"), "{md}");
     }
 }
