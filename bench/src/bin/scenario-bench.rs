@@ -62,6 +62,12 @@ struct Args {
     /// Runs per scenario with consecutive seeds (default: 3, quick: 1).
     #[arg(long)]
     seeds: Option<u64>,
+    /// Runs nothing: writes the report of a finished run again from its
+    /// JSON (bench/results/scenarios.json -> scenarios.md), with this
+    /// build's rendering (a section added since the run). The figures,
+    /// plots and stamps stay the run's; the report says it was rendered again.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["quick", "only", "policies", "seeds"])]
+    render: Option<PathBuf>,
 }
 
 fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
@@ -91,6 +97,18 @@ fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if let Some(json) = &a.render {
+        let by = format!(
+            "`{}` at commit {}",
+            a.command
+                .clone()
+                .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+            bench::support::stamp::source_commit()
+        );
+        let md = run::render_again(json, &by)?;
+        println!("wrote {}", md.display());
+        return Ok(());
+    }
     procs::install_signal_cleanup()?;
     let bin_dir = match &a.bin_dir {
         Some(d) => d.clone(),

@@ -510,6 +510,7 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         transport: String::new(),
         calibrations: Vec::new(),
         scenarios: Vec::new(),
+        rendered_again: None,
     };
     let (mut quic, mut grpc) = (0usize, 0usize);
     for file in &o.scenario_files {
@@ -620,6 +621,20 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         bail!("no scenario ran");
     }
     Ok(result)
+}
+
+/// Writes the report of `json` (a run's `NAME.json`) again as `NAME.md`
+/// beside it, with the current rendering, stamped `by` (the command and
+/// commit that rendered it). The data file and the plots stay as they are.
+pub fn render_again(json: &Path, by: &str) -> Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let mut r: BenchResult = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a scenario-bench result", json.display()))?;
+    r.rendered_again = Some(by.to_string());
+    let md = json.with_extension("md");
+    std::fs::write(&md, report::render(&r)).with_context(|| format!("writing {}", md.display()))?;
+    Ok(md)
 }
 
 fn write_outputs(o: &Options, r: &BenchResult) -> Result<()> {
