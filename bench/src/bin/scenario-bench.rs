@@ -68,6 +68,11 @@ struct Args {
     /// plots and stamps stay the run's; the report says it was rendered again.
     #[arg(long, value_name = "JSON", conflicts_with_all = ["quick", "only", "policies", "seeds"])]
     render: Option<PathBuf>,
+    /// Continue an interrupted run: the scenarios and seeds already in
+    /// `--out`'s NAME.json are kept, the others run. Only a run of the same
+    /// command at the same commit (no uncommitted changes) on this machine.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
@@ -143,13 +148,15 @@ fn main() -> Result<()> {
         bin_dir,
         period_us: a.cpu_period_us,
         warmup: Duration::from_secs_f64(a.warmup),
-        command: a
-            .command
-            .clone()
-            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        command: run::without_resume(
+            &a.command
+                .clone()
+                .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+        ),
         plots: !a.no_plots,
         calibrate: !a.no_calibrate,
         seeds: a.seeds.unwrap_or(if a.quick { 1 } else { 3 }),
+        resume: a.resume,
     };
     let r = match run::run(&opts) {
         Ok(r) => r,

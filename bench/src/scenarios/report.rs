@@ -89,6 +89,12 @@ pub struct BenchResult {
     /// build (`scenario-bench --render`): that command and its commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendered_again: Option<String>,
+    /// Offloads completed over (QUIC, gRPC), every run.
+    #[serde(default)]
+    pub offloads: (usize, usize),
+    /// When the run was continued with `--resume` (UTC), if it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<String>,
 }
 
 /// `image 18.2, detect 55.0, text 0.9`: one figure per task type.
@@ -643,6 +649,15 @@ pub fn render(r: &BenchResult) -> String {
         r.wall_s / 60.0,
         r.records_dir
     );
+    if !r.resumed.is_empty() {
+        let _ = writeln!(
+            o,
+            "The run was interrupted and continued with `--resume` (same command, same commit) \
+             on {}: each scenario and seed ran whole in one part (one cut short ran again), \
+             and the time above adds up the parts.\n",
+            r.resumed.join(", ")
+        );
+    }
     if let Some(by) = &r.rendered_again {
         let _ = writeln!(
             o,
@@ -820,10 +835,10 @@ pub fn render(r: &BenchResult) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn result() -> BenchResult {
+    pub(crate) fn result() -> BenchResult {
         let summary = Summary {
             tasks: 200,
             completed: 198,
@@ -876,6 +891,8 @@ mod tests {
                 }],
             }],
             rendered_again: None,
+            offloads: (0, 0),
+            resumed: Vec::new(),
             scenarios: vec![ScenarioResult {
                 name: "wan".into(),
                 seed: 106,

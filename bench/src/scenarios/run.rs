@@ -50,6 +50,8 @@ pub struct Options {
     /// Runs per scenario, with seeds `workload.seed`, `+ 1`, ... (the
     /// workload and the link model's random stream both follow it).
     pub seeds: u64,
+    /// Continue the run in `out_dir/NAME.json` (see [`continue_from`]).
+    pub resume: bool,
 }
 
 /// One policy's run of one scenario.
@@ -511,8 +513,14 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         calibrations: Vec::new(),
         scenarios: Vec::new(),
         rendered_again: None,
+        offloads: (0, 0),
+        resumed: Vec::new(),
     };
-    let (mut quic, mut grpc) = (0usize, 0usize);
+    if o.resume {
+        continue_from(o, &mut result)?;
+    }
+    let wall_before = result.wall_s;
+    let (mut quic, mut grpc) = result.offloads;
     for file in &o.scenario_files {
         let full = Scenario::load(file)?;
         let (span, base) = plan_scenario(&full, o);
@@ -520,6 +528,17 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         for k in 0..o.seeds.max(1) {
             let mut sc = base.clone();
             sc.workload.seed = base.workload.seed + k;
+            if result
+                .scenarios
+                .iter()
+                .any(|s| s.name == sc.name && s.seed == sc.workload.seed)
+            {
+                eprintln!(
+                    "scenario-bench: {} seed {}: kept from the run resumed",
+                    sc.name, sc.workload.seed
+                );
+                continue;
+            }
             let dir = if o.seeds > 1 {
                 o.work_dir
                     .join(&sc.name)
@@ -601,7 +620,8 @@ pub fn run(o: &Options) -> Result<BenchResult> {
                 plots(o, &sc, &runs, orc)?;
             }
             result.scenarios.push(res);
-            result.wall_s = t0.elapsed().as_secs_f64();
+            result.wall_s = wall_before + t0.elapsed().as_secs_f64();
+            result.offloads = (quic, grpc);
             result.transport = format!(
                 "{}; offloads completed: {quic} over QUIC, {grpc} over gRPC",
                 if ctx.tls {
@@ -621,6 +641,81 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         bail!("no scenario ran");
     }
     Ok(result)
+}
+
+/// `--resume`: a full run outlasts a working session here (about 2 min
+/// per scenario, policy and seed). The run in `out_dir/NAME.json`, made
+/// by the same command at the same commit with no uncommitted changes,
+/// is continued: the scenarios and seeds it has are kept, and the others
+/// run. Nothing there: a fresh run. Anything else is refused, since its
+/// figures would not be of the code measured now.
+fn continue_from(o: &Options, fresh: &mut BenchResult) -> Result<()> {
+    let json = o.out_dir.join(format!("{}.json", o.results_name));
+    let text = match std::fs::read_to_string(&json) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "scenario-bench: --resume: no {}; a fresh run",
+                json.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", json.display())),
+    };
+    let prior: BenchResult = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a scenario-bench result", json.display()))?;
+    check_resumable(&prior, fresh)
+        .with_context(|| format!("--resume: cannot continue {}", json.display()))?;
+    eprintln!(
+        "scenario-bench: --resume: continuing the run of {} ({} scenario runs kept)",
+        prior.date_utc,
+        prior.scenarios.len()
+    );
+    let now = fresh.date_utc.clone();
+    *fresh = BenchResult {
+        resumed: prior.resumed.iter().cloned().chain([now]).collect(),
+        ..prior
+    };
+    Ok(())
+}
+
+/// Whether `prior` is a part of the run `fresh` is starting.
+fn check_resumable(prior: &BenchResult, fresh: &BenchResult) -> Result<()> {
+    ensure!(
+        stamp::is_clean_commit(&fresh.commit),
+        "this checkout is {}: only committed code can be continued",
+        fresh.commit
+    );
+    ensure!(
+        prior.commit == fresh.commit,
+        "it was made at {}, this checkout is {}; run without --resume",
+        prior.commit,
+        fresh.commit
+    );
+    ensure!(
+        prior.command == fresh.command && prior.quick == fresh.quick,
+        "it was made by `{}`, this is `{}`",
+        prior.command,
+        fresh.command
+    );
+    ensure!(
+        prior.machine == fresh.machine && prior.backend == fresh.backend,
+        "it was made on another machine or link emulator"
+    );
+    Ok(())
+}
+
+/// The command as the report shows it: `--resume` continues a run of the
+/// same command, so it is not part of it.
+pub fn without_resume(command: &str) -> String {
+    let mut words: Vec<&str> = command
+        .split_whitespace()
+        .filter(|w| *w != "--resume")
+        .collect();
+    if words.last() == Some(&"--") {
+        words.pop();
+    }
+    words.join(" ")
 }
 
 /// Writes the report of `json` (a run's `NAME.json`) again as `NAME.md`
@@ -740,5 +835,52 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
             }
         }
         assert!(seen.iter().flatten().all(|&c| c == 1), "{seen:?}");
+    }
+
+    #[test]
+    fn a_run_is_continued_only_by_the_same_command_at_the_same_commit() {
+        assert_eq!(
+            without_resume("cargo xtask bench --set scenarios -- --resume"),
+            "cargo xtask bench --set scenarios"
+        );
+        assert_eq!(
+            without_resume("scenario-bench --resume --only wan"),
+            "scenario-bench --only wan"
+        );
+        let prior = crate::scenarios::report::tests::result();
+        let fresh = |f: fn(&mut BenchResult)| {
+            let mut r = prior.clone();
+            r.scenarios.clear();
+            f(&mut r);
+            r
+        };
+        // (what changed, resumable)
+        let cases: [(&str, BenchResult, bool); 6] = [
+            ("nothing", fresh(|_| {}), true),
+            (
+                "uncommitted changes",
+                fresh(|r| r.commit.push_str(" + uncommitted changes")),
+                false,
+            ),
+            (
+                "another commit",
+                fresh(|r| r.commit = "fedcba987654".into()),
+                false,
+            ),
+            (
+                "another command",
+                fresh(|r| r.command.push_str(" --seeds 5")),
+                false,
+            ),
+            (
+                "quick instead of full",
+                fresh(|r| r.quick = !r.quick),
+                false,
+            ),
+            ("another machine", fresh(|r| r.machine.cores += 1), false),
+        ];
+        for (what, f, want) in cases {
+            assert_eq!(check_resumable(&prior, &f).is_ok(), want, "{what}");
+        }
     }
 }

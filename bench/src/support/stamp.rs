@@ -50,6 +50,12 @@ fn field(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Whether a [`source_commit`] names committed code alone (no uncommitted
+/// changes, a known checkout).
+pub fn is_clean_commit(commit: &str) -> bool {
+    !commit.is_empty() && commit.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// The commit of the working tree, with `+ uncommitted changes` when code
 /// outside `bench/results/` differs from it: a figure must name the code
 /// that made it.
