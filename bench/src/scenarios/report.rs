@@ -70,6 +70,20 @@ pub struct ScenarioResult {
     pub choices: Vec<super::stats::PhaseChoice>,
 }
 
+impl ScenarioResult {
+    /// A policy's summary in this run; `*oracle*`: the oracle's.
+    fn summary_of(&self, policy: &str) -> Option<&Summary> {
+        if policy == "*oracle*" {
+            self.oracle.as_ref()
+        } else {
+            self.rows
+                .iter()
+                .find(|rw| rw.policy == policy)
+                .map(|rw| &rw.summary)
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchResult {
     pub command: String,
@@ -223,19 +237,7 @@ fn across_seeds(o: &mut String, r: &BenchResult) {
         let mut policies: Vec<String> = runs[0].rows.iter().map(|rw| rw.policy.clone()).collect();
         policies.push("*oracle*".into());
         for policy in policies {
-            let sums: Vec<&Summary> = runs
-                .iter()
-                .filter_map(|s| {
-                    if policy == "*oracle*" {
-                        s.oracle.as_ref()
-                    } else {
-                        s.rows
-                            .iter()
-                            .find(|rw| rw.policy == policy)
-                            .map(|rw| &rw.summary)
-                    }
-                })
-                .collect();
+            let sums: Vec<&Summary> = runs.iter().filter_map(|s| s.summary_of(&policy)).collect();
             let spread = |f: &dyn Fn(&Summary) -> Option<f64>,
                           show: &dyn Fn(Option<f64>) -> String| {
                 let v: Vec<f64> = sums.iter().filter_map(|s| f(s)).collect();
@@ -385,16 +387,7 @@ fn targets(o: &mut String, r: &BenchResult) {
             .scenarios
             .iter()
             .filter(|s| s.name == name)
-            .filter_map(|s| {
-                if policy == "*oracle*" {
-                    s.oracle.as_ref()
-                } else {
-                    s.rows
-                        .iter()
-                        .find(|rw| rw.policy == policy)
-                        .map(|rw| &rw.summary)
-                }
-            })
+            .filter_map(|s| s.summary_of(policy))
             .filter_map(f)
             .collect();
         mean(&v)
