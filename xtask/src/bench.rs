@@ -4,7 +4,8 @@
 //! programs (release), then runs `scenario-bench` on the scenario set
 //! (every scenario x policy with the real agents across the emulated link:
 //! bench/results/scenarios.md, the JSON data and the plots) and on the
-//! split computing set (bench/split: bench/results/split.md). Needs root.
+//! split computing set (bench/split: bench/results/split.md); a quick run
+//! writes scenarios-quick.md and split-quick.md. Needs root.
 //! See bench/README.md.
 
 use crate::util::{self, project_root};

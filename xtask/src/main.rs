@@ -123,7 +123,7 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// Scenario benchmark: every scenario x policy with the real agents across the jitter lab; writes bench/results/scenarios.md and plots (needs root).
+    /// Scenario benchmark: every scenario x policy with the real agents across the jitter lab; writes bench/results/scenarios.md and plots (`--quick`: scenarios-quick.md), and split.md for the split set (needs root).
     Bench {
         /// Reduced matrix: each scenario cut to a 12 s window around its first change (under 10 minutes).
         #[arg(long)]

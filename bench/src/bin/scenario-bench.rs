@@ -36,7 +36,9 @@ struct Args {
     /// Report and plots.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// The report's file names: NAME.md and NAME.json in `--out`.
+    /// The report's file names: NAME.md and NAME.json in `--out`; a quick
+    /// run's are NAME-quick.md and NAME-quick.json, so that a quick run
+    /// and a full one stand side by side.
     #[arg(long, default_value = "scenarios")]
     results_name: String,
     /// Per-run records and logs.
@@ -143,7 +145,11 @@ fn main() -> Result<()> {
         duration_s: a.duration,
         quick_len_s: a.quick_seconds,
         out_dir: a.out.clone(),
-        results_name: a.results_name.clone(),
+        results_name: if a.quick {
+            format!("{}-quick", a.results_name)
+        } else {
+            a.results_name.clone()
+        },
         work_dir: a.work.clone(),
         bin_dir,
         period_us: a.cpu_period_us,

@@ -109,6 +109,15 @@ pub struct BenchResult {
     /// When the run was continued with `--resume` (UTC), if it was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed: Vec<String>,
+    /// Scenario runs (scenario x seed) of the command not yet run when
+    /// this was written: more than 0 while a run is under way or after it
+    /// was interrupted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `image 18.2, detect 55.0, text 0.9`: one figure per task type.
@@ -493,17 +502,27 @@ fn targets(o: &mut String, r: &BenchResult) {
     let _ = writeln!(o);
 }
 
-/// File names of a scenario's plots, next to the report.
-pub fn plot_names(scenario: &str) -> (String, String) {
+/// File names of a scenario's plots, next to the report (a quick run's
+/// end in `-quick`, as its report does).
+pub fn plot_names(scenario: &str, quick: bool) -> (String, String) {
+    let q = quick_suffix(quick);
     (
-        format!("cdf-{scenario}.png"),
-        format!("timeline-{scenario}.png"),
+        format!("cdf-{scenario}{q}.png"),
+        format!("timeline-{scenario}{q}.png"),
     )
 }
 
 /// File name of a scenario's split-choices plot.
-pub fn split_plot_name(scenario: &str) -> String {
-    format!("split-{scenario}.png")
+pub fn split_plot_name(scenario: &str, quick: bool) -> String {
+    format!("split-{scenario}{}.png", quick_suffix(quick))
+}
+
+fn quick_suffix(quick: bool) -> &'static str {
+    if quick {
+        "-quick"
+    } else {
+        ""
+    }
 }
 
 /// The split computing comparison: per scenario, the mean latency of
@@ -622,7 +641,7 @@ fn split_section(o: &mut String, r: &BenchResult) {
     let _ = writeln!(o);
     for s in &r.scenarios {
         if !s.choices.is_empty() {
-            let _ = writeln!(o, "![{}](./{})", s.name, split_plot_name(&s.name));
+            let _ = writeln!(o, "![{}](./{})", s.name, split_plot_name(&s.name, r.quick));
         }
     }
     let _ = writeln!(o);
@@ -645,10 +664,19 @@ pub fn render(r: &BenchResult) -> String {
     if !r.resumed.is_empty() {
         let _ = writeln!(
             o,
-            "The run was interrupted and continued with `--resume` (same command, same commit) \
+            "The run was interrupted and continued with `--resume` (same command, same code) \
              on {}: each scenario and seed ran whole in one part (one cut short ran again), \
              and the time above adds up the parts.\n",
             r.resumed.join(", ")
+        );
+    }
+    if r.left > 0 {
+        let _ = writeln!(
+            o,
+            "**Not complete:** {} more scenario runs (scenario x seed) of this command are \
+             still to run. `--resume` continues it (`cargo xtask bench ... -- --resume`): \
+             the runs below are kept, the others run, and this report is rewritten.\n",
+            r.left
         );
     }
     if let Some(by) = &r.rendered_again {
@@ -819,7 +847,7 @@ pub fn render(r: &BenchResult) -> String {
          it ran.\n"
     );
     for s in &r.scenarios {
-        let (cdf, tl) = plot_names(&s.name);
+        let (cdf, tl) = plot_names(&s.name, r.quick);
         let _ = writeln!(o, "### {}\n\n{}\n", s.name, s.description);
         let _ = writeln!(o, "![{} latency CDF]({cdf})\n", s.name);
         let _ = writeln!(o, "![{} timeline]({tl})\n", s.name);
@@ -886,6 +914,7 @@ pub(crate) mod tests {
             rendered_again: None,
             offloads: (0, 0),
             resumed: Vec::new(),
+            left: 0,
             scenarios: vec![ScenarioResult {
                 name: "wan".into(),
                 seed: 106,
@@ -932,6 +961,13 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("at commit 0123456789ab"));
+        assert!(!md.contains("Not complete"), "{md}");
+        let mut part = result();
+        part.left = 5;
+        assert!(
+            render(&part).contains("**Not complete:** 5 more scenario runs"),
+            "a run under way or interrupted says so"
+        );
         assert!(
             md.contains(
                 "| wan (seed 106) | cost-model | 10 % / 30 % | - | 20 % / 40 % | - | 2.5 | 3 |"
@@ -963,7 +999,10 @@ pub(crate) mod tests {
             md.contains("| wan | cost-model | 2 | 5.0 % [5.0 % - 5.0 %] | 17.5 [12.5 - 22.5] |"),
             "{md}"
         );
-        assert!(md.contains("![wan latency CDF](cdf-wan.png)"));
+        assert!(
+            md.contains("![wan latency CDF](cdf-wan-quick.png)"),
+            "a quick run's plots"
+        );
         let json = serde_json::to_string(&result()).unwrap();
         assert_eq!(
             serde_json::from_str::<BenchResult>(&json).unwrap(),

@@ -407,7 +407,7 @@ fn plots(
     runs: &[PolicyRun],
     oracle: Option<Vec<TaskRecord>>,
 ) -> Result<()> {
-    let (cdf_name, tl_name) = report::plot_names(&sc.name);
+    let (cdf_name, tl_name) = report::plot_names(&sc.name, o.quick);
     let mut all: Vec<(String, &[TaskRecord])> = runs
         .iter()
         .map(|r| (r.policy.clone(), r.records.as_slice()))
@@ -445,7 +445,7 @@ fn plots(
         .collect();
     if !choosing.is_empty() {
         super::plot::split_choices(
-            &o.out_dir.join(report::split_plot_name(&sc.name)),
+            &o.out_dir.join(report::split_plot_name(&sc.name, o.quick)),
             &format!("{}: where each task ran, and the uplink's rate", sc.name),
             sc,
             sc.duration_s,
@@ -515,10 +515,12 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         rendered_again: None,
         offloads: (0, 0),
         resumed: Vec::new(),
+        left: 0,
     };
     if o.resume {
         continue_from(o, &mut result)?;
     }
+    let planned = o.scenario_files.len() * o.seeds.max(1) as usize;
     let wall_before = result.wall_s;
     let (mut quic, mut grpc) = result.offloads;
     for file in &o.scenario_files {
@@ -622,6 +624,7 @@ pub fn run(o: &Options) -> Result<BenchResult> {
             result.scenarios.push(res);
             result.wall_s = wall_before + t0.elapsed().as_secs_f64();
             result.offloads = (quic, grpc);
+            result.left = planned.saturating_sub(result.scenarios.len());
             result.transport = format!(
                 "{}; offloads completed: {quic} over QUIC, {grpc} over gRPC",
                 if ctx.tls {
@@ -664,31 +667,36 @@ fn continue_from(o: &Options, fresh: &mut BenchResult) -> Result<()> {
     };
     let prior: BenchResult = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a scenario-bench result", json.display()))?;
-    check_resumable(&prior, fresh)
+    check_resumable(&prior, fresh, stamp::same_code)
         .with_context(|| format!("--resume: cannot continue {}", json.display()))?;
     eprintln!(
         "scenario-bench: --resume: continuing the run of {} ({} scenario runs kept)",
         prior.date_utc,
         prior.scenarios.len()
     );
-    let now = fresh.date_utc.clone();
+    let part = resumed_part(&prior, fresh);
     *fresh = BenchResult {
-        resumed: prior.resumed.iter().cloned().chain([now]).collect(),
+        resumed: prior.resumed.iter().cloned().chain([part]).collect(),
         ..prior
     };
     Ok(())
 }
 
-/// Whether `prior` is a part of the run `fresh` is starting.
-fn check_resumable(prior: &BenchResult, fresh: &BenchResult) -> Result<()> {
+/// Whether `prior` is a part of the run `fresh` is starting; `same_code`
+/// tells whether two commits hold the same code ([`stamp::same_code`]).
+fn check_resumable(
+    prior: &BenchResult,
+    fresh: &BenchResult,
+    same_code: impl Fn(&str, &str) -> bool,
+) -> Result<()> {
     ensure!(
         stamp::is_clean_commit(&fresh.commit),
         "this checkout is {}: only committed code can be continued",
         fresh.commit
     );
     ensure!(
-        prior.commit == fresh.commit,
-        "it was made at {}, this checkout is {}; run without --resume",
+        same_code(&prior.commit, &fresh.commit),
+        "it was made at {}, this checkout is {} and its code differs; run without --resume",
         prior.commit,
         fresh.commit
     );
@@ -699,10 +707,23 @@ fn check_resumable(prior: &BenchResult, fresh: &BenchResult) -> Result<()> {
         fresh.command
     );
     ensure!(
-        prior.machine == fresh.machine && prior.backend == fresh.backend,
-        "it was made on another machine or link emulator"
+        prior.machine.same_kind(&fresh.machine) && prior.backend == fresh.backend,
+        "it was made on another kind of machine or link emulator"
     );
     Ok(())
+}
+
+/// How the report names a part of a continued run: when it started, and
+/// the commit and kernel where they differ from the first part's.
+fn resumed_part(prior: &BenchResult, fresh: &BenchResult) -> String {
+    let mut part = fresh.date_utc.clone();
+    if fresh.commit != prior.commit {
+        part.push_str(&format!(" at commit {}", fresh.commit));
+    }
+    if fresh.machine.kernel != prior.machine.kernel {
+        part.push_str(&format!(" on kernel {}", fresh.machine.kernel));
+    }
+    part
 }
 
 /// The command as the report shows it: `--resume` continues a run of the
@@ -838,7 +859,7 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
     }
 
     #[test]
-    fn a_run_is_continued_only_by_the_same_command_at_the_same_commit() {
+    fn a_run_is_continued_only_by_the_same_command_on_the_same_code() {
         assert_eq!(
             without_resume("cargo xtask bench --set scenarios -- --resume"),
             "cargo xtask bench --set scenarios"
@@ -854,9 +875,22 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
             f(&mut r);
             r
         };
+        // Commits whose code is the same as the prior's: only results
+        // were committed between them.
+        let same_code = |a: &str, b: &str| a == b || [a, b] == ["0123456789ab", "00000000000c"];
         // (what changed, resumable)
-        let cases: [(&str, BenchResult, bool); 6] = [
+        let cases: [(&str, BenchResult, bool); 8] = [
             ("nothing", fresh(|_| {}), true),
+            (
+                "a commit of results alone",
+                fresh(|r| r.commit = "00000000000c".into()),
+                true,
+            ),
+            (
+                "the kernel build",
+                fresh(|r| r.machine.kernel.push_str("-v2")),
+                true,
+            ),
             (
                 "uncommitted changes",
                 fresh(|r| r.commit.push_str(" + uncommitted changes")),
@@ -880,7 +914,24 @@ mix = [{ task = "image_classification", weight = 1.0, deadline_ms = 100 }]
             ("another machine", fresh(|r| r.machine.cores += 1), false),
         ];
         for (what, f, want) in cases {
-            assert_eq!(check_resumable(&prior, &f).is_ok(), want, "{what}");
+            assert_eq!(
+                check_resumable(&prior, &f, same_code).is_ok(),
+                want,
+                "{what}"
+            );
         }
+        let later = fresh(|r| {
+            r.date_utc = "2026-12-04 12:40 UTC".into();
+            r.commit = "00000000000c".into();
+            r.machine.kernel = "6.18.44-fc-v1252".into();
+        });
+        assert_eq!(
+            resumed_part(&prior, &later),
+            "2026-12-04 12:40 UTC at commit 00000000000c on kernel 6.18.44-fc-v1252"
+        );
+        assert_eq!(
+            resumed_part(&prior, &fresh(|r| r.date_utc = "d".into())),
+            "d"
+        );
     }
 }
