@@ -73,4 +73,9 @@ pub enum ProbeEventKind {
     SegmentsSent(u32),
     /// A completed transfer: bytes moved and how long it took (throughput).
     Transfer { bytes: u64, elapsed: Duration },
+    /// A transfer given up on while the host was still heard from (a slow
+    /// link, not a dead one): `bytes` had been on the wire for `at_least`
+    /// without finishing. A censored sample: the throughput was at most
+    /// `bytes / at_least`.
+    TransferUnfinished { bytes: u64, at_least: Duration },
 }

@@ -535,6 +535,7 @@ pub fn record_probe_event(ev: &ProbeEvent) {
         ProbeEventKind::Retransmits(_) => "retransmits",
         ProbeEventKind::SegmentsSent(_) => "segments_sent",
         ProbeEventKind::Transfer { .. } => "transfer",
+        ProbeEventKind::TransferUnfinished { .. } => "transfer_unfinished",
     };
     counter!("edge_probe_samples_total", "source" => ev.source.as_str(), "kind" => kind)
         .increment(1);

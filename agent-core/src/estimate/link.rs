@@ -73,6 +73,22 @@ pub struct NetworkStatus {
     pub heard_at: Option<Instant>,
 }
 
+/// How long an unfinished transfer counts in the bandwidth estimate. It
+/// tells that the link is slow, not how slow, and once the estimate keeps
+/// offloads away nothing finishes to replace it: it expires, and an
+/// offload then measures the link again.
+pub const UNFINISHED_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// A transfer the bandwidth is measured over.
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    bytes: u64,
+    /// Time on the wire (a lower bound for an unfinished one).
+    secs: f64,
+    /// When an unfinished transfer was given up on; `None`: finished.
+    unfinished_at: Option<Instant>,
+}
+
 /// How many packets the loss rate remembers: both counts halve beyond it.
 pub const LOSS_SEGMENTS: u64 = 2000;
 
@@ -91,8 +107,8 @@ pub struct LinkEstimator {
     consecutive_failures: u32,
     retransmits: u64,
     segments: u64,
-    /// Recent transfers: (bytes, seconds on the wire).
-    transfers: VecDeque<(u64, f64)>,
+    /// Recent transfers, finished or not.
+    transfers: VecDeque<Transfer>,
     /// The newest RTT sample's time, of any source.
     heard_at: Option<Instant>,
     /// Counted since the newest RTT sample: (retransmits, segments, failed
@@ -189,21 +205,64 @@ impl LinkEstimator {
                 // `elapsed` is the transfer's time on the wire beyond one RTT and
                 // the server's own time (and the wait behind the edge's own
                 // earlier uploads), as measured by the offload client.
-                if self.transfers.len() == self.cfg.transfer_window.max(1) {
-                    self.transfers.pop_front();
+                self.remember_transfer(Transfer {
+                    bytes,
+                    secs: elapsed.as_secs_f64().max(1e-5),
+                    unfinished_at: None,
+                });
+            }
+            ProbeEventKind::TransferUnfinished { bytes, at_least } => {
+                let secs = at_least.as_secs_f64();
+                if bytes < self.cfg.min_transfer_bytes || secs <= 0.0 {
+                    return;
                 }
-                self.transfers
-                    .push_back((bytes, elapsed.as_secs_f64().max(1e-5)));
+                // A host silent now, or silent for a while during the
+                // transfer, is a dead link's: its transfers say nothing
+                // of the link's speed once it is back.
+                let since = ev.at.checked_sub(at_least).unwrap_or(ev.at);
+                let silent_now = self
+                    .heard_at
+                    .is_none_or(|h| ev.at.saturating_duration_since(h) > OUTAGE_GAP);
+                let outage_during = self
+                    .last_outage
+                    .is_some_and(|(from, to)| from < ev.at && to > since);
+                if silent_now || outage_during {
+                    return;
+                }
+                // Only one slower than the estimate says anything: a
+                // transfer cut short early is no evidence of a slow link.
+                let estimate = self
+                    .bandwidth(ev.at)
+                    .unwrap_or(self.cfg.default_bandwidth_bps);
+                if bytes as f64 * 8.0 / secs < estimate {
+                    self.remember_transfer(Transfer {
+                        bytes,
+                        secs,
+                        unfinished_at: Some(ev.at),
+                    });
+                }
             }
         }
     }
 
-    /// The recent transfers' bytes over their time on the wire.
-    fn bandwidth(&self) -> Option<f64> {
+    fn remember_transfer(&mut self, t: Transfer) {
+        if self.transfers.len() == self.cfg.transfer_window.max(1) {
+            self.transfers.pop_front();
+        }
+        self.transfers.push_back(t);
+    }
+
+    /// The recent transfers' bytes over their time on the wire, counting
+    /// unfinished ones for [`UNFINISHED_MAX_AGE`].
+    fn bandwidth(&self, now: Instant) -> Option<f64> {
         let (bytes, secs) = self
             .transfers
             .iter()
-            .fold((0u64, 0.0), |(b, s), (tb, ts)| (b + tb, s + ts));
+            .filter(|t| {
+                t.unfinished_at
+                    .is_none_or(|at| now.saturating_duration_since(at) <= UNFINISHED_MAX_AGE)
+            })
+            .fold((0u64, 0.0), |(b, s), t| (b + t.bytes, s + t.secs));
         (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
     }
 
@@ -275,8 +334,10 @@ impl LinkEstimator {
             rtt_shifts: best.map_or(0, |(_, w)| w.shifts().0),
             rtt_trend_ms_per_s: best.map_or(0.0, |(_, w)| w.trend_ms_per_s()),
             loss_rate,
-            bandwidth_bps: self.bandwidth().unwrap_or(self.cfg.default_bandwidth_bps),
-            bandwidth_assumed: self.transfers.is_empty(),
+            bandwidth_bps: self
+                .bandwidth(now)
+                .unwrap_or(self.cfg.default_bandwidth_bps),
+            bandwidth_assumed: self.bandwidth(now).is_none(),
             age,
             heard_at: self.heard_at,
         }
@@ -613,6 +674,100 @@ mod tests {
         ));
         let b = est.snapshot(t0).bandwidth_bps;
         assert!(b > 94e6 && b < 100e6, "{b}");
+    }
+
+    #[test]
+    fn unfinished_transfers_slower_than_the_estimate_lower_it_for_a_while() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let transfer = |ms: u64| ProbeEventKind::Transfer {
+            bytes: 100_000,
+            elapsed: Duration::from_millis(ms),
+        };
+        let unfinished = |ms: u64| ProbeEventKind::TransferUnfinished {
+            bytes: 100_000,
+            at_least: Duration::from_millis(ms),
+        };
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        // Eight transfers at 100 Mbit/s (8 ms for 100 kB).
+        for i in 0..8 {
+            est.on_event(&ev(at(i), SampleSource::OffloadTransfer, transfer(8)));
+        }
+        let bw = |est: &LinkEstimator, ms| est.snapshot(at(ms)).bandwidth_bps;
+        // The host is heard from throughout: a slow link, not a dead one.
+        let heard = |est: &mut LinkEstimator, ms| {
+            est.on_event(&rtt(at(ms), SampleSource::SockOps, 30));
+        };
+        assert!((bw(&est, 100) - 100e6).abs() < 1.0);
+        // (at ms, on the wire for at least ms, the estimate after it)
+        let cases: [(u64, u64, f64); 2] = [
+            // Given up on after 1 ms: faster than the estimate, no news.
+            (500, 1, 100e6),
+            // Still on the wire after 400 ms: seven finished transfers
+            // and this one, 800 kB over 456 ms.
+            (1_000, 400, 800_000.0 * 8.0 / 0.456),
+        ];
+        for (t, secs, want) in cases {
+            heard(&mut est, t);
+            est.on_event(&ev(at(t), SampleSource::OffloadTransfer, unfinished(secs)));
+            let got = bw(&est, t);
+            assert!((got - want).abs() < 1.0, "{secs} ms: {got}");
+        }
+        // It counts for UNFINISHED_MAX_AGE, then the finished ones alone.
+        assert!(bw(&est, 5_900) < 20e6);
+        assert!((bw(&est, 6_100) - 100e6).abs() < 1.0);
+        // With nothing finished, an unfinished transfer is a measurement
+        // while it counts; then the default is assumed again.
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        heard(&mut est, 0);
+        est.on_event(&ev(at(0), SampleSource::OffloadTransfer, unfinished(400)));
+        let s = est.snapshot(at(10));
+        assert!(!s.bandwidth_assumed);
+        assert!((s.bandwidth_bps - 2e6).abs() < 1.0);
+        let s = est.snapshot(at(5_100));
+        assert!(s.bandwidth_assumed);
+        assert!((s.bandwidth_bps - 100e6).abs() < 1.0);
+        // A transfer that a dead link held up says nothing of its speed:
+        // the host silent now, or silent for over OUTAGE_GAP during it.
+        let fresh = || {
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            for i in 0..8 {
+                est.on_event(&ev(at(i), SampleSource::OffloadTransfer, transfer(8)));
+            }
+            est
+        };
+        // (heard at ms, the transfer given up on at ms after at least ms,
+        // whether it counts)
+        let cases: [(&[u64], u64, u64, bool); 4] = [
+            (&[0, 500, 900], 1_000, 400, true),
+            (&[0, 500], 2_000, 400, false),
+            (&[0, 500, 2_000], 2_100, 1_900, false),
+            (&[0, 500, 2_000, 2_500, 3_000], 3_500, 900, true),
+        ];
+        for (heard_at, t, secs, counts) in cases {
+            let mut est = fresh();
+            for &h in heard_at {
+                heard(&mut est, h);
+            }
+            est.on_event(&ev(at(t), SampleSource::OffloadTransfer, unfinished(secs)));
+            assert_eq!(
+                bw(&est, t) < 50e6,
+                counts,
+                "heard at {heard_at:?}, given up at {t} after {secs} ms"
+            );
+        }
+        // A tiny one is no measurement.
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        heard(&mut est, 0);
+        est.on_event(&ev(
+            at(0),
+            SampleSource::OffloadTransfer,
+            ProbeEventKind::TransferUnfinished {
+                bytes: 100,
+                at_least: Duration::from_secs(1),
+            },
+        ));
+        assert!(est.snapshot(at(10)).bandwidth_assumed);
     }
 
     #[test]

@@ -214,15 +214,15 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         .map_or(predicted, |o| {
             predicted.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
         });
+    let upload_bytes = prost::Message::encoded_len(&req.request);
     let (uplink_wait, mut upload) = {
-        let bytes = prost::Message::encoded_len(&req.request);
         let bandwidth = endpoint.parts.net.borrow().bandwidth_bps;
-        let (wait, id) =
-            endpoint
-                .uplink
-                .lock()
-                .expect("uplink lock")
-                .send(now, bytes, bandwidth, answer_after);
+        let (wait, id) = endpoint.uplink.lock().expect("uplink lock").send(
+            now,
+            upload_bytes,
+            bandwidth,
+            answer_after,
+        );
         (
             wait,
             PendingUpload {
@@ -258,6 +258,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     inner.run_beside(&mut job);
                     continue;
                 }
+                report_unfinished(&inner, endpoint, &job, sent_at, uplink_wait, upload_bytes);
                 inner.fall_back_or_fail(job, OffloadError::Timeout, None);
                 return None;
             }
@@ -413,6 +414,9 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     | OffloadError::Transport { .. }
                     | OffloadError::CircuitOpen { .. }
             );
+            if matches!(e, OffloadError::Timeout) {
+                report_unfinished(&inner, endpoint, &job, sent_at, uplink_wait, upload_bytes);
+            }
             if unreachable && !job.rerouted && matches!(job.reply, Reply::One(_)) {
                 if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
                     crate::metrics::record_reroute(&endpoint.parts.name);
@@ -424,4 +428,52 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         }
     }
     None
+}
+
+/// An offload given up on (timed out) while the endpoint was still heard
+/// from after it was sent: a slow link, not a dead one. Its upload had
+/// been on the wire at least for its time in flight, less its wait behind
+/// our earlier uploads and what the rest of the round trip was predicted
+/// to take. Without this, uploads that never finish leave the bandwidth
+/// estimate where the last finished one put it, and a collapsed uplink
+/// looks as fast as before.
+fn report_unfinished(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    job: &Job,
+    sent_at: Instant,
+    uplink_wait: Duration,
+    bytes: usize,
+) {
+    let heard_since = endpoint
+        .parts
+        .net
+        .borrow()
+        .heard_at
+        .is_some_and(|h| h > sent_at);
+    if !heard_since {
+        return;
+    }
+    let rest_ms = job
+        .decision
+        .as_ref()
+        .and_then(|d| d.offload.as_ref())
+        .map_or(0.0, |o| o.rtt_ms + o.cloud_inference_ms + o.download_ms);
+    let now = Instant::now();
+    let at_least = now
+        .saturating_duration_since(sent_at)
+        .saturating_sub(uplink_wait)
+        .saturating_sub(Duration::from_secs_f64(rest_ms.clamp(0.0, 3.6e6) / 1e3));
+    if at_least.is_zero() {
+        return;
+    }
+    let _ = inner.probe_events.try_send(ProbeEvent {
+        dest: endpoint.parts.dest,
+        source: SampleSource::OffloadTransfer,
+        at: now,
+        kind: ProbeEventKind::TransferUnfinished {
+            bytes: bytes as u64,
+            at_least,
+        },
+    });
 }
