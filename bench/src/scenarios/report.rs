@@ -1,7 +1,7 @@
 //! The benchmark's results as data (`scenarios.json`) and as the markdown
 //! report (`scenarios.md`). Rendering is pure: everything measured comes in.
 
-use super::stats::Summary;
+use super::stats::{Summary, CONFIDENT_P};
 use crate::support::cpu_quota::Throttling;
 use jitter_lab::scenario::Profile;
 use serde::{Deserialize, Serialize};
@@ -321,6 +321,45 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
     }
     let _ = writeln!(o);
     local_error_by_type(o, r);
+    calibration_table(o, r);
+}
+
+/// How well each policy's predicted chance of meeting the deadline held.
+fn calibration_table(o: &mut String, r: &BenchResult) {
+    let _ = writeln!(
+        o,
+        "Calibration of the predicted chance of meeting the deadline (`p_meet` of the path each \
+         task was sent to, every policy's decisions predict it for the record) against what \
+         happened, over tasks with a deadline, except those moved from the local queue: the \
+         Brier score (mean of (p - met)^2), the expected calibration error (ten bins of p, \
+         |mean p - share met| weighed by their tasks; 0 is perfectly calibrated), and the \
+         tasks predicted at >= {:.0} % with the share of them that met their deadline.\n\n\
+         | scenario | policy | tasks | Brier | calibration error | p >= {:.0} % | of those, met |\n\
+         |---|---|---|---|---|---|---|",
+        CONFIDENT_P * 100.0,
+        CONFIDENT_P * 100.0
+    );
+    for s in &r.scenarios {
+        for rw in &s.rows {
+            let Some(c) = rw.summary.calibration else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "| {} (seed {}) | {} | {} | {:.3} | {:.3} | {:.0} % | {} |",
+                s.name,
+                s.seed,
+                rw.policy,
+                c.tasks,
+                c.brier,
+                c.ece,
+                c.confident * 100.0,
+                c.confident_met
+                    .map_or("-".into(), |m| format!("{:.1} %", m * 100.0))
+            );
+        }
+    }
+    let _ = writeln!(o);
 }
 
 /// The default policy's local prediction error per task type: under the
@@ -886,6 +925,13 @@ pub(crate) mod tests {
             .into(),
             hedged: 3,
             outside_ms: Some(2.5),
+            calibration: Some(super::super::stats::Calibration {
+                tasks: 180,
+                brier: 0.0641,
+                ece: 0.031,
+                confident: 0.6,
+                confident_met: Some(0.972),
+            }),
         };
         BenchResult {
             command: "cargo xtask bench --quick".into(),
@@ -953,6 +999,10 @@ pub(crate) mod tests {
         );
         assert!(md.contains("| wan | *oracle* | 200 |"));
         assert!(md.contains("| 2.00 | 2.50 | 7.00 | 3.5x |"));
+        assert!(
+            md.contains("| cost-model | 180 | 0.064 | 0.031 | 60 % | 97.2 % |"),
+            "{md}"
+        );
         assert!(
             md.contains("| wan | 0-15 | 0.25 | 1000 us every 4000 us | 1 | unlimited | image 0.6 | image 0.4 | active-tcp 3 |")
         );

@@ -60,6 +60,75 @@ pub struct Summary {
     /// (the way to and from the task API, under the edge's CPU quota).
     #[serde(default)]
     pub outside_ms: Option<f64>,
+    /// How well the chance of meeting the deadline that each decision
+    /// predicted for its path held; `None` without such predictions.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+}
+
+/// The predicted chance of meeting the deadline (`p_meet`, of the path
+/// each task was sent to) against what happened, over the tasks with a
+/// deadline and a prediction, except those moved from the local queue
+/// (predicted at the move).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Calibration {
+    pub tasks: usize,
+    /// Mean of (p - met)^2, met being 1 or 0: lower is better.
+    pub brier: f64,
+    /// Expected calibration error: in ten bins of p, |mean p - share met|
+    /// weighed by the bin's tasks.
+    pub ece: f64,
+    /// Share of the tasks predicted at >= 0.95, and the share of those
+    /// that met their deadline.
+    pub confident: f64,
+    pub confident_met: Option<f64>,
+}
+
+/// Bins of predicted chance for [`Calibration::ece`].
+const CALIBRATION_BINS: usize = 10;
+/// A prediction this sure is "confident" in [`Calibration`].
+pub const CONFIDENT_P: f64 = 0.95;
+
+/// [`Calibration`] of the records' predictions; `None` without any.
+pub fn calibration(records: &[TaskRecord]) -> Option<Calibration> {
+    let pairs: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| {
+            let d = r.decision.as_ref()?;
+            let p = d.p_meet.filter(|p| p.is_finite())?;
+            let met = r.deadline_met()?;
+            (!d.reason.starts_with("moved")).then_some((p, if met { 1.0 } else { 0.0 }))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let mut bins = [(0.0, 0.0, 0usize); CALIBRATION_BINS];
+    for &(p, met) in &pairs {
+        let b = &mut bins[((p * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1)];
+        b.0 += p;
+        b.1 += met;
+        b.2 += 1;
+    }
+    let confident: Vec<f64> = pairs
+        .iter()
+        .filter(|(p, _)| *p >= CONFIDENT_P)
+        .map(|(_, m)| *m)
+        .collect();
+    Some(Calibration {
+        tasks: pairs.len(),
+        brier: pairs.iter().map(|(p, m)| (p - m).powi(2)).sum::<f64>() / n,
+        ece: bins
+            .iter()
+            .filter(|b| b.2 > 0)
+            .map(|(p, m, _)| (p - m).abs())
+            .sum::<f64>()
+            / n,
+        confident: confident.len() as f64 / n,
+        confident_met: (!confident.is_empty())
+            .then(|| confident.iter().sum::<f64>() / confident.len() as f64),
+    })
 }
 
 /// What a failed task without a deadline costs in the charged mean (ms).
@@ -203,6 +272,7 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             v.sort_by(f64::total_cmp);
             percentile(&v, 0.5)
         },
+        calibration: calibration(records),
     }
 }
 
@@ -325,6 +395,46 @@ mod tests {
     use super::*;
     use crate::scenarios::record::tests::rec;
     use crate::scenarios::record::Outcome;
+
+    #[test]
+    fn calibration_compares_the_predicted_chance_with_what_happened() {
+        use crate::scenarios::record::DecisionView;
+        // (p_meet, reason, outcome, latency ms; deadline 100 ms).
+        let with = |p: Option<f64>, reason: &str, outcome, latency| TaskRecord {
+            decision: Some(DecisionView {
+                p_meet: p,
+                reason: reason.into(),
+                ..DecisionView::default()
+            }),
+            ..rec(0, outcome, latency, "local")
+        };
+        let sure = "local likelier to meet the deadline";
+        let records = [
+            // Sure, and in time three times out of four.
+            with(Some(1.0), sure, Outcome::Ok, 50.0),
+            with(Some(1.0), sure, Outcome::Ok, 60.0),
+            with(Some(1.0), sure, Outcome::Ok, 70.0),
+            with(Some(1.0), sure, Outcome::Ok, 150.0),
+            // A coin flip, lost by failing.
+            with(Some(0.5), sure, Outcome::Failed, 100.0),
+            // Not counted: no prediction, no deadline, predicted at a move.
+            with(None, sure, Outcome::Ok, 50.0),
+            TaskRecord {
+                deadline_ms: None,
+                ..with(Some(0.2), sure, Outcome::Ok, 50.0)
+            },
+            with(Some(0.0), "moved from the local queue", Outcome::Ok, 50.0),
+        ];
+        let c = calibration(&records).unwrap();
+        assert_eq!(c.tasks, 5);
+        // (0 + 0 + 0 + 1 + 0.25) / 5
+        assert!((c.brier - 0.25).abs() < 1e-12, "{c:?}");
+        // Bins: p = 1 (4 tasks, 3 met): |4 - 3|; p = 0.5 (1, none): 0.5.
+        assert!((c.ece - 1.5 / 5.0).abs() < 1e-12, "{c:?}");
+        assert_eq!((c.confident, c.confident_met), (0.8, Some(0.75)));
+        assert_eq!(calibration(&records[5..]), None);
+        assert_eq!(summarize(&records).calibration, Some(c));
+    }
 
     #[test]
     fn percentiles_interpolate() {
