@@ -14,9 +14,9 @@
 //! `cargo xtask bench-decision` runs it and writes bench/results/decision.md.
 
 use agent_core::{
-    decide, CloudStatus, Correction, DecisionInput, ExecPath, ExecTimeModel, LinkConfig,
-    LinkEstimator, LocalStatus, NetworkStatus, Policy, Priority, ProbeEvent, ProbeEventKind,
-    Residuals, RttWindow, SampleSource, TaskType,
+    decide, CloudStatus, DecisionInput, ExecPath, ExecTimeModel, LinkConfig, LinkEstimator,
+    LocalStatus, NetworkStatus, Policy, Priority, ProbeEvent, ProbeEventKind, Residuals, RttWindow,
+    SampleSource, TaskType,
 };
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
@@ -93,9 +93,8 @@ fn state_seeded(seed: u64) -> State {
             TT,
             Duration::from_secs_f64((8.0 + n.gauss()).max(1.0) / 1e3),
         );
-        // Residuals against a model that predicts 0 at every level.
-        residuals.observe((ExecPath::Local, TT), 0.5 + n.gauss(), &[0.0; 7]);
-        residuals.observe((ExecPath::Cloud, TT), 1.5 + 2.0 * n.gauss(), &[0.0; 7]);
+        residuals.observe((ExecPath::Local, TT), 0.5 + n.gauss());
+        residuals.observe((ExecPath::Cloud, TT), 1.5 + 2.0 * n.gauss());
     }
     State {
         now: at + Duration::from_millis(5),
@@ -141,8 +140,8 @@ struct Inputs {
     net: NetworkStatus,
     local_dist: Vec<f64>,
     cloud_dist: Vec<f64>,
-    local_res: Option<Correction>,
-    cloud_res: Option<Correction>,
+    local_res: Vec<f64>,
+    cloud_res: Vec<f64>,
 }
 
 impl Inputs {
@@ -151,8 +150,8 @@ impl Inputs {
             net: s.link.snapshot(s.now),
             local_dist: s.local_times.distribution_ms(TT),
             cloud_dist: s.cloud_times.distribution_ms(TT),
-            local_res: s.residuals.correction((ExecPath::Local, TT)),
-            cloud_res: s.residuals.correction((ExecPath::Cloud, TT)),
+            local_res: s.residuals.sorted_ms((ExecPath::Local, TT)),
+            cloud_res: s.residuals.sorted_ms((ExecPath::Cloud, TT)),
         }
     }
 
@@ -180,8 +179,8 @@ impl Inputs {
             local_dist_ms: &self.local_dist,
             cloud_dist_ms: &self.cloud_dist,
             previous: Some(ExecPath::Local),
-            local_correction: self.local_res,
-            cloud_correction: self.cloud_res,
+            local_residual_ms: &self.local_res,
+            cloud_residual_ms: &self.cloud_res,
         }
     }
 }
@@ -199,7 +198,7 @@ fn cases() -> Vec<Case> {
     let inputs = Inputs::gather(&s);
     assert_eq!(inputs.net.rtt_sorted_ms.len(), 60, "a full window");
     assert_eq!(inputs.local_dist.len(), 32);
-    assert!(inputs.local_res.is_some());
+    assert_eq!(inputs.local_res.len(), 32);
     let mut cases: Vec<Case> = Vec::new();
     for (name, policy, deadline) in [
         ("decide/deadline-aware", policy.clone(), DEADLINE),
@@ -221,7 +220,7 @@ fn cases() -> Vec<Case> {
     }
     {
         // The manager's whole step: the estimators' figures copied out
-        // (network snapshot, distributions, residuals' corrections), then decide.
+        // (network snapshot, distributions, sorted residuals), then decide.
         let s = state();
         let policy = policy.clone();
         cases.push((
@@ -231,8 +230,8 @@ fn cases() -> Vec<Case> {
                     net: black_box(&s.link).snapshot(s.now),
                     local_dist: s.local_times.distribution_ms(TT),
                     cloud_dist: s.cloud_times.distribution_ms(TT),
-                    local_res: s.residuals.correction((ExecPath::Local, TT)),
-                    cloud_res: s.residuals.correction((ExecPath::Cloud, TT)),
+                    local_res: s.residuals.sorted_ms((ExecPath::Local, TT)),
+                    cloud_res: s.residuals.sorted_ms((ExecPath::Cloud, TT)),
                 };
                 black_box(decide(&inputs.input(DEADLINE), &policy).ok());
             }),

@@ -99,7 +99,7 @@ mod tests {
                 p95_ms: mean_ms * 1.5,
                 p50_ms: mean_ms,
                 p_meet,
-                ..Outlook::default()
+                correction_ms: 0.0,
             }),
             hedge: false,
             endpoint: 0,

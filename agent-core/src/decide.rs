@@ -24,12 +24,10 @@
 
 mod runs;
 
-use crate::estimate::{
-    congestion_price_ms, levels_of, quantile, Correction, Levels, NetworkStatus,
-};
+use crate::estimate::{congestion_price_ms, quantile, NetworkStatus};
 use crate::sample::SampleSource;
 use crate::task::{ExecPath, Priority, TaskError, TaskType};
-use runs::{grid, sorted_sums, sum, Buffers, Values};
+use runs::{grid, sorted_sums, sum, Buffers, Shifted, Values};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -249,24 +247,24 @@ pub struct DecisionInput<'a> {
     pub cloud_dist_ms: &'a [f64],
     /// The path the policy chose for the previous task of this type.
     pub previous: Option<ExecPath>,
-    /// What each path's recent residuals move its predicted quantiles by
-    /// (`Residuals`); `None`: too few yet. A path without a correction
-    /// borrows the other path's: much of what the model misses (the
-    /// edge's own CPU contention, the answer's way back) is common to
-    /// both, and correcting one path alone would favour the other,
-    /// unmeasured one.
-    pub local_correction: Option<Correction>,
-    pub cloud_correction: Option<Correction>,
+    /// Recent residuals (actual - predicted median, ms, sorted) of each path for
+    /// this task type; empty: none yet. A path without residuals borrows
+    /// the other path's: much of what the model misses (the edge's own CPU
+    /// contention, the answer's way back) is common to both, and correcting
+    /// one path alone would favour the other, unmeasured one.
+    pub local_residual_ms: &'a [f64],
+    pub cloud_residual_ms: &'a [f64],
 }
 
 impl DecisionInput<'_> {
-    /// The corrections to apply, per path.
-    fn corrections(&self) -> (Option<&Correction>, Option<&Correction>) {
-        let (l, c) = (
-            self.local_correction.as_ref(),
-            self.cloud_correction.as_ref(),
-        );
-        (l.or(c), c.or(l))
+    /// The residuals to apply, per path.
+    fn residuals(&self) -> (&[f64], &[f64]) {
+        match (self.local_residual_ms, self.cloud_residual_ms) {
+            ([], []) => (&[], &[]),
+            (l, []) => (l, l),
+            ([], c) => (c, c),
+            (l, c) => (l, c),
+        }
     }
 }
 
@@ -281,14 +279,7 @@ pub struct Outlook {
     /// What past residuals moved the median by (the model's own median
     /// is `p50_ms - correction_ms`).
     pub correction_ms: f64,
-    /// The model's own quantiles at `LEVELS`, before any correction: what
-    /// the task's actual latency is checked against (`Residuals`).
-    pub model_ms: Levels,
 }
-
-/// Quantile levels a corrected outlook is read at (evenly spaced): its
-/// `p_meet` comes in steps of 1/64.
-const CORRECTED_POINTS: usize = 64;
 
 impl Outlook {
     /// From predicted latencies, sorted (at least one).
@@ -306,45 +297,28 @@ impl Outlook {
             p95_ms: quantile(values, 0.95),
             p_meet: left_ms.map(|l| values.partition_point(|v| *v <= l) as f64 / n),
             correction_ms: 0.0,
-            model_ms: levels_of(values),
         })
     }
 
-    /// The model's prediction (sorted) with each quantile moved by the
-    /// correction at its level (kept in order, and a latency >= 0): the
-    /// distribution of what will actually be seen. Per level, not the sum
-    /// with every residual: each residual already carries the spread the
-    /// model measures (the run times, the RTT samples), and adding them
-    /// all counted it twice; a level's own residuals say only how far
-    /// that quantile has been off.
-    fn corrected(
-        values: &[f64],
-        correction: Option<&Correction>,
-        left_ms: Option<f64>,
-    ) -> Option<Outlook> {
-        let model = Outlook::of_sorted(values, left_ms)?;
-        let Some(c) = correction else {
-            return Some(model);
-        };
-        let mut all = [0.0; CORRECTED_POINTS];
-        let mut at_least = 0.0;
-        for (i, slot) in all.iter_mut().enumerate() {
-            let level = (i as f64 + 0.5) / CORRECTED_POINTS as f64;
-            at_least = (quantile(values, level) + c.at(level)).max(at_least);
-            *slot = at_least;
+    /// The model's prediction (sorted) moved by the median past residual
+    /// (a latency stays >= 0): the distribution of what will actually be
+    /// seen. A shift, not the sum with every residual: each residual
+    /// already carries the spread the model measures (the run times, the
+    /// RTT samples), and adding them all counted it twice.
+    fn corrected(values: &[f64], residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
+        if residuals.is_empty() {
+            return Outlook::of_sorted(values, left_ms);
         }
-        if !at_least.is_finite() {
-            return None;
-        }
-        let p50_ms = quantile(&all, 0.5);
+        let all = Shifted::new(values, quantile(residuals, 0.5))?;
+        let n = all.len() as f64;
+        let p50_ms = all.quantile(0.5);
         Some(Outlook {
-            mean_ms: sum(&all) / CORRECTED_POINTS as f64,
+            mean_ms: all.sum(sum(values)) / n,
             p50_ms,
-            p95_ms: quantile(&all, 0.95),
-            p_meet: left_ms
-                .map(|l| all.partition_point(|v| *v <= l) as f64 / CORRECTED_POINTS as f64),
+            p95_ms: all.quantile(0.95),
+            p_meet: left_ms.map(|l| all.count_at_most(l) as f64 / n),
+            // The shift where the clamp at 0 leaves the median alone.
             correction_ms: p50_ms - quantile(values, 0.5),
-            model_ms: model.model_ms,
         })
     }
 
@@ -602,7 +576,7 @@ fn local_outlook(input: &DecisionInput, left_ms: Option<f64>) -> Option<Outlook>
         grid(input.local_dist_ms)
     };
     values.as_mut_slice().iter_mut().for_each(|v| *v += queue);
-    Outlook::corrected(values.as_slice(), input.corrections().0, left_ms)
+    Outlook::corrected(values.as_slice(), input.residuals().0, left_ms)
 }
 
 /// Offload latency: transfer times plus every pair of an RTT sample and a
@@ -645,7 +619,7 @@ fn offload_outlook(
     let (p_loss, delay_ms) = loss_outlook(input);
     let mut mixed = [0.0; RTT_POINTS * CLOUD_POINTS];
     let values = with_loss(values, p_loss, delay_ms, &mut mixed);
-    Outlook::corrected(values, input.corrections().1, left_ms)
+    Outlook::corrected(values, input.residuals().1, left_ms)
 }
 
 /// Payload bytes per packet, for counting an exchange's packets.

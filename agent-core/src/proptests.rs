@@ -2,7 +2,6 @@
 //! the kernel or the clock), nothing panics and the invariants hold.
 
 use crate::decide::{decide, CloudStatus, DecisionInput, LocalStatus, Policy};
-use crate::estimate::Correction;
 use crate::estimate::{NetworkStatus, RttWindow, WindowStats};
 use crate::queue::TaskQueue;
 use crate::sample::SampleSource;
@@ -82,12 +81,13 @@ proptest! {
         left_us in prop::option::of(0u64..10_000_000),
         local_dist in prop::collection::vec(0.0..200.0f64, 0..40),
         cloud_dist in prop::collection::vec(0.0..200.0f64, 0..40),
-        local_res in prop::option::of(prop::array::uniform7(-100.0..100.0f64)),
-        cloud_res in prop::option::of(prop::array::uniform7(-100.0..100.0f64)),
+        local_res in prop::collection::vec(-100.0..100.0f64, 0..40),
+        cloud_res in prop::collection::vec(-100.0..100.0f64, 0..40),
         previous in prop::option::of(prop_oneof![Just(ExecPath::Local), Just(ExecPath::Cloud)]),
     ) {
         let sorted = |mut v: Vec<f64>| { v.sort_by(f64::total_cmp); v };
         let (ld, cd) = (sorted(local_dist), sorted(cloud_dist));
+        let (lr, cr) = (sorted(local_res), sorted(cloud_res));
         let input = DecisionInput {
             uplink_wait: std::time::Duration::ZERO,
             edge_load: 0.0,
@@ -109,8 +109,8 @@ proptest! {
             local_dist_ms: &ld,
             cloud_dist_ms: &cd,
             previous,
-            local_correction: local_res.map(Correction),
-            cloud_correction: cloud_res.map(Correction),
+            local_residual_ms: &lr,
+            cloud_residual_ms: &cr,
         };
         if let Ok(d) = decide(&input, &policy) {
             for o in [d.local_outlook, d.offload_outlook].into_iter().flatten() {

@@ -398,7 +398,6 @@ mod tests {
                 p95_ms: 14.0,
                 p_meet: Some(0.75),
                 correction_ms: 0.5,
-                ..Outlook::default()
             }),
             offload_outlook: None,
             hedge: true,

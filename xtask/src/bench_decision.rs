@@ -184,7 +184,7 @@ pub fn run(quick: bool) -> Result<()> {
          path, a 20 KB image task of high priority with a 100 ms deadline, one task ahead; \
          128 such inputs from different random streams taken in turn (one input repeated \
          would let the branch predictor learn every comparison); `with-inputs` (one input) adds what the manager does around it (network snapshot, the \
-         distributions copied out of the estimators and the residuals' per-level corrections computed). **estimate/…**: \
+         distributions and sorted residuals copied out of the estimators). **estimate/…**: \
          one RTT sample into a full `RttWindow` (shift detector and trend included), the \
          same through `LinkEstimator::on_event`, a `NetworkStatus` snapshot, one \
          `ExecTimeModel::observe`. **convert/…**: ring-buffer items to `ProbeEvent`s \

@@ -2,7 +2,10 @@
 //! A decision builds its distributions as sums of small sorted grids and
 //! reads a few statistics from them, some 330 values in all; this is most
 //! of its time, so nothing here allocates, the merges keep two independent
-//! dependency chains in flight.
+//! dependency chains in flight, and the last step (a prediction moved by
+//! the residual correction) is never written out ([`Shifted`]).
+
+use crate::estimate::floor_ceil;
 
 /// A list of at most `N` values on the stack.
 #[derive(Clone, Copy)]
@@ -137,6 +140,61 @@ pub(super) fn sorted_sums<'b, const N: usize>(
         .iter()
         .all(|v| v.is_none_or(|v| v.is_finite()));
     finite_ends.then_some(values)
+}
+
+/// Every `max(x_i + shift, 0)` for sorted `x`, read where it lies: an
+/// outlook's last step (its prediction moved by the residual correction,
+/// a latency staying >= 0) is such a set, 256 values for an offload, of
+/// which its mean, count in time and two quantiles need a few.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shifted<'a> {
+    x: &'a [f64],
+    shift: f64,
+}
+
+impl<'a> Shifted<'a> {
+    /// `None` unless `x` is non-empty and it, the shift and their sums
+    /// are finite.
+    pub(super) fn new(x: &'a [f64], shift: f64) -> Option<Self> {
+        let ok = !x.is_empty()
+            && all_finite(x)
+            && shift.is_finite()
+            && (x[x.len() - 1] + shift).is_finite();
+        debug_assert!(!ok || x.is_sorted());
+        ok.then_some(Shifted { x, shift })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.x.len()
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize) -> f64 {
+        (self.x[i] + self.shift).max(0.0)
+    }
+
+    /// The sum of every value: `x`'s sum shifted, less what the clamp at
+    /// 0 took.
+    pub(super) fn sum(&self, x_sum: f64) -> f64 {
+        match self.x.partition_point(|v| v + self.shift < 0.0) {
+            0 => x_sum + self.x.len() as f64 * self.shift,
+            z => self.x[z..].iter().map(|v| v + self.shift).sum(),
+        }
+    }
+
+    /// How many values are at most `limit`.
+    pub(super) fn count_at_most(&self, limit: f64) -> usize {
+        self.x
+            .partition_point(|v| (v + self.shift).max(0.0) <= limit)
+    }
+
+    /// The type-7 quantile of the values, as `quantile` gives it.
+    pub(super) fn quantile(&self, q: f64) -> f64 {
+        let pos = q.clamp(0.0, 1.0) * (self.len() - 1) as f64;
+        let (lo, hi) = floor_ceil(pos);
+        let (v_lo, v_hi) = (self.at(lo), self.at(hi));
+        v_lo + (v_hi - v_lo) * (pos - lo as f64)
+    }
 }
 
 /// One merge to do: sorted `x` and `y` into `out` (their length together).

@@ -1251,12 +1251,12 @@ impl Inner {
                     (times.distribution_ms_at(t, now), times.estimate_at(t, now))
                 }
             });
-        let (local_correction, cloud_correction) = {
+        let (local_residual, cloud_residual) = {
             let r = self.residuals.lock().expect("residuals lock");
             (
-                r.correction_at((ExecPath::Local, t, 0, 0), now),
-                endpoint.and_then(|i| {
-                    r.correction_at((ExecPath::Cloud, t, i, variant_key(split)), now)
+                r.sorted_ms_at((ExecPath::Local, t, 0, 0), now),
+                endpoint.map_or_else(Vec::new, |i| {
+                    r.sorted_ms_at((ExecPath::Cloud, t, i, variant_key(split)), now)
                 }),
             )
         };
@@ -1271,8 +1271,8 @@ impl Inner {
             (q.wait(now), q.load(now))
         });
         let input = DecisionInput {
-            local_correction,
-            cloud_correction,
+            local_residual_ms: &local_residual,
+            cloud_residual_ms: &cloud_residual,
             local_dist_ms: &local_dist,
             cloud_dist_ms: &cloud_dist,
             previous: state.last_path.get(&task.task_type).copied(),
@@ -1498,8 +1498,7 @@ impl Inner {
         };
         self.residuals.lock().expect("residuals lock").observe_at(
             (d.path, task.task_type, endpoint, variant),
-            actual_ms,
-            &o.model_ms,
+            actual_ms - (o.p50_ms - o.correction_ms),
             Instant::now(),
         );
     }
