@@ -91,25 +91,27 @@ pub const CONFIDENT_P: f64 = 0.95;
 
 /// [`Calibration`] of the records' predictions; `None` without any.
 pub fn calibration(records: &[TaskRecord]) -> Option<Calibration> {
+    let moved = agent_core::Reason::MovedFromLateQueue.to_string();
     let pairs: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| {
             let d = r.decision.as_ref()?;
             let p = d.p_meet.filter(|p| p.is_finite())?;
             let met = r.deadline_met()?;
-            (!d.reason.starts_with("moved")).then_some((p, if met { 1.0 } else { 0.0 }))
+            (d.reason != moved).then_some((p, if met { 1.0 } else { 0.0 }))
         })
         .collect();
     if pairs.is_empty() {
         return None;
     }
     let n = pairs.len() as f64;
-    let mut bins = [(0.0, 0.0, 0usize); CALIBRATION_BINS];
+    // Per bin, the sums of p and of met: |mean p - share met| weighed by
+    // the bin's tasks is |their difference| / n (0 for an empty bin).
+    let mut bins = [(0.0, 0.0); CALIBRATION_BINS];
     for &(p, met) in &pairs {
         let b = &mut bins[((p * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1)];
         b.0 += p;
         b.1 += met;
-        b.2 += 1;
     }
     let confident: Vec<f64> = pairs
         .iter()
@@ -119,12 +121,7 @@ pub fn calibration(records: &[TaskRecord]) -> Option<Calibration> {
     Some(Calibration {
         tasks: pairs.len(),
         brier: pairs.iter().map(|(p, m)| (p - m).powi(2)).sum::<f64>() / n,
-        ece: bins
-            .iter()
-            .filter(|b| b.2 > 0)
-            .map(|(p, m, _)| (p - m).abs())
-            .sum::<f64>()
-            / n,
+        ece: bins.iter().map(|(p, m)| (p - m).abs()).sum::<f64>() / n,
         confident: confident.len() as f64 / n,
         confident_met: (!confident.is_empty())
             .then(|| confident.iter().sum::<f64>() / confident.len() as f64),
@@ -423,7 +420,12 @@ mod tests {
                 deadline_ms: None,
                 ..with(Some(0.2), sure, Outcome::Ok, 50.0)
             },
-            with(Some(0.0), "moved from the local queue", Outcome::Ok, 50.0),
+            with(
+                Some(0.0),
+                &agent_core::Reason::MovedFromLateQueue.to_string(),
+                Outcome::Ok,
+                50.0,
+            ),
         ];
         let c = calibration(&records).unwrap();
         assert_eq!(c.tasks, 5);
