@@ -89,8 +89,17 @@ struct Transfer {
     unfinished_at: Option<Instant>,
 }
 
-/// How many packets the loss rate remembers: both counts halve beyond it.
+/// How many packets the loss rate remembers at least: both counts halve
+/// beyond it, but at most once per [`LOSS_HALVING_INTERVAL`].
 pub const LOSS_SEGMENTS: u64 = 2000;
+
+/// The least time between two halvings of the loss counts, so that a fast
+/// flow's rate covers about the last half second (as the RTT window does)
+/// rather than its last round trip. One round trip of a bulk upload can
+/// be the whole 2000 packets, and the last one's packets are mostly
+/// retransmissions of the losses before it: counted over that alone, 2 %
+/// loss read as 3-4 % at the end of every upload.
+pub const LOSS_HALVING_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Nothing heard from the host for this long while packets went out is an
 /// outage, not loss: when the host is heard again, what was counted
@@ -107,6 +116,8 @@ pub struct LinkEstimator {
     consecutive_failures: u32,
     retransmits: u64,
     segments: u64,
+    /// When the loss counts last halved.
+    loss_halved_at: Option<Instant>,
     /// Recent transfers, finished or not.
     transfers: VecDeque<Transfer>,
     /// The newest RTT sample's time, of any source.
@@ -131,6 +142,7 @@ impl LinkEstimator {
             consecutive_failures: 0,
             retransmits: 0,
             segments: 0,
+            loss_halved_at: None,
             transfers: VecDeque::new(),
             heard_at: None,
             unheard: (0, 0, 0),
@@ -182,20 +194,14 @@ impl LinkEstimator {
                 }
             }
             ProbeEventKind::Retransmits(n) => {
+                self.age_loss_counts(ev.at);
                 self.retransmits += u64::from(n);
                 self.unheard.0 += u64::from(n);
             }
             ProbeEventKind::SegmentsSent(n) => {
+                self.age_loss_counts(ev.at);
                 self.segments += u64::from(n);
                 self.unheard.1 += u64::from(n);
-                // Both counts halve as packets go by: the loss rate is the
-                // recent link's, and a loss that began shows up.
-                while self.segments > LOSS_SEGMENTS {
-                    self.segments /= 2;
-                    self.retransmits /= 2;
-                    self.unheard.0 /= 2;
-                    self.unheard.1 /= 2;
-                }
             }
             ProbeEventKind::Transfer { bytes, elapsed } => {
                 self.consecutive_failures = 0;
@@ -264,6 +270,25 @@ impl LinkEstimator {
             })
             .fold((0u64, 0.0), |(b, s), t| (b + t.bytes, s + t.secs));
         (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
+    }
+
+    /// Both loss counts halve as packets go by, so the rate is the recent
+    /// link's and a loss that began shows up; at most once per
+    /// [`LOSS_HALVING_INTERVAL`], since halving down to the bound at once
+    /// would leave a fast flow's last round trip alone again. Done before
+    /// a count is added, so a report's packets and the losses among them,
+    /// whichever comes first, are not halved apart.
+    fn age_loss_counts(&mut self, at: Instant) {
+        let due = self
+            .loss_halved_at
+            .is_none_or(|t| at.saturating_duration_since(t) >= LOSS_HALVING_INTERVAL);
+        if due && self.segments > LOSS_SEGMENTS {
+            self.segments /= 2;
+            self.retransmits /= 2;
+            self.unheard.0 /= 2;
+            self.unheard.1 /= 2;
+            self.loss_halved_at = Some(at);
+        }
     }
 
     /// The host was silent for longer than [`OUTAGE_GAP`]: what was
@@ -560,7 +585,11 @@ mod tests {
     fn loss_fades_as_clean_packets_go_by() {
         let t0 = Instant::now();
         let mut est = LinkEstimator::new(LinkConfig::default());
-        let send = |est: &mut LinkEstimator, sent, lost| {
+        // Sparse traffic: each report comes a halving interval after the last.
+        let mut n = 0;
+        let mut send = |est: &mut LinkEstimator, sent, lost| {
+            n += 1;
+            let t0 = t0 + LOSS_HALVING_INTERVAL * n;
             est.on_event(&ev(
                 t0,
                 SampleSource::OffloadTransfer,
@@ -584,6 +613,40 @@ mod tests {
         send(&mut est, 500, 50);
         let rate = est.snapshot(t0).loss_rate;
         assert!(rate > 0.03, "new loss diluted: {rate}");
+    }
+
+    #[test]
+    fn a_fast_flows_loss_rate_covers_more_than_its_last_round_trip() {
+        // A bulk upload: one count every 40 ms round trip of 2000 packets,
+        // losing 1 % and 3 % in turn (2 % on average), then its last
+        // round trip: a few packets, mostly retransmissions.
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(LinkConfig::default());
+        let send = |est: &mut LinkEstimator, round: u32, sent, lost| {
+            let at = t0 + Duration::from_millis(40) * round;
+            est.on_event(&ev(
+                at,
+                SampleSource::SockOps,
+                ProbeEventKind::SegmentsSent(sent),
+            ));
+            est.on_event(&ev(
+                at,
+                SampleSource::SockOps,
+                ProbeEventKind::Retransmits(lost),
+            ));
+            est.snapshot(at).loss_rate
+        };
+        for round in 0..100 {
+            send(&mut est, round, 2000, if round % 2 == 0 { 20 } else { 60 });
+        }
+        let rate = send(&mut est, 100, 20, 10);
+        assert!((rate - 0.02).abs() <= 0.003, "2 % loss read as {rate}");
+        // Loss that rises to 10 % shows within half a second.
+        let mut rate = 0.0;
+        for round in 101..=113 {
+            rate = send(&mut est, round, 2000, 200);
+        }
+        assert!(rate > 0.05, "10 % loss read as {rate} after 0.5 s");
     }
 
     #[test]
