@@ -7,7 +7,8 @@
 //!
 //! The schedule runs at the estimated rate, and a rate measured before the
 //! link narrowed is too fast: uploads still unanswered past their
-//! predicted time say so before any slow transfer has been measured, and
+//! predicted time (its p95, for the link's own jitter is priced already)
+//! say so before any slow transfer has been measured, and
 //! every later upload is predicted to wait that much longer. An upload
 //! overtaken by a later one whose answer came back is not waiting in a
 //! FIFO: it lost a packet (or its answer did), and its delay is its own.

@@ -205,14 +205,24 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             .then(|| now + (predicted * 2).max(REROUTE_MIN));
     // The wait behind our earlier uploads is the queue's, not the link's
     // speed: it is taken out of the transfer the bandwidth is measured from.
-    // The answer is due when the decision predicted it, less the split's
-    // head, which has run by now.
+    // The answer is due by the p95 the decision predicted (its mean where
+    // there is no distribution), less the split's head, which has run by
+    // now: on a jittery link half the answers come after the mean, and
+    // counted as overdue from there, the tail the RTT distribution already
+    // prices was added again to every later upload.
+    let due_after = job
+        .decision
+        .as_ref()
+        .and_then(|d| d.offload_outlook)
+        .map_or(predicted, |o| {
+            Duration::from_secs_f64(o.p95_ms.clamp(0.0, 3.6e6) / 1e3).max(predicted)
+        });
     let answer_after = job
         .decision
         .as_ref()
         .and_then(|d| d.offload.as_ref())
-        .map_or(predicted, |o| {
-            predicted.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
+        .map_or(due_after, |o| {
+            due_after.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
         });
     let upload_bytes = prost::Message::encoded_len(&req.request);
     let (uplink_wait, mut upload) = {
