@@ -581,6 +581,12 @@ mod tests {
         assert!((est.snapshot(t0).loss_rate - 0.02).abs() < 1e-9);
     }
 
+    /// `sent` packets counted at `at`, `lost` of them lost.
+    fn packets(est: &mut LinkEstimator, at: Instant, source: SampleSource, sent: u32, lost: u32) {
+        est.on_event(&ev(at, source, ProbeEventKind::SegmentsSent(sent)));
+        est.on_event(&ev(at, source, ProbeEventKind::Retransmits(lost)));
+    }
+
     #[test]
     fn loss_fades_as_clean_packets_go_by() {
         let t0 = Instant::now();
@@ -589,17 +595,8 @@ mod tests {
         let mut n = 0;
         let mut send = |est: &mut LinkEstimator, sent, lost| {
             n += 1;
-            let t0 = t0 + LOSS_HALVING_INTERVAL * n;
-            est.on_event(&ev(
-                t0,
-                SampleSource::OffloadTransfer,
-                ProbeEventKind::SegmentsSent(sent),
-            ));
-            est.on_event(&ev(
-                t0,
-                SampleSource::OffloadTransfer,
-                ProbeEventKind::Retransmits(lost),
-            ));
+            let at = t0 + LOSS_HALVING_INTERVAL * n;
+            packets(est, at, SampleSource::OffloadTransfer, sent, lost);
         };
         // (packets sent, lost among them, loss rate expected after)
         send(&mut est, 1000, 100);
@@ -624,16 +621,7 @@ mod tests {
         let mut est = LinkEstimator::new(LinkConfig::default());
         let send = |est: &mut LinkEstimator, round: u32, sent, lost| {
             let at = t0 + Duration::from_millis(40) * round;
-            est.on_event(&ev(
-                at,
-                SampleSource::SockOps,
-                ProbeEventKind::SegmentsSent(sent),
-            ));
-            est.on_event(&ev(
-                at,
-                SampleSource::SockOps,
-                ProbeEventKind::Retransmits(lost),
-            ));
+            packets(est, at, SampleSource::SockOps, sent, lost);
             est.snapshot(at).loss_rate
         };
         for round in 0..100 {
