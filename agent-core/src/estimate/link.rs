@@ -98,7 +98,7 @@ pub const LOSS_SEGMENTS: u64 = 2000;
 /// rather than its last round trip. One round trip of a bulk upload can
 /// be the whole 2000 packets, and the last one's packets are mostly
 /// retransmissions of the losses before it: counted over that alone, 2 %
-/// loss read as 3-4 % at the end of every upload.
+/// loss read as 2.6-4.1 % at the end of an upload.
 pub const LOSS_HALVING_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Nothing heard from the host for this long while packets went out is an

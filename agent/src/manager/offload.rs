@@ -185,15 +185,16 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     // endpoint is silent (a dead link, long before its estimate shows it),
     // new tasks stay off it, and this one runs elsewhere.
     let sent_at = now;
-    let overdue_at = {
-        let p95 = job
-            .decision
-            .as_ref()
-            .and_then(|d| d.offload_outlook)
-            .map_or(0.0, |o| o.p95_ms);
-        let p95 = Duration::from_secs_f64(p95.clamp(0.0, 3.6e6) / 1e3).max(predicted);
-        now + (p95 * 2).max(OVERDUE_MIN)
-    };
+    // The p95 the decision predicted (its mean where there is no
+    // distribution).
+    let predicted_p95 = job
+        .decision
+        .as_ref()
+        .and_then(|d| d.offload_outlook)
+        .map_or(predicted, |o| {
+            Duration::from_secs_f64(o.p95_ms.clamp(0.0, 3.6e6) / 1e3).max(predicted)
+        });
+    let overdue_at = now + (predicted_p95 * 2).max(OVERDUE_MIN);
     let overdue = tokio::time::sleep_until(overdue_at.into());
     tokio::pin!(overdue);
     let mut overdue_armed = true;
@@ -205,24 +206,16 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
             .then(|| now + (predicted * 2).max(REROUTE_MIN));
     // The wait behind our earlier uploads is the queue's, not the link's
     // speed: it is taken out of the transfer the bandwidth is measured from.
-    // The answer is due by the p95 the decision predicted (its mean where
-    // there is no distribution), less the split's head, which has run by
-    // now: on a jittery link half the answers come after the mean, and
-    // counted as overdue from there, the tail the RTT distribution already
-    // prices was added again to every later upload.
-    let due_after = job
-        .decision
-        .as_ref()
-        .and_then(|d| d.offload_outlook)
-        .map_or(predicted, |o| {
-            Duration::from_secs_f64(o.p95_ms.clamp(0.0, 3.6e6) / 1e3).max(predicted)
-        });
+    // The answer is due by the predicted p95, less the split's head, which
+    // has run by now: on a jittery link half the answers come after the
+    // mean, and counted as overdue from there, the tail the RTT
+    // distribution already prices was added again to every later upload.
     let answer_after = job
         .decision
         .as_ref()
         .and_then(|d| d.offload.as_ref())
-        .map_or(due_after, |o| {
-            due_after.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
+        .map_or(predicted_p95, |o| {
+            predicted_p95.saturating_sub(Duration::from_secs_f64(o.head_ms.clamp(0.0, 3.6e6) / 1e3))
         });
     let upload_bytes = prost::Message::encoded_len(&req.request);
     let (uplink_wait, mut upload) = {
