@@ -24,9 +24,8 @@ pub struct LinkConfig {
     /// Transfers smaller than this say more about scheduling than about
     /// the link's capacity and are not used for the bandwidth estimate.
     pub min_transfer_bytes: u64,
-    /// Recent transfers the bandwidth is measured over (their bytes over
-    /// their time: a small transfer weighs by its bytes, so scheduling
-    /// noise on it barely moves the estimate).
+    /// Recent transfers the bandwidth is measured over (the median of
+    /// their rates by bytes: see `LinkEstimator::bandwidth`).
     pub transfer_window: usize,
 }
 
@@ -258,18 +257,46 @@ impl LinkEstimator {
         self.transfers.push_back(t);
     }
 
-    /// The recent transfers' bytes over their time on the wire, counting
-    /// unfinished ones for [`UNFINISHED_MAX_AGE`].
+    /// The link's rate from the recent transfers: the median of the
+    /// finished ones' rates, by bytes (a small transfer, whose time is
+    /// mostly scheduling, weighs little; one slowed or hurried by a jitter
+    /// step moves nothing), unless the two newest are both under half of
+    /// it (the link has slowed; the median would take half the window to
+    /// follow); capped by the unfinished ones' bytes over their time on
+    /// the wire while they count ([`UNFINISHED_MAX_AGE`]).
     fn bandwidth(&self, now: Instant) -> Option<f64> {
+        let rate = |t: &Transfer| t.bytes as f64 * 8.0 / t.secs;
+        let mut finished: Vec<(f64, u64)> = self
+            .transfers
+            .iter()
+            .filter(|t| t.unfinished_at.is_none())
+            .map(|t| (rate(t), t.bytes))
+            .collect();
+        let newest: Vec<f64> = finished.iter().rev().take(2).map(|r| r.0).collect();
+        finished.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let half = finished.iter().map(|r| r.1).sum::<u64>().div_ceil(2);
+        let mut seen = 0;
+        let median = finished.iter().find_map(|&(r, bytes)| {
+            seen += bytes;
+            (seen >= half).then_some(r)
+        });
+        let finished = median.map(|m| match newest[..] {
+            [a, b] if a < m / 2.0 && b < m / 2.0 => a.max(b),
+            _ => m,
+        });
         let (bytes, secs) = self
             .transfers
             .iter()
             .filter(|t| {
                 t.unfinished_at
-                    .is_none_or(|at| now.saturating_duration_since(at) <= UNFINISHED_MAX_AGE)
+                    .is_some_and(|at| now.saturating_duration_since(at) <= UNFINISHED_MAX_AGE)
             })
             .fold((0u64, 0.0), |(b, s), t| (b + t.bytes, s + t.secs));
-        (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
+        let unfinished = (secs > 0.0).then(|| bytes as f64 * 8.0 / secs);
+        match (finished, unfinished) {
+            (Some(f), Some(u)) => Some(f.min(u)),
+            (f, u) => f.or(u),
+        }
     }
 
     /// Both loss counts halve as packets go by, so the rate is the recent
@@ -705,7 +732,7 @@ mod tests {
         assert!(!s.bandwidth_assumed);
         assert!((s.bandwidth_bps - 100e6).abs() < 1.0);
         // A tiny transfer is not a measurement; a small one slowed by
-        // scheduling weighs by its bytes.
+        // scheduling weighs by its bytes, too little to move the median.
         est.on_event(&ev(
             t0,
             SampleSource::OffloadTransfer,
@@ -724,7 +751,7 @@ mod tests {
             },
         ));
         let b = est.snapshot(t0).bandwidth_bps;
-        assert!(b > 94e6 && b < 100e6, "{b}");
+        assert!((b - 100e6).abs() < 1.0, "{b}");
     }
 
     #[test]
@@ -754,9 +781,8 @@ mod tests {
         let cases: [(u64, u64, f64); 2] = [
             // Given up on after 1 ms: faster than the estimate, no news.
             (500, 1, 100e6),
-            // Still on the wire after 400 ms: seven finished transfers
-            // and this one, 800 kB over 456 ms.
-            (1_000, 400, 800_000.0 * 8.0 / 0.456),
+            // Still on the wire after 400 ms: at most 100 kB in 400 ms.
+            (1_000, 400, 2e6),
         ];
         for (t, secs, want) in cases {
             heard(&mut est, t);
@@ -819,6 +845,40 @@ mod tests {
             },
         ));
         assert!(est.snapshot(at(10)).bandwidth_assumed);
+    }
+
+    #[test]
+    fn the_bandwidth_ignores_a_jitter_step_but_follows_a_slower_link() {
+        // 25 kB trains, 2 ms each at 100 Mbit/s; (ms per train, in order;
+        // the estimate after them, Mbit/s).
+        let cases: [(&[f64], f64); 6] = [
+            (&[2.0; 8], 100.0),
+            // A jitter step inside one train, or two apart: the median.
+            (&[2.0, 2.0, 2.0, 30.0, 2.0, 2.0, 2.0, 2.0], 100.0),
+            (&[2.0, 2.0, 12.0, 2.0, 2.0, 2.0, 2.0, 40.0], 100.0),
+            // Trains bunched by a step down do not speed it up either.
+            (&[2.0, 0.1, 2.0, 2.0, 0.2, 2.0, 2.0, 2.0], 100.0),
+            // The link drops to 2 Mbit/s: two trains tell.
+            (&[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 100.0, 100.0], 2.0),
+            // ...the faster of them, when they differ.
+            (&[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 100.0, 50.0], 4.0),
+        ];
+        let t0 = Instant::now();
+        for (trains, want) in cases {
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            for &ms in trains {
+                est.on_event(&ev(
+                    t0,
+                    SampleSource::OffloadTransfer,
+                    ProbeEventKind::Transfer {
+                        bytes: 25_000,
+                        elapsed: Duration::from_secs_f64(ms / 1e3),
+                    },
+                ));
+            }
+            let got = est.snapshot(t0).bandwidth_bps / 1e6;
+            assert!((got - want).abs() < 1e-6, "{trains:?}: {got}");
+        }
     }
 
     #[test]

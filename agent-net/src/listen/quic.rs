@@ -11,7 +11,7 @@ use agent_core::TaskError;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +87,7 @@ async fn connection(handler: Arc<dyn Handler>, incoming: quinn::Incoming, stop: 
             _ = stop.cancelled() => break,
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
-                    streams.spawn(stream(handler.clone(), send, recv, max_len));
+                    streams.spawn(stream(handler.clone(), conn.clone(), send, recv, max_len));
                 }
                 Err(e) => {
                     tracing::debug!(%remote, error = %e, "QUIC connection ended");
@@ -111,21 +111,28 @@ async fn connection(handler: Arc<dyn Handler>, incoming: quinn::Incoming, stop: 
 
 async fn stream(
     handler: Arc<dyn Handler>,
+    conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     max_len: usize,
 ) {
-    let response = match recv.read_to_end(max_len).await {
-        Ok(buf) => match decode_request_frame(&buf) {
+    let response = match read_request(&conn, &mut recv, max_len).await {
+        Ok((buf, train)) => match decode_request_frame(&buf) {
             Ok(req) => {
                 let id = req.id.clone();
                 // The client stopping its stream (cancelled, timed out)
                 // drops the work here too.
                 let stopped = send.stopped();
-                tokio::select! {
+                let mut response = tokio::select! {
                     r = handler.handle_via(agent_core::Transport::Quic, req) => r.unwrap_or_else(|e| error_response(&id, &e)),
                     _ = stopped => return,
+                };
+                if let Some(train) = train {
+                    response.upload_train_bytes = i64::try_from(train.bytes).unwrap_or(i64::MAX);
+                    response.upload_train_nano =
+                        i64::try_from(train.time.as_nanos()).unwrap_or(i64::MAX);
                 }
+                response
             }
             Err(e) => error_response(
                 "",
@@ -154,4 +161,42 @@ async fn stream(
         // closing connection does not cut the answer off.
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
     }
+}
+
+/// How a request arrived: what the connection received between its first
+/// and its last chunk.
+#[derive(Debug, Clone, Copy)]
+struct Train {
+    bytes: u64,
+    time: Duration,
+}
+
+/// Reads the whole request (as `read_to_end` would), timing its train.
+async fn read_request(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    max_len: usize,
+) -> Result<(Vec<u8>, Option<Train>), quinn::ReadToEndError> {
+    let mut buf = Vec::new();
+    let mut first: Option<(Instant, u64)> = None;
+    let mut last = None;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        // Counted across the connection, so uploads that share the link
+        // (streams interleave) do not read as a slow one.
+        let mark = (Instant::now(), conn.stats().udp_rx.bytes);
+        if first.is_none() {
+            first = Some(mark);
+        } else {
+            last = Some(mark);
+        }
+        if buf.len() + chunk.bytes.len() > max_len {
+            return Err(quinn::ReadToEndError::TooLong);
+        }
+        buf.extend_from_slice(&chunk.bytes);
+    }
+    let train = first.zip(last).map(|((t0, b0), (t1, b1))| Train {
+        bytes: b1.saturating_sub(b0),
+        time: t1.saturating_duration_since(t0),
+    });
+    Ok((buf, train))
 }

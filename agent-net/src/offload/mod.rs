@@ -119,6 +119,19 @@ impl OffloadReply {
         let server = Duration::from_nanos(self.response.duration_nano.max(0) as u64);
         self.elapsed.saturating_sub(server)
     }
+
+    /// How the request arrived at the cloud (QUIC only): the bytes its
+    /// connection received between the request's first and last chunk,
+    /// and the time between them.
+    pub fn upload_train(&self) -> Option<(u64, Duration)> {
+        let r = &self.response;
+        (r.upload_train_bytes > 0 && r.upload_train_nano > 0).then(|| {
+            (
+                r.upload_train_bytes as u64,
+                Duration::from_nanos(r.upload_train_nano as u64),
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -345,31 +345,39 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     .expect("cloud times")
                     .observe_at(job.task.task_type, server, Instant::now()),
             }
-            // The link's own round trip, without the queue our uploads
-            // build in its buffer: that queue is part of the uploads' time
-            // (taking it out with the smoothed RTT measured a flooded
-            // uplink as fast, and flooded it further).
-            let base_rtt = {
-                let net = endpoint.parts.net.borrow();
-                let ms = net
-                    .rtt_sorted_ms
-                    .first()
-                    .copied()
-                    .unwrap_or(net.rtt.srtt_ms);
-                Duration::from_secs_f64(ms.max(0.0) / 1e3)
-            };
-            let _ = inner.probe_events.try_send(ProbeEvent {
-                dest: endpoint.parts.dest,
-                source: SampleSource::OffloadTransfer,
-                at: Instant::now(),
-                kind: ProbeEventKind::Transfer {
-                    bytes: (reply.bytes_up + reply.bytes_down) as u64,
-                    elapsed: reply
+            // Over QUIC the cloud timed the request's arrival: the link's
+            // rate without the first packet's delay or the answer's, so a
+            // jittery link's jitter does not read as a slow one. A train
+            // too short to time gives no measurement.
+            let transfer = match reply.upload_train() {
+                Some((bytes, elapsed)) => Some((bytes, elapsed)),
+                None if reply.transport == Transport::Quic => None,
+                None => Some(((reply.bytes_up + reply.bytes_down) as u64, {
+                    // Otherwise the whole exchange, less the link's own
+                    // round trip, without the queue our uploads build in
+                    // its buffer: that queue is part of the uploads' time
+                    // (taking it out with the smoothed RTT measured a
+                    // flooded uplink as fast, and flooded it further).
+                    let net = endpoint.parts.net.borrow();
+                    let base_ms = net
+                        .rtt_sorted_ms
+                        .first()
+                        .copied()
+                        .unwrap_or(net.rtt.srtt_ms);
+                    reply
                         .network_time()
-                        .saturating_sub(base_rtt)
-                        .saturating_sub(uplink_wait),
-                },
-            });
+                        .saturating_sub(Duration::from_secs_f64(base_ms.max(0.0) / 1e3))
+                        .saturating_sub(uplink_wait)
+                })),
+            };
+            if let Some((bytes, elapsed)) = transfer {
+                let _ = inner.probe_events.try_send(ProbeEvent {
+                    dest: endpoint.parts.dest,
+                    source: SampleSource::OffloadTransfer,
+                    at: Instant::now(),
+                    kind: ProbeEventKind::Transfer { bytes, elapsed },
+                });
+            }
             if let Some(now) = reply.packets {
                 let (sent, lost) =
                     PacketCounts::advance(&mut endpoint.packets.lock().expect("packets"), now);
