@@ -287,3 +287,73 @@ pub async fn impatient_storm(client: &EdgeAiServiceClient<Channel>) -> usize {
     }
     gave_up
 }
+
+/// A network namespace made for one test, with its loopback up, deleted
+/// (with its qdiscs and nftables rules) on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// `prefix` names the test; the process id makes it unique.
+    pub fn new(prefix: &str) -> Netns {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates a network namespace: run it as root (`cargo xtask test` does)"
+        );
+        let name = format!("{prefix}{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; it must succeed.
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.0];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+
+    /// Runs `f` on a runtime whose every thread starts inside the
+    /// namespace, so every socket it opens lives there; a panic in it is
+    /// the caller's.
+    pub fn block_on<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let ns_file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).unwrap();
+        let result = std::thread::spawn(move || {
+            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .join();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Runs a command; it must succeed.
+pub fn sh(args: &[&str]) {
+    let st = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed: {st}");
+}

@@ -7,35 +7,9 @@
 use agent_core::Policy;
 use agent_core::{ExecPath, Priority, Task, TaskType, Transport};
 use futures::future::join_all;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tests::*;
-
-/// A network namespace, deleted (with its nftables rules) on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("eoq{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?} failed: {st}");
-}
 
 async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent_core::TaskResult> {
     let set = test_set();
@@ -55,29 +29,9 @@ async fn run_tasks(edge: &agent::edge::Edge, n: usize) -> Vec<agent_core::TaskRe
 
 #[test]
 fn nftables_drop_on_the_quic_port_grpc_takes_over_then_quic_returns() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates a network namespace and nftables rules: run it as root"
-    );
-    let ns = Netns::new();
-    let ns_file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).unwrap();
+    let ns = Netns::new("eoq");
     let name = ns.0.clone();
-    // Every thread of this runtime starts inside the namespace, so every
-    // socket the cloud and the edge open lives there.
-    let result = std::thread::spawn(move || {
-        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario(name))
-    })
-    .join();
-    drop(ns);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    ns.block_on(move || scenario(name));
 }
 
 async fn scenario(ns: String) {

@@ -262,8 +262,9 @@ impl LinkEstimator {
     /// mostly scheduling, weighs little; one slowed or hurried by a jitter
     /// step moves nothing), unless the two newest are both under half of
     /// it (the link has slowed; the median would take half the window to
-    /// follow); capped by the unfinished ones' bytes over their time on
-    /// the wire while they count ([`UNFINISHED_MAX_AGE`]).
+    /// follow). Unfinished ones count while they are recent
+    /// ([`UNFINISHED_MAX_AGE`]): all the bytes over all the time, the
+    /// finished ones' time taken at that rate.
     fn bandwidth(&self, now: Instant) -> Option<f64> {
         let rate = |t: &Transfer| t.bytes as f64 * 8.0 / t.secs;
         let mut finished: Vec<(f64, u64)> = self
@@ -273,14 +274,14 @@ impl LinkEstimator {
             .map(|t| (rate(t), t.bytes))
             .collect();
         let newest: Vec<f64> = finished.iter().rev().take(2).map(|r| r.0).collect();
+        let finished_bytes: u64 = finished.iter().map(|r| r.1).sum();
         finished.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let half = finished.iter().map(|r| r.1).sum::<u64>().div_ceil(2);
         let mut seen = 0;
         let median = finished.iter().find_map(|&(r, bytes)| {
             seen += bytes;
-            (seen >= half).then_some(r)
+            (2 * seen >= finished_bytes).then_some(r)
         });
-        let finished = median.map(|m| match newest[..] {
+        let finished_rate = median.map(|m| match newest[..] {
             [a, b] if a < m / 2.0 && b < m / 2.0 => a.max(b),
             _ => m,
         });
@@ -291,12 +292,14 @@ impl LinkEstimator {
                 t.unfinished_at
                     .is_some_and(|at| now.saturating_duration_since(at) <= UNFINISHED_MAX_AGE)
             })
-            .fold((0u64, 0.0), |(b, s), t| (b + t.bytes, s + t.secs));
-        let unfinished = (secs > 0.0).then(|| bytes as f64 * 8.0 / secs);
-        match (finished, unfinished) {
-            (Some(f), Some(u)) => Some(f.min(u)),
-            (f, u) => f.or(u),
-        }
+            .fold(
+                (
+                    finished_bytes,
+                    finished_rate.map_or(0.0, |r| finished_bytes as f64 * 8.0 / r),
+                ),
+                |(b, s), t| (b + t.bytes, s + t.secs),
+            );
+        (secs > 0.0).then(|| bytes as f64 * 8.0 / secs)
     }
 
     /// Both loss counts halve as packets go by, so the rate is the recent
@@ -781,8 +784,9 @@ mod tests {
         let cases: [(u64, u64, f64); 2] = [
             // Given up on after 1 ms: faster than the estimate, no news.
             (500, 1, 100e6),
-            // Still on the wire after 400 ms: at most 100 kB in 400 ms.
-            (1_000, 400, 2e6),
+            // Still on the wire after 400 ms: seven finished transfers
+            // and this one, 800 kB over 456 ms.
+            (1_000, 400, 800_000.0 * 8.0 / 0.456),
         ];
         for (t, secs, want) in cases {
             heard(&mut est, t);

@@ -164,7 +164,7 @@ async fn stream(
 }
 
 /// How a request arrived: what the connection received between its first
-/// and its last chunk.
+/// chunk and the one that brought its furthest byte.
 #[derive(Debug, Clone, Copy)]
 struct Train {
     bytes: u64,
@@ -172,6 +172,10 @@ struct Train {
 }
 
 /// Reads the whole request (as `read_to_end` would), timing its train.
+/// Chunks are taken as they arrive, out of order: a retransmission that
+/// fills a hole behind the furthest byte is the loss's delay, which the
+/// edge prices from the loss rate, not the link's rate, and does not
+/// lengthen the train.
 async fn read_request(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
@@ -180,19 +184,24 @@ async fn read_request(
     let mut buf = Vec::new();
     let mut first: Option<(Instant, u64)> = None;
     let mut last = None;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-        // Counted across the connection, so uploads that share the link
-        // (streams interleave) do not read as a slow one.
-        let mark = (Instant::now(), conn.stats().udp_rx.bytes);
-        if first.is_none() {
-            first = Some(mark);
-        } else {
-            last = Some(mark);
-        }
-        if buf.len() + chunk.bytes.len() > max_len {
+    while let Some(chunk) = recv.read_chunk(usize::MAX, false).await? {
+        let start = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(chunk.bytes.len());
+        if end > max_len {
             return Err(quinn::ReadToEndError::TooLong);
         }
-        buf.extend_from_slice(&chunk.bytes);
+        // Counted across the connection, so uploads that share the link
+        // (streams interleave) do not read as a slow one.
+        let mark = || (Instant::now(), conn.stats().udp_rx.bytes);
+        if first.is_none() {
+            first = Some(mark());
+        } else if end > buf.len() {
+            last = Some(mark());
+        }
+        if end > buf.len() {
+            buf.resize(end, 0);
+        }
+        buf[start..end].copy_from_slice(&chunk.bytes);
     }
     let train = first.zip(last).map(|((t0, b0), (t1, b1))| Train {
         bytes: b1.saturating_sub(b0),
