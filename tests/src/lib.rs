@@ -104,10 +104,15 @@ fn gen_dir(name: &str) -> PathBuf {
 
 /// Starts the cloud service on loopback (gRPC and QUIC on free ports),
 /// with mutual TLS from [`certs`] unless `cfg.tls` is set.
-pub async fn start_cloud(mut cfg: CloudConfig) -> CloudListeners {
-    cfg.listen_grpc = "127.0.0.1:0".into();
+pub async fn start_cloud(cfg: CloudConfig) -> CloudListeners {
+    start_cloud_on(cfg, "127.0.0.1").await
+}
+
+/// [`start_cloud`] on `host` (an address of the namespace it runs in).
+pub async fn start_cloud_on(mut cfg: CloudConfig, host: &str) -> CloudListeners {
+    cfg.listen_grpc = format!("{host}:0");
     if !cfg.listen_quic.is_empty() {
-        cfg.listen_quic = "127.0.0.1:0".into();
+        cfg.listen_quic = format!("{host}:0");
     }
     if cfg.tls == TlsConfig::default() {
         cfg.tls = TlsConfig::from_dir(certs(), Side::Server);
@@ -316,28 +321,37 @@ impl Netns {
         sh(&all);
     }
 
-    /// Runs `f` on a runtime whose every thread starts inside the
-    /// namespace, so every socket it opens lives there; a panic in it is
-    /// the caller's.
+    /// [`block_on_in`] this namespace.
     pub fn block_on<F, Fut>(&self, f: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()>,
     {
-        let ns_file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).unwrap();
-        let result = std::thread::spawn(move || {
-            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join();
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
+        block_on_in(&self.0, f)
+    }
+}
+
+/// Runs `f` on a runtime whose every thread starts inside the named
+/// network namespace, so every socket it opens lives there; a panic in it
+/// is the caller's.
+pub fn block_on_in<F, Fut>(ns: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns_file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    let result = std::thread::spawn(move || {
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -78,6 +78,37 @@ pub struct NetworkStatus {
 /// offload then measures the link again.
 pub const UNFINISHED_MAX_AGE: Duration = Duration::from_secs(5);
 
+/// How long an upload given up on (timed out, the endpoint still heard
+/// from) was on the wire at least: its time in flight less its wait behind
+/// our earlier uploads and the most the rest of the exchange may have
+/// taken (`rest`: the expected round trip, cloud time and download, when
+/// the decision priced them). The round trip counted is the longer of the
+/// expected one and the window's longest: a lower bound must not take a
+/// jittery link's late answer for a slow upload (with the expected round
+/// trip it did, and a burst of late answers priced 3 kB images at 14-27 ms
+/// on a 100 Mbit/s link).
+pub fn unfinished_upload_time(
+    in_flight: Duration,
+    uplink_wait: Duration,
+    rest: Option<UnansweredRest>,
+    longest_rtt_ms: f64,
+) -> Duration {
+    let rest_ms = rest.map_or(0.0, |r| {
+        r.rtt_ms.max(longest_rtt_ms) + r.cloud_ms + r.download_ms
+    });
+    in_flight
+        .saturating_sub(uplink_wait)
+        .saturating_sub(Duration::from_secs_f64(rest_ms.clamp(0.0, 3.6e6) / 1e3))
+}
+
+/// What a decision expected of the rest of an offload after its upload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnansweredRest {
+    pub rtt_ms: f64,
+    pub cloud_ms: f64,
+    pub download_ms: f64,
+}
+
 /// A transfer the bandwidth is measured over.
 #[derive(Debug, Clone, Copy)]
 struct Transfer {
@@ -207,9 +238,10 @@ impl LinkEstimator {
                 if bytes < self.cfg.min_transfer_bytes {
                     return;
                 }
-                // `elapsed` is the transfer's time on the wire beyond one RTT and
-                // the server's own time (and the wait behind the edge's own
-                // earlier uploads), as measured by the offload client.
+                // `elapsed` is the transfer's time on the wire: over QUIC the
+                // request's train as the cloud timed it; over gRPC the
+                // exchange less the link's least round trip, the server's
+                // own time and the wait behind the edge's earlier uploads.
                 self.remember_transfer(Transfer {
                     bytes,
                     secs: elapsed.as_secs_f64().max(1e-5),
@@ -849,6 +881,36 @@ mod tests {
             },
         ));
         assert!(est.snapshot(at(10)).bandwidth_assumed);
+    }
+
+    #[test]
+    fn an_unanswered_upload_is_on_the_wire_for_what_the_rest_cannot_explain() {
+        let ms = Duration::from_millis;
+        let rest = Some(UnansweredRest {
+            rtt_ms: 40.0,
+            cloud_ms: 10.0,
+            download_ms: 1.0,
+        });
+        // (in flight, uplink wait, rest, window's longest RTT; at least).
+        let cases = [
+            // The expected round trip covers the window's.
+            (ms(100), ms(0), rest, 30.0, ms(49)),
+            (ms(100), ms(20), rest, 30.0, ms(29)),
+            // A jittery window: its longest round trip explains the delay.
+            (ms(100), ms(0), rest, 95.0, ms(0)),
+            (ms(150), ms(0), rest, 95.0, ms(44)),
+            // Nothing priced: the whole time less the wait.
+            (ms(100), ms(30), None, 95.0, ms(70)),
+            (ms(10), ms(30), rest, 0.0, ms(0)),
+        ];
+        for (in_flight, wait, rest, longest, want) in cases {
+            let got = unfinished_upload_time(in_flight, wait, rest, longest);
+            let off = got.abs_diff(want);
+            assert!(
+                off < Duration::from_micros(1),
+                "{in_flight:?} {wait:?} {rest:?} {longest}: {got:?}"
+            );
+        }
     }
 
     #[test]
