@@ -19,10 +19,9 @@ pub use decide::{
     LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
 };
 pub use estimate::{
-    congestion_price_ms, quantile, unfinished_upload_time, wait_behind_higher, CpuMeter,
-    ExecTimeModel, LinkConfig, LinkEstimator, LoadMeter, NetworkStatus, Residuals, RttWindow,
-    RunShape, Shift, ShiftDetector, Silence, UnansweredRest, UplinkQueue, UploadId, WindowStats,
-    LOAD_CAP,
+    congestion_price_ms, quantile, wait_behind_higher, CpuMeter, ExecTimeModel, LinkConfig,
+    LinkEstimator, LoadMeter, NetworkStatus, Residuals, RttWindow, RunShape, Shift, ShiftDetector,
+    Silence, UplinkQueue, UploadId, WindowStats, LOAD_CAP,
 };
 pub use queue::{QueueFull, QueueId, TaskQueue};
 pub use result::{RunTiming, TaskResult};

@@ -14,7 +14,7 @@ mod uplink;
 
 pub use cpu::CpuMeter;
 pub use exec_time::ExecTimeModel;
-pub use link::{unfinished_upload_time, LinkConfig, LinkEstimator, NetworkStatus, UnansweredRest};
+pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
 pub use load::{congestion_price_ms, wait_behind_higher, LoadMeter, LOAD_CAP};
 pub use residual::Residuals;
 pub(crate) use rtt_window::floor_ceil;

@@ -126,14 +126,6 @@ impl UplinkQueue {
         self.answered(id);
     }
 
-    /// Whether an upload sent after this one had its answer come back:
-    /// the link carries uploads in order, so this one's delay is a loss
-    /// (of its packets or its answer's) or the answer's jitter, not a
-    /// slow upload.
-    pub fn overtaken(&self, id: UploadId) -> bool {
-        self.newest_delivered.is_some_and(|n| n > id.0)
-    }
-
     /// Uploads not answered yet.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -213,11 +205,9 @@ mod tests {
         assert_eq!(q.wait(t0 + ms(100)), ms(60));
         // b's answer comes back, a's not: a lost a packet; only c, sent
         // after b, can still be waiting in a queue (due at 42 ms).
-        assert!(!q.overtaken(a));
         q.delivered(b);
         assert_eq!(q.pending(), 2);
         assert_eq!(q.overdue(t0 + ms(100)), ms(58));
-        assert_eq!((q.overtaken(a), q.overtaken(c)), (true, false));
         // c's answer too: a's delay is its own.
         q.delivered(c);
         assert_eq!(q.overdue(t0 + ms(100)), Duration::ZERO);
@@ -227,7 +217,6 @@ mod tests {
         let (_, e) = q.send(t0 + ms(100), 1_250, 10e6, ms(40));
         q.answered(e);
         assert_eq!(q.overdue(t0 + ms(200)), ms(60));
-        assert!(!q.overtaken(d));
         q.answered(d);
         q.answered(a);
         assert_eq!((q.wait(t0 + ms(200)), q.pending()), (Duration::ZERO, 0));

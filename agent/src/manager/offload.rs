@@ -3,7 +3,6 @@
 //! once the cloud answers again.
 
 use super::*;
-use agent_core::{unfinished_upload_time, UnansweredRest};
 
 /// Sends the held tasks, oldest first, whenever the cloud answers; stops
 /// at the first transport failure and tries again a second later.
@@ -90,13 +89,6 @@ struct PendingUpload<'a> {
     id: UploadId,
     /// Its answer came back over the link.
     delivered: bool,
-}
-
-impl PendingUpload<'_> {
-    /// An upload sent after this one had its answer come back.
-    fn overtaken(&self) -> bool {
-        self.uplink.lock().expect("uplink lock").overtaken(self.id)
-    }
 }
 
 impl Drop for PendingUpload<'_> {
@@ -269,15 +261,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     inner.run_beside(&mut job);
                     continue;
                 }
-                report_unfinished(
-                    &inner,
-                    endpoint,
-                    &job,
-                    &upload,
-                    sent_at,
-                    uplink_wait,
-                    upload_bytes,
-                );
+                report_unfinished(&inner, endpoint, &job, sent_at, uplink_wait, upload_bytes);
                 inner.fall_back_or_fail(job, OffloadError::Timeout, None);
                 return None;
             }
@@ -361,38 +345,31 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     .expect("cloud times")
                     .observe_at(job.task.task_type, server, Instant::now()),
             }
-            // Over QUIC the cloud timed the request's arrival: the link's
-            // rate without the first packet's delay or the answer's, so a
-            // jittery link's jitter does not read as a slow one. A train
-            // too short to time gives no measurement.
-            let transfer = reply.upload_train().or_else(|| {
-                (reply.transport != Transport::Quic).then(|| {
-                    // Otherwise the whole exchange, less the link's own
-                    // round trip, without the queue our uploads build in
-                    // its buffer: that queue is part of the uploads' time
-                    // (taking it out with the smoothed RTT measured a
-                    // flooded uplink as fast, and flooded it further).
-                    let net = endpoint.parts.net.borrow();
-                    let base_ms = net
-                        .rtt_sorted_ms
-                        .first()
-                        .copied()
-                        .unwrap_or(net.rtt.srtt_ms);
-                    let elapsed = reply
+            // The link's own round trip, without the queue our uploads
+            // build in its buffer: that queue is part of the uploads' time
+            // (taking it out with the smoothed RTT measured a flooded
+            // uplink as fast, and flooded it further).
+            let base_rtt = {
+                let net = endpoint.parts.net.borrow();
+                let ms = net
+                    .rtt_sorted_ms
+                    .first()
+                    .copied()
+                    .unwrap_or(net.rtt.srtt_ms);
+                Duration::from_secs_f64(ms.max(0.0) / 1e3)
+            };
+            let _ = inner.probe_events.try_send(ProbeEvent {
+                dest: endpoint.parts.dest,
+                source: SampleSource::OffloadTransfer,
+                at: Instant::now(),
+                kind: ProbeEventKind::Transfer {
+                    bytes: (reply.bytes_up + reply.bytes_down) as u64,
+                    elapsed: reply
                         .network_time()
-                        .saturating_sub(Duration::from_secs_f64(base_ms.max(0.0) / 1e3))
-                        .saturating_sub(uplink_wait);
-                    ((reply.bytes_up + reply.bytes_down) as u64, elapsed)
-                })
+                        .saturating_sub(base_rtt)
+                        .saturating_sub(uplink_wait),
+                },
             });
-            if let Some((bytes, elapsed)) = transfer {
-                let _ = inner.probe_events.try_send(ProbeEvent {
-                    dest: endpoint.parts.dest,
-                    source: SampleSource::OffloadTransfer,
-                    at: Instant::now(),
-                    kind: ProbeEventKind::Transfer { bytes, elapsed },
-                });
-            }
             if let Some(now) = reply.packets {
                 let (sent, lost) =
                     PacketCounts::advance(&mut endpoint.packets.lock().expect("packets"), now);
@@ -441,15 +418,7 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     | OffloadError::CircuitOpen { .. }
             );
             if matches!(e, OffloadError::Timeout) {
-                report_unfinished(
-                    &inner,
-                    endpoint,
-                    &job,
-                    &upload,
-                    sent_at,
-                    uplink_wait,
-                    upload_bytes,
-                );
+                report_unfinished(&inner, endpoint, &job, sent_at, uplink_wait, upload_bytes);
             }
             if unreachable && !job.rerouted && matches!(job.reply, Reply::One(_)) {
                 if let Some(other) = inner.reroute_target(&job, index, Instant::now()) {
@@ -465,49 +434,39 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
 }
 
 /// An offload given up on (timed out) while the endpoint was still heard
-/// from after it was sent and no later upload's answer had overtaken it:
-/// a slow link, not a dead one or a lost packet, whose upload was on the
-/// wire at least as long as [`unfinished_upload_time`] says. Without
-/// this, uploads that never finish leave the bandwidth estimate where the
-/// last finished one put it, and a collapsed uplink looks as fast as
-/// before. Overtaken ones, counted, made a burst's losses and late answers
-/// on a lossy or jittery link read as a collapse.
+/// from after it was sent: a slow link, not a dead one. Its upload had
+/// been on the wire at least for its time in flight, less its wait behind
+/// our earlier uploads and what the rest of the round trip was predicted
+/// to take. Without this, uploads that never finish leave the bandwidth
+/// estimate where the last finished one put it, and a collapsed uplink
+/// looks as fast as before.
 fn report_unfinished(
     inner: &Inner,
     endpoint: &Endpoint,
     job: &Job,
-    upload: &PendingUpload<'_>,
     sent_at: Instant,
     uplink_wait: Duration,
     bytes: usize,
 ) {
-    if upload.overtaken() {
-        return;
-    }
-    let (heard_since, longest_rtt_ms) = {
-        let net = endpoint.parts.net.borrow();
-        let longest = net.rtt_sorted_ms.last().copied().unwrap_or(0.0);
-        (net.heard_at.is_some_and(|h| h > sent_at), longest)
-    };
+    let heard_since = endpoint
+        .parts
+        .net
+        .borrow()
+        .heard_at
+        .is_some_and(|h| h > sent_at);
     if !heard_since {
         return;
     }
-    let rest = job
+    let rest_ms = job
         .decision
         .as_ref()
         .and_then(|d| d.offload.as_ref())
-        .map(|o| UnansweredRest {
-            rtt_ms: o.rtt_ms,
-            cloud_ms: o.cloud_inference_ms,
-            download_ms: o.download_ms,
-        });
+        .map_or(0.0, |o| o.rtt_ms + o.cloud_inference_ms + o.download_ms);
     let now = Instant::now();
-    let at_least = unfinished_upload_time(
-        now.saturating_duration_since(sent_at),
-        uplink_wait,
-        rest,
-        longest_rtt_ms,
-    );
+    let at_least = now
+        .saturating_duration_since(sent_at)
+        .saturating_sub(uplink_wait)
+        .saturating_sub(Duration::from_secs_f64(rest_ms.clamp(0.0, 3.6e6) / 1e3));
     if at_least.is_zero() {
         return;
     }
