@@ -193,12 +193,13 @@ async fn read_request(
         // Counted across the connection, so uploads that share the link
         // (streams interleave) do not read as a slow one.
         let mark = || (Instant::now(), conn.stats().udp_rx.bytes);
+        let furthest = end > buf.len();
         if first.is_none() {
             first = Some(mark());
-        } else if end > buf.len() {
+        } else if furthest {
             last = Some(mark());
         }
-        if end > buf.len() {
+        if furthest {
             buf.resize(end, 0);
         }
         buf[start..end].copy_from_slice(&chunk.bytes);
