@@ -163,25 +163,62 @@ impl QuicOffloader {
         conn: &quinn::Connection,
         request: &[u8],
     ) -> Result<Vec<u8>, StreamError> {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(StreamError::from_conn)?;
-        match send.write_all(request).await {
+        let (send, mut recv) = conn.open_bi().await.map_err(StreamError::from_conn)?;
+        let mut send = Abandon(Some(send));
+        match send.stream().write_all(request).await {
             Ok(()) => send
+                .stream()
                 .finish()
                 .map_err(|e| StreamError::Broken(e.to_string()))?,
             // The server stopped reading (request too large): its answer says why.
             Err(quinn::WriteError::Stopped(_)) => {}
             Err(e) => return Err(StreamError::from_write(e)),
         }
-        recv.read_to_end(self.max_message)
+        let answer = recv
+            .read_to_end(self.max_message)
             .await
             .map_err(|e| match e {
                 quinn::ReadToEndError::Read(quinn::ReadError::ZeroRttRejected) => {
                     StreamError::ZeroRttRejected
                 }
                 e => StreamError::Broken(e.to_string()),
-            })
+            })?;
+        // Answered: the request was delivered, nothing is left to abandon.
+        send.keep();
+        Ok(answer)
     }
 }
+
+/// A request's send stream, reset when dropped unanswered (the exchange
+/// timed out, was cancelled, or its answer broke). quinn finishes a dropped
+/// stream: the rest of a request nobody waits for any more would still be
+/// sent, and its losses retransmitted, ahead of every later upload on a
+/// narrow uplink; and the cloud would run it. A reset drops what is unsent,
+/// retransmits nothing, and tells the cloud to stop reading.
+struct Abandon(Option<quinn::SendStream>);
+
+impl Abandon {
+    fn stream(&mut self) -> &mut quinn::SendStream {
+        self.0.as_mut().expect("a stream until kept")
+    }
+
+    /// The exchange completed: the stream ends normally.
+    fn keep(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.as_mut() {
+            // Already reset, or wholly acknowledged: nothing left to drop.
+            let _ = stream.reset(ABANDONED);
+        }
+    }
+}
+
+/// The stream error code of a request the client gave up on.
+const ABANDONED: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 impl Drop for QuicOffloader {
     /// Tells the cloud at once instead of leaving it to the idle timeout.
