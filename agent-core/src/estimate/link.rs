@@ -68,9 +68,8 @@ pub struct NetworkStatus {
     pub bandwidth_assumed: bool,
     /// Age of the newest RTT sample used.
     pub age: Option<Duration>,
-    /// When the newest RTT sample of any source was taken or an offload's
-    /// answer came back: the last time anything was heard from the host
-    /// (see `Silence`).
+    /// When the newest RTT sample of any source was taken: the last time
+    /// anything was heard from the host (see `Silence`).
     pub heard_at: Option<Instant>,
 }
 
@@ -121,11 +120,10 @@ pub struct LinkEstimator {
     loss_halved_at: Option<Instant>,
     /// Recent transfers, finished or not.
     transfers: VecDeque<Transfer>,
-    /// When the host was last heard from: the newest RTT sample of any
-    /// source, or the newest offload answer.
+    /// The newest RTT sample's time, of any source.
     heard_at: Option<Instant>,
-    /// Counted since the host was last heard from: (retransmits, segments,
-    /// failed probes); forgotten after an outage (see [`OUTAGE_GAP`]).
+    /// Counted since the newest RTT sample: (retransmits, segments, failed
+    /// probes); forgotten after an outage (see [`OUTAGE_GAP`]).
     unheard: (u64, u64, usize),
     /// The newest successful probe's time.
     probe_ok_at: Option<Instant>,
@@ -156,7 +154,15 @@ impl LinkEstimator {
     pub fn on_event(&mut self, ev: &ProbeEvent) {
         match ev.kind {
             ProbeEventKind::Rtt(rtt) => {
-                self.heard(ev.at);
+                if let Some(h) = self
+                    .heard_at
+                    .filter(|&h| ev.at.saturating_duration_since(h) > OUTAGE_GAP)
+                {
+                    self.forget_unheard();
+                    self.last_outage = Some((h, ev.at));
+                }
+                self.unheard = (0, 0, 0);
+                self.heard_at = Some(self.heard_at.map_or(ev.at, |h| h.max(ev.at)));
                 let (window, max_age) = (self.cfg.window, self.cfg.window_max_age);
                 self.windows
                     .entry(ev.source)
@@ -187,31 +193,17 @@ impl LinkEstimator {
                     self.consecutive_failures += 1;
                 }
             }
-            // An offload's packet counts come with its answer: what they
-            // count was answered, not sent into an outage.
             ProbeEventKind::Retransmits(n) => {
                 self.age_loss_counts(ev.at);
                 self.retransmits += u64::from(n);
-                if ev.source != SampleSource::OffloadTransfer {
-                    self.unheard.0 += u64::from(n);
-                }
+                self.unheard.0 += u64::from(n);
             }
             ProbeEventKind::SegmentsSent(n) => {
                 self.age_loss_counts(ev.at);
                 self.segments += u64::from(n);
-                if ev.source != SampleSource::OffloadTransfer {
-                    self.unheard.1 += u64::from(n);
-                }
+                self.unheard.1 += u64::from(n);
             }
             ProbeEventKind::Transfer { bytes, elapsed } => {
-                // An answer came back: the host is heard, as by an RTT
-                // sample. The passive sources may sample an idle
-                // connection only about once a second (a keep-alive),
-                // and counted from them alone, nearly every gap between
-                // two samples read as an outage: the loss counted
-                // between them was forgotten, and a transfer given up
-                // on in between was taken for the outage's.
-                self.heard(ev.at);
                 self.consecutive_failures = 0;
                 if bytes < self.cfg.min_transfer_bytes {
                     return;
@@ -257,21 +249,6 @@ impl LinkEstimator {
                 }
             }
         }
-    }
-
-    /// The host was heard from at `at` (an RTT sample, an answer). After
-    /// a silence longer than [`OUTAGE_GAP`], what was counted meanwhile
-    /// was the outage's.
-    fn heard(&mut self, at: Instant) {
-        if let Some(h) = self
-            .heard_at
-            .filter(|&h| at.saturating_duration_since(h) > OUTAGE_GAP)
-        {
-            self.forget_unheard();
-            self.last_outage = Some((h, at));
-        }
-        self.unheard = (0, 0, 0);
-        self.heard_at = Some(self.heard_at.map_or(at, |h| h.max(at)));
     }
 
     fn remember_transfer(&mut self, t: Transfer) {
@@ -710,68 +687,6 @@ mod tests {
                 "gap {gap} ms: {probe_rate}"
             );
         }
-    }
-
-    #[test]
-    fn answers_between_sparse_rtt_samples_are_not_an_outage() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let answer = |est: &mut LinkEstimator, ms: u64, sent: u32, lost: u32| {
-            let src = SampleSource::OffloadTransfer;
-            let transfer = ProbeEventKind::Transfer {
-                bytes: 20_000,
-                elapsed: Duration::from_millis(2),
-            };
-            est.on_event(&ev(at(ms), src, transfer));
-            est.on_event(&ev(at(ms), src, ProbeEventKind::SegmentsSent(sent)));
-            est.on_event(&ev(at(ms), src, ProbeEventKind::Retransmits(lost)));
-        };
-        // (answers between two RTT samples 1.1 s apart, loss rate after)
-        let cases: [(&[u64], f64); 3] = [
-            // Answers every 100 ms: the host was never silent.
-            (&[100, 200, 300, 400, 500, 600, 700, 800, 900, 1000], 0.05),
-            // One answer 50 ms before the next sample: still heard.
-            (&[1050], 0.05),
-            // An answer's own counts stay, even when nothing follows it
-            // for longer than an outage.
-            (&[10], 0.05),
-        ];
-        for (answers, want) in cases {
-            let mut est = LinkEstimator::new(LinkConfig::default());
-            est.on_event(&rtt(at(0), SampleSource::SockOps, 40));
-            let n = answers.len() as u32;
-            for &ms in answers {
-                answer(&mut est, ms, 1000 / n, 50 / n);
-            }
-            est.on_event(&rtt(at(1100), SampleSource::SockOps, 40));
-            let s = est.snapshot(at(1100));
-            assert!(
-                (s.loss_rate - want).abs() < 1e-9,
-                "answers at {answers:?}: loss rate {}",
-                s.loss_rate
-            );
-            assert_eq!(s.heard_at, Some(at(1100)));
-        }
-        // An answer is heard: a transfer given up on after it is the
-        // link's, not an outage's, though no RTT sample came for 1.1 s.
-        let mut est = LinkEstimator::new(LinkConfig::default());
-        est.on_event(&rtt(at(0), SampleSource::SockOps, 40));
-        answer(&mut est, 950, 100, 0);
-        let before = est.snapshot(at(1000)).bandwidth_bps;
-        est.on_event(&ev(
-            at(1050),
-            SampleSource::OffloadTransfer,
-            ProbeEventKind::TransferUnfinished {
-                bytes: 50_000,
-                at_least: Duration::from_millis(200),
-            },
-        ));
-        est.on_event(&rtt(at(1100), SampleSource::SockOps, 40));
-        let after = est.snapshot(at(1100)).bandwidth_bps;
-        assert!(
-            after < before / 10.0,
-            "an unfinished transfer lowers the estimate: {before} -> {after}"
-        );
     }
 
     #[test]

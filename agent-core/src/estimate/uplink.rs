@@ -87,12 +87,10 @@ impl UplinkQueue {
     }
 
     /// An upload of `bytes` sent at `now` over a link of `bandwidth_bps`,
-    /// whose answer is due `answer_after` after it is sent (the exchange's
-    /// predicted time, its wait behind the earlier uploads included):
+    /// whose answer is due `answer_after` after its own transfer starts:
     /// returns the wait it is predicted to have behind the earlier ones
     /// (the schedule's: what its measured transfer time is corrected by),
-    /// and its id for [`UplinkQueue::answered`]. The answer is never due
-    /// before the upload's own transfer ends.
+    /// and its id for [`UplinkQueue::answered`].
     pub fn send(
         &mut self,
         now: Instant,
@@ -111,12 +109,7 @@ impl UplinkQueue {
         self.meter.add(start, start + on_wire);
         let id = self.next_id;
         self.next_id += 1;
-        // Due from the sending, not from the transfer's start: the
-        // prediction counts the wait already, and counted again, a
-        // queue that builds (a link that narrowed) showed as overdue
-        // only after twice its wait.
-        self.pending
-            .insert(id, (now + answer_after).max(start + on_wire));
+        self.pending.insert(id, start + answer_after.max(on_wire));
         (wait, UploadId(id))
     }
 
@@ -177,10 +170,9 @@ mod tests {
     fn unanswered_uploads_past_due_delay_the_next_ones() {
         let t0 = Instant::now();
         let mut q = UplinkQueue::new();
-        // Two 10 ms uploads, the second behind the first: answers due 40
-        // and 50 ms after sending (the second's prediction counts its wait).
+        // Two 10 ms uploads, answers due 40 ms after each transfer starts.
         let (_, a) = q.send(t0, 12_500, 10e6, ms(40));
-        let (wait_b, b) = q.send(t0, 12_500, 10e6, ms(50));
+        let (wait_b, b) = q.send(t0, 12_500, 10e6, ms(40));
         assert_eq!(wait_b, ms(10));
         // In time: no slip.
         assert_eq!(q.wait(t0 + ms(40)), Duration::ZERO);
@@ -202,42 +194,20 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_due_its_predicted_time_after_sending_wait_included() {
-        let t0 = Instant::now();
-        let mut q = UplinkQueue::new();
-        let later_answer = Duration::from_secs(10);
-        // 50 ms of uploads ahead (62.5 kB at 10 Mbit/s).
-        q.send(t0, 62_500, 10e6, later_answer);
-        // The next one waits 50 ms and is predicted to be answered 80 ms
-        // after it is sent, that wait included: late from 80 ms, not 130.
-        let (wait, _) = q.send(t0, 1_250, 10e6, ms(80));
-        assert_eq!(wait, ms(50));
-        assert_eq!(q.overdue(t0 + ms(80)), Duration::ZERO);
-        assert_eq!(q.overdue(t0 + ms(100)), ms(20));
-        // A prediction shorter than its own transfer (a rate estimate
-        // that was too slow when it was made) is due when the transfer
-        // ends: 51 ms.
-        let mut q = UplinkQueue::new();
-        q.send(t0, 62_500, 10e6, later_answer);
-        q.send(t0, 1_250, 10e6, ms(5));
-        assert_eq!(q.overdue(t0 + ms(61)), ms(10));
-    }
-
-    #[test]
     fn an_upload_overtaken_by_a_later_answer_does_not_delay_the_next() {
         let t0 = Instant::now();
         let mut q = UplinkQueue::new();
-        // Three 1 ms uploads, answers due 40, 40 and 45 ms after sending.
+        // Three 1 ms uploads, answers due 40 ms after each transfer starts.
         let (_, a) = q.send(t0, 1_250, 10e6, ms(40));
         let (_, b) = q.send(t0, 1_250, 10e6, ms(40));
-        let (_, c) = q.send(t0, 1_250, 10e6, ms(45));
+        let (_, c) = q.send(t0, 1_250, 10e6, ms(40));
         // At 100 ms all three are late: the schedule slipped by a's 60 ms.
         assert_eq!(q.wait(t0 + ms(100)), ms(60));
         // b's answer comes back, a's not: a lost a packet; only c, sent
-        // after b, can still be waiting in a queue (due at 45 ms).
+        // after b, can still be waiting in a queue (due at 42 ms).
         q.delivered(b);
         assert_eq!(q.pending(), 2);
-        assert_eq!(q.overdue(t0 + ms(100)), ms(55));
+        assert_eq!(q.overdue(t0 + ms(100)), ms(58));
         // c's answer too: a's delay is its own.
         q.delivered(c);
         assert_eq!(q.overdue(t0 + ms(100)), Duration::ZERO);
