@@ -287,7 +287,7 @@ impl Offloader for QuicOffloader {
                 }
             })
         };
-        // On timeout the streams are dropped: the server sees them stopped.
+        // On timeout the exchange is dropped: its request stream is reset (`Abandon`).
         let (bytes, packets) = match left {
             Some(left) => tokio::time::timeout(left, attempt)
                 .await
