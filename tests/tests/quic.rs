@@ -27,6 +27,7 @@ fn request(id: &str, payload: Vec<u8>) -> OffloadRequest {
             features: None,
         },
         deadline: None,
+        carried: None,
     }
 }
 

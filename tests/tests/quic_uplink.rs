@@ -92,6 +92,7 @@ fn detection_request(id: String, payload: Vec<u8>, deadline: Option<Duration>) -
             features: None,
         },
         deadline: deadline.map(|d| Instant::now() + d),
+        carried: None,
     }
 }
 

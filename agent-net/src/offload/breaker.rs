@@ -341,6 +341,7 @@ mod tests {
                 ..Default::default()
             },
             deadline: None,
+            carried: None,
         }
     }
 

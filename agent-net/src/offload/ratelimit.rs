@@ -117,6 +117,7 @@ mod tests {
         OffloadRequest {
             request: proto::TaskRequest::default(),
             deadline: None,
+            carried: None,
         }
     }
 

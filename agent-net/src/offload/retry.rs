@@ -114,6 +114,7 @@ mod tests {
         OffloadRequest {
             request: proto::TaskRequest::default(),
             deadline,
+            carried: None,
         }
     }
 

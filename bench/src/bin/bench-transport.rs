@@ -289,6 +289,7 @@ fn request(id: String, size: usize) -> OffloadRequest {
             features: None,
         },
         deadline: None,
+        carried: None,
     }
 }
 
