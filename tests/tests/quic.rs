@@ -27,7 +27,6 @@ fn request(id: &str, payload: Vec<u8>) -> OffloadRequest {
             features: None,
         },
         deadline: None,
-        carried: None,
     }
 }
 

@@ -92,7 +92,6 @@ fn detection_request(id: String, payload: Vec<u8>, deadline: Option<Duration>) -
             features: None,
         },
         deadline: deadline.map(|d| Instant::now() + d),
-        carried: None,
     }
 }
 

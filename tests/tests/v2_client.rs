@@ -99,7 +99,6 @@ fn request(id: String, t: TaskType, payload: Vec<u8>) -> OffloadRequest {
             ..Default::default()
         },
         deadline: Some(Instant::now() + Duration::from_secs(20)),
-        carried: None,
     }
 }
 

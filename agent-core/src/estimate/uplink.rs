@@ -12,8 +12,6 @@
 //! every later upload is predicted to wait that much longer. An upload
 //! overtaken by a later one whose answer came back is not waiting in a
 //! FIFO: it lost a packet (or its answer did), and its delay is its own.
-//! Nor is one whose bytes the peer has all acknowledged (QUIC says so):
-//! what its answer still waits for is not the uplink.
 
 use super::LoadMeter;
 use std::collections::BTreeMap;
@@ -121,14 +119,6 @@ impl UplinkQueue {
         self.pending.remove(&id.0);
     }
 
-    /// The peer acknowledged every byte of the upload: it is off the
-    /// uplink, and whatever its answer still waits for (the cloud's queue,
-    /// a lost answer) is not a queue the next upload meets. It stays
-    /// unanswered, but no longer counts as overdue.
-    pub fn carried(&mut self, id: UploadId) {
-        self.pending.remove(&id.0);
-    }
-
     /// The upload's answer came back over the link (the link has carried
     /// it, and every upload sent before it that was in its queue).
     pub fn delivered(&mut self, id: UploadId) {
@@ -136,7 +126,7 @@ impl UplinkQueue {
         self.answered(id);
     }
 
-    /// Uploads not answered (nor carried) yet.
+    /// Uploads not answered yet.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -230,34 +220,5 @@ mod tests {
         q.answered(d);
         q.answered(a);
         assert_eq!((q.wait(t0 + ms(200)), q.pending()), (Duration::ZERO, 0));
-    }
-
-    #[test]
-    fn an_upload_carried_but_unanswered_does_not_delay_the_next() {
-        let t0 = Instant::now();
-        let mut q = UplinkQueue::new();
-        // Two 1 ms uploads, answers due 40 ms after each transfer starts.
-        let (_, a) = q.send(t0, 1_250, 10e6, ms(40));
-        let (_, b) = q.send(t0, 1_250, 10e6, ms(40));
-        assert_eq!(q.overdue(t0 + ms(300)), ms(260));
-        // The peer acknowledged all of a's bytes, its answer is still out
-        // (a lost answer, a queue at the cloud): b is the measure.
-        q.carried(a);
-        assert_eq!(q.overdue(t0 + ms(300)), ms(259));
-        q.carried(b);
-        assert_eq!((q.wait(t0 + ms(300)), q.pending()), (Duration::ZERO, 0));
-        // Its answer later comes back: the queue is as it was.
-        q.delivered(a);
-        q.answered(b);
-        assert_eq!((q.wait(t0 + ms(300)), q.pending()), (Duration::ZERO, 0));
-        // Uploads carried say nothing of those sent before them: QUIC
-        // streams are not one FIFO, so an earlier one may still be on the
-        // link.
-        let (_, c) = q.send(t0 + ms(300), 1_250, 10e6, ms(40));
-        let (_, d) = q.send(t0 + ms(300), 1_250, 10e6, ms(40));
-        q.carried(d);
-        assert_eq!(q.overdue(t0 + ms(400)), ms(60));
-        q.answered(c);
-        assert_eq!(q.pending(), 0);
     }
 }

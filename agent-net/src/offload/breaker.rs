@@ -341,7 +341,6 @@ mod tests {
                 ..Default::default()
             },
             deadline: None,
-            carried: None,
         }
     }
 

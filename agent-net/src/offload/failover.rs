@@ -306,7 +306,6 @@ mod tests {
         let req = OffloadRequest {
             request: proto::TaskRequest::default(),
             deadline: None,
-            carried: None,
         };
         let r = f.offload(&req).await.unwrap();
         assert_eq!(r.transport, Transport::Grpc, "same task, other transport");

@@ -25,19 +25,13 @@ pub use stack::{
 use agent_core::{TaskError, Transport};
 
 use async_trait::async_trait;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
 pub struct OffloadRequest {
     pub request: proto::TaskRequest,
     /// Monotonic deadline (the request carries the wall-clock one).
     pub deadline: Option<Instant>,
-    /// Notified once the peer has acknowledged every byte of the request,
-    /// where the transport tells (QUIC): the request is off the uplink,
-    /// though its answer may still be on its way.
-    pub carried: Option<Arc<Notify>>,
 }
 
 #[derive(Debug, Clone)]

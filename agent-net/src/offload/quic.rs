@@ -9,12 +9,10 @@ use crate::tls::TlsMaterial;
 use agent_core::Transport;
 use anyhow::Context;
 use async_trait::async_trait;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 const QUIC: &str = "quic";
 
@@ -160,48 +158,31 @@ impl QuicOffloader {
         }
     }
 
-    /// One request and its answer on a stream of its own; `carried` is
-    /// notified once the cloud has acknowledged the whole request.
     async fn exchange(
         &self,
         conn: &quinn::Connection,
         request: &[u8],
-        carried: Option<&Notify>,
     ) -> Result<Vec<u8>, StreamError> {
         let (send, mut recv) = conn.open_bi().await.map_err(StreamError::from_conn)?;
         let mut send = Abandon(Some(send));
-        let acked = match send.stream().write_all(request).await {
-            Ok(()) => {
-                send.stream()
-                    .finish()
-                    .map_err(|e| StreamError::Broken(e.to_string()))?;
-                carried.map(|n| (send.stream().stopped(), n))
-            }
+        match send.stream().write_all(request).await {
+            Ok(()) => send
+                .stream()
+                .finish()
+                .map_err(|e| StreamError::Broken(e.to_string()))?,
             // The server stopped reading (request too large): its answer says why.
-            Err(quinn::WriteError::Stopped(_)) => None,
+            Err(quinn::WriteError::Stopped(_)) => {}
             Err(e) => return Err(StreamError::from_write(e)),
-        };
-        // Tells `carried` once the cloud has acknowledged the whole
-        // request, while the answer is awaited; it never ends by itself.
-        let signal = async move {
-            if let Some((stopped, carried)) = acked {
-                // `None`: finished, and every byte acknowledged.
-                if let Ok(None) = stopped.await {
-                    carried.notify_one();
+        }
+        let answer = recv
+            .read_to_end(self.max_message)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadToEndError::Read(quinn::ReadError::ZeroRttRejected) => {
+                    StreamError::ZeroRttRejected
                 }
-            }
-            std::future::pending::<Infallible>().await
-        };
-        let answer = tokio::select! {
-            r = recv.read_to_end(self.max_message) => r,
-            never = signal => match never {},
-        };
-        let answer = answer.map_err(|e| match e {
-            quinn::ReadToEndError::Read(quinn::ReadError::ZeroRttRejected) => {
-                StreamError::ZeroRttRejected
-            }
-            e => StreamError::Broken(e.to_string()),
-        })?;
+                e => StreamError::Broken(e.to_string()),
+            })?;
         // Answered: the request was delivered, nothing is left to abandon.
         send.keep();
         Ok(answer)
@@ -280,11 +261,10 @@ impl Offloader for QuicOffloader {
         let started = Instant::now();
         let attempt = async {
             let live = self.connection(false).await?;
-            let carried = req.carried.as_deref();
-            let mut result = self.exchange(&live.conn, &request, carried).await;
+            let mut result = self.exchange(&live.conn, &request).await;
             if matches!(result, Err(StreamError::ZeroRttRejected)) {
                 // The handshake is complete now; the same connection carries it.
-                result = self.exchange(&live.conn, &request, carried).await;
+                result = self.exchange(&live.conn, &request).await;
             }
             let packets = live.conn.stats().path;
             let packets = PacketCounts {

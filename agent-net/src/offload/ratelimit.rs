@@ -117,7 +117,6 @@ mod tests {
         OffloadRequest {
             request: proto::TaskRequest::default(),
             deadline: None,
-            carried: None,
         }
     }
 

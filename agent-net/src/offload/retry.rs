@@ -114,7 +114,6 @@ mod tests {
         OffloadRequest {
             request: proto::TaskRequest::default(),
             deadline,
-            carried: None,
         }
     }
 

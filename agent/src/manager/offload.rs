@@ -40,7 +40,6 @@ pub(super) async fn forward_loop(inner: Arc<Inner>) {
                         .offload(&OffloadRequest {
                             request: req.clone(),
                             deadline: None,
-                            carried: None,
                         })
                         .await;
                     (req.id, r)
@@ -90,16 +89,6 @@ struct PendingUpload<'a> {
     id: UploadId,
     /// Its answer came back over the link.
     delivered: bool,
-    /// The cloud acknowledged all of it.
-    carried: bool,
-}
-
-impl PendingUpload<'_> {
-    /// The cloud acknowledged every byte of it: it is off the uplink.
-    fn carry(&mut self) {
-        self.carried = true;
-        self.uplink.lock().expect("uplink lock").carried(self.id);
-    }
 }
 
 impl Drop for PendingUpload<'_> {
@@ -151,11 +140,9 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
     if endpoint.parts.peer {
         request.context.insert(PEER_HOP.into(), "1".into());
     }
-    let carried = Arc::new(Notify::new());
     let req = OffloadRequest {
         request,
         deadline: job.task.deadline,
-        carried: Some(carried.clone()),
     };
     let in_flight = InFlight::enter(&endpoint.in_flight);
     // A cloud that has not answered while a local run could still meet the
@@ -245,7 +232,6 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                 uplink: &endpoint.uplink,
                 id,
                 delivered: false,
-                carried: false,
             },
         )
     };
@@ -263,7 +249,6 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
         tokio::select! {
             r = &mut offload => break Some(r),
             _ = job.reply.closed() => break None,
-            _ = carried.notified(), if !upload.carried => upload.carry(),
             _ = &mut rescue, if rescue_armed => {
                 rescue_armed = false;
                 tracing::debug!(task = %job.task.id, "cloud too slow; running locally");

@@ -289,7 +289,6 @@ fn request(id: String, size: usize) -> OffloadRequest {
             features: None,
         },
         deadline: None,
-        carried: None,
     }
 }
 
