@@ -355,6 +355,13 @@ pub struct OffloadCost {
     pub cloud_inference_ms: f64,
     pub download_ms: f64,
     pub total_ms: f64,
+    /// The link's packet loss rate the estimate reported, and what it
+    /// makes of this exchange: the chance that a packet of the request or
+    /// the answer is lost, and what a loss costs (the distribution-aware
+    /// policies price it; see `loss_outlook`).
+    pub loss_rate: f64,
+    pub p_loss: f64,
+    pub loss_delay_ms: f64,
     /// The congestion price of the head's work on the edge and of the
     /// upload on the uplink (weighed, not part of the predicted latency).
     pub congestion_ms: f64,
@@ -467,7 +474,7 @@ impl fmt::Display for Decision {
         match self.offload {
             Some(o) => write!(
                 f,
-                " offload={:.2}ms [head {:.2} + up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}; price {:.2}]",
+                " offload={:.2}ms [head {:.2} + up {:.2} + rtt {:.2} + jitter {:.2} + cloud {:.2} + down {:.2}; price {:.2}; P(loss) {:.2} at {:.1} % loss, +{:.1}ms]",
                 o.total_ms,
                 o.head_ms,
                 o.upload_ms,
@@ -475,7 +482,10 @@ impl fmt::Display for Decision {
                 o.jitter_penalty_ms,
                 o.cloud_inference_ms,
                 o.download_ms,
-                o.congestion_ms
+                o.congestion_ms,
+                o.p_loss,
+                o.loss_rate * 100.0,
+                o.loss_delay_ms
             ),
             None => write!(f, " offload=n/a"),
         }?;
@@ -545,6 +555,7 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
     if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return None;
     }
+    let (loss_rate, p_loss, loss_delay_ms) = loss_outlook(input);
     Some(OffloadCost {
         head_ms,
         upload_ms,
@@ -554,6 +565,9 @@ fn offload_cost(input: &DecisionInput, jitter_k: f64) -> Option<OffloadCost> {
         cloud_inference_ms,
         download_ms,
         total_ms,
+        loss_rate,
+        p_loss,
+        loss_delay_ms,
         congestion_ms,
     })
 }
@@ -616,21 +630,21 @@ fn offload_outlook(
         |v| transfer + v,
         &mut bufs,
     )?;
-    let (p_loss, delay_ms) = loss_outlook(input);
     let mut mixed = [0.0; RTT_POINTS * CLOUD_POINTS];
-    let values = with_loss(values, p_loss, delay_ms, &mut mixed);
+    let values = with_loss(values, cost.p_loss, cost.loss_delay_ms, &mut mixed);
     Outlook::corrected(values, input.residuals().1, left_ms)
 }
 
 /// Payload bytes per packet, for counting an exchange's packets.
 const PACKET_BYTES: usize = 1200;
 
-/// The chance that an offload's exchange loses a packet, from the link's
-/// loss rate and the packets the request and the answer take, and what a
-/// loss costs: one retransmission timeout (RTT + 4 x its deviation, as
-/// RFC 6298 and RFC 9002 arm it). The RTT samples leave retransmitted
-/// packets out, so without this a lossy link looks as fast as a clean one.
-fn loss_outlook(input: &DecisionInput) -> (f64, f64) {
+/// The link's loss rate (bounded), the chance that an offload's exchange
+/// loses a packet, from that rate and the packets the request and the
+/// answer take, and what a loss costs: one retransmission timeout (RTT + 4
+/// x its deviation, as RFC 6298 and RFC 9002 arm it). The RTT samples
+/// leave retransmitted packets out, so without this a lossy link looks as
+/// fast as a clean one.
+fn loss_outlook(input: &DecisionInput) -> (f64, f64, f64) {
     let net = input.net;
     let rate = if net.loss_rate.is_finite() {
         net.loss_rate.clamp(0.0, 0.5)
@@ -640,7 +654,7 @@ fn loss_outlook(input: &DecisionInput) -> (f64, f64) {
     let packets = input.payload_bytes.div_ceil(PACKET_BYTES).max(1)
         + input.response_bytes.div_ceil(PACKET_BYTES).max(1);
     let p = 1.0 - (1.0 - rate).powi(packets.min(1 << 16) as i32);
-    (p, net.rtt.srtt_ms + 4.0 * net.rtt.stddev_ms)
+    (rate, p, net.rtt.srtt_ms + 4.0 * net.rtt.stddev_ms)
 }
 
 /// The mixture of `values` (sorted, equally likely) without a loss and,

@@ -200,6 +200,9 @@ pub fn decision_to_proto(d: &Decision) -> proto::Decision {
         head_ms: o.head_ms,
         local_congestion_ms: d.local.congestion_ms,
         offload_congestion_ms: o.congestion_ms,
+        loss_rate: o.loss_rate,
+        p_loss: o.p_loss,
+        loss_delay_ms: o.loss_delay_ms,
         local_outlook: d.local_outlook.map(outlook_to_proto),
         offload_outlook: d.offload_outlook.map(outlook_to_proto),
     }
@@ -389,6 +392,9 @@ mod tests {
                 cloud_inference_ms: 4.0,
                 download_ms: 0.5,
                 total_ms: 27.5,
+                loss_rate: 0.02,
+                p_loss: 0.0396,
+                loss_delay_ms: 24.0,
                 congestion_ms: 1.5,
             }),
             network_source: Some(SampleSource::ActiveTcpConnect),
@@ -418,6 +424,10 @@ mod tests {
         assert_eq!((p.jitter_ms, p.jitter_penalty_ms), (3.0, 9.0));
         assert_eq!((p.local_total_ms, p.offload_total_ms), (9.0, 27.5));
         assert_eq!((p.local_congestion_ms, p.offload_congestion_ms), (3.0, 1.5));
+        assert_eq!(
+            (p.loss_rate, p.p_loss, p.loss_delay_ms),
+            (0.02, 0.0396, 24.0)
+        );
     }
 
     #[test]

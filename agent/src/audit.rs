@@ -102,6 +102,9 @@ fn decision(d: &Decision) -> Value {
             "download_ms": o.download_ms,
             "total_ms": o.total_ms,
             "congestion_ms": o.congestion_ms,
+            "loss_rate": o.loss_rate,
+            "p_loss": o.p_loss,
+            "loss_delay_ms": o.loss_delay_ms,
             "outlook": outlook(d.offload_outlook),
         })),
     })

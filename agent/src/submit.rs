@@ -79,7 +79,7 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
     }
     if let Some(d) = &resp.decision {
         line.push_str(&format!(
-            " | {} -> {} ({}): local {:.2} [q {:.2} + inf {:.2}] vs offload {:.2} [up {:.2} + rtt {:.2} + jit {:.2} + cloud {:.2} + down {:.2}] src={}",
+            " | {} -> {} ({}): local {:.2} [q {:.2} + inf {:.2}] vs offload {:.2} [up {:.2} + rtt {:.2} + jit {:.2} + cloud {:.2} + down {:.2}; P(loss) {:.2}] src={}",
             d.policy,
             d.path,
             d.reason,
@@ -92,6 +92,7 @@ pub fn describe(resp: &proto::TaskResponse, label: Option<u8>, latency: Duration
             d.jitter_penalty_ms,
             d.cloud_inference_ms,
             d.download_ms,
+            d.p_loss,
             d.network_source
         ));
         for (name, o) in [("local", &d.local_outlook), ("offload", &d.offload_outlook)] {

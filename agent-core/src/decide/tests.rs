@@ -473,6 +473,20 @@ fn deadline_aware_table() {
                 // The prediction of the path taken is its mean.
                 let o = dec.outlook().expect("an outlook for the chosen path");
                 assert!((dec.expected_ms() - o.mean_ms).abs() < 1e-9, "{}", c.name);
+                // The explanation says what loss was priced: one packet
+                // each way, lost with the link's rate, costs RTT + 4 sd.
+                let cost = dec.offload.expect("an offload cost");
+                let p_loss = 1.0 - (1.0 - c.loss_rate).powi(2);
+                assert_eq!(cost.loss_rate, c.loss_rate, "{}", c.name);
+                assert!((cost.p_loss - p_loss).abs() < 1e-12, "{}", c.name);
+                let rto = cost.rtt_ms + 4.0 * cost.jitter_ms;
+                assert!((cost.loss_delay_ms - rto).abs() < 1e-9, "{}", c.name);
+                if c.loss_rate > 0.0 {
+                    assert!(
+                        dec.to_string().contains("P(loss) 0.10 at 5.0 % loss"),
+                        "{dec}"
+                    );
+                }
             }
             (Err(e), Err("deadline")) => {
                 assert!(

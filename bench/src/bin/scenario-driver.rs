@@ -393,6 +393,9 @@ async fn send_one(
                     head_ms: d.head_ms,
                     local_congestion_ms: d.local_congestion_ms,
                     offload_congestion_ms: d.offload_congestion_ms,
+                    loss_rate: d.loss_rate,
+                    p_loss: d.p_loss,
+                    loss_delay_ms: d.loss_delay_ms,
                 }
             });
         }

@@ -63,6 +63,14 @@ pub struct DecisionView {
     pub local_congestion_ms: f64,
     #[serde(default)]
     pub offload_congestion_ms: f64,
+    /// The loss rate the agent saw, the chance it gave the offload's
+    /// exchange of losing a packet, and the delay it priced a loss at.
+    #[serde(default)]
+    pub loss_rate: f64,
+    #[serde(default)]
+    pub p_loss: f64,
+    #[serde(default)]
+    pub loss_delay_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
