@@ -248,6 +248,15 @@ async fn saturated_local_queue_offloads() {
             d.local_outlook.expect("local outlook"),
             d.offload_outlook.expect("offload outlook"),
         );
+        // The loss it priced is explained: a chance, and a delay of at
+        // least the round trip.
+        assert!(
+            (0.0..=0.5).contains(&d.loss_rate)
+                && (0.0..=1.0).contains(&d.p_loss)
+                && d.loss_delay_ms >= d.rtt_ms
+                && d.rtt_ms > 0.0,
+            "{d:?}"
+        );
         // Each path's score carries its congestion price (what its work
         // costs the tasks behind it).
         let (lc, oc) = (d.local_congestion_ms, d.offload_congestion_ms);
