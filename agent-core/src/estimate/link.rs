@@ -125,6 +125,10 @@ pub struct LinkEstimator {
     /// Counted since the newest RTT sample: (retransmits, segments, failed
     /// probes); forgotten after an outage (see [`OUTAGE_GAP`]).
     unheard: (u64, u64, usize),
+    /// When the newest offload's packet counts came, and whether they
+    /// were heard counts: within [`OUTAGE_GAP`] of the counts before them.
+    offload_counts_at: Option<Instant>,
+    offload_counts_heard: bool,
     /// The newest successful probe's time.
     probe_ok_at: Option<Instant>,
     /// The last outage that has ended: from the last sample before it to
@@ -146,6 +150,8 @@ impl LinkEstimator {
             transfers: VecDeque::new(),
             heard_at: None,
             unheard: (0, 0, 0),
+            offload_counts_at: None,
+            offload_counts_heard: false,
             probe_ok_at: None,
             last_outage: None,
         }
@@ -196,11 +202,31 @@ impl LinkEstimator {
             ProbeEventKind::Retransmits(n) => {
                 self.age_loss_counts(ev.at);
                 self.retransmits += u64::from(n);
-                self.unheard.0 += u64::from(n);
+                // An offload's count comes after its packets sent (below).
+                if !(ev.source == SampleSource::OffloadTransfer && self.offload_counts_heard) {
+                    self.unheard.0 += u64::from(n);
+                }
             }
             ProbeEventKind::SegmentsSent(n) => {
                 self.age_loss_counts(ev.at);
                 self.segments += u64::from(n);
+                if ev.source == SampleSource::OffloadTransfer {
+                    // An offload's counts come with its answer, and the
+                    // ones before them with the answer before: both ends
+                    // of what they count were heard from the host, so it
+                    // is the link's loss, not an outage's, unless the
+                    // answers were far apart. The passive sources may
+                    // hear the host only once a second, and counted
+                    // from those alone, a lossy link's counts were
+                    // mostly forgotten as an outage's.
+                    self.offload_counts_heard = self
+                        .offload_counts_at
+                        .is_some_and(|t| ev.at.saturating_duration_since(t) <= OUTAGE_GAP);
+                    self.offload_counts_at = Some(ev.at);
+                    if self.offload_counts_heard {
+                        return;
+                    }
+                }
                 self.unheard.1 += u64::from(n);
             }
             ProbeEventKind::Transfer { bytes, elapsed } => {
@@ -635,6 +661,47 @@ mod tests {
             rate = send(&mut est, round, 2000, 200);
         }
         assert!(rate > 0.05, "10 % loss read as {rate} after 0.5 s");
+    }
+
+    #[test]
+    fn offload_counts_between_close_answers_are_the_links_loss() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let answer = |est: &mut LinkEstimator, ms: u64, sent: u32, lost: u32| {
+            let src = SampleSource::OffloadTransfer;
+            est.on_event(&ev(at(ms), src, ProbeEventKind::SegmentsSent(sent)));
+            if lost > 0 {
+                est.on_event(&ev(at(ms), src, ProbeEventKind::Retransmits(lost)));
+            }
+        };
+        // (answers with their counts (ms, sent, lost) between RTT samples
+        // at 0 and 1100 ms, the loss rate after the second sample)
+        let cases: [(&[(u64, u32, u32)], f64); 4] = [
+            // Answers 100 ms apart on a link that loses 5 %: the first
+            // one's counts reach back to an unknown time and go with the
+            // silence; the rest are the link's.
+            (
+                &[(100, 100, 5), (200, 100, 5), (300, 100, 5), (400, 100, 5)],
+                0.05,
+            ),
+            // A lone answer: nothing says when its counts began.
+            (&[(100, 100, 5)], 0.0),
+            // Answers 1.05 s apart: an outage's retransmissions may be in
+            // the second one's counts.
+            (&[(20, 100, 0), (1070, 100, 60)], 0.0),
+            // Close again after a far one: the close one counts.
+            (&[(20, 100, 0), (1070, 100, 60), (1090, 100, 5)], 0.05),
+        ];
+        for (answers, want) in cases {
+            let mut est = LinkEstimator::new(LinkConfig::default());
+            est.on_event(&rtt(at(0), SampleSource::SockOps, 40));
+            for &(ms, sent, lost) in answers {
+                answer(&mut est, ms, sent, lost);
+            }
+            est.on_event(&rtt(at(1100), SampleSource::SockOps, 40));
+            let rate = est.snapshot(at(1100)).loss_rate;
+            assert!((rate - want).abs() < 1e-9, "answers {answers:?}: {rate}");
+        }
     }
 
     #[test]

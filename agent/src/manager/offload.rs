@@ -380,7 +380,9 @@ async fn offload_once(inner: Arc<Inner>, mut job: Job) -> Option<Job> {
                     kind,
                 };
                 let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-                if sent > 0 {
+                // The packets sent first, even none: the link estimate
+                // takes the loss after it as the same answer's.
+                if sent > 0 || lost > 0 {
                     let _ = inner
                         .probe_events
                         .try_send(event(ProbeEventKind::SegmentsSent(clamp(sent))));
