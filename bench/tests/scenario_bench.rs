@@ -5,47 +5,14 @@
 //! Needs root and the release (or debug) agent and scenario-driver beside
 //! scenario-bench, as `cargo xtask test` builds them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+mod common;
+
+use common::{bin_dir, leftovers};
+
 const BIN: &str = env!("CARGO_BIN_EXE_scenario-bench");
-
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(BIN).parent().unwrap().to_path_buf();
-    for b in ["agent", "scenario-driver", "netem-tun"] {
-        assert!(
-            dir.join(b).exists(),
-            "{} is missing: build the agent and the driver first \
-             (cargo build --release -p agent -p bench -p jitter-lab, or cargo xtask test)",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
-fn leftovers(pid: u32) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("sb{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default();
-    for root in [
-        "/sys/fs/cgroup/cpu",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup",
-    ] {
-        let dir = Path::new(root).join("edge-offload-bench");
-        if let Ok(d) = std::fs::read_dir(&dir) {
-            found.extend(
-                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&format!("{pid}-"))),
-            );
-        }
-    }
-    found
-}
 
 #[test]
 fn one_scenario_two_policies_accounts_for_every_task() {
@@ -65,7 +32,7 @@ fn one_scenario_two_policies_accounts_for_every_task() {
         .arg("--work")
         .arg(tmp.join("work"))
         .arg("--bin-dir")
-        .arg(bin_dir())
+        .arg(bin_dir(BIN))
         .spawn()
         .unwrap();
     let pid = child.id();

@@ -42,14 +42,18 @@ const SCRUB_ENV: &[&str] = &[
     "LIBTORCH",
 ];
 
-pub fn object_path() -> PathBuf {
-    project_root().join("target/bpf/agent-ebpf.o")
-}
+/// Where a checkout's object goes (and its agent-probe looks).
+const OBJECT: &str = "target/bpf/agent-ebpf.o";
 
 /// Builds the object (if out of date) and returns where it was installed.
 pub fn build() -> Result<PathBuf> {
+    build_in(&project_root())
+}
+
+/// The same for the checkout at `root` (another revision's worktree):
+/// its `agent-ebpf`, installed at its `target/bpf/agent-ebpf.o`.
+pub fn build_in(root: &Path) -> Result<PathBuf> {
     let route = pick_route()?;
-    let root = project_root();
     let crate_dir = root.join("agent-ebpf");
     let target_dir = root.join("target/bpf/build");
     let linker_dir = setup::bpf_linker_path()
@@ -105,7 +109,7 @@ pub fn build() -> Result<PathBuf> {
     }
 
     let built = target_dir.join(TARGET).join("release/agent-ebpf");
-    let dest = object_path();
+    let dest = root.join(OBJECT);
     install(&built, &dest)?;
     Ok(dest)
 }

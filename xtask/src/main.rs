@@ -4,6 +4,7 @@
 //! so a fresh machine needs nothing but this repository and rustup.
 
 mod bench;
+mod bench_ab;
 mod bench_decision;
 mod bench_ebpf;
 mod bench_endpoints;
@@ -136,6 +137,18 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// A/B of two revisions of the agent on the scenario benchmark: both built (a revision in a worktree under target/bench-ab), then alternating quick runs of the same scenarios and seeds, the variant's effect on the miss rate and the charged mean with the host's speed taken out; writes target/bench-ab/report.md (needs root).
+    BenchAb {
+        /// The base: a git revision.
+        #[arg(long)]
+        base: String,
+        /// The variant: a git revision, or `.` for the working tree as it is.
+        #[arg(long, default_value = ".")]
+        variant: String,
+        /// Extra arguments for scenario-ab (e.g. -- --only lossy,outage --rounds 4 --policy threshold).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Fault and load suite: cloud killed, link down, 30 % loss, cancel storm, slow-loris, cloud overload, edge restart, with the real agents across the jitter lab; writes bench/results/faults.md (needs root). The last line is a JSON array, one object per fault.
     Faults {
         /// The JSON array is always the last line (kept for symmetry with the other checks).
@@ -217,6 +230,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { quick, set, args } => {
             setup::all()?;
             bench::run(quick, &set, &args)
+        }
+        Cmd::BenchAb {
+            base,
+            variant,
+            args,
+        } => {
+            setup::all()?;
+            bench_ab::run(&base, &variant, &args)
         }
         Cmd::Faults { json: _, args } => {
             setup::all()?;

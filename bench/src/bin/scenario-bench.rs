@@ -77,31 +77,6 @@ struct Args {
     resume: bool,
 }
 
-fn scenario_files(a: &Args) -> Result<Vec<PathBuf>> {
-    let mut files = if a.scenarios.is_dir() {
-        jitter_lab::Scenario::load_dir(&a.scenarios)?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect()
-    } else {
-        vec![a.scenarios.clone()]
-    };
-    if !a.only.is_empty() {
-        files.retain(|p| {
-            p.file_stem()
-                .is_some_and(|s| a.only.iter().any(|o| s.to_string_lossy() == *o))
-        });
-        if files.len() != a.only.len() {
-            bail!(
-                "--only {:?}: not every name is a scenario in {}",
-                a.only,
-                a.scenarios.display()
-            );
-        }
-    }
-    Ok(files)
-}
-
 fn main() -> Result<()> {
     let a = Args::parse();
     if let Some(json) = &a.render {
@@ -139,7 +114,7 @@ fn main() -> Result<()> {
         a.policies.clone()
     };
     let opts = run::Options {
-        scenario_files: scenario_files(&a)?,
+        scenario_files: run::scenario_files(&a.scenarios, &a.only)?,
         policies,
         quick: a.quick,
         duration_s: a.duration,

@@ -140,6 +140,47 @@ fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<(f64, f64)>> {
         .collect()
 }
 
+/// The scenario files to run: `path` (a scenario file or a folder of
+/// them), only those named in `only` when it names any.
+pub fn scenario_files(path: &Path, only: &[String]) -> Result<Vec<PathBuf>> {
+    let mut files = if path.is_dir() {
+        Scenario::load_dir(path)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if !only.is_empty() {
+        files.retain(|p| {
+            p.file_stem()
+                .is_some_and(|s| only.iter().any(|o| s.to_string_lossy() == *o))
+        });
+        if files.len() != only.len() {
+            bail!(
+                "--only {only:?}: not every name is a scenario in {}",
+                path.display()
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// Where one scenario and seed's records and logs go: `work/NAME`, or
+/// `work/NAME/seed-SEED` in a run of several seeds.
+pub fn seed_dir(work_dir: &Path, scenario: &str, seed: u64, seeds: u64) -> PathBuf {
+    if seeds > 1 {
+        work_dir.join(scenario).join(format!("seed-{seed}"))
+    } else {
+        work_dir.join(scenario)
+    }
+}
+
+/// A policy's task records in a scenario and seed's folder ([`seed_dir`]).
+pub fn policy_records(dir: &Path, policy: &str) -> Result<Vec<TaskRecord>> {
+    read_records(&dir.join(format!("{policy}.jsonl")))
+}
+
 pub(crate) fn read_records(path: &Path) -> Result<Vec<TaskRecord>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -461,7 +502,8 @@ pub fn policy_names(bin_dir: &Path) -> Result<Vec<String>> {
     serde_json::from_str(&out).with_context(|| format!("policy list {out:?}"))
 }
 
-fn now_utc() -> String {
+/// The time now, as the results files give it.
+pub fn now_utc() -> String {
     output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default()
 }
 
@@ -541,13 +583,7 @@ pub fn run(o: &Options) -> Result<BenchResult> {
                 );
                 continue;
             }
-            let dir = if o.seeds > 1 {
-                o.work_dir
-                    .join(&sc.name)
-                    .join(format!("seed-{}", sc.workload.seed))
-            } else {
-                o.work_dir.join(&sc.name)
-            };
+            let dir = seed_dir(&o.work_dir, &sc.name, sc.workload.seed, o.seeds);
             std::fs::create_dir_all(&dir)?;
             let sc_file = dir.join("scenario.toml");
             std::fs::write(&sc_file, toml::to_string(&sc)?)?;
