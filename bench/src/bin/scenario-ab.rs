@@ -73,12 +73,8 @@ fn parse_arm(spec: &str, policy: &str) -> Result<Arm> {
         "--arm {spec:?}: NAME=BIN_DIR[@POLICY]"
     );
     let bin_dir = PathBuf::from(dir);
-    for b in ["agent", "netem-tun", "scenario-driver"] {
-        ensure!(
-            bin_dir.join(b).is_file(),
-            "--arm {spec:?}: {} is missing",
-            bin_dir.join(b).display()
-        );
+    for b in run::PROGRAMS {
+        run::program(&bin_dir, b).with_context(|| format!("--arm {spec:?}"))?;
     }
     let known = run::policy_names(&bin_dir)?;
     ensure!(

@@ -140,6 +140,20 @@ fn calibrate(ctx: &Ctx, cg: Option<&CpuCgroup>) -> Result<Vec<(f64, f64)>> {
         .collect()
 }
 
+/// What a run starts from its folder of binaries (`Options::bin_dir`).
+pub const PROGRAMS: [&str; 3] = ["agent", "netem-tun", "scenario-driver"];
+
+/// The path of `name` in `bin_dir`, which must hold it.
+pub fn program(bin_dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = bin_dir.join(name);
+    ensure!(
+        p.exists(),
+        "{} is missing (cargo build --release -p agent -p bench -p jitter-lab)",
+        p.display()
+    );
+    Ok(p)
+}
+
 /// The scenario files to run: `path` (a scenario file or a folder of
 /// them), only those named in `only` when it names any.
 pub fn scenario_files(path: &Path, only: &[String]) -> Result<Vec<PathBuf>> {
@@ -514,15 +528,7 @@ pub fn run(o: &Options) -> Result<BenchResult> {
     jitter_lab::sys::require_root("scenario-bench")?;
     ensure!(!o.policies.is_empty(), "no policies to run");
     ensure!(!o.scenario_files.is_empty(), "no scenarios to run");
-    let bin = |n: &str| -> Result<PathBuf> {
-        let p = o.bin_dir.join(n);
-        ensure!(
-            p.exists(),
-            "{} is missing (cargo build --release -p agent -p bench)",
-            p.display()
-        );
-        Ok(p)
-    };
+    let bin = |n: &str| program(&o.bin_dir, n);
     let ctl = cgroup::detect()?;
     cgroup::sweep_stale(&ctl);
     let parent = ctl.root.join(cgroup::PARENT);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// agent, the driver and the emulator it starts.
 pub fn bin_dir(program: &str) -> PathBuf {
     let dir = Path::new(program).parent().unwrap().to_path_buf();
-    for b in ["agent", "scenario-driver", "netem-tun"] {
+    for b in bench::scenarios::run::PROGRAMS {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the agent and the driver first \
