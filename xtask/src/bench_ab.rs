@@ -3,12 +3,12 @@
 //! with the host's speed taken out of the comparison (`scenario-ab`).
 //!
 //! Each revision is checked out in one worktree (`target/bench-ab/tree`)
-//! and built there with its own eBPF object, sharing this checkout's
-//! target folder so that only the crates that differ build again; its
-//! agent, emulator and driver are copied to `target/bench-ab/bin/SHA`
-//! (kept: a revision already there is not built again). `.` is the
-//! working tree as it is, built last, so `target/release` ends as this
-//! checkout's. The report goes to `target/bench-ab/report.md`.
+//! and built there with its own eBPF object, in a target folder of its own
+//! (`target/bench-ab/target`) that the revisions share, so that only the
+//! crates that differ build again; its agent, emulator and driver are
+//! copied to `target/bench-ab/bin/SHA` (kept: a revision already there is
+//! not built again). `.` is the working tree as it is, built in this
+//! checkout's target folder. The report goes to `target/bench-ab/report.md`.
 
 use crate::util::{self, project_root};
 use anyhow::{ensure, Context, Result};
@@ -65,17 +65,22 @@ fn build_revision(sha: &str) -> Result<PathBuf> {
     }
     eprintln!("bench-ab: building {} in {}", &sha[..12], tree.display());
     crate::ebpf::build_in(&tree)?;
+    // Not this checkout's target folder: cargo names a crate's build by
+    // its path in the workspace, the same in both trees, so the worktree's
+    // sources took the place of this checkout's in the build records, and
+    // an edit here then went unseen (the `.` arm ran the revision's code).
+    let target = root.join("target/bench-ab/target");
     util::run(
         util::cargo()
             .current_dir(&tree)
-            .env("CARGO_TARGET_DIR", root.join("target"))
+            .env("CARGO_TARGET_DIR", &target)
             // This checkout's libtorch, by the same path: the crates that
             // link it stay built for both.
             .env("LIBTORCH", root.join(".libtorch"))
             .args(["build", "--release", "--quiet"])
             .args(["-p", "agent", "-p", "bench", "-p", "jitter-lab"]),
     )?;
-    copy_bins(&root.join("target/release"), &bins)?;
+    copy_bins(&target.join("release"), &bins)?;
     Ok(bins)
 }
 

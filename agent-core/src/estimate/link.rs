@@ -676,7 +676,8 @@ mod tests {
         };
         // (answers with their counts (ms, sent, lost) between RTT samples
         // at 0 and 1100 ms, the loss rate after the second sample)
-        let cases: [(&[(u64, u32, u32)], f64); 4] = [
+        type Case<'a> = (&'a [(u64, u32, u32)], f64);
+        let cases: [Case; 4] = [
             // Answers 100 ms apart on a link that loses 5 %: the first
             // one's counts reach back to an unknown time and go with the
             // silence; the rest are the link's.
