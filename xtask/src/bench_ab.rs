@@ -68,14 +68,14 @@ fn build_revision(sha: &str) -> Result<PathBuf> {
     // Not this checkout's target folder: cargo names a crate's build by
     // its path in the workspace, the same in both trees, so the worktree's
     // sources took the place of this checkout's in the build records, and
-    // an edit here then went unseen (the `.` arm ran the revision's code).
+    // an edit here then went unseen by the next build here.
     let target = root.join("target/bench-ab/target");
     util::run(
         util::cargo()
             .current_dir(&tree)
             .env("CARGO_TARGET_DIR", &target)
-            // This checkout's libtorch, by the same path: the crates that
-            // link it stay built for both.
+            // This checkout's libtorch, by the same path for every
+            // revision: the crates that link it stay built across them.
             .env("LIBTORCH", root.join(".libtorch"))
             .args(["build", "--release", "--quiet"])
             .args(["-p", "agent", "-p", "bench", "-p", "jitter-lab"]),
