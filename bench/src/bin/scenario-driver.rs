@@ -373,6 +373,7 @@ async fn send_one(
                 };
                 DecisionView {
                     p_meet: path_outlook.and_then(|o| o.p_meet),
+                    correction_ms: path_outlook.map(|o| o.correction_ms),
                     p50_ms: path_outlook.map(|o| o.p50_ms),
                     hedged: d.hedged,
                     jitter_ms: estimated.then_some(d.jitter_ms),

@@ -34,6 +34,17 @@ pub struct Observation {
     /// The run's host speed: the median local inference time (ms) of
     /// [`SPEED_TASK`]; `None` when no such task ran locally.
     pub speed_ms: Option<f64>,
+    /// What moved the miss rate, for reading an effect: the share (%) of
+    /// the tasks with a deadline refused before any path (no path was
+    /// likely enough in time), the share (%) of all tasks that completed
+    /// offloaded, and the Brier score of the predicted chance in time
+    /// (`stats::calibration`; `None` without such predictions).
+    #[serde(default)]
+    pub refused_pct: f64,
+    #[serde(default)]
+    pub offloaded_pct: f64,
+    #[serde(default)]
+    pub brier: Option<f64>,
 }
 
 impl Observation {
@@ -53,6 +64,7 @@ impl Observation {
             .filter_map(|r| r.inference_ms)
             .collect();
         speed.sort_by(f64::total_cmp);
+        let refused = records.iter().filter(|r| r.refused()).count();
         Some(Observation {
             scenario: scenario.to_string(),
             seed,
@@ -61,6 +73,9 @@ impl Observation {
             miss_pct: 100.0 * s.miss_rate()?,
             charged_mean_ms: s.charged_mean_ms?,
             speed_ms: stats::percentile(&speed, 0.5),
+            refused_pct: 100.0 * refused as f64 / s.with_deadline as f64,
+            offloaded_pct: 100.0 * s.offloaded as f64 / s.tasks.max(1) as f64,
+            brier: stats::calibration(records).map(|c| c.brier),
         })
     }
 }
@@ -214,6 +229,52 @@ pub fn report(arms: [&str; 2], obs: &[Observation]) -> String {
                 .map_or("-".to_string(), |b| format!("{b:+.2}"))
         );
     }
+    let _ = writeln!(
+        md,
+        "\nWhat moved: per arm, the mean over the runs of the share of tasks with a deadline refused before any path, the share of tasks completed offloaded, and the Brier score of the predicted chance in time (lower is better); the refusal effect as above.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | refused % ({0}) | refused % ({1}) | refused effect (pt) | offloaded % ({0}) | offloaded % ({1}) | Brier ({0}) | Brier ({1}) |",
+        arms[0], arms[1]
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (name, runs) in &rows {
+        let Some(r) = effect(runs, |o| o.refused_pct) else {
+            continue;
+        };
+        let per_arm = |arm: usize, metric: fn(&Observation) -> Option<f64>| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|o| o.arm == arm)
+                .filter_map(|o| metric(o))
+                .collect();
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", v.iter().sum::<f64>() / v.len() as f64)
+            }
+        };
+        let offloaded = |arm: usize| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|o| o.arm == arm)
+                .map(|o| o.offloaded_pct)
+                .collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {} |",
+            r.mean[0],
+            r.mean[1],
+            fmt(&r),
+            offloaded(0),
+            offloaded(1),
+            per_arm(0, |o| o.brier),
+            per_arm(1, |o| o.brier),
+        );
+    }
     let _ = writeln!(md, "\n## Runs\n");
     let _ = writeln!(
         md,
@@ -251,6 +312,9 @@ mod tests {
             miss_pct: miss,
             charged_mean_ms: 2.0 * miss,
             speed_ms: speed,
+            refused_pct: miss / 2.0,
+            offloaded_pct: 50.0,
+            brier: None,
         }
     }
 
@@ -316,6 +380,25 @@ mod tests {
     }
 
     #[test]
+    fn the_report_shows_what_moved() {
+        let mut v = vec![
+            obs("wan", 1, 0, 20.0, None),
+            obs("wan", 1, 1, 40.0, None),
+            obs("wan", 2, 0, 20.0, None),
+            obs("wan", 2, 1, 40.0, None),
+        ];
+        v[0].brier = Some(0.1);
+        v[2].brier = Some(0.2);
+        let md = report(["base", "variant"], &v);
+        // Refused: half the miss rate (10 and 20 %), a paired +10 points;
+        // offloaded 50 % in both; Brier only for the base's runs.
+        assert!(
+            md.contains("| wan | 10.0 | 20.0 | +10.0 (0.0) | 50.0 | 50.0 | 0.150 | - |"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn an_observation_from_records() {
         let mut r = vec![
             rec(0, Outcome::Ok, 40.0, "local"),
@@ -325,11 +408,26 @@ mod tests {
         ];
         r[0].inference_ms = Some(20.0);
         r[3].inference_ms = Some(30.0);
+        r[2].error = "deadline cannot be met: 40.00ms left, expected local 90.00ms".into();
         let o = Observation::from_records("wan", 7, 1, 0, &r).unwrap();
         // Missed: the late cloud answer and the failure, of 4.
         assert_eq!(o.miss_pct, 50.0);
         assert_eq!(o.speed_ms, Some(25.0));
         assert_eq!(o.charged_mean_ms, (40.0 + 140.0 + 100.0 + 60.0) / 4.0);
+        // The failure was a refusal; one of 4 completed offloaded; no
+        // decision predicted a chance, so no Brier score.
+        assert_eq!(
+            (o.refused_pct, o.offloaded_pct, o.brier),
+            (25.0, 25.0, None)
+        );
+        // A failure of another kind, or after a decision, is no refusal.
+        r[2].error = "cloud unavailable: no route".into();
+        let o = Observation::from_records("wan", 7, 1, 0, &r).unwrap();
+        assert_eq!(o.refused_pct, 0.0);
+        r[2].error = "deadline cannot be met: expired while queued locally".into();
+        r[2].decision = Some(Default::default());
+        let o = Observation::from_records("wan", 7, 1, 0, &r).unwrap();
+        assert_eq!(o.refused_pct, 0.0);
         assert_eq!(Observation::from_records("wan", 7, 1, 0, &[]), None);
     }
 }

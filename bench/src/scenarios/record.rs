@@ -37,6 +37,9 @@ pub struct DecisionView {
     /// The chosen path's predicted probability of meeting the deadline.
     #[serde(default)]
     pub p_meet: Option<f64>,
+    /// What recent residuals moved the chosen path's prediction by (ms).
+    #[serde(default)]
+    pub correction_ms: Option<f64>,
     /// The median of the chosen path's predicted distribution (the
     /// policies that predict one).
     #[serde(default)]
@@ -137,6 +140,13 @@ impl TaskRecord {
     pub fn deadline_met(&self) -> Option<bool> {
         self.deadline_ms
             .map(|d| self.completed() && self.latency_ms <= d as f64)
+    }
+
+    /// Refused before any path: failed with the agent's "deadline cannot
+    /// be met" and no decision (no path was likely enough in time).
+    pub fn refused(&self) -> bool {
+        let refusal = agent_core::TaskError::DeadlineExceeded(String::new()).to_string();
+        !self.completed() && self.decision.is_none() && self.error.starts_with(&refusal)
     }
 
     /// `None` when the task did not complete or has no label.
