@@ -243,26 +243,17 @@ pub fn report(arms: [&str; 2], obs: &[Observation]) -> String {
         let Some(r) = effect(runs, |o| o.refused_pct) else {
             continue;
         };
-        let per_arm = |arm: usize, metric: fn(&Observation) -> Option<f64>| {
+        // The mean of an arm's runs that have the metric.
+        let mean = |arm: usize, metric: fn(&Observation) -> Option<f64>| {
             let v: Vec<f64> = runs
                 .iter()
                 .filter(|o| o.arm == arm)
                 .filter_map(|o| metric(o))
                 .collect();
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.3}", v.iter().sum::<f64>() / v.len() as f64)
-            }
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
-        let offloaded = |arm: usize| {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter(|o| o.arm == arm)
-                .map(|o| o.offloaded_pct)
-                .collect();
-            v.iter().sum::<f64>() / v.len().max(1) as f64
-        };
+        let offloaded = |arm| mean(arm, |o| Some(o.offloaded_pct)).unwrap_or(0.0);
+        let brier = |arm| mean(arm, |o| o.brier).map_or("-".to_string(), |b| format!("{b:.3}"));
         let _ = writeln!(
             md,
             "| {name} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {} |",
@@ -271,8 +262,8 @@ pub fn report(arms: [&str; 2], obs: &[Observation]) -> String {
             fmt(&r),
             offloaded(0),
             offloaded(1),
-            per_arm(0, |o| o.brier),
-            per_arm(1, |o| o.brier),
+            brier(0),
+            brier(1),
         );
     }
     let _ = writeln!(md, "\n## Runs\n");
