@@ -3,6 +3,13 @@
 //! locally) on two seeds of lan's burst, with the real emulator, agents,
 //! cgroups and driver. The report must carry every run and find the
 //! difference; nothing may be left behind. Needs root, like scenario_bench.
+//!
+//! The edge gets 5 % of a CPU here, not lan's 25 %: how far a quarter of
+//! a core falls behind in the burst depends on the host (on one with
+//! AVX-512 the edge's image model ran in 3.7 ms under the quota, on the
+//! host the scenarios were tuned on in 20-39 ms, and always-local missed
+//! 0.4-0.8 % of lan's deadlines there), while 5 % (1 ms every 20 ms)
+//! cannot keep up with the burst's work on either.
 
 mod common;
 
@@ -22,12 +29,23 @@ fn two_arms_that_differ_are_told_apart() {
     let tmp = std::env::temp_dir().join(format!("scenario-ab-test-{}", std::process::id()));
     let bins = bin_dir(BIN);
     let report = tmp.join("report.md");
+    let scenarios = tmp.join("scenarios");
+    std::fs::create_dir_all(&scenarios).unwrap();
+    let lan = std::fs::read_to_string(root.join("bench/scenarios/lan.toml")).unwrap();
+    assert!(lan.contains("edge_cpu_share = 0.25"), "{lan}");
+    std::fs::write(
+        scenarios.join("lan.toml"),
+        lan.replace("edge_cpu_share = 0.25", "edge_cpu_share = 0.05"),
+    )
+    .unwrap();
     let child = Command::new(BIN)
         .current_dir(root)
         .arg("--arm")
         .arg(format!("offload={}@always-offload", bins.display()))
         .arg("--arm")
         .arg(format!("local={}@always-local", bins.display()))
+        .arg("--scenarios")
+        .arg(&scenarios)
         .args(["--only", "lan", "--rounds", "1", "--seeds", "2"])
         // lan's window: 4 s calm, then 4 s of its burst (three times the
         // rate), which a quarter of a core cannot keep up with.
@@ -67,8 +85,8 @@ fn two_arms_that_differ_are_told_apart() {
             .sum::<f64>()
             / 2.0
     };
-    // Running everything locally through the burst misses far more
-    // deadlines than offloading over a LAN.
+    // Running everything locally on a twentieth of a core through the
+    // burst misses far more deadlines than offloading over a LAN.
     assert!(miss(1) > miss(0) + 10.0, "{obs:?}");
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("# A/B: local against offload"), "{md}");
