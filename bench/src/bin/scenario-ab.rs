@@ -43,6 +43,12 @@ struct Args {
     /// Seconds a fresh edge agent measures the link before the workload starts.
     #[arg(long, default_value_t = 1.5)]
     warmup: f64,
+    /// Multiply every scenario's edge CPU share by this: where the edge's
+    /// models run several times faster than on the host the scenarios
+    /// were tuned on (the report's "Models under the profile" table), a
+    /// smaller share stands for the same edge (bench/README.md).
+    #[arg(long, default_value_t = 1.0)]
+    edge_cpu_scale: f64,
     /// CFS period of the edge's CPU quota.
     #[arg(long, default_value_t = 4000)]
     cpu_period_us: u64,
@@ -138,6 +144,7 @@ fn main() -> Result<()> {
                 calibrate: false,
                 seeds: a.seeds,
                 resume: false,
+                edge_cpu_scale: a.edge_cpu_scale,
             };
             let result = match run::run(&opts) {
                 Ok(r) => r,

@@ -47,6 +47,12 @@ struct Args {
     /// Folder with agent, netem-tun and scenario-driver (default: this program's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Multiply every scenario's edge CPU share by this: where the edge's
+    /// models run several times faster than on the host the scenarios
+    /// were tuned on (the report's "Models under the profile" table), a
+    /// smaller share stands for the same edge (bench/README.md).
+    #[arg(long, default_value_t = 1.0)]
+    edge_cpu_scale: f64,
     /// CFS period of the CPU quota (stretched where the quota would be under 1 ms).
     #[arg(long, default_value_t = 4000)]
     cpu_period_us: u64,
@@ -138,6 +144,7 @@ fn main() -> Result<()> {
         calibrate: !a.no_calibrate,
         seeds: a.seeds.unwrap_or(if a.quick { 1 } else { 3 }),
         resume: a.resume,
+        edge_cpu_scale: a.edge_cpu_scale,
     };
     let r = match run::run(&opts) {
         Ok(r) => r,

@@ -114,10 +114,22 @@ pub struct BenchResult {
     /// was interrupted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub left: usize,
+    /// What every scenario's edge CPU share was multiplied by
+    /// (`--edge-cpu-scale`); the scenarios' profiles hold the shares run.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub edge_cpu_scale: f64,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 /// `image 18.2, detect 55.0, text 0.9`: one figure per task type.
@@ -738,6 +750,15 @@ pub fn render(r: &BenchResult) -> String {
         "The edge agent runs in a cgroup with a CPU quota, the cloud service without one \
          (unless the profile gives it one); the workload driver runs beside the edge, unconstrained.\n"
     );
+    if r.edge_cpu_scale != 1.0 {
+        let _ = writeln!(
+            o,
+            "Edge CPU: the scenario files' share times {} (`--edge-cpu-scale`), so that the \
+             edge's models cost about what they cost on the host the scenarios were tuned on \
+             (bench/README.md, Device profile).\n",
+            r.edge_cpu_scale
+        );
+    }
     let _ = writeln!(
         o,
         "| scenario | span (s) | edge CPU | edge quota | local workers | cloud CPU | local inference (ms) | cloud inference (ms) | network estimate (decisions) |"
@@ -958,6 +979,7 @@ pub(crate) mod tests {
                 }],
             }],
             rendered_again: None,
+            edge_cpu_scale: 1.0,
             offloads: (0, 0),
             resumed: Vec::new(),
             left: 0,
@@ -1096,6 +1118,29 @@ pub(crate) mod tests {
         );
         // The report of a run (not rendered again) says nothing of it.
         assert!(!render(&result()).contains("written again"));
+    }
+
+    #[test]
+    fn a_scaled_edge_share_is_stated_and_older_results_read_as_unscaled() {
+        let plain = render(&result());
+        assert!(!plain.contains("--edge-cpu-scale"), "{plain}");
+        let scaled = BenchResult {
+            edge_cpu_scale: 0.2,
+            ..result()
+        };
+        let md = render(&scaled);
+        assert!(
+            md.contains("Edge CPU: the scenario files' share times 0.2 (`--edge-cpu-scale`)"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&scaled).unwrap();
+        assert_eq!(json["edge_cpu_scale"], 0.2);
+        // Results written before the option have no such field: unscaled.
+        let mut old = serde_json::to_value(result()).unwrap();
+        assert!(old.get("edge_cpu_scale").is_none(), "{old}");
+        old.as_object_mut().unwrap().remove("edge_cpu_scale");
+        let read: BenchResult = serde_json::from_value(old).unwrap();
+        assert_eq!(read.edge_cpu_scale, 1.0);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Options {
     pub seeds: u64,
     /// Continue the run in `out_dir/NAME.json` (see [`continue_from`]).
     pub resume: bool,
+    /// Multiplies every scenario's edge CPU share: the profiles' shares
+    /// stand for the edge on the host the scenarios were tuned on, and
+    /// where torch runs several times faster a smaller share stands for
+    /// the same edge (bench/README.md, Device profile).
+    pub edge_cpu_scale: f64,
 }
 
 /// One policy's run of one scenario.
@@ -528,6 +533,11 @@ pub fn run(o: &Options) -> Result<BenchResult> {
     jitter_lab::sys::require_root("scenario-bench")?;
     ensure!(!o.policies.is_empty(), "no policies to run");
     ensure!(!o.scenario_files.is_empty(), "no scenarios to run");
+    ensure!(
+        o.edge_cpu_scale.is_finite() && o.edge_cpu_scale > 0.0,
+        "--edge-cpu-scale {}: must be a number above 0",
+        o.edge_cpu_scale
+    );
     let bin = |n: &str| program(&o.bin_dir, n);
     let ctl = cgroup::detect()?;
     cgroup::sweep_stale(&ctl);
@@ -564,6 +574,7 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         offloads: (0, 0),
         resumed: Vec::new(),
         left: 0,
+        edge_cpu_scale: o.edge_cpu_scale,
     };
     if o.resume {
         continue_from(o, &mut result)?;
@@ -572,7 +583,17 @@ pub fn run(o: &Options) -> Result<BenchResult> {
     let wall_before = result.wall_s;
     let (mut quic, mut grpc) = result.offloads;
     for file in &o.scenario_files {
-        let full = Scenario::load(file)?;
+        let mut full = Scenario::load(file)?;
+        // Rounded to a millionth: 0.25 x 0.2 is 0.05000000000000001 in
+        // binary, and the share is printed in the report.
+        full.profile.edge_cpu_share =
+            (full.profile.edge_cpu_share * o.edge_cpu_scale * 1e6).round() / 1e6;
+        ensure!(
+            full.profile.edge_cpu_share > 0.0,
+            "{}: --edge-cpu-scale {} leaves the edge no CPU",
+            full.name,
+            o.edge_cpu_scale
+        );
         let (span, base) = plan_scenario(&full, o);
         ensure!(base.duration_s > 0.0, "{}: nothing to run", full.name);
         for k in 0..o.seeds.max(1) {
