@@ -40,7 +40,7 @@ fn two_arms_that_differ_are_told_apart() {
         .args(["--only", "lan", "--rounds", "1", "--seeds", "2"])
         .args(["--edge-cpu-scale", "0.2"])
         // lan's window: 4 s calm, then 4 s of its burst (three times the
-        // rate), which a quarter of a core cannot keep up with.
+        // rate), which a twentieth of a core cannot keep up with.
         .args(["--quick-seconds", "8"])
         .arg("--work")
         .arg(tmp.join("runs"))

@@ -753,9 +753,8 @@ pub fn render(r: &BenchResult) -> String {
     if r.edge_cpu_scale != 1.0 {
         let _ = writeln!(
             o,
-            "Edge CPU: the scenario files' share times {} (`--edge-cpu-scale`), so that the \
-             edge's models cost about what they cost on the host the scenarios were tuned on \
-             (bench/README.md, Device profile).\n",
+            "Edge CPU: the scenario files' share times {} (`--edge-cpu-scale`). What a scale \
+             does to the edge's model times: bench/README.md, Device profile.\n",
             r.edge_cpu_scale
         );
     }
