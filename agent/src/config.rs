@@ -65,6 +65,13 @@ pub struct EdgeConfig {
     /// and back, when a worker waits idle and nothing is queued; 0: always
     /// on a worker. Such a run holds an async runtime thread: keep it short.
     pub inline_max_ms: f64,
+    /// A cgroup the local inference worker threads join at start (v1: a
+    /// folder of the `cpu` hierarchy, or any other; v2: a threaded child
+    /// of the agent's own cgroup). Its CPU quota then bounds local
+    /// inference alone, not the task API and offloads beside it. The
+    /// agent only joins it: whoever starts the agent creates it and sets
+    /// its limits. Unset: the workers stay in the agent's cgroup.
+    pub inference_cgroup: Option<PathBuf>,
     pub policy: Policy,
     /// Expected size of a response on the wire, for the download cost.
     pub response_bytes: usize,
@@ -432,6 +439,7 @@ impl Default for EdgeConfig {
             device: "auto".into(),
             intra_op_threads: 1,
             inline_max_ms: 0.2,
+            inference_cgroup: None,
             policy: Policy::default(),
             response_bytes: 128,
             cloud_expected_ms: 10.0,

@@ -314,6 +314,11 @@ impl Edge {
                 hold_runnable_locally: cfg.store.hold_runnable_locally,
                 split: cfg.split.clone(),
                 inline_max: Duration::from_secs_f64(cfg.inline_max_ms.max(0.0) / 1e3),
+                inference_cgroup: cfg
+                    .inference_cgroup
+                    .as_deref()
+                    .map(crate::cpu::InferenceCgroup::open)
+                    .transpose()?,
             },
             ManagerParts {
                 local_specs: models,

@@ -67,6 +67,10 @@ enum Cmd {
         /// Local inference workers.
         #[arg(long)]
         workers: Option<usize>,
+        /// A cgroup the inference workers join (its CPU quota bounds local
+        /// inference alone); it must exist already.
+        #[arg(long)]
+        inference_cgroup: Option<std::path::PathBuf>,
         /// Admin HTTP listener: GET /metrics (Prometheus), /healthz, /readyz.
         #[arg(long)]
         metrics_listen: Option<String>,
@@ -246,8 +250,12 @@ fn apply_overrides(cfg: &mut Config, cmd: &Cmd) -> Result<()> {
             cloud_quic,
             policy,
             workers,
+            inference_cgroup,
             metrics_listen,
         } => {
+            if inference_cgroup.is_some() {
+                cfg.edge.inference_cgroup = inference_cgroup.clone();
+            }
             if metrics_listen.is_some() {
                 cfg.edge.metrics_listen = metrics_listen.clone();
             }

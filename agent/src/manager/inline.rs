@@ -185,6 +185,7 @@ mod tests {
                 hold_runnable_locally: false,
                 split: crate::config::SplitConfig::default(),
                 inline_max,
+                inference_cgroup: None,
             },
             ManagerParts {
                 local_specs: HashMap::from([(TaskType::ImageClassification, spec.clone())]),

@@ -35,7 +35,7 @@ mod worker;
 
 use inline::run_inline;
 use offload::{forward_loop, run_offload};
-use worker::{warm_worker, worker_loop};
+use worker::{join_inference_cgroup, warm_worker, worker_loop};
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -58,6 +58,11 @@ pub struct ManagerConfig {
     /// thread that accepted it when a worker waits idle and nothing is
     /// queued (see [`inline`]); zero: always on a worker.
     pub inline_max: Duration,
+    /// The cgroup every worker thread joins at start (see
+    /// [`crate::cpu::InferenceCgroup`]): local inference runs under its
+    /// limits, the rest of the agent outside them. Runs inline are off
+    /// with it (they would run on a runtime thread, outside it).
+    pub inference_cgroup: Option<crate::cpu::InferenceCgroup>,
 }
 
 /// Counters of what happened to tasks, for logs, the demo and metrics.
@@ -298,8 +303,12 @@ struct LocalState {
     /// than a task's goes before it, also when it arrives later.
     load_by_priority: [LoadMeter; 4],
     /// ...or at the process's CPU load, when that is higher (under a quota,
-    /// a spent allowance stalls every path through the edge).
+    /// a spent allowance stalls every path through the edge). With an
+    /// inference cgroup, the workers' own CPU time against its quota.
     cpu: CpuMeter,
+    /// The workers' CPU clocks, when the meter reads them (with an
+    /// inference cgroup) rather than the whole process's.
+    worker_clocks: Option<Vec<nix::time::ClockId>>,
     /// Per task type, the run-time estimate its queued tasks are costed at.
     costed_at: HashMap<TaskType, Duration>,
     /// The path chosen for the latest task of each type (hysteresis).
@@ -339,7 +348,11 @@ impl LocalState {
     /// Samples the process's CPU time now, if the meter wants a sample.
     fn sample_cpu(&mut self, now: Instant) {
         if self.cpu.wants_sample(now) {
-            if let Some(used) = crate::cpu::used() {
+            let used = match &self.worker_clocks {
+                Some(clocks) => crate::cpu::threads_used(clocks),
+                None => crate::cpu::used(),
+            };
+            if let Some(used) = used {
                 self.cpu.observe(now, used);
             }
         }
@@ -543,8 +556,27 @@ pub struct ManagerParts {
 impl Manager {
     /// Loads one engine per worker (failing fast if a model is broken) and
     /// starts the workers.
-    pub fn start(cfg: ManagerConfig, parts: ManagerParts) -> anyhow::Result<Manager> {
+    pub fn start(mut cfg: ManagerConfig, parts: ManagerParts) -> anyhow::Result<Manager> {
         let n = cfg.workers.max(1);
+        let process_cores = crate::cpu::allowance_cores();
+        let cpu_allowance = match &cfg.inference_cgroup {
+            Some(cg) => {
+                if !cfg.inline_max.is_zero() {
+                    tracing::info!(
+                        "runs inline are off: local inference runs in the inference cgroup only"
+                    );
+                    cfg.inline_max = Duration::ZERO;
+                }
+                let quota = cg.quota_cores();
+                tracing::info!(
+                    cgroup = %cg.path().display(),
+                    quota_cores = quota,
+                    "local inference workers join the inference cgroup"
+                );
+                quota.map_or(process_cores, |q| q.min(process_cores))
+            }
+            None => process_cores,
+        };
         let runtime = tokio::runtime::Handle::try_current().ok();
         let engines = (0..n)
             .map(|_| (parts.engine_factory)())
@@ -599,7 +631,8 @@ impl Manager {
                 lent: vec![false; n],
                 load: LoadMeter::new(LOAD_WINDOW, n),
                 load_by_priority: std::array::from_fn(|_| LoadMeter::new(LOAD_WINDOW, n)),
-                cpu: CpuMeter::new(crate::cpu::allowance_cores(), LOAD_WINDOW),
+                cpu: CpuMeter::new(cpu_allowance, LOAD_WINDOW),
+                worker_clocks: cfg.inference_cgroup.as_ref().map(|_| Vec::new()),
                 costed_at: HashMap::new(),
                 last_path: HashMap::new(),
                 stopping: false,
@@ -626,27 +659,57 @@ impl Manager {
                 rt.spawn(forward_loop(inner.clone()));
             }
         }
-        let (warmed_tx, warmed) = std::sync::mpsc::channel();
-        let workers = (0..n)
+        // Each worker sends whether it joined the inference cgroup (`Err`:
+        // it did not, and ended) and then how its warm-up went.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let spawned = (0..n)
             .map(|i| {
                 let inner = inner.clone();
-                let warmed = warmed_tx.clone();
+                let started = started_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{i}"))
                     .spawn(move || {
-                        let _ = warmed.send(warm_worker(&inner));
-                        drop(warmed);
+                        if let Err(e) = join_inference_cgroup(&inner) {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                        let _ = started.send(Ok(warm_worker(&inner)));
+                        drop(started);
                         worker_loop(inner, i)
                     })
             })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        drop(warmed_tx);
+            .collect::<std::io::Result<Vec<_>>>();
+        drop(started_tx);
+        let stop_workers = |workers: Vec<JoinHandle<()>>| {
+            inner.state.lock().expect("state lock").stopping = true;
+            inner.work_ready.notify_all();
+            for h in workers {
+                let _ = h.join();
+            }
+        };
+        let workers = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                // The workers that did start end with the channel: they
+                // hold its senders until they have warmed up.
+                for _ in started.iter() {}
+                stop_workers(Vec::new());
+                return Err(anyhow::Error::new(e).context("starting the inference workers"));
+            }
+        };
         // The manager is ready when every worker is: a task accepted now
         // waits for no first run.
-        for r in warmed.iter() {
-            if let Err(e) = r {
-                tracing::warn!(error = %format!("{e:#}"), "warming up a worker");
+        let mut not_joined = None;
+        for r in started.iter() {
+            match r {
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "warming up a worker"),
+                Ok(Ok(())) => {}
+                Err(e) => not_joined = not_joined.or(Some(e)),
             }
+        }
+        if let Some(e) = not_joined {
+            stop_workers(workers);
+            return Err(e);
         }
         Ok(Manager {
             inner,
@@ -1724,7 +1787,8 @@ mod tests {
     }
 
     /// An engine that notes the thread each warm-up ran on.
-    struct Noting(Arc<Mutex<Vec<String>>>);
+    /// Notes, on warming up, its thread's name and cgroups.
+    struct Noting(Arc<Mutex<Vec<(String, String)>>>);
 
     impl Engine for Noting {
         fn supports(&self, _: TaskType) -> bool {
@@ -1743,19 +1807,24 @@ mod tests {
             // Slow enough that a start that did not wait would be seen.
             std::thread::sleep(Duration::from_millis(50));
             let name = std::thread::current().name().unwrap_or("").to_string();
-            self.0.lock().unwrap().push(name);
+            let cgroups = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+            self.0.lock().unwrap().push((name, cgroups));
             Ok(())
         }
     }
 
-    #[test]
-    fn start_returns_once_every_worker_warmed_on_its_own_thread() {
+    type Noted = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn start_noting(
+        workers: usize,
+        inference_cgroup: Option<crate::cpu::InferenceCgroup>,
+    ) -> (anyhow::Result<Manager>, Noted) {
         let noted = Arc::new(Mutex::new(Vec::new()));
         let n = noted.clone();
         let (events, _rx) = mpsc::channel(1);
         let manager = Manager::start(
             ManagerConfig {
-                workers: 3,
+                workers,
                 queue_capacity: 8,
                 queue_capacity_bytes: 1 << 20,
                 max_concurrent_offloads: 1,
@@ -1766,6 +1835,7 @@ mod tests {
                 hold_runnable_locally: false,
                 split: crate::config::SplitConfig::default(),
                 inline_max: Duration::from_micros(200),
+                inference_cgroup,
             },
             ManagerParts {
                 local_specs: HashMap::new(),
@@ -1778,17 +1848,69 @@ mod tests {
                 store: None,
                 audit: None,
             },
-        )
-        .unwrap();
-        let mut threads = noted.lock().unwrap().clone();
-        threads.sort();
-        assert_eq!(threads, ["infer-0", "infer-1", "infer-2"]);
+        );
+        (manager, noted)
+    }
+
+    fn stop_workers(manager: Manager) {
         let inner = manager.inner.clone();
         inner.state.lock().unwrap().stopping = true;
         inner.work_ready.notify_all();
         for h in std::mem::take(&mut *manager.workers.lock().unwrap()) {
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn start_returns_once_every_worker_warmed_on_its_own_thread() {
+        let (manager, noted) = start_noting(3, None);
+        let manager = manager.unwrap();
+        let mut threads: Vec<String> = noted.lock().unwrap().iter().map(|n| n.0.clone()).collect();
+        threads.sort();
+        assert_eq!(threads, ["infer-0", "infer-1", "infer-2"]);
+        stop_workers(manager);
+    }
+
+    #[test]
+    fn workers_run_in_the_inference_cgroup_and_nothing_runs_inline() {
+        let Some(cg) = crate::cpu::testing::TestCgroup::v1("manager", 25_000, 100_000) else {
+            return;
+        };
+        let infer = crate::cpu::InferenceCgroup::open(&cg.path).unwrap();
+        let (manager, noted) = start_noting(2, Some(infer));
+        let manager = manager.unwrap();
+        let noted = noted.lock().unwrap().clone();
+        assert_eq!(noted.len(), 2);
+        for (name, cgroups) in &noted {
+            assert!(cg.holds(cgroups), "{name} warmed outside the cgroup: {cgroups}");
+        }
+        let here = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+        assert!(!cg.holds(&here), "the starting thread moved too: {here}");
+        {
+            let state = manager.inner.state.lock().unwrap();
+            // The meter reads the workers' clocks against the cgroup's
+            // quota (or the process's, were that less).
+            assert_eq!(state.worker_clocks.as_ref().map(Vec::len), Some(2));
+            assert_eq!(state.cpu.allowance(), crate::cpu::allowance_cores().min(0.25));
+        }
+        assert!(manager.inner.cfg.inline_max.is_zero());
+        stop_workers(manager);
+        assert!(cg.empties(), "workers stopped but the cgroup holds threads");
+    }
+
+    #[test]
+    fn a_start_whose_workers_cannot_join_fails_clearly() {
+        let Some(cg) = crate::cpu::testing::TestCgroup::v1("unjoinable", 25_000, 100_000) else {
+            return;
+        };
+        let infer = crate::cpu::InferenceCgroup::open(&cg.path).unwrap();
+        std::fs::remove_dir(&cg.path).unwrap();
+        let (manager, noted) = start_noting(2, Some(infer));
+        let err = format!("{:#}", manager.err().expect("the start must fail"));
+        assert!(err.contains("joining the inference cgroup"), "{err}");
+        assert!(err.contains("thread infer-"), "{err}");
+        // No worker went on to warm up (they ended at once).
+        assert!(noted.lock().unwrap().is_empty());
     }
 
     /// One worker whose first run waits for the test to open a gate (the
@@ -1991,6 +2113,7 @@ mod tests {
             hold_runnable_locally: false,
             split: crate::config::SplitConfig::default(),
             inline_max: Duration::from_micros(200),
+            inference_cgroup: None,
         }
     }
 

@@ -4,6 +4,23 @@
 
 use super::*;
 
+/// Moves the calling worker thread into the inference cgroup, if there is
+/// one, and lets the CPU meter read its clock.
+pub(super) fn join_inference_cgroup(inner: &Inner) -> anyhow::Result<()> {
+    let Some(cg) = &inner.cfg.inference_cgroup else {
+        return Ok(());
+    };
+    cg.join_this_thread()?;
+    let clock = crate::cpu::this_thread_clock().ok_or_else(|| {
+        anyhow::anyhow!("reading a worker thread's CPU clock for the inference cgroup's meter")
+    })?;
+    let mut state = inner.state.lock().expect("state lock");
+    if let Some(clocks) = &mut state.worker_clocks {
+        clocks.push(clock);
+    }
+    Ok(())
+}
+
 /// Runs the models on this worker's thread (see [`crate::infer::Engine::warm_up`]),
 /// holding an engine only for that long.
 pub(super) fn warm_worker(inner: &Inner) -> anyhow::Result<()> {
