@@ -108,30 +108,33 @@ impl InferenceCgroup {
             Version::V2 => "cgroup.threads",
         };
         let target = self.path.join(file);
-        std::fs::write(&target, tid.to_string()).map_err(|e| {
-            let hint = match (self.version, e.raw_os_error()) {
-                (Version::V2, Some(libc::EOPNOTSUPP | libc::EINVAL)) => format!(
-                    " (cgroup v2 moves single threads only into a threaded cgroup of the \
-                     process's own threaded subtree: make it a child of the agent's cgroup \
-                     and write \"threaded\" to its cgroup.type; its type now: {})",
-                    std::fs::read_to_string(self.path.join("cgroup.type"))
-                        .map(|t| t.trim().to_string())
-                        .unwrap_or_else(|_| "unreadable".into())
-                ),
-                (_, Some(libc::EACCES | libc::EPERM)) => {
-                    " (the agent's user needs write access to that file)".into()
-                }
-                _ => String::new(),
-            };
-            anyhow::anyhow!("{e}{hint}")
-        })
-        .with_context(|| {
-            format!(
-                "thread {} (tid {tid}) joining the inference cgroup: writing {}",
-                std::thread::current().name().unwrap_or("unnamed"),
-                target.display()
-            )
-        })
+        std::fs::write(&target, tid.to_string())
+            .map_err(|e| anyhow::anyhow!("{e}{}", self.join_hint(&e)))
+            .with_context(|| {
+                format!(
+                    "thread {} (tid {tid}) joining the inference cgroup: writing {}",
+                    std::thread::current().name().unwrap_or("unnamed"),
+                    target.display()
+                )
+            })
+    }
+
+    /// What to do about a failed join, where the error says.
+    fn join_hint(&self, e: &std::io::Error) -> String {
+        match (self.version, e.raw_os_error()) {
+            (Version::V2, Some(libc::EOPNOTSUPP | libc::EINVAL)) => format!(
+                " (cgroup v2 moves single threads only into a threaded cgroup of the \
+                 process's own threaded subtree: make it a child of the agent's cgroup \
+                 and write \"threaded\" to its cgroup.type; its type now: {})",
+                std::fs::read_to_string(self.path.join("cgroup.type"))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_else(|_| "unreadable".into())
+            ),
+            (_, Some(libc::EACCES | libc::EPERM)) => {
+                " (the agent's user needs write access to that file)".into()
+            }
+            _ => String::new(),
+        }
     }
 
     /// The cores the cgroup's CPU quota allows (the least along its
@@ -363,11 +366,21 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
-        assert!(cg.holds(&joined), "the thread is not in {}: {joined}", cg.path.display());
+        assert!(
+            cg.holds(&joined),
+            "the thread is not in {}: {joined}",
+            cg.path.display()
+        );
         assert!(spun > 0);
         let main = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
-        assert!(!cg.holds(&main), "the rest of the process moved too: {main}");
-        assert!(cg.empties(), "the cgroup still holds threads after the thread ended");
+        assert!(
+            !cg.holds(&main),
+            "the rest of the process moved too: {main}"
+        );
+        assert!(
+            cg.empties(),
+            "the cgroup still holds threads after the thread ended"
+        );
     }
 
     #[test]

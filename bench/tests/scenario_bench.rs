@@ -151,7 +151,17 @@ fn one_scenario_two_policies_accounts_for_every_task() {
     assert!(missed(oracle) <= missed(&by("always-local")), "{oracle}");
     assert!(missed(oracle) <= missed(&off), "{oracle}");
 
+    // The profile's share bounded the inference workers alone: they ran in
+    // the child cgroup (its quota was in force in the periods they ran),
+    // the rest of the agent outside it.
+    assert_eq!(json["edge_quota"], "inference");
+    assert_eq!(json["edge_agent_cpu"], 1.0);
+    let local_row = rows.iter().find(|r| r["policy"] == "always-local").unwrap();
+    let periods = local_row["throttling"]["periods"].as_u64().unwrap();
+    assert!(periods > 100, "the inference cgroup ran {periods} periods");
+
     let md = std::fs::read_to_string(out.join("scenarios.md")).unwrap();
+    assert!(md.contains("The edge's inference workers run in a cgroup of their own"));
     assert!(md.contains("| wan | always-local |") && md.contains("| wan | *oracle* |"));
     for png in ["cdf-wan.png", "timeline-wan.png"] {
         let bytes = std::fs::read(out.join(png)).unwrap();

@@ -1882,7 +1882,10 @@ mod tests {
         let noted = noted.lock().unwrap().clone();
         assert_eq!(noted.len(), 2);
         for (name, cgroups) in &noted {
-            assert!(cg.holds(cgroups), "{name} warmed outside the cgroup: {cgroups}");
+            assert!(
+                cg.holds(cgroups),
+                "{name} warmed outside the cgroup: {cgroups}"
+            );
         }
         let here = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
         assert!(!cg.holds(&here), "the starting thread moved too: {here}");
@@ -1891,7 +1894,10 @@ mod tests {
             // The meter reads the workers' clocks against the cgroup's
             // quota (or the process's, were that less).
             assert_eq!(state.worker_clocks.as_ref().map(Vec::len), Some(2));
-            assert_eq!(state.cpu.allowance(), crate::cpu::allowance_cores().min(0.25));
+            assert_eq!(
+                state.cpu.allowance(),
+                crate::cpu::allowance_cores().min(0.25)
+            );
         }
         assert!(manager.inner.cfg.inline_max.is_zero());
         stop_workers(manager);

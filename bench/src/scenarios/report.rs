@@ -40,7 +40,8 @@ pub struct Row {
     pub summary: Summary,
     /// Mean extra latency over the oracle on tasks both completed (ms).
     pub vs_oracle_ms: Option<f64>,
-    /// The edge cgroup's throttling during the run.
+    /// During the run, the throttling of the cgroup with the profile's
+    /// share: the inference workers', or the whole edge agent's.
     pub throttling: Throttling,
 }
 
@@ -118,6 +119,31 @@ pub struct BenchResult {
     /// (`--edge-cpu-scale`); the scenarios' profiles hold the shares run.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub edge_cpu_scale: f64,
+    /// What the profile's edge CPU share bounded (results from before the
+    /// option: the whole agent).
+    #[serde(default = "whole_agent")]
+    pub edge_quota: EdgeQuota,
+    /// With the share on inference only: the CPUs the rest of the edge
+    /// agent had (task API, decisions, offloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_agent_cpu: Option<f64>,
+}
+
+/// What the scenario profile's edge CPU share bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EdgeQuota {
+    /// The edge's inference workers alone (a cgroup of their own, the
+    /// agent's `--inference-cgroup`): the device's accelerator. The rest
+    /// of the agent has a quota of its own (`--edge-agent-cpu`).
+    Inference,
+    /// The whole edge agent: a spent quota stalls its task API and
+    /// offloads as well as its models.
+    Agent,
+}
+
+fn whole_agent() -> EdgeQuota {
+    EdgeQuota::Agent
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -302,7 +328,7 @@ fn prediction_errors(o: &mut String, r: &BenchResult) {
          (deadline-aware, predictive: the point that minimises the absolute error; their \
          expected latency is that distribution's mean, whose error the mean columns give), \
          else the decision's expected latency. Outside: the median of what the submitter saw \
-         beyond that (the way to and from the task API under the edge's CPU quota), the same \
+         beyond that (the way to and from the task API, and its waits for CPU), the same \
          for every path. Hedged: tasks run on both paths.\n\n\
          | scenario | policy | local | cloud | local, mean | cloud, mean | outside (ms) | hedged |\n|---|---|---|---|---|---|---|---|"
     );
@@ -745,11 +771,25 @@ pub fn render(r: &BenchResult) -> String {
     );
 
     let _ = writeln!(o, "## Device profile\n");
-    let _ = writeln!(
-        o,
-        "The edge agent runs in a cgroup with a CPU quota, the cloud service without one \
-         (unless the profile gives it one); the workload driver runs beside the edge, unconstrained.\n"
-    );
+    let _ = match (r.edge_quota, r.edge_agent_cpu) {
+        (EdgeQuota::Inference, agent_cpu) => writeln!(
+            o,
+            "The edge's inference workers run in a cgroup of their own with the profile's CPU \
+             share (`edge CPU`, the device's accelerator; the agent's `--inference-cgroup`); the \
+             rest of the edge agent (task API, decisions, offloads) runs in its parent cgroup, \
+             limited to {} CPU (`--edge-agent-cpu`). The cloud service runs without a quota \
+             (unless the profile gives it one); the workload driver runs beside the edge, \
+             unconstrained.\n",
+            agent_cpu.map_or("an unstated".into(), |c| c.to_string())
+        ),
+        (EdgeQuota::Agent, _) => writeln!(
+            o,
+            "The whole edge agent runs in a cgroup with the profile's CPU share: its task API, \
+             decisions and offloads stall with its models when the quota is spent \
+             (`--edge-quota agent`). The cloud service runs without a quota (unless the profile \
+             gives it one); the workload driver runs beside the edge, unconstrained.\n"
+        ),
+    };
     if r.edge_cpu_scale != 1.0 {
         let _ = writeln!(
             o,
@@ -879,6 +919,11 @@ pub fn render(r: &BenchResult) -> String {
     let _ = writeln!(o, "## Edge CPU throttling\n");
     let _ = writeln!(
         o,
+        "Of the cgroup with the profile's share: the inference workers' (`--edge-quota \
+         inference`) or the whole edge agent's (`agent`).\n"
+    );
+    let _ = writeln!(
+        o,
         "| scenario | policy | periods | throttled periods | throttled time (s) |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|");
@@ -979,6 +1024,8 @@ pub(crate) mod tests {
             }],
             rendered_again: None,
             edge_cpu_scale: 1.0,
+            edge_quota: EdgeQuota::Inference,
+            edge_agent_cpu: Some(1.0),
             offloads: (0, 0),
             resumed: Vec::new(),
             left: 0,
@@ -1140,6 +1187,34 @@ pub(crate) mod tests {
         old.as_object_mut().unwrap().remove("edge_cpu_scale");
         let read: BenchResult = serde_json::from_value(old).unwrap();
         assert_eq!(read.edge_cpu_scale, 1.0);
+    }
+
+    #[test]
+    fn the_report_says_what_the_edge_quota_bounds_and_older_results_read_as_whole_agent() {
+        let md = render(&result());
+        assert!(
+            md.contains("The edge's inference workers run in a cgroup of their own"),
+            "{md}"
+        );
+        assert!(md.contains("limited to 1 CPU (`--edge-agent-cpu`)"), "{md}");
+        let whole = BenchResult {
+            edge_quota: EdgeQuota::Agent,
+            edge_agent_cpu: None,
+            ..result()
+        };
+        let md = render(&whole);
+        assert!(md.contains("The whole edge agent runs in a cgroup"), "{md}");
+        assert!(!md.contains("inference workers run in a cgroup"), "{md}");
+        // Results written before the option have neither field.
+        let mut old = serde_json::to_value(result()).unwrap();
+        assert_eq!(old["edge_quota"], "inference");
+        old.as_object_mut().unwrap().remove("edge_quota");
+        old.as_object_mut().unwrap().remove("edge_agent_cpu");
+        let read: BenchResult = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (read.edge_quota, read.edge_agent_cpu),
+            (EdgeQuota::Agent, None)
+        );
     }
 
     #[test]

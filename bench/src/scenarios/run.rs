@@ -4,7 +4,7 @@
 
 use super::quick_window::{quick_start, window};
 use super::record::{DecisionView, TaskRecord};
-use super::report::{self, BenchResult, Calibration, Job, Row, ScenarioResult};
+use super::report::{self, BenchResult, Calibration, EdgeQuota, Job, Row, ScenarioResult};
 use super::stats;
 use crate::support::cpu_quota::{self as cgroup, Controller, CpuCgroup};
 use crate::support::procs::{self, Proc};
@@ -57,6 +57,11 @@ pub struct Options {
     /// where torch runs several times faster a smaller share stands for
     /// the same edge (bench/README.md, Device profile).
     pub edge_cpu_scale: f64,
+    /// What the profile's edge CPU share bounds: the inference workers
+    /// alone, or the whole agent.
+    pub edge_quota: EdgeQuota,
+    /// CPUs of the rest of the edge agent, with `EdgeQuota::Inference`.
+    pub edge_agent_cpu: f64,
 }
 
 /// One policy's run of one scenario.
@@ -224,10 +229,19 @@ fn run_policy(
     let (edge_ns, cloud_addr) = (&net.edge_ns, &net.cloud_addr);
     // Back to the scenario's initial conditions while the edge starts.
     lab_command(lab, "schedule start")?;
-    let cg = ctx.cgroup(
-        &ctx.cgroup_name(&sc.name, policy),
-        sc.profile.edge_cpu_share,
-    )?;
+    let name = ctx.cgroup_name(&sc.name, policy);
+    let share = sc.profile.edge_cpu_share;
+    // The profile's share: on the inference workers (a child cgroup they
+    // join), the rest of the agent above it; or on the whole agent.
+    let (cg, inference_cg) = match ctx.o.edge_quota {
+        EdgeQuota::Agent => (ctx.cgroup(&name, share)?, None),
+        EdgeQuota::Inference => {
+            let agent = ctx.cgroup(&name, ctx.o.edge_agent_cpu)?;
+            let inference = agent.create_threaded_child("inference", share, ctx.o.period_us)?;
+            procs::register_cgroup(&inference.path);
+            (agent, Some(inference))
+        }
+    };
     let mut cmd = ctx.in_ns(edge_ns, &ctx.agent)?;
     cmd.args(["--log", "warn"]);
     if ctx.tls {
@@ -240,6 +254,9 @@ fn run_policy(
     }
     cmd.args(["--policy", policy])
         .args(["--workers", &sc.profile.local_workers.to_string()]);
+    if let Some(inference) = &inference_cg {
+        cmd.arg("--inference-cgroup").arg(&inference.path);
+    }
     cg.join_at_spawn(&mut cmd)?;
     let mut edge = Proc::spawn(
         &format!("edge agent ({policy})"),
@@ -274,9 +291,12 @@ fn run_policy(
         st.is_some_and(|s| s.success()),
         "driver ({policy}) did not exit cleanly: {st:?}"
     );
-    let throttling = cg.throttling();
+    let throttling = inference_cg.as_ref().unwrap_or(&cg).throttling();
     edge.stop(Duration::from_secs(15))?;
     drop(edge);
+    if let Some(inference) = inference_cg {
+        drop_cgroup(inference);
+    }
     drop_cgroup(cg);
     let records = read_records(&out)?;
     eprintln!("scenario-bench: {} / {policy}: {done}", sc.name);
@@ -538,7 +558,20 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         "--edge-cpu-scale {}: must be a number above 0",
         o.edge_cpu_scale
     );
+    ensure!(
+        o.edge_agent_cpu.is_finite() && o.edge_agent_cpu > 0.0,
+        "--edge-agent-cpu {}: must be a number above 0",
+        o.edge_agent_cpu
+    );
     let bin = |n: &str| program(&o.bin_dir, n);
+    if o.edge_quota == EdgeQuota::Inference {
+        let help = output(Command::new(bin("agent")?).args(["edge", "--help"]))?;
+        ensure!(
+            help.contains("--inference-cgroup"),
+            "this agent build has no --inference-cgroup, so its inference cannot have a quota \
+             of its own: run it with --edge-quota agent"
+        );
+    }
     let ctl = cgroup::detect()?;
     cgroup::sweep_stale(&ctl);
     let parent = ctl.root.join(cgroup::PARENT);
@@ -575,6 +608,8 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         resumed: Vec::new(),
         left: 0,
         edge_cpu_scale: o.edge_cpu_scale,
+        edge_quota: o.edge_quota,
+        edge_agent_cpu: (o.edge_quota == EdgeQuota::Inference).then_some(o.edge_agent_cpu),
     };
     if o.resume {
         continue_from(o, &mut result)?;

@@ -57,7 +57,7 @@ pub struct Summary {
     #[serde(default)]
     pub hedged: usize,
     /// Median of what the submitter saw beyond the agent's own measure
-    /// (the way to and from the task API, under the edge's CPU quota).
+    /// (the way to and from the task API, and its waits for CPU).
     #[serde(default)]
     pub outside_ms: Option<f64>,
     /// How well the chance of meeting the deadline that each decision

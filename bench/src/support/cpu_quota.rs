@@ -146,22 +146,53 @@ impl CpuCgroup {
             remove_dir(&path, Duration::from_secs(2))?;
         }
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        let (quota_us, period_us) = quota(share, period_us);
-        let cg = CpuCgroup {
+        CpuCgroup::unlimited(path, ctl.version).limit(share, period_us)
+    }
+
+    /// A cgroup below this one for some threads of its process (the edge
+    /// agent's inference workers join it themselves, `--inference-cgroup`),
+    /// limited by both quotas. On v2 it is threaded: this one becomes the
+    /// root of a threaded subtree, which must happen while it is empty.
+    pub fn create_threaded_child(
+        &self,
+        name: &str,
+        share: f64,
+        period_us: u64,
+    ) -> Result<CpuCgroup> {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        // Removed on drop, should what follows fail.
+        let child = CpuCgroup::unlimited(path, self.version);
+        if self.version == Version::V2 {
+            write(&child.path.join("cgroup.type"), "threaded")?;
+            write(&self.path.join("cgroup.subtree_control"), "+cpu")?;
+        }
+        child.limit(share, period_us)
+    }
+
+    fn unlimited(path: PathBuf, version: Version) -> CpuCgroup {
+        CpuCgroup {
             path,
-            version: ctl.version,
-            quota_us,
-            period_us,
-        };
-        match ctl.version {
-            Version::V2 => write(&cg.path.join("cpu.max"), &format!("{quota_us} {period_us}"))?,
+            version,
+            quota_us: 0,
+            period_us: 0,
+        }
+    }
+
+    /// Sets the quota for `share` (on error the cgroup is dropped, so
+    /// removed).
+    fn limit(mut self, share: f64, period_us: u64) -> Result<CpuCgroup> {
+        (self.quota_us, self.period_us) = quota(share, period_us);
+        let (q, p) = (self.quota_us, self.period_us);
+        match self.version {
+            Version::V2 => write(&self.path.join("cpu.max"), &format!("{q} {p}"))?,
             Version::V1 => {
                 // Period first: the kernel checks the quota against it.
-                write(&cg.path.join("cpu.cfs_period_us"), &period_us.to_string())?;
-                write(&cg.path.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
+                write(&self.path.join("cpu.cfs_period_us"), &p.to_string())?;
+                write(&self.path.join("cpu.cfs_quota_us"), &q.to_string())?;
             }
         }
-        Ok(cg)
+        Ok(self)
     }
 
     pub fn describe(&self) -> String {
