@@ -70,7 +70,10 @@ pub struct EdgeConfig {
     /// of the agent's own cgroup). Its CPU quota then bounds local
     /// inference alone, not the task API and offloads beside it. The
     /// agent only joins it: whoever starts the agent creates it and sets
-    /// its limits. Unset: the workers stay in the agent's cgroup.
+    /// its limits. Unset: the workers stay in the agent's cgroup. Loading
+    /// the models and their first run (at start, and for a model update)
+    /// happen outside it, and so do libtorch's intra-op threads when
+    /// `intra_op_threads` is above 1.
     pub inference_cgroup: Option<PathBuf>,
     pub policy: Policy,
     /// Expected size of a response on the wire, for the download cost.

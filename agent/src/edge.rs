@@ -186,6 +186,15 @@ impl Edge {
         mut passive: Option<EbpfProbe>,
     ) -> anyhow::Result<Edge> {
         tch::set_num_threads(cfg.intra_op_threads.max(1));
+        if cfg.inference_cgroup.is_some() && cfg.intra_op_threads > 1 {
+            // The pool's threads start with the models' first runs, on
+            // the thread loading them, before any worker joins.
+            tracing::warn!(
+                intra_op_threads = cfg.intra_op_threads,
+                "libtorch's intra-op threads run outside the inference cgroup: keep \
+                 intra_op_threads at 1 for its quota to bound local inference"
+            );
+        }
         let listener = match (listener, agent_net::task_api::unix_path(&cfg.listen)) {
             (Some(l), _) => ApiListener::Tcp(l),
             (None, Some(path)) => {
