@@ -831,7 +831,7 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
                 ))),
                 (Some(l), None) => {
                     if hopeless(&l) {
-                        return Err(deadline_error(input, &local, offload));
+                        return Err(hopeless_error(input, Some(&l), None, min_p));
                     }
                     let reason = if offload.is_none() {
                         Reason::NoNetworkEstimate
@@ -842,13 +842,13 @@ pub fn decide(input: &DecisionInput, policy: &Policy) -> Result<Decision, TaskEr
                 }
                 (None, Some(c)) => {
                     if hopeless(&c) {
-                        return Err(deadline_error(input, &local, offload));
+                        return Err(hopeless_error(input, None, Some(&c), min_p));
                     }
                     Ok(make(ExecPath::Cloud, Reason::NoLocalModel))
                 }
                 (Some(l), Some(c)) => {
                     if hopeless(&l) && hopeless(&c) {
-                        return Err(deadline_error(input, &local, offload));
+                        return Err(hopeless_error(input, Some(&l), Some(&c), min_p));
                     }
                     let with_hedge = |mut d: Decision| {
                         d.hedge = should_hedge(&d, &l, &c);
@@ -926,6 +926,33 @@ fn deadline_error(
     TaskError::DeadlineExceeded(format!(
         "{left:.2}ms left, expected local {:.2}ms, offload {offload}",
         local.total_ms
+    ))
+}
+
+/// A task refused by the aware policies: the paths' predicted
+/// distributions and chances of meeting the deadline, which the refusal
+/// weighed (a mean alone may sit under the time left while most of the
+/// distribution does not).
+fn hopeless_error(
+    input: &DecisionInput,
+    local: Option<&Outlook>,
+    offload: Option<&Outlook>,
+    min_p: f64,
+) -> TaskError {
+    let left = input.time_left.map_or(f64::INFINITY, ms);
+    let path = |name: &str, o: Option<&Outlook>| match o {
+        Some(o) => format!(
+            "{name} p50 {:.2}ms, p95 {:.2}ms, chance in time {:.2}",
+            o.p50_ms,
+            o.p95_ms,
+            o.p_meet.unwrap_or(1.0)
+        ),
+        None => format!("{name} n/a"),
+    };
+    TaskError::DeadlineExceeded(format!(
+        "{left:.2}ms left; {}; {} (under {min_p:.2} on every path)",
+        path("local", local),
+        path("offload", offload)
     ))
 }
 

@@ -493,7 +493,16 @@ fn deadline_aware_table() {
                     matches!(e, TaskError::DeadlineExceeded(_)),
                     "{}: {e}",
                     c.name
-                )
+                );
+                // The refusal shows what it weighed: each path's chance.
+                let text = e.to_string();
+                assert!(
+                    text.contains("ms left; local p50 ")
+                        && text.matches("chance in time 0.").count() == 2
+                        && text.contains("on every path"),
+                    "{}: {text}",
+                    c.name
+                );
             }
             _ => panic!("{}: expected {:?}, got {:?}", c.name, c.expect, got),
         }
