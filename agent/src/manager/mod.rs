@@ -1786,9 +1786,11 @@ mod tests {
         }
     }
 
-    /// An engine that notes the thread each warm-up ran on.
-    /// Notes, on warming up, its thread's name and cgroups.
-    struct Noting(Arc<Mutex<Vec<(String, String)>>>);
+    /// The name and cgroups of the thread each warm-up ran on.
+    type Noted = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// An engine that notes, on warming up, its thread's name and cgroups.
+    struct Noting(Noted);
 
     impl Engine for Noting {
         fn supports(&self, _: TaskType) -> bool {
@@ -1812,8 +1814,6 @@ mod tests {
             Ok(())
         }
     }
-
-    type Noted = Arc<Mutex<Vec<(String, String)>>>;
 
     fn start_noting(
         workers: usize,

@@ -3,7 +3,6 @@
 //! and PNG plots. Needs root. See bench/README.md.
 
 use anyhow::{bail, Context, Result};
-use bench::scenarios::report::EdgeQuota;
 use bench::scenarios::run;
 use bench::support::procs;
 use clap::Parser;
@@ -48,23 +47,8 @@ struct Args {
     /// Folder with agent, netem-tun and scenario-driver (default: this program's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Multiply every scenario's edge CPU share by this: where the edge's
-    /// models run several times faster than on the host the scenarios
-    /// were tuned on (the report's "Models under the profile" table), a
-    /// smaller share stands for the same edge (bench/README.md).
-    #[arg(long, default_value_t = 1.0)]
-    edge_cpu_scale: f64,
-    /// What the profile's edge CPU share bounds: `inference`, the edge's
-    /// inference workers alone (a cgroup they join, the rest of the agent
-    /// limited by --edge-agent-cpu), or `agent`, the whole edge agent
-    /// (every result before this option; agent builds without
-    /// --inference-cgroup need it).
-    #[arg(long, value_enum, default_value = "inference")]
-    edge_quota: EdgeQuota,
-    /// CPUs of the edge agent around its inference workers (task API,
-    /// decisions, offloads), with --edge-quota inference.
-    #[arg(long, default_value_t = 1.0)]
-    edge_agent_cpu: f64,
+    #[command(flatten)]
+    edge_cpu: run::EdgeCpu,
     /// CFS period of the CPU quota (stretched where the quota would be under 1 ms).
     #[arg(long, default_value_t = 4000)]
     cpu_period_us: u64,
@@ -156,9 +140,7 @@ fn main() -> Result<()> {
         calibrate: !a.no_calibrate,
         seeds: a.seeds.unwrap_or(if a.quick { 1 } else { 3 }),
         resume: a.resume,
-        edge_cpu_scale: a.edge_cpu_scale,
-        edge_quota: a.edge_quota,
-        edge_agent_cpu: a.edge_agent_cpu,
+        edge_cpu: a.edge_cpu,
     };
     let r = match run::run(&opts) {
         Ok(r) => r,

@@ -52,15 +52,29 @@ pub struct Options {
     pub seeds: u64,
     /// Continue the run in `out_dir/NAME.json` (see [`continue_from`]).
     pub resume: bool,
-    /// Multiplies every scenario's edge CPU share: the profiles' shares
-    /// stand for the edge on the host the scenarios were tuned on, and
-    /// where torch runs several times faster a smaller share stands for
-    /// the same edge (bench/README.md, Device profile).
+    pub edge_cpu: EdgeCpu,
+}
+
+/// The edge's CPU beyond the scenario files' profiles (bench/README.md,
+/// Device profile); scenario-bench and scenario-ab take it as options.
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
+pub struct EdgeCpu {
+    /// Multiply every scenario's edge CPU share by this: where the edge's
+    /// models run several times faster than on the host the scenarios
+    /// were tuned on (the report's "Models under the profile" table), a
+    /// smaller share stands for the same edge (bench/README.md).
+    #[arg(long, default_value_t = 1.0)]
     pub edge_cpu_scale: f64,
-    /// What the profile's edge CPU share bounds: the inference workers
-    /// alone, or the whole agent.
+    /// What the profile's edge CPU share bounds: `inference`, the edge's
+    /// inference workers alone (a cgroup they join, the rest of the agent
+    /// limited by --edge-agent-cpu), or `agent`, the whole edge agent
+    /// (every result before this option; agent builds without
+    /// --inference-cgroup need it).
+    #[arg(long, value_enum, default_value = "inference")]
     pub edge_quota: EdgeQuota,
-    /// CPUs of the rest of the edge agent, with `EdgeQuota::Inference`.
+    /// CPUs of the edge agent around its inference workers (task API,
+    /// decisions, offloads), with --edge-quota inference.
+    #[arg(long, default_value_t = 1.0)]
     pub edge_agent_cpu: f64,
 }
 
@@ -233,10 +247,10 @@ fn run_policy(
     let share = sc.profile.edge_cpu_share;
     // The profile's share: on the inference workers (a child cgroup they
     // join), the rest of the agent above it; or on the whole agent.
-    let (cg, inference_cg) = match ctx.o.edge_quota {
+    let (cg, inference_cg) = match ctx.o.edge_cpu.edge_quota {
         EdgeQuota::Agent => (ctx.cgroup(&name, share)?, None),
         EdgeQuota::Inference => {
-            let agent = ctx.cgroup(&name, ctx.o.edge_agent_cpu)?;
+            let agent = ctx.cgroup(&name, ctx.o.edge_cpu.edge_agent_cpu)?;
             let inference = agent.create_threaded_child("inference", share, ctx.o.period_us)?;
             procs::register_cgroup(&inference.path);
             (agent, Some(inference))
@@ -554,17 +568,17 @@ pub fn run(o: &Options) -> Result<BenchResult> {
     ensure!(!o.policies.is_empty(), "no policies to run");
     ensure!(!o.scenario_files.is_empty(), "no scenarios to run");
     ensure!(
-        o.edge_cpu_scale.is_finite() && o.edge_cpu_scale > 0.0,
+        o.edge_cpu.edge_cpu_scale.is_finite() && o.edge_cpu.edge_cpu_scale > 0.0,
         "--edge-cpu-scale {}: must be a number above 0",
-        o.edge_cpu_scale
+        o.edge_cpu.edge_cpu_scale
     );
     ensure!(
-        o.edge_agent_cpu.is_finite() && o.edge_agent_cpu > 0.0,
+        o.edge_cpu.edge_agent_cpu.is_finite() && o.edge_cpu.edge_agent_cpu > 0.0,
         "--edge-agent-cpu {}: must be a number above 0",
-        o.edge_agent_cpu
+        o.edge_cpu.edge_agent_cpu
     );
     let bin = |n: &str| program(&o.bin_dir, n);
-    if o.edge_quota == EdgeQuota::Inference {
+    if o.edge_cpu.edge_quota == EdgeQuota::Inference {
         let help = output(Command::new(bin("agent")?).args(["edge", "--help"]))?;
         ensure!(
             help.contains("--inference-cgroup"),
@@ -607,9 +621,10 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         offloads: (0, 0),
         resumed: Vec::new(),
         left: 0,
-        edge_cpu_scale: o.edge_cpu_scale,
-        edge_quota: o.edge_quota,
-        edge_agent_cpu: (o.edge_quota == EdgeQuota::Inference).then_some(o.edge_agent_cpu),
+        edge_cpu_scale: o.edge_cpu.edge_cpu_scale,
+        edge_quota: o.edge_cpu.edge_quota,
+        edge_agent_cpu: (o.edge_cpu.edge_quota == EdgeQuota::Inference)
+            .then_some(o.edge_cpu.edge_agent_cpu),
     };
     if o.resume {
         continue_from(o, &mut result)?;
@@ -622,12 +637,12 @@ pub fn run(o: &Options) -> Result<BenchResult> {
         // Rounded to a millionth: 0.25 x 0.2 is 0.05000000000000001 in
         // binary, and the share is printed in the report.
         full.profile.edge_cpu_share =
-            (full.profile.edge_cpu_share * o.edge_cpu_scale * 1e6).round() / 1e6;
+            (full.profile.edge_cpu_share * o.edge_cpu.edge_cpu_scale * 1e6).round() / 1e6;
         ensure!(
             full.profile.edge_cpu_share > 0.0,
             "{}: --edge-cpu-scale {} leaves the edge no CPU",
             full.name,
-            o.edge_cpu_scale
+            o.edge_cpu.edge_cpu_scale
         );
         let (span, base) = plan_scenario(&full, o);
         ensure!(base.duration_s > 0.0, "{}: nothing to run", full.name);
