@@ -20,7 +20,7 @@ pub use decide::{
 };
 pub use estimate::{
     congestion_price_ms, quantile, wait_behind_higher, CpuMeter, ExecTimeModel, LinkConfig,
-    LinkEstimator, LoadMeter, NetworkStatus, Residuals, RttWindow, RunShape, Shift, ShiftDetector,
+    LinkEstimator, LoadMeter, NetworkStatus, QuotaModel, QuotaOutlook, Residuals, RttWindow, RunShape, Shift, ShiftDetector,
     Silence, UplinkQueue, UploadId, WindowStats, LOAD_CAP,
 };
 pub use queue::{QueueFull, QueueId, TaskQueue};
