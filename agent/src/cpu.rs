@@ -142,6 +142,69 @@ impl InferenceCgroup {
     pub fn quota_cores(&self) -> Option<f64> {
         quota_along(&self.path, self.version)
     }
+
+    /// The cgroup's own CPU quota and its period, if it sets one.
+    pub fn bandwidth(&self) -> Option<(Duration, Duration)> {
+        let read = |f: &str| std::fs::read_to_string(self.path.join(f)).ok();
+        let (quota, period) = match self.version {
+            Version::V2 => {
+                let max = read("cpu.max")?;
+                let mut it = max.split_whitespace();
+                (it.next()?.parse::<i64>().ok()?, it.next()?.parse().ok()?)
+            }
+            Version::V1 => (
+                read("cpu.cfs_quota_us")?.trim().parse().ok()?,
+                read("cpu.cfs_period_us")?.trim().parse().ok()?,
+            ),
+        };
+        let us = |v: i64| u64::try_from(v).ok().map(Duration::from_micros);
+        Option::zip(us(quota), us(period)).filter(|(q, p)| !q.is_zero() && !p.is_zero())
+    }
+
+    /// How many times the cgroup has been throttled (`nr_throttled` in its
+    /// `cpu.stat`, v1 and v2 alike).
+    pub fn throttle_count(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// A start of the CPU quota's period, found by spinning on the calling
+/// thread (which must be in the cgroup, under a quota below one core)
+/// until it is throttled: a throttled thread runs again when a period
+/// begins. Three such restarts a whole number of periods apart (within
+/// 0.1 ms) are needed, as a stall from another cause (preemption) may look
+/// alike; `None` if they are not seen within `limit`. Spends about a
+/// quota of CPU time per restart, once, at start.
+pub fn find_period_boundary(period: Duration, limit: Duration) -> Option<std::time::Instant> {
+    use std::time::Instant;
+    let gap = (period / 40).max(Duration::from_micros(100));
+    let tolerance = Duration::from_micros(100).as_nanos() as i128;
+    let p = period.as_nanos() as i128;
+    let begin = Instant::now();
+    let mut restarts: Vec<Instant> = Vec::new();
+    let mut last = begin;
+    while last.duration_since(begin) < limit {
+        let now = Instant::now();
+        if now.duration_since(last) > gap {
+            restarts.push(now);
+            if let [.., a, b, c] = restarts[..] {
+                // Offsets of the first two from the last, modulo a period,
+                // on the circle.
+                let off = |x: Instant| {
+                    let d = (c.duration_since(x).as_nanos() as i128) % p;
+                    d.min(p - d)
+                };
+                if off(a) <= tolerance && off(b) <= tolerance {
+                    return Some(c);
+                }
+            }
+        }
+        last = now;
+    }
+    None
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

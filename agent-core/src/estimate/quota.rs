@@ -195,7 +195,12 @@ impl QuotaModel {
 
     /// What a run needing `cpu` takes if it starts at `start`; with
     /// `busy_from`, after the workers ran without a break since then.
-    pub fn outlook(&self, start: Instant, cpu: Duration, busy_from: Option<Instant>) -> QuotaOutlook {
+    pub fn outlook(
+        &self,
+        start: Instant,
+        cpu: Duration,
+        busy_from: Option<Instant>,
+    ) -> QuotaOutlook {
         let at = self.period_at(start, busy_from);
         let p_throttled = self.p_throttled(self.demand(&at, start, cpu), at.rested);
         let left = self.quota.saturating_sub(at.spent);
@@ -387,7 +392,11 @@ mod tests {
         // the whole run after 16 ms.
         let queued = m.outlook(t0 + ms(12.0), ms(0.9), Some(t0 + ms(9.0)));
         assert!(queued.p_throttled > 0.99, "{}", queued.p_throttled);
-        assert!(close(queued.throttled, ms(4.0 + 0.9)), "{:?}", queued.throttled);
+        assert!(
+            close(queued.throttled, ms(4.0 + 0.9)),
+            "{:?}",
+            queued.throttled
+        );
     }
 
     #[test]

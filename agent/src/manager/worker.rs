@@ -31,6 +31,12 @@ pub(super) fn warm_worker(inner: &Inner) -> anyhow::Result<()> {
 }
 
 pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
+    // This thread's CPU clock: under the inference cgroup's quota, each
+    // run's CPU time is what the quota model learns from.
+    let clock = inner
+        .quota
+        .as_ref()
+        .and_then(|_| crate::cpu::this_thread_clock());
     while let Some(jobs) = next_batch(&inner, index) {
         let now = Instant::now();
         // Tasks whose submitter left or whose deadline passed while queued
@@ -56,9 +62,13 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
+        let started = inner.quota.as_ref().and_then(|q| q.begin(clock));
         if let Some(point) = runnable[0].head_to_run() {
             let job = runnable.pop().expect("a runnable job");
             run_head(&inner, job, point);
+            if let (Some(q), Some(s)) = (&inner.quota, started) {
+                q.end(s, clock, None);
+            }
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
@@ -76,6 +86,9 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
                 .collect(),
         };
         drop(payloads);
+        if let (Some(q), Some(s)) = (&inner.quota, started) {
+            q.end(s, clock, Some((task_type, runnable.len())));
+        }
         if runnable.len() > 1 {
             ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
                 .record(runnable.len() as f64);
@@ -204,22 +217,36 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
                 .0;
         }
     }
-    let run = inner.run_at(task_type, Instant::now(), expected, batch[0].task.priority);
+    let run = inner.run_at(
+        task_type,
+        Instant::now(),
+        expected,
+        batch.len(),
+        batch[0].task.priority,
+    );
     state.in_flight[index] = Some(run);
     Some(batch)
 }
 
 impl Inner {
-    /// A run of a task of type `t` starting at `start`, expected to take
-    /// `expected`.
+    /// A run of `size` tasks of type `t` starting at `start`, expected to
+    /// take `expected` (under the inference cgroup's quota, what the quota
+    /// model expects instead).
     pub(super) fn run_at(
         &self,
         t: TaskType,
         start: Instant,
         expected: Duration,
+        size: usize,
         priority: Priority,
     ) -> Run {
         let times = self.local_times.lock().expect("exec-time lock");
+        let scale = times.batch_scale(t, size);
+        let expected = self
+            .quota
+            .as_ref()
+            .and_then(|q| q.run_time(t, start, scale))
+            .unwrap_or(expected);
         Run {
             start,
             expected,
