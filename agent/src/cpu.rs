@@ -171,6 +171,16 @@ impl InferenceCgroup {
     }
 }
 
+/// What a CPU takes from a cgroup's quota at a time
+/// (`/proc/sys/kernel/sched_cfs_bandwidth_slice_us`; the kernel's default
+/// where it cannot be read).
+pub fn bandwidth_slice() -> Duration {
+    std::fs::read_to_string("/proc/sys/kernel/sched_cfs_bandwidth_slice_us")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(agent_core::DEFAULT_QUOTA_SLICE, Duration::from_micros)
+}
+
 /// A start of the CPU quota's period, found by spinning on the calling
 /// thread (which must be in the cgroup, under a quota below one core)
 /// until it is throttled: a throttled thread runs again when a period

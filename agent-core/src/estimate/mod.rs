@@ -17,7 +17,7 @@ pub use cpu::CpuMeter;
 pub use exec_time::ExecTimeModel;
 pub use link::{LinkConfig, LinkEstimator, NetworkStatus};
 pub use load::{congestion_price_ms, wait_behind_higher, LoadMeter, LOAD_CAP};
-pub use quota::{QuotaModel, QuotaOutlook};
+pub use quota::{QuotaModel, QuotaOutlook, DEFAULT_SLICE as DEFAULT_QUOTA_SLICE};
 pub use residual::Residuals;
 pub(crate) use rtt_window::floor_ceil;
 pub use rtt_window::{quantile, RttWindow, WindowStats};

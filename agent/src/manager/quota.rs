@@ -53,8 +53,12 @@ impl QuotaTimes {
                     period_ms = period.as_secs_f64() * 1e3,
                     "local run times follow the inference cgroup's quota periods"
                 );
-                *self.model.lock().expect("quota lock") =
-                    Some(QuotaModel::new(quota, period, boundary));
+                *self.model.lock().expect("quota lock") = Some(QuotaModel::new(
+                    quota,
+                    period,
+                    crate::cpu::bandwidth_slice(),
+                    boundary,
+                ));
             }
             None => tracing::warn!(
                 cgroup = %self.cgroup.path().display(),
