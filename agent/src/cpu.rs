@@ -181,34 +181,59 @@ pub fn bandwidth_slice() -> Duration {
         .map_or(agent_core::DEFAULT_QUOTA_SLICE, Duration::from_micros)
 }
 
-/// A start of the CPU quota's period, found by spinning on the calling
-/// thread (which must be in the cgroup, under a quota below one core)
-/// until it is throttled: a throttled thread runs again when a period
-/// begins. Three such restarts a whole number of periods apart (within
-/// 0.1 ms) are needed, as a stall from another cause (preemption) may look
-/// alike; `None` if they are not seen within `limit`. Spends about a
-/// quota of CPU time per restart, once, at start.
-pub fn find_period_boundary(period: Duration, limit: Duration) -> Option<std::time::Instant> {
+/// Where a CPU quota's periods begin, and where the kernel checks a
+/// computing thread's runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaGrid {
+    /// A period's start.
+    pub boundary: std::time::Instant,
+    /// The scheduler tick's period and one tick, if the throttles began on
+    /// one.
+    pub tick: Option<(Duration, std::time::Instant)>,
+}
+
+/// Tick periods the kernel may have (HZ = 100, 250, 300, 1000), longest
+/// first.
+const TICKS_US: [u64; 4] = [10_000, 4_000, 3_333, 1_000];
+
+/// Finds a CPU quota's grid by spinning on the calling thread (which must
+/// be in the cgroup, under a quota below one core) until it is throttled,
+/// reading only the vDSO clock: a thread that does not enter the kernel
+/// is stopped at a scheduler tick and runs again when a period begins.
+/// Three such restarts a whole number of periods apart (within 0.1 ms)
+/// are needed, as a stall from another cause (preemption) may look alike;
+/// `None` if they are not seen within `limit`. Spends about a quota of CPU
+/// time per restart, once, at start.
+pub fn find_quota_grid(period: Duration, limit: Duration) -> Option<QuotaGrid> {
     use std::time::Instant;
     let gap = (period / 40).max(Duration::from_micros(100));
     let tolerance = Duration::from_micros(100).as_nanos() as i128;
+    // How far `b` is from `a` plus a whole number of `p`, either way.
+    let off = |a: Instant, b: Instant, p: i128| {
+        let d = (b.duration_since(a).as_nanos() as i128) % p;
+        d.min(p - d)
+    };
     let p = period.as_nanos() as i128;
     let begin = Instant::now();
-    let mut restarts: Vec<Instant> = Vec::new();
+    let mut stops: Vec<(Instant, Instant)> = Vec::new();
     let mut last = begin;
     while last.duration_since(begin) < limit {
         let now = Instant::now();
         if now.duration_since(last) > gap {
-            restarts.push(now);
-            if let [.., a, b, c] = restarts[..] {
-                // Offsets of the first two from the last, modulo a period,
-                // on the circle.
-                let off = |x: Instant| {
-                    let d = (c.duration_since(x).as_nanos() as i128) % p;
-                    d.min(p - d)
-                };
-                if off(a) <= tolerance && off(b) <= tolerance {
-                    return Some(c);
+            stops.push((last, now));
+            if let [.., (s1, a), (s2, b), (s3, c)] = stops[..] {
+                if off(a, c, p) <= tolerance && off(b, c, p) <= tolerance {
+                    let tick = TICKS_US
+                        .iter()
+                        .map(|&us| Duration::from_micros(us))
+                        .find(|t| {
+                            let t = t.as_nanos() as i128;
+                            off(s1, s3, t) <= tolerance && off(s2, s3, t) <= tolerance
+                        });
+                    return Some(QuotaGrid {
+                        boundary: c,
+                        tick: tick.map(|t| (t, s3)),
+                    });
                 }
             }
         }

@@ -160,6 +160,8 @@ struct Job {
     claim: Arc<Claim>,
     /// A split offload's features, once its head ran here.
     features: Option<proto::Features>,
+    /// When it was last put in the local queue.
+    queued_at: Instant,
 }
 
 impl Job {
@@ -172,6 +174,7 @@ impl Job {
             rerouted: false,
             claim,
             features: None,
+            queued_at: Instant::now(),
         }
     }
 
@@ -1460,6 +1463,7 @@ impl Inner {
             rerouted,
             claim: _claim,
             features: _,
+            queued_at: _,
         } = job;
         let tx = match reply {
             Reply::One(tx) => tx,
@@ -1648,6 +1652,7 @@ impl Inner {
             let in_time = job.task.time_left(now).is_none_or(|left| left >= expected);
             if in_time {
                 job.fell_back = true;
+                job.queued_at = now;
                 let mut state = self.state.lock().expect("state lock");
                 if !state.stopping {
                     let (p, d) = (job.task.priority, job.task.deadline);

@@ -37,6 +37,7 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
         .quota
         .as_ref()
         .and_then(|_| crate::cpu::this_thread_clock());
+    let mut last_end = Instant::now();
     while let Some(jobs) = next_batch(&inner, index) {
         let now = Instant::now();
         // Tasks whose submitter left or whose deadline passed while queued
@@ -62,12 +63,16 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
-        let started = inner.quota.as_ref().and_then(|q| q.begin(clock));
+        // The run could start once its first task was queued and this
+        // worker was free.
+        let ready = runnable[0].queued_at.max(last_end);
+        let started = inner.quota.as_ref().and_then(|q| q.begin(clock, ready));
         if let Some(point) = runnable[0].head_to_run() {
             let job = runnable.pop().expect("a runnable job");
             run_head(&inner, job, point);
+            last_end = Instant::now();
             if let (Some(q), Some(s)) = (&inner.quota, started) {
-                q.end(s, clock, None);
+                q.end(s, last_end, clock, None);
             }
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
@@ -86,8 +91,9 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
                 .collect(),
         };
         drop(payloads);
+        last_end = Instant::now();
         if let (Some(q), Some(s)) = (&inner.quota, started) {
-            q.end(s, clock, Some((task_type, runnable.len())));
+            q.end(s, last_end, clock, Some((task_type, runnable.len())));
         }
         if runnable.len() > 1 {
             ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
