@@ -160,15 +160,6 @@ impl InferenceCgroup {
         let us = |v: i64| u64::try_from(v).ok().map(Duration::from_micros);
         Option::zip(us(quota), us(period)).filter(|(q, p)| !q.is_zero() && !p.is_zero())
     }
-
-    /// How many times the cgroup has been throttled (`nr_throttled` in its
-    /// `cpu.stat`, v1 and v2 alike).
-    pub fn throttle_count(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
-        stat.lines()
-            .find_map(|l| l.strip_prefix("nr_throttled "))
-            .and_then(|v| v.trim().parse().ok())
-    }
 }
 
 /// What a CPU takes from a cgroup's quota at a time

@@ -320,9 +320,15 @@ impl QuotaModel {
         }
     }
 
-    /// A run from `start` to `end` used `cpu`; the cgroup had (or had
-    /// not) been throttled by its end (its throttle count moved).
-    pub fn observe(&mut self, start: Instant, end: Instant, cpu: Duration, throttled: bool) {
+    /// A run from `start` to `end` used `cpu`; where known, the cgroup had
+    /// (or had not) been throttled by its end (its throttle count moved).
+    pub fn observe(
+        &mut self,
+        start: Instant,
+        end: Instant,
+        cpu: Duration,
+        throttled: Option<bool>,
+    ) {
         let end = end.max(start);
         let delayed = end - start > cpu.mul_f64(self.stretch) + DELAY_GAP;
         let mut rt = self.at(start, None);
@@ -350,8 +356,10 @@ impl QuotaModel {
             self.take(&mut through);
             rt.local = through.local;
             rt.pool = through.pool;
-            if throttled {
-                rt.local = rt.local.min(0.0);
+            match throttled {
+                Some(true) => rt.local = rt.local.min(0.0),
+                Some(false) => rt.local = rt.local.max(1e-6),
+                None => {}
             }
         }
         rt.at = end;
@@ -441,7 +449,7 @@ mod tests {
                 m = m.with_ticks(ms(4.0), t0);
             }
             for &(s, c, throttled) in before {
-                m.observe(t0 + ms(s), t0 + ms(s + c), ms(c), throttled);
+                m.observe(t0 + ms(s), t0 + ms(s + c), ms(c), Some(throttled));
             }
             let o = m.outlook(t0 + ms(start), ms(cpu), None);
             let what = format!("ticks {ticks}, {before:?}, then {cpu} ms at {start} ms");
@@ -459,7 +467,7 @@ mod tests {
         let (mut m, t0) = model();
         // The replay had a full pool, yet the run was stopped and ran
         // again at 8 ms for 0.3 ms: 0.7 ms left there, the pool taken.
-        m.observe(t0 + ms(1.0), t0 + ms(8.3), ms(0.5), true);
+        m.observe(t0 + ms(1.0), t0 + ms(8.3), ms(0.5), Some(true));
         let o = m.outlook(t0 + ms(9.0), ms(0.9), None);
         assert!((o.p_throttled - 0.9).abs() < 1e-3, "{}", o.p_throttled);
         // 0.7 ms, a wait until 16 ms, 0.2 ms.
@@ -478,7 +486,7 @@ mod tests {
             let before = m.outlook(cycle(k), ms(0.4), None);
             first.get_or_insert(before.p_throttled);
             let next = m.period_start(cycle(k)) + ms(8.1);
-            m.observe(cycle(k), next, ms(0.4), true);
+            m.observe(cycle(k), next, ms(0.4), Some(true));
         }
         assert_eq!(first, Some(PRIOR_MISS));
         let o = m.outlook(cycle(60), ms(0.4), None);
@@ -502,7 +510,7 @@ mod tests {
         // Runs of 0.4 ms CPU taking 0.6 ms, one per period.
         for k in 0..100u32 {
             let s = t0 + ms(8.0 * f64::from(k) + 1.0);
-            m.observe(s, s + ms(0.6), ms(0.4), false);
+            m.observe(s, s + ms(0.6), ms(0.4), Some(false));
         }
         let o = m.outlook(t0 + ms(8.0 * 100.0 + 1.0), ms(0.4), None);
         assert!(o.fits.abs_diff(ms(0.6)) < ms(0.01), "{:?}", o.fits);

@@ -21,9 +21,11 @@ pub(super) struct QuotaTimes {
 
 /// A run as a worker started it.
 pub(super) struct RunStart {
+    /// When it could start.
     at: Instant,
+    /// When it began computing, and the worker's CPU time then.
+    computing: Instant,
     cpu: Duration,
-    throttles: Option<u64>,
 }
 
 /// Longest a worker spins at start to find the quota's periods.
@@ -81,22 +83,42 @@ impl QuotaTimes {
         let cpu = crate::cpu::threads_used(&[clock?])?;
         Some(RunStart {
             at: ready,
+            computing: Instant::now(),
             cpu,
-            throttles: self.cgroup.throttle_count(),
         })
     }
 
-    /// A worker's run that began at `start` ended at `at` (read before any
-    /// call into the kernel: a group in debt stops the thread at the first
-    /// one, and that wait is the next run's); it ran `tasks` tasks of one
-    /// type (`None`: a split head, which spends the quota but is no whole
-    /// task's run).
-    pub(super) fn end(
+    /// The worker's run that began at `start` ended at `end`, before its
+    /// results go out, and without a call into the kernel (a group in
+    /// debt stops the thread at the first one, and the decisions made
+    /// meanwhile must know of the debt): its CPU time is its time
+    /// computing, or, if that took longer than its model's usual CPU time
+    /// (stopped on the way), the usual. `tasks`: how many tasks of which
+    /// type it ran (`None`: a split head, which spends the quota but is no
+    /// whole task's run).
+    pub(super) fn ran(&self, start: &RunStart, end: Instant, tasks: Option<(TaskType, usize)>) {
+        let computing = end.saturating_duration_since(start.computing);
+        let usual = tasks.and_then(|(t, n)| {
+            let cpu = self.cpu.lock().expect("cpu times lock");
+            let one = cpu.estimate(t);
+            (!one.is_zero()).then(|| one.mul_f64(cpu.batch_scale(t, n.max(1))))
+        });
+        let cpu = match usual {
+            Some(u) if computing > u.mul_f64(1.3) + Duration::from_micros(300) => u,
+            _ => computing,
+        };
+        if let Some(model) = self.model.lock().expect("quota lock").as_mut() {
+            model.observe(start.at, end, cpu, None);
+        }
+    }
+
+    /// After the results went out: the run's CPU time, read from the
+    /// worker's clock, for its model's usual CPU time.
+    pub(super) fn settle(
         &self,
         start: RunStart,
-        at: Instant,
         clock: Option<nix::time::ClockId>,
-        tasks: Option<(TaskType, usize)>,
+        tasks: (TaskType, usize),
     ) {
         let Some(cpu) = clock
             .and_then(|c| crate::cpu::threads_used(&[c]))
@@ -104,20 +126,11 @@ impl QuotaTimes {
         else {
             return;
         };
-        let throttled = match (start.throttles, self.cgroup.throttle_count()) {
-            (Some(a), Some(b)) => b > a,
-            // Without the count: a run that took well beyond its CPU time.
-            _ => at.saturating_duration_since(start.at) > cpu * 2 + Duration::from_micros(500),
-        };
-        if let Some(model) = self.model.lock().expect("quota lock").as_mut() {
-            model.observe(start.at, at, cpu, throttled);
-        }
-        if let Some((t, n)) = tasks {
-            self.cpu
-                .lock()
-                .expect("cpu times lock")
-                .observe_batch(t, n.max(1), cpu);
-        }
+        let (t, n) = tasks;
+        self.cpu
+            .lock()
+            .expect("cpu times lock")
+            .observe_batch(t, n.max(1), cpu);
     }
 
     /// The run times (ms, sorted) of a task of type `t` whose run starts

@@ -71,8 +71,8 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
             let job = runnable.pop().expect("a runnable job");
             run_head(&inner, job, point);
             last_end = Instant::now();
-            if let (Some(q), Some(s)) = (&inner.quota, started) {
-                q.end(s, last_end, clock, None);
+            if let (Some(q), Some(s)) = (&inner.quota, &started) {
+                q.ran(s, last_end, None);
             }
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
@@ -92,16 +92,22 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
         };
         drop(payloads);
         last_end = Instant::now();
-        if let (Some(q), Some(s)) = (&inner.quota, started) {
-            q.end(s, last_end, clock, Some((task_type, runnable.len())));
+        let size = runnable.len();
+        if let (Some(q), Some(s)) = (&inner.quota, &started) {
+            q.ran(s, last_end, Some((task_type, size)));
         }
-        if runnable.len() > 1 {
+        if size > 1 {
             ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
                 .record(runnable.len() as f64);
         }
         inner.state.lock().expect("state lock").worker_done(index);
         for (job, result) in runnable.into_iter().zip(results) {
             finish_run(&inner, job, result, now);
+        }
+        // After the results went out: a group in debt stops this thread
+        // at its first call into the kernel, which must not hold them.
+        if let (Some(q), Some(s)) = (&inner.quota, started) {
+            q.settle(s, clock, (task_type, size));
         }
     }
 }
