@@ -20,9 +20,8 @@ pub use decide::{
 };
 pub use estimate::{
     congestion_price_ms, quantile, wait_behind_higher, CpuMeter, ExecTimeModel, LinkConfig,
-    LinkEstimator, LoadMeter, NetworkStatus, QuotaModel, QuotaOutlook, Residuals, RttWindow,
-    RunShape, Shift, ShiftDetector, Silence, UplinkQueue, UploadId, WindowStats,
-    DEFAULT_QUOTA_SLICE, LOAD_CAP,
+    LinkEstimator, LoadMeter, NetworkStatus, Residuals, RttWindow, RunShape, Shift, ShiftDetector,
+    Silence, UplinkQueue, UploadId, WindowStats, LOAD_CAP,
 };
 pub use queue::{QueueFull, QueueId, TaskQueue};
 pub use result::{RunTiming, TaskResult};

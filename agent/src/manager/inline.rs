@@ -89,7 +89,7 @@ impl Inner {
             .find(|&i| state.waiting[i] && !state.lent[i] && state.in_flight[i].is_none())?;
         let engine = self.engines.try_checkout()?;
         state.lent[index] = true;
-        state.in_flight[index] = Some(self.run_at(task.task_type, now, estimate, 1, task.priority));
+        state.in_flight[index] = Some(self.run_at(task.task_type, now, estimate, task.priority));
         Some((LentSlot { inner: self, index }, engine))
     }
 }

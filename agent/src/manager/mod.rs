@@ -31,12 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 mod inline;
 mod offload;
-mod quota;
 mod worker;
 
 use inline::run_inline;
 use offload::{forward_loop, run_offload};
-use quota::QuotaTimes;
 use worker::{join_inference_cgroup, warm_worker, worker_loop};
 
 #[derive(Debug, Clone)]
@@ -160,8 +158,6 @@ struct Job {
     claim: Arc<Claim>,
     /// A split offload's features, once its head ran here.
     features: Option<proto::Features>,
-    /// When it was last put in the local queue.
-    queued_at: Instant,
 }
 
 impl Job {
@@ -174,7 +170,6 @@ impl Job {
             rerouted: false,
             claim,
             features: None,
-            queued_at: Instant::now(),
         }
     }
 
@@ -410,8 +405,6 @@ struct Inner {
     live: Mutex<Live>,
     local_specs: HashMap<TaskType, ModelSpec>,
     local_times: SharedExecTimes,
-    /// With an inference cgroup: the local runs under its quota.
-    quota: Option<QuotaTimes>,
     /// One engine per worker; a model update swaps them all.
     engines: Arc<EnginePool>,
     /// What the predictions missed, per path, task type, endpoint (0 for
@@ -627,7 +620,6 @@ impl Manager {
         let inner = Arc::new(Inner {
             local_specs: parts.local_specs,
             local_times: parts.local_times,
-            quota: cfg.inference_cgroup.clone().map(QuotaTimes::new),
             engines: EnginePool::new(engines),
             residuals: Mutex::new(Residuals::new(32, 4).with_max_age(RESIDUAL_MAX_AGE)),
             splits,
@@ -680,9 +672,6 @@ impl Manager {
                         if let Err(e) = join_inference_cgroup(&inner) {
                             let _ = started.send(Err(e));
                             return;
-                        }
-                        if let (0, Some(q)) = (i, &inner.quota) {
-                            q.calibrate();
                         }
                         let _ = started.send(Ok(warm_worker(&inner)));
                         drop(started);
@@ -1300,6 +1289,16 @@ impl Inner {
         if ep.is_some_and(Endpoint::silent) {
             net.reachable = false;
         }
+        // In a batch, the task's own run is the whole batch's.
+        let (_, batch_scale) = self.batch_outlook(state, task.task_type);
+        let local_dist: Vec<f64> = self
+            .local_times
+            .lock()
+            .expect("exec-time lock")
+            .distribution_ms_at(task.task_type, now)
+            .into_iter()
+            .map(|ms| ms * batch_scale)
+            .collect();
         let t = task.task_type;
         let (cloud_dist, cloud_inference) =
             ep.map_or((Vec::new(), Duration::ZERO), |e| match split {
@@ -1330,24 +1329,6 @@ impl Inner {
             .unwrap_or_else(|| state.queue.wait_estimate(task.priority, &busy, workers));
         let queue_wait =
             agent_core::wait_behind_higher(ahead, state.higher_load(task.priority, now));
-        // In a batch, the task's own run is the whole batch's. Under the
-        // inference cgroup's quota, from the CPU time it needs and where
-        // in the quota's period it would start.
-        let (_, batch_scale) = self.batch_outlook(state, task.task_type);
-        let busy_from = (!queue_wait.is_zero()).then_some(now);
-        let local_dist = self
-            .quota
-            .as_ref()
-            .and_then(|q| q.run_times_ms(t, now + queue_wait, busy_from, batch_scale))
-            .unwrap_or_else(|| {
-                self.local_times
-                    .lock()
-                    .expect("exec-time lock")
-                    .distribution_ms_at(t, now)
-                    .into_iter()
-                    .map(|ms| ms * batch_scale)
-                    .collect()
-            });
         let (uplink_wait, uplink_load) = ep.map_or((Duration::ZERO, 0.0), |e| {
             let q = e.uplink.lock().expect("uplink lock");
             (q.wait(now), q.load(now))
@@ -1463,7 +1444,6 @@ impl Inner {
             rerouted,
             claim: _claim,
             features: _,
-            queued_at: _,
         } = job;
         let tx = match reply {
             Reply::One(tx) => tx,
@@ -1652,7 +1632,6 @@ impl Inner {
             let in_time = job.task.time_left(now).is_none_or(|left| left >= expected);
             if in_time {
                 job.fell_back = true;
-                job.queued_at = now;
                 let mut state = self.state.lock().expect("state lock");
                 if !state.stopping {
                     let (p, d) = (job.task.priority, job.task.deadline);

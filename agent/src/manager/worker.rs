@@ -31,13 +31,6 @@ pub(super) fn warm_worker(inner: &Inner) -> anyhow::Result<()> {
 }
 
 pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
-    // This thread's CPU clock: under the inference cgroup's quota, each
-    // run's CPU time is what the quota model learns from.
-    let clock = inner
-        .quota
-        .as_ref()
-        .and_then(|_| crate::cpu::this_thread_clock());
-    let mut last_end = Instant::now();
     while let Some(jobs) = next_batch(&inner, index) {
         let now = Instant::now();
         // Tasks whose submitter left or whose deadline passed while queued
@@ -63,17 +56,9 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
-        // The run could start once its first task was queued and this
-        // worker was free.
-        let ready = runnable[0].queued_at.max(last_end);
-        let started = inner.quota.as_ref().and_then(|q| q.begin(clock, ready));
         if let Some(point) = runnable[0].head_to_run() {
             let job = runnable.pop().expect("a runnable job");
             run_head(&inner, job, point);
-            last_end = Instant::now();
-            if let (Some(q), Some(s)) = (&inner.quota, &started) {
-                q.ran(s, last_end, None);
-            }
             inner.state.lock().expect("state lock").worker_done(index);
             continue;
         }
@@ -91,23 +76,13 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
                 .collect(),
         };
         drop(payloads);
-        last_end = Instant::now();
-        let size = runnable.len();
-        if let (Some(q), Some(s)) = (&inner.quota, &started) {
-            q.ran(s, last_end, Some((task_type, size)));
-        }
-        if size > 1 {
+        if runnable.len() > 1 {
             ::metrics::histogram!("edge_batch_size", "task_type" => task_type.as_str())
                 .record(runnable.len() as f64);
         }
         inner.state.lock().expect("state lock").worker_done(index);
         for (job, result) in runnable.into_iter().zip(results) {
             finish_run(&inner, job, result, now);
-        }
-        // After the results went out: a group in debt stops this thread
-        // at its first call into the kernel, which must not hold them.
-        if let (Some(q), Some(s)) = (&inner.quota, started) {
-            q.settle(s, clock, (task_type, size));
         }
     }
 }
@@ -229,36 +204,22 @@ fn next_batch(inner: &Inner, index: usize) -> Option<Vec<Job>> {
                 .0;
         }
     }
-    let run = inner.run_at(
-        task_type,
-        Instant::now(),
-        expected,
-        batch.len(),
-        batch[0].task.priority,
-    );
+    let run = inner.run_at(task_type, Instant::now(), expected, batch[0].task.priority);
     state.in_flight[index] = Some(run);
     Some(batch)
 }
 
 impl Inner {
-    /// A run of `size` tasks of type `t` starting at `start`, expected to
-    /// take `expected` (under the inference cgroup's quota, what the quota
-    /// model expects instead).
+    /// A run of a task of type `t` starting at `start`, expected to take
+    /// `expected`.
     pub(super) fn run_at(
         &self,
         t: TaskType,
         start: Instant,
         expected: Duration,
-        size: usize,
         priority: Priority,
     ) -> Run {
         let times = self.local_times.lock().expect("exec-time lock");
-        let scale = times.batch_scale(t, size);
-        let expected = self
-            .quota
-            .as_ref()
-            .and_then(|q| q.run_time(t, start, scale))
-            .unwrap_or(expected);
         Run {
             start,
             expected,
