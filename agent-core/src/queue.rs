@@ -213,6 +213,18 @@ impl<T> TaskQueue<T> {
         self.heap = BinaryHeap::from(items);
     }
 
+    /// Removes every item that `matches` (linear in the queue's length),
+    /// in no particular order.
+    pub fn take_matching(&mut self, matches: impl Fn(&T) -> bool) -> Vec<T> {
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .partition(|e| matches(&e.item));
+        self.heap = BinaryHeap::from(kept);
+        self.bytes -= taken.iter().map(|e| e.bytes).sum::<usize>();
+        taken.into_iter().map(|e| e.item).collect()
+    }
+
     /// How many queued items `match`.
     pub fn count_matching(&self, matches: impl Fn(&T) -> bool) -> usize {
         self.heap.iter().filter(|e| matches(&e.item)).count()
@@ -639,5 +651,36 @@ mod tests {
         let mut q = TaskQueue::new(10, usize::MAX);
         q.push("x", Priority::Medium, None, ms(500), 1).unwrap();
         assert!(q.late(t0, &[ms(500)], 1).is_empty());
+    }
+
+    #[test]
+    fn items_nobody_waits_for_leave_the_queue_and_its_estimates() {
+        let mut q: TaskQueue<(u32, bool)> = TaskQueue::new(10, 1000);
+        // (id, nobody waits for it any more)
+        let items = [(1, false), (2, true), (3, false), (4, true)];
+        for item in items {
+            q.push(item, Priority::Medium, None, Duration::from_millis(10), 100)
+                .unwrap();
+        }
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, &[], 1),
+            Duration::from_millis(40)
+        );
+        let mut gone: Vec<u32> = q
+            .take_matching(|(_, dead)| *dead)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        gone.sort();
+        assert_eq!(gone, [2, 4]);
+        assert_eq!((q.len(), q.bytes()), (2, 200));
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, &[], 1),
+            Duration::from_millis(20)
+        );
+        // The rest keeps its order.
+        assert_eq!(q.pop().map(|(item, _)| item.0), Some(1));
+        assert_eq!(q.pop().map(|(item, _)| item.0), Some(3));
+        assert!(q.take_matching(|_| true).is_empty());
     }
 }

@@ -824,8 +824,14 @@ impl Manager {
         let decision = {
             let mut state = inner.state.lock().expect("state lock");
             state.sample_cpu(now);
-            // Each arrival first reconsiders the queued tasks that have
-            // become late, then is decided against the queue they leave.
+            // Each arrival first drops the queued tasks nobody waits for (a
+            // hedged task's local leg once its offload answered: it would
+            // count in every estimate of the queue until a worker got to
+            // it), reconsiders the ones that have become late, then is
+            // decided against the queue they leave.
+            for job in state.queue.take_matching(|j: &Job| j.reply.is_closed()) {
+                inner.finish_cancelled(job);
+            }
             inner.recost_queue(&mut state, now);
             let moved = inner.take_late(&mut state, now);
             self.inner.offload_moved(moved);

@@ -423,9 +423,9 @@ fn local_error_by_type(o: &mut String, r: &BenchResult) {
     let _ = writeln!(
         o,
         "Local prediction error of deadline-aware per task type (the local column above, \
-         split): median / p90 (tasks). A run that outlasts the edge's allowance per quota \
-         period waits for one or more later periods; neither the run's start in the period \
-         nor the kernel's remaining runtime at its start told how many (ARCHITECTURE.md, \
+         split): median / p90 (tasks). Under the edge's quota a run often overruns its \
+         period's allowance until the kernel's next tick and ends at its own speed; the run \
+         after it waits for that debt, one or more periods (ARCHITECTURE.md, \
          `ExecTimeModel`).\n"
     );
     let mut head = String::from("| scenario |");
