@@ -2276,6 +2276,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_task_nobody_waits_for_leaves_the_queue_at_the_next_arrival() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (manager, spec, _events) = start_gated(
+            gate.clone(),
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            Vec::new(),
+        );
+        let first = manager.submit(medium_image(&spec, "running")).unwrap();
+        worker_holds_a_task(&manager).await;
+        // Queued behind it, its submitter goes away (as a hedged task's
+        // local leg once its offload answered).
+        drop(manager.submit(medium_image(&spec, "gone")).unwrap());
+        let queued = || manager.inner.state.lock().unwrap().queue.len();
+        assert_eq!((queued(), manager.stats().cancelled), (1, 0));
+        // The next arrival drops it, the worker still held: the queue it
+        // is decided against holds no work nobody waits for.
+        let next = manager.submit(medium_image(&spec, "next")).unwrap();
+        assert_eq!((queued(), manager.stats().cancelled), (1, 1));
+        open_gate(&gate);
+        for (rx, id) in [(first, "running"), (next, "next")] {
+            let r = rx.await.unwrap();
+            assert!(r.outcome.is_ok(), "{id}: {r:?}");
+        }
+        let s = manager.stats();
+        assert_eq!((s.accepted, s.cancelled, s.completed_local), (3, 1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_that_would_overtake_queued_tasks_offloads_when_the_cloud_is_as_good() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let cloud = Arc::new(Answering(AtomicU64::new(0)));
