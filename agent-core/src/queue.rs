@@ -214,8 +214,12 @@ impl<T> TaskQueue<T> {
     }
 
     /// Removes every item that `matches` (linear in the queue's length),
-    /// in no particular order.
+    /// in no particular order. The heap is rebuilt only when one does: the
+    /// manager asks at every arrival, and mostly none does.
     pub fn take_matching(&mut self, matches: impl Fn(&T) -> bool) -> Vec<T> {
+        if !self.heap.iter().any(|e| matches(&e.item)) {
+            return Vec::new();
+        }
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
             .into_vec()
             .into_iter()
