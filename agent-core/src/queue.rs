@@ -217,13 +217,28 @@ impl<T> TaskQueue<T> {
     /// in no particular order. The heap is rebuilt only when one does: the
     /// manager asks at every arrival, and mostly none does.
     pub fn take_matching(&mut self, matches: impl Fn(&T) -> bool) -> Vec<T> {
-        if !self.heap.iter().any(|e| matches(&e.item)) {
+        self.take_entries(|e| matches(&e.item))
+    }
+
+    /// Removes every item whose deadline is at or before `now`: it can
+    /// only fail, and queued it would count in every estimate of the wait.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<T> {
+        self.take_entries(|e| e.deadline.is_some_and(|d| d <= now))
+    }
+
+    /// The earliest deadline among the queued items.
+    pub fn earliest_deadline(&self) -> Option<Instant> {
+        self.heap.iter().filter_map(|e| e.deadline).min()
+    }
+
+    fn take_entries(&mut self, matches: impl Fn(&Entry<T>) -> bool) -> Vec<T> {
+        if !self.heap.iter().any(&matches) {
             return Vec::new();
         }
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
             .into_vec()
             .into_iter()
-            .partition(|e| matches(&e.item));
+            .partition(|e| matches(e));
         self.heap = BinaryHeap::from(kept);
         self.bytes -= taken.iter().map(|e| e.bytes).sum::<usize>();
         taken.into_iter().map(|e| e.item).collect()
@@ -240,12 +255,18 @@ impl<T> TaskQueue<T> {
         self.heap.drain().map(|e| e.item).collect()
     }
 
-    /// Expected wait before a new task of `priority` would start: the work
-    /// queued ahead of it (equal or higher priority) is handed, in order, to
-    /// whichever of `workers` frees up first; `busy` holds the time left of
-    /// each task in flight.
-    pub fn wait_estimate(&self, priority: Priority, busy: &[Duration], workers: usize) -> Duration {
-        self.wait_estimate_for(priority, false, busy, workers)
+    /// Expected wait before a new task of `priority` would start at `now`:
+    /// the work queued ahead of it (equal or higher priority) is handed, in
+    /// order, to whichever of `workers` frees up first; `busy` holds the
+    /// time left of each task in flight.
+    pub fn wait_estimate(
+        &self,
+        priority: Priority,
+        now: Instant,
+        busy: &[Duration],
+        workers: usize,
+    ) -> Duration {
+        self.wait_estimate_for(priority, false, now, busy, workers)
     }
 
     /// [`TaskQueue::wait_estimate`] for work pushed with
@@ -255,11 +276,13 @@ impl<T> TaskQueue<T> {
         &self,
         priority: Priority,
         ahead: bool,
+        now: Instant,
         busy: &[Duration],
         workers: usize,
     ) -> Duration {
         self.wait_behind(
             |e| (e.priority, e.ahead) >= (priority, ahead),
+            now,
             busy,
             workers,
         )
@@ -272,18 +295,21 @@ impl<T> TaskQueue<T> {
     pub fn wait_ahead_of(
         &self,
         id: QueueId,
+        now: Instant,
         busy: &[Duration],
         workers: usize,
     ) -> Option<Duration> {
         let item = self.heap.iter().find(|e| e.seq == id.0)?;
-        Some(self.wait_behind(|e| e > item, busy, workers))
+        Some(self.wait_behind(|e| e > item, now, busy, workers))
     }
 
     /// The wait before a start behind the entries `ahead` picks, handed in
-    /// queue order to whichever of `workers` frees up first.
+    /// queue order to whichever of `workers` frees up first. An entry whose
+    /// deadline passes before its turn holds no worker: it ends unrun.
     fn wait_behind(
         &self,
         ahead: impl Fn(&Entry<T>) -> bool,
+        now: Instant,
         busy: &[Duration],
         workers: usize,
     ) -> Duration {
@@ -293,6 +319,9 @@ impl<T> TaskQueue<T> {
         before.sort_by(|a, b| b.cmp(a));
         for e in before {
             let next = free.iter_mut().min().expect("at least one worker");
+            if e.deadline.is_some_and(|d| d <= now + *next) {
+                continue;
+            }
             *next += e.expected;
         }
         free.into_iter().min().unwrap_or_default()
@@ -378,7 +407,7 @@ mod tests {
     fn work_pushed_ahead_runs_first_within_its_priority() {
         let t0 = Instant::now();
         let mut q = TaskQueue::new(10, usize::MAX);
-        q.push("med-early", Priority::Medium, Some(t0 + ms(5)), ms(20), 0)
+        q.push("med-early", Priority::Medium, Some(t0 + ms(50)), ms(20), 0)
             .unwrap();
         q.push("med", Priority::Medium, None, ms(20), 0).unwrap();
         q.push_ahead("head-med", Priority::Medium, Some(t0 + ms(90)), ms(5), 0)
@@ -390,14 +419,14 @@ mod tests {
         // for the ordinary work of its priority: 3 ms in flight + 20 + 5.
         let busy = [ms(3)];
         assert_eq!(
-            q.wait_estimate_for(Priority::Medium, true, &busy, 1),
+            q.wait_estimate_for(Priority::Medium, true, t0, &busy, 1),
             ms(28)
         );
         // Ordinary work waits for all of it: 3 + 20 + 5 + 20 + 20.
-        assert_eq!(q.wait_estimate(Priority::Medium, &busy, 1), ms(68));
+        assert_eq!(q.wait_estimate(Priority::Medium, t0, &busy, 1), ms(68));
         assert_eq!(
-            q.wait_estimate(Priority::Medium, &busy, 1),
-            q.wait_estimate_for(Priority::Medium, false, &busy, 1)
+            q.wait_estimate(Priority::Medium, t0, &busy, 1),
+            q.wait_estimate_for(Priority::Medium, false, t0, &busy, 1)
         );
         let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(i, _)| i)).collect();
         assert_eq!(order, ["high", "head-med", "med-early", "med", "head-low"]);
@@ -535,21 +564,36 @@ mod tests {
     #[test]
     fn wait_estimate_counts_work_ahead() {
         let mut q = TaskQueue::new(10, usize::MAX);
-        assert_eq!(q.wait_estimate(Priority::Medium, &[], 1), Duration::ZERO);
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, Instant::now(), &[], 1),
+            Duration::ZERO
+        );
         q.push(1, Priority::Low, None, ms(10), 0).unwrap();
         q.push(2, Priority::Medium, None, ms(4), 0).unwrap();
         q.push(3, Priority::High, None, ms(6), 0).unwrap();
         // A medium task waits behind medium and high work plus the in-flight task.
-        assert_eq!(q.wait_estimate(Priority::Medium, &[ms(2)], 1), ms(12));
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, Instant::now(), &[ms(2)], 1),
+            ms(12)
+        );
         // Two workers: one busy for 2 ms. High (6) goes to the idle one,
         // medium (4) to the other at 2 ms -> free at 6 and 6.
-        assert_eq!(q.wait_estimate(Priority::Medium, &[ms(2)], 2), ms(6));
-        assert_eq!(q.wait_estimate(Priority::Critical, &[], 1), Duration::ZERO);
-        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(20));
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, Instant::now(), &[ms(2)], 2),
+            ms(6)
+        );
+        assert_eq!(
+            q.wait_estimate(Priority::Critical, Instant::now(), &[], 1),
+            Duration::ZERO
+        );
+        assert_eq!(
+            q.wait_estimate(Priority::Low, Instant::now(), &[], 1),
+            ms(20)
+        );
         // An idle second worker means no wait at all for an empty queue.
         let empty: TaskQueue<u8> = TaskQueue::new(1, usize::MAX);
         assert_eq!(
-            empty.wait_estimate(Priority::Low, &[ms(9)], 2),
+            empty.wait_estimate(Priority::Low, Instant::now(), &[ms(9)], 2),
             Duration::ZERO
         );
     }
@@ -568,7 +612,10 @@ mod tests {
             .unwrap();
         q.push("high", Priority::High, None, ms(6), 0).unwrap();
         let busy = [ms(2)];
-        let ahead_of = |seq| q.wait_ahead_of(QueueId(seq), &busy, 1).unwrap();
+        let ahead_of = |seq| {
+            q.wait_ahead_of(QueueId(seq), Instant::now(), &busy, 1)
+                .unwrap()
+        };
         // Queue order: high, med-early, med-late, med-none, low.
         assert_eq!(ahead_of(4), ms(2));
         assert_eq!(ahead_of(3), ms(8));
@@ -577,14 +624,23 @@ mod tests {
         assert_eq!(ahead_of(0), ms(20));
         // A new medium arrival waits behind every medium item; the queued
         // med-early does not wait behind itself or the two behind it.
-        assert_eq!(q.wait_estimate(Priority::Medium, &busy, 1), ms(20));
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, Instant::now(), &busy, 1),
+            ms(20)
+        );
         // Two workers: high goes to the idle one (free at 6), med-early
         // to the one free at 2 (free at 6): med-late starts at 6.
-        assert_eq!(q.wait_ahead_of(QueueId(1), &busy, 2), Some(ms(6)));
+        assert_eq!(
+            q.wait_ahead_of(QueueId(1), Instant::now(), &busy, 2),
+            Some(ms(6))
+        );
         // An item no longer queued has no wait.
         q.remove(QueueId(3)).unwrap();
-        assert_eq!(q.wait_ahead_of(QueueId(3), &busy, 1), None);
-        assert_eq!(q.wait_ahead_of(QueueId(1), &busy, 1), Some(ms(8)));
+        assert_eq!(q.wait_ahead_of(QueueId(3), Instant::now(), &busy, 1), None);
+        assert_eq!(
+            q.wait_ahead_of(QueueId(1), Instant::now(), &busy, 1),
+            Some(ms(8))
+        );
     }
 
     #[test]
@@ -593,14 +649,23 @@ mod tests {
         q.push("image", Priority::Medium, None, ms(6), 1).unwrap();
         q.push("text", Priority::Medium, None, ms(1), 1).unwrap();
         q.push("image", Priority::High, None, ms(6), 1).unwrap();
-        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(13));
+        assert_eq!(
+            q.wait_estimate(Priority::Low, Instant::now(), &[], 1),
+            ms(13)
+        );
         q.rescale(|i| *i == "image", 2.5);
-        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(31));
+        assert_eq!(
+            q.wait_estimate(Priority::Low, Instant::now(), &[], 1),
+            ms(31)
+        );
         // Nonsense factors change nothing.
         for f in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             q.rescale(|_| true, f);
         }
-        assert_eq!(q.wait_estimate(Priority::Low, &[], 1), ms(31));
+        assert_eq!(
+            q.wait_estimate(Priority::Low, Instant::now(), &[], 1),
+            ms(31)
+        );
         let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(
             order,
@@ -667,7 +732,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            q.wait_estimate(Priority::Medium, &[], 1),
+            q.wait_estimate(Priority::Medium, Instant::now(), &[], 1),
             Duration::from_millis(40)
         );
         let mut gone: Vec<u32> = q
@@ -679,12 +744,45 @@ mod tests {
         assert_eq!(gone, [2, 4]);
         assert_eq!((q.len(), q.bytes()), (2, 200));
         assert_eq!(
-            q.wait_estimate(Priority::Medium, &[], 1),
+            q.wait_estimate(Priority::Medium, Instant::now(), &[], 1),
             Duration::from_millis(20)
         );
         // The rest keeps its order.
         assert_eq!(q.pop().map(|(item, _)| item.0), Some(1));
         assert_eq!(q.pop().map(|(item, _)| item.0), Some(3));
         assert!(q.take_matching(|_| true).is_empty());
+    }
+
+    #[test]
+    fn items_whose_deadline_passes_before_their_turn_hold_no_worker() {
+        let t0 = Instant::now();
+        let mut q = TaskQueue::new(10, usize::MAX);
+        q.push("high", Priority::High, None, ms(30), 0).unwrap();
+        // Its turn comes at 30 ms, after its deadline: it will end unrun.
+        q.push("doomed", Priority::Medium, Some(t0 + ms(20)), ms(10), 0)
+            .unwrap();
+        q.push("in-time", Priority::Medium, Some(t0 + ms(35)), ms(10), 0)
+            .unwrap();
+        q.push("none", Priority::Medium, None, ms(10), 0).unwrap();
+        // 30 (high) + 10 (in-time) + 10 (none); "doomed" adds nothing.
+        assert_eq!(q.wait_estimate(Priority::Medium, t0, &[], 1), ms(50));
+        let none = q.wait_ahead_of(QueueId(3), t0, &[], 1);
+        assert_eq!(none, Some(ms(40)));
+        // Later, "in-time" too starts past its deadline.
+        assert_eq!(
+            q.wait_estimate(Priority::Medium, t0 + ms(6), &[], 1),
+            ms(40)
+        );
+        // With the high work gone, "doomed" starts in time again.
+        let _ = q.take_matching(|i| *i == "high");
+        assert_eq!(q.wait_estimate(Priority::Medium, t0, &[], 1), ms(30));
+        assert_eq!(q.earliest_deadline(), Some(t0 + ms(20)));
+        // At its deadline an item leaves; the others stay, in order.
+        assert!(q.take_expired(t0 + ms(19)).is_empty());
+        assert_eq!(q.take_expired(t0 + ms(20)), ["doomed"]);
+        assert_eq!(q.earliest_deadline(), Some(t0 + ms(35)));
+        assert_eq!(q.take_expired(t0 + ms(60)), ["in-time"]);
+        assert_eq!(q.earliest_deadline(), None);
+        assert_eq!(q.pop().map(|(i, _)| i), Some("none"));
     }
 }

@@ -35,7 +35,7 @@ mod worker;
 
 use inline::run_inline;
 use offload::{forward_loop, run_offload};
-use worker::{join_inference_cgroup, warm_worker, worker_loop};
+use worker::{expiry_loop, join_inference_cgroup, warm_worker, worker_loop};
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -431,6 +431,8 @@ struct Inner {
     held: Mutex<Held>,
     /// Wakes the forwarder when a task is held.
     forward_ready: Notify,
+    /// Wakes the expiry loop when a task is queued or the workers stop.
+    queue_pushed: Notify,
 }
 
 struct Live {
@@ -648,6 +650,7 @@ impl Manager {
             audit: parts.audit,
             held: Mutex::default(),
             forward_ready: Notify::new(),
+            queue_pushed: Notify::new(),
             live: Mutex::new(Live {
                 policy: cfg.policy.clone(),
                 hedge_budget: cfg.hedge_budget,
@@ -710,6 +713,9 @@ impl Manager {
         if let Some(e) = not_joined {
             stop_workers(workers);
             return Err(e);
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(expiry_loop(inner.clone()));
         }
         Ok(Manager {
             inner,
@@ -831,6 +837,9 @@ impl Manager {
             // decided against the queue they leave.
             for job in state.queue.take_matching(|j: &Job| j.reply.is_closed()) {
                 inner.finish_cancelled(job);
+            }
+            for job in state.queue.take_expired(now) {
+                inner.finish_expired(job);
             }
             inner.recost_queue(&mut state, now);
             let moved = inner.take_late(&mut state, now);
@@ -1007,6 +1016,7 @@ impl Manager {
         }
         self.inner.state.lock().expect("state lock").stopping = true;
         self.inner.work_ready.notify_all();
+        self.inner.queue_pushed.notify_one();
         let handles: Vec<_> = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
         let _ = tokio::task::spawn_blocking(move || {
             for h in handles {
@@ -1029,6 +1039,7 @@ impl Inner {
     fn wake_worker(&self, state: std::sync::MutexGuard<'_, LocalState>) {
         let any_lent = state.lent.contains(&true);
         drop(state);
+        self.queue_pushed.notify_one();
         if any_lent {
             self.work_ready.notify_all();
         } else {
@@ -1331,8 +1342,12 @@ impl Inner {
         };
         let workers = self.cfg.workers.max(1);
         let ahead = queued
-            .and_then(|id| state.queue.wait_ahead_of(id, &busy, workers))
-            .unwrap_or_else(|| state.queue.wait_estimate(task.priority, &busy, workers));
+            .and_then(|id| state.queue.wait_ahead_of(id, now, &busy, workers))
+            .unwrap_or_else(|| {
+                state
+                    .queue
+                    .wait_estimate(task.priority, now, &busy, workers)
+            });
         let queue_wait =
             agent_core::wait_behind_higher(ahead, state.higher_load(task.priority, now));
         let (uplink_wait, uplink_load) = ep.map_or((Duration::ZERO, 0.0), |e| {
@@ -1356,6 +1371,7 @@ impl Inner {
                 wait: state.queue.wait_estimate_for(
                     task.priority,
                     true,
+                    now,
                     &busy,
                     self.cfg.workers.max(1),
                 ),
@@ -2301,6 +2317,50 @@ mod tests {
         }
         let s = manager.stats();
         assert_eq!((s.accepted, s.cancelled, s.completed_local), (3, 1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_task_ends_at_its_deadline_while_the_worker_is_held() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (manager, spec, _events) = start_gated(
+            gate.clone(),
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            Vec::new(),
+        );
+        let first = manager.submit(medium_image(&spec, "running")).unwrap();
+        worker_holds_a_task(&manager).await;
+        // Expected in 40 ms, well in time for 150: queued behind the run,
+        // which then holds the worker past the deadline.
+        let submitted = Instant::now();
+        let deadline = submitted + Duration::from_millis(150);
+        let queued = manager
+            .submit(Task {
+                deadline: Some(deadline),
+                ..medium_image(&spec, "queued")
+            })
+            .unwrap();
+        let queue_len = || manager.inner.state.lock().unwrap().queue.len();
+        assert_eq!(queue_len(), 1);
+        let r = tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("no answer while the worker is held")
+            .unwrap();
+        let answered = Instant::now();
+        match &r.outcome {
+            Err(TaskError::DeadlineExceeded(m)) => assert!(m.contains("expired while queued")),
+            other => panic!("expected an expiry, got {other:?}"),
+        }
+        assert!(answered >= deadline, "answered before its deadline");
+        assert!(
+            answered - deadline < Duration::from_millis(100),
+            "answered {:?} after its deadline",
+            answered - deadline
+        );
+        assert_eq!(queue_len(), 0, "the expired task left the queue");
+        open_gate(&gate);
+        assert!(first.await.unwrap().outcome.is_ok());
+        let s = manager.stats();
+        assert_eq!((s.accepted, s.completed_local, s.failed), (2, 1, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,8 +46,7 @@ pub(super) fn worker_loop(inner: Arc<Inner>, index: usize) {
                 let e = TaskError::Cancelled("submitter went away".into());
                 inner.finish_timed(job, Err(e), None, None, None);
             } else if job.task.deadline.is_some_and(|d| d <= now) {
-                let e = TaskError::DeadlineExceeded("expired while queued locally".into());
-                inner.finish_timed(job, Err(e), None, None, None);
+                inner.finish_expired(job);
             } else {
                 runnable.push(job);
             }
@@ -149,6 +148,45 @@ fn run_head(inner: &Arc<Inner>, mut job: Job, point: PointIndex) {
             tracing::debug!(task = %job.task.id, error = %e, "split head failed");
             inner.fall_back_or_fail(job, OffloadError::Rejected(e), None);
         }
+    }
+}
+
+/// Ends each queued local task when its deadline passes, not when a worker
+/// gets to it: its submitter learns then, and until then the task would
+/// count in every estimate of the queue's wait. Sleeps until the earliest
+/// queued deadline or the next push; ends once the workers stop.
+pub(super) async fn expiry_loop(inner: Arc<Inner>) {
+    loop {
+        let earliest = {
+            let mut state = inner.state.lock().expect("state lock");
+            if state.stopping {
+                return;
+            }
+            for job in state.queue.take_expired(Instant::now()) {
+                inner.finish_expired(job);
+            }
+            state.queue.earliest_deadline()
+        };
+        // A push since the lock was released left a permit: no wake-up is
+        // lost.
+        let pushed = inner.queue_pushed.notified();
+        match earliest {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = pushed => {}
+                }
+            }
+            None => pushed.await,
+        }
+    }
+}
+
+impl Inner {
+    /// Ends a queued local task whose deadline passed before it ran.
+    pub(super) fn finish_expired(&self, job: Job) {
+        let e = TaskError::DeadlineExceeded("expired while queued locally".into());
+        self.finish_timed(job, Err(e), None, None, None);
     }
 }
 
