@@ -2214,6 +2214,34 @@ mod tests {
         assert!(manager.inner.state.lock().unwrap().in_flight[0].is_some());
     }
 
+    /// A manager without endpoints whose one worker holds a task
+    /// ("running", runs estimated at 20 ms) until `gate` opens.
+    struct HeldWorker {
+        manager: Manager,
+        spec: ModelSpec,
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        running: oneshot::Receiver<TaskResult>,
+        _events: mpsc::Receiver<ProbeEvent>,
+    }
+
+    async fn held_worker_alone() -> HeldWorker {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (manager, spec, _events) = start_gated(
+            gate.clone(),
+            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
+            Vec::new(),
+        );
+        let running = manager.submit(medium_image(&spec, "running")).unwrap();
+        worker_holds_a_task(&manager).await;
+        HeldWorker {
+            manager,
+            spec,
+            gate,
+            running,
+            _events,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_task_made_late_by_higher_priority_work_moves_to_the_cloud() {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -2293,53 +2321,40 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_task_nobody_waits_for_leaves_the_queue_at_the_next_arrival() {
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let (manager, spec, _events) = start_gated(
-            gate.clone(),
-            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
-            Vec::new(),
-        );
-        let first = manager.submit(medium_image(&spec, "running")).unwrap();
-        worker_holds_a_task(&manager).await;
+        let h = held_worker_alone().await;
         // Queued behind it, its submitter goes away (as a hedged task's
         // local leg once its offload answered).
-        drop(manager.submit(medium_image(&spec, "gone")).unwrap());
-        let queued = || manager.inner.state.lock().unwrap().queue.len();
-        assert_eq!((queued(), manager.stats().cancelled), (1, 0));
+        drop(h.manager.submit(medium_image(&h.spec, "gone")).unwrap());
+        let queued = || h.manager.inner.state.lock().unwrap().queue.len();
+        assert_eq!((queued(), h.manager.stats().cancelled), (1, 0));
         // The next arrival drops it, the worker still held: the queue it
         // is decided against holds no work nobody waits for.
-        let next = manager.submit(medium_image(&spec, "next")).unwrap();
-        assert_eq!((queued(), manager.stats().cancelled), (1, 1));
-        open_gate(&gate);
-        for (rx, id) in [(first, "running"), (next, "next")] {
+        let next = h.manager.submit(medium_image(&h.spec, "next")).unwrap();
+        assert_eq!((queued(), h.manager.stats().cancelled), (1, 1));
+        open_gate(&h.gate);
+        for (rx, id) in [(h.running, "running"), (next, "next")] {
             let r = rx.await.unwrap();
             assert!(r.outcome.is_ok(), "{id}: {r:?}");
         }
-        let s = manager.stats();
+        let s = h.manager.stats();
         assert_eq!((s.accepted, s.cancelled, s.completed_local), (3, 1, 2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queued_task_ends_at_its_deadline_while_the_worker_is_held() {
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let (manager, spec, _events) = start_gated(
-            gate.clone(),
-            crate::infer::shared_exec_times(0.2, Duration::from_millis(20)),
-            Vec::new(),
-        );
-        let first = manager.submit(medium_image(&spec, "running")).unwrap();
-        worker_holds_a_task(&manager).await;
+        let h = held_worker_alone().await;
         // Expected in 40 ms, well in time for 150: queued behind the run,
         // which then holds the worker past the deadline.
         let submitted = Instant::now();
         let deadline = submitted + Duration::from_millis(150);
-        let queued = manager
+        let queued = h
+            .manager
             .submit(Task {
                 deadline: Some(deadline),
-                ..medium_image(&spec, "queued")
+                ..medium_image(&h.spec, "queued")
             })
             .unwrap();
-        let queue_len = || manager.inner.state.lock().unwrap().queue.len();
+        let queue_len = || h.manager.inner.state.lock().unwrap().queue.len();
         assert_eq!(queue_len(), 1);
         let r = tokio::time::timeout(Duration::from_secs(5), queued)
             .await
@@ -2357,9 +2372,9 @@ mod tests {
             answered - deadline
         );
         assert_eq!(queue_len(), 0, "the expired task left the queue");
-        open_gate(&gate);
-        assert!(first.await.unwrap().outcome.is_ok());
-        let s = manager.stats();
+        open_gate(&h.gate);
+        assert!(h.running.await.unwrap().outcome.is_ok());
+        let s = h.manager.stats();
         assert_eq!((s.accepted, s.completed_local, s.failed), (2, 1, 1));
     }
 
