@@ -81,7 +81,8 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 /// The commit measured, as bench::support::stamp names it: with
-/// `+ uncommitted changes` when code outside bench/results differs.
+/// `+ uncommitted changes` when code (not bench/results, not a Markdown
+/// document) differs.
 fn source_commit() -> String {
     let Some(c) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown (not a git checkout)".into();
@@ -93,6 +94,7 @@ fn source_commit() -> String {
         "--",
         ".",
         ":(exclude)bench/results",
+        ":(exclude,glob)**/*.md",
     ]) {
         Some(s) if s.is_empty() => c,
         Some(_) => format!("{c} + uncommitted changes"),

@@ -1,7 +1,7 @@
 //! The benchmark's results as data (`scenarios.json`) and as the markdown
 //! report (`scenarios.md`). Rendering is pure: everything measured comes in.
 
-use super::stats::{Summary, CONFIDENT_P};
+use super::stats::{host_pace, Summary, CONFIDENT_P, PACE_MIN_TASKS};
 use crate::support::cpu_quota::Throttling;
 use jitter_lab::scenario::Profile;
 use serde::{Deserialize, Serialize};
@@ -942,6 +942,8 @@ pub fn render(r: &BenchResult) -> String {
         }
     }
 
+    host_pace_section(&mut o, r);
+
     let _ = writeln!(o, "\n## Plots\n");
     let _ = writeln!(
         o,
@@ -957,6 +959,65 @@ pub fn render(r: &BenchResult) -> String {
         let _ = writeln!(o, "![{} timeline]({tl})\n", s.name);
     }
     o
+}
+
+/// How fast the shared host ran during each policy's run, from the cloud's
+/// own inference times ([`host_pace`]): the policies of a seed run one after
+/// another, and a slow spell of the host falls on whichever runs then.
+fn host_pace_section(o: &mut String, r: &BenchResult) {
+    let mut rows = r.scenarios.iter().flat_map(|s| &s.rows);
+    if rows.all(|rw| rw.summary.cloud_server_ms.is_empty()) {
+        // Results from before the runs kept their cloud times.
+        return;
+    }
+    let _ = writeln!(o, "\n## Host pace\n");
+    let _ = writeln!(
+        o,
+        "The cloud service runs unconstrained on the same host as the edge, and its own \
+         inference time per task depends little on the policy (on how many tasks it \
+         sends); so it shows how fast the shared host ran during each policy's run. Pace: \
+         per task type (with at least {} tasks offloaded), the run's median cloud \
+         inference time over the median of the seed's runs, and the median over the types; \
+         1.30 means that run's cloud work took 30 % longer than usual, on the cores the \
+         edge's local inference shares. Paces of 1.15 and over are in bold: compare those \
+         rows with care.\n",
+        PACE_MIN_TASKS
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | policy | cloud inference ms, median (tasks) | pace |\n|---|---|---|---|"
+    );
+    let several_seeds = |name: &str| r.scenarios.iter().filter(|s| s.name == name).count() > 1;
+    for s in &r.scenarios {
+        let name = if several_seeds(&s.name) {
+            format!("{} (seed {})", s.name, s.seed)
+        } else {
+            s.name.clone()
+        };
+        let summaries: Vec<&Summary> = s.rows.iter().map(|rw| &rw.summary).collect();
+        for (rw, pace) in s.rows.iter().zip(host_pace(&summaries)) {
+            if rw.summary.cloud_server_ms.is_empty() {
+                continue;
+            }
+            let times: Vec<String> = rw
+                .summary
+                .cloud_server_ms
+                .iter()
+                .map(|(t, (m, n))| format!("{t} {m:.1} ({n})"))
+                .collect();
+            let pace = match pace {
+                Some(p) if p >= 1.15 => format!("**{p:.2}**"),
+                Some(p) => format!("{p:.2}"),
+                None => "–".into(),
+            };
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {pace} |",
+                rw.policy,
+                times.join(", ")
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -997,6 +1058,7 @@ pub(crate) mod tests {
                 confident: 0.6,
                 confident_met: Some(0.972),
             }),
+            cloud_server_ms: Default::default(),
         };
         BenchResult {
             command: "cargo xtask bench --quick".into(),
@@ -1126,6 +1188,43 @@ pub(crate) mod tests {
             serde_json::from_str::<BenchResult>(&json).unwrap(),
             result()
         );
+    }
+
+    #[test]
+    fn host_pace_marks_a_policy_run_on_a_slow_host() {
+        let mut r = result();
+        let cloud = |ms: f64| -> std::collections::BTreeMap<String, (f64, usize)> {
+            [("image_classification".to_string(), (ms, 300))].into()
+        };
+        let template = r.scenarios[0].rows[0].clone();
+        r.scenarios[0].rows = [
+            ("threshold", 4.0),
+            ("cost-model", 4.2),
+            ("deadline-aware", 6.0),
+        ]
+        .into_iter()
+        .map(|(policy, ms)| {
+            let mut rw = template.clone();
+            rw.policy = policy.into();
+            rw.summary.cloud_server_ms = cloud(ms);
+            rw
+        })
+        .collect();
+        let mut local = template;
+        local.policy = "always-local".into();
+        r.scenarios[0].rows.push(local);
+        let md = render(&r);
+        assert!(md.contains("## Host pace"), "{md}");
+        assert!(
+            md.contains("| wan | threshold | image_classification 4.0 (300) | 0.95 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| wan | deadline-aware | image_classification 6.0 (300) | **1.43** |"),
+            "{md}"
+        );
+        // A run with nothing offloaded has no row.
+        assert!(!md.contains("| wan | always-local | image"), "{md}");
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub struct Summary {
     /// predicted for its path held; `None` without such predictions.
     #[serde(default)]
     pub calibration: Option<Calibration>,
+    /// The cloud's own inference time (the server's measure) per task type,
+    /// over the completed tasks offloaded whole: median and how many. The
+    /// cloud runs unconstrained on the same host as the edge, so this shows
+    /// how fast the shared host ran during the run ([`host_pace`]).
+    #[serde(default)]
+    pub cloud_server_ms: BTreeMap<String, (f64, usize)>,
 }
 
 /// The predicted chance of meeting the deadline (`p_meet`, of the path
@@ -270,7 +276,66 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
             percentile(&v, 0.5)
         },
         calibration: calibration(records),
+        cloud_server_ms: cloud_server_ms(records),
     }
+}
+
+fn cloud_server_ms(records: &[TaskRecord]) -> BTreeMap<String, (f64, usize)> {
+    let mut by_type: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in records {
+        if let (true, "whole", Some(ms)) = (r.offloaded(), r.variant().as_str(), r.inference_ms) {
+            by_type.entry(r.task.clone()).or_default().push(ms);
+        }
+    }
+    by_type
+        .into_iter()
+        .filter_map(|(t, mut v)| {
+            v.sort_by(f64::total_cmp);
+            Some((t, (percentile(&v, 0.5)?, v.len())))
+        })
+        .collect()
+}
+
+/// Task types with fewer cloud-completed tasks in a run do not count
+/// towards its [`host_pace`].
+pub const PACE_MIN_TASKS: usize = 20;
+
+/// How slow the shared host ran during each of several runs of one
+/// scenario and seed, against the others: per task type, a run's median
+/// cloud inference time over the median of those medians, and the median
+/// of those ratios over the types (1.3: that run's cloud work took 30 %
+/// longer than usual). `None` for a run with no task type of at least
+/// [`PACE_MIN_TASKS`] cloud tasks that another run also has.
+pub fn host_pace(runs: &[&Summary]) -> Vec<Option<f64>> {
+    let usable = |s: &Summary, t: &str| {
+        s.cloud_server_ms
+            .get(t)
+            .filter(|(_, n)| *n >= PACE_MIN_TASKS)
+            .map(|(m, _)| *m)
+    };
+    let types: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|s| s.cloud_server_ms.keys().map(String::as_str))
+        .collect();
+    let reference: BTreeMap<&str, f64> = types
+        .into_iter()
+        .filter_map(|t| {
+            let mut v: Vec<f64> = runs.iter().filter_map(|s| usable(s, t)).collect();
+            v.sort_by(f64::total_cmp);
+            (v.len() >= 2).then(|| (t, percentile(&v, 0.5).expect("two values")))
+        })
+        .collect();
+    runs.iter()
+        .map(|s| {
+            let mut ratios: Vec<f64> = reference
+                .iter()
+                .filter(|(_, r)| **r > 0.0)
+                .filter_map(|(t, r)| usable(s, t).map(|m| m / r))
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            percentile(&ratios, 0.5)
+        })
+        .collect()
 }
 
 fn charged_ms(r: &TaskRecord) -> f64 {
@@ -436,6 +501,57 @@ mod tests {
         assert_eq!((c.confident, c.confident_met), (0.8, Some(0.75)));
         assert_eq!(calibration(&records[5..]), None);
         assert_eq!(summarize(&records).calibration, Some(c));
+    }
+
+    #[test]
+    fn host_pace_compares_each_run_with_the_others() {
+        let with = |types: &[(&str, f64, usize)]| Summary {
+            cloud_server_ms: types
+                .iter()
+                .map(|(t, m, n)| (t.to_string(), (*m, *n)))
+                .collect(),
+            ..Summary::default()
+        };
+        let usual = with(&[("image", 4.0, 300), ("detect", 15.0, 100)]);
+        let slow = with(&[("image", 6.0, 200), ("detect", 22.5, 80)]);
+        let fast = with(&[("image", 3.6, 250), ("detect", 13.5, 90)]);
+        // Detections too few to say: the image tasks alone.
+        let partly = with(&[("image", 5.0, 200), ("detect", 40.0, 19)]);
+        // Too few of every type: no pace.
+        let few = with(&[("image", 9.0, 5), ("detect", 40.0, 19)]);
+        let none = Summary::default();
+        let pace = host_pace(&[&usual, &usual, &slow, &fast, &partly, &few, &none]);
+        let want = [
+            Some(1.0),
+            Some(1.0),
+            Some(1.5),
+            Some(0.9),
+            Some(1.25),
+            None,
+            None,
+        ];
+        assert_eq!(pace.len(), want.len());
+        for (got, want) in pace.iter().zip(want) {
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{pace:?}"),
+                _ => assert_eq!(*got, want, "{pace:?}"),
+            }
+        }
+        // One run alone has nothing to be compared with.
+        assert_eq!(host_pace(&[&slow]), vec![None]);
+        // Only cloud-completed whole offloads count.
+        let mut ok = rec(0, Outcome::Ok, 20.0, "cloud/quic");
+        ok.inference_ms = Some(4.0);
+        let mut local = rec(1, Outcome::Ok, 5.0, "local");
+        local.inference_ms = Some(9.0);
+        let mut failed = rec(2, Outcome::Failed, 100.0, "");
+        failed.inference_ms = Some(50.0);
+        let s = summarize(&[ok, local, failed]);
+        assert_eq!(
+            s.cloud_server_ms.get("image_classification"),
+            Some(&(4.0, 1))
+        );
+        assert_eq!(s.cloud_server_ms.len(), 1);
     }
 
     #[test]

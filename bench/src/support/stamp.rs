@@ -2,6 +2,7 @@
 //! the code it measured and the machine it ran on.
 
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::process::Command;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,30 +68,36 @@ pub fn is_clean_commit(commit: &str) -> bool {
     !commit.is_empty() && commit.chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// What a results file's commit does not cover: the results themselves (a
+/// results file committed between the parts of a long run does not change
+/// what it measures) and the Markdown documents (prose about the code).
+const NOT_CODE: [&str; 3] = [
+    ":(top)",
+    ":(top,exclude)bench/results",
+    ":(top,exclude,glob)**/*.md",
+];
+
 /// Whether two commits hold the same code: nothing differs between them
-/// outside `bench/results/` (a results file committed between the parts of
-/// a long run does not change what it measures).
+/// outside [`NOT_CODE`].
 pub fn same_code(a: &str, b: &str) -> bool {
+    same_code_in(Path::new("."), a, b)
+}
+
+fn same_code_in(repo: &Path, a: &str, b: &str) -> bool {
     a == b
         || (is_clean_commit(a)
             && is_clean_commit(b)
             && Command::new("git")
-                .args([
-                    "diff",
-                    "--quiet",
-                    a,
-                    b,
-                    "--",
-                    ":(top)",
-                    ":(top,exclude)bench/results",
-                ])
+                .current_dir(repo)
+                .args(["diff", "--quiet", a, b, "--"])
+                .args(NOT_CODE)
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success()))
 }
 
 /// The commit of the working tree, with `+ uncommitted changes` when code
-/// outside `bench/results/` differs from it: a figure must name the code
+/// (outside [`NOT_CODE`]) differs from it: a figure must name the code
 /// that made it.
 pub fn source_commit() -> String {
     let git = |args: &[&str]| {
@@ -104,14 +111,11 @@ pub fn source_commit() -> String {
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown (not a git checkout)".into();
     };
-    match git(&[
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-        "--",
-        ":(top)",
-        ":(top,exclude)bench/results",
-    ]) {
+    let status: Vec<&str> = ["status", "--porcelain", "--untracked-files=no", "--"]
+        .into_iter()
+        .chain(NOT_CODE)
+        .collect();
+    match git(&status) {
         Some(s) if s.is_empty() => commit,
         Some(_) => format!("{commit} + uncommitted changes"),
         None => format!("{commit} (status unknown)"),
@@ -197,6 +201,56 @@ mod tests {
         assert!(same_code(head, head));
         assert!(!same_code(head, "0000000000ab"), "an unknown commit");
         assert!(!same_code(head, "0123 + uncommitted changes"));
+    }
+
+    /// Commits in a throwaway repository: results and Markdown changes keep
+    /// the code the same; a source change, even one beside the results, does not.
+    #[test]
+    fn only_results_and_documents_leave_the_code_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .current_dir(dir.path())
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let commit = |path: &str, text: &str| {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+            git(&["add", "-A"]);
+            git(&["commit", "-q", "-m", path]);
+            git(&["rev-parse", "--short=12", "HEAD"])
+        };
+        git(&["init", "-q"]);
+        let base = commit("agent/src/lib.rs", "fn a() {}");
+        let cases = [
+            ("bench/results/scenarios.json", "{}", true),
+            ("ARCHITECTURE.md", "prose", true),
+            ("agent/README.md", "prose", true),
+            ("agent/src/lib.rs", "fn b() {}", false),
+            ("bench/src/results.rs", "fn c() {}", false),
+        ];
+        for (path, text, want) in cases {
+            let base = commit("agent/src/lib.rs", &format!("fn a() {{}} // {path}"));
+            let next = commit(path, text);
+            assert_eq!(same_code_in(dir.path(), &base, &next), want, "{path}");
+        }
+        assert!(
+            !same_code_in(dir.path(), &base, "0000000000ab"),
+            "an unknown commit"
+        );
     }
 
     #[test]
