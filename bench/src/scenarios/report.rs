@@ -870,17 +870,9 @@ pub fn render(r: &BenchResult) -> String {
         "| scenario | policy | tasks | deadline miss | failed | mean ms (failures charged) | p50 ms | p95 ms | p99 ms | offloaded | accuracy | vs oracle ms |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let several_seeds = r.scenarios.iter().any(|s| {
-        r.scenarios
-            .iter()
-            .any(|t| t.name == s.name && t.seed != s.seed)
-    });
+    let several_seeds = several_seeds(r);
     for s in &r.scenarios {
-        let name = if several_seeds {
-            format!("{} (seed {})", s.name, s.seed)
-        } else {
-            s.name.clone()
-        };
+        let name = run_name(s, several_seeds);
         for rw in &s.rows {
             row(&mut o, &name, &rw.policy, &rw.summary, &ms(rw.vs_oracle_ms));
         }
@@ -961,6 +953,24 @@ pub fn render(r: &BenchResult) -> String {
     o
 }
 
+/// Whether some scenario ran with more than one seed.
+fn several_seeds(r: &BenchResult) -> bool {
+    r.scenarios.iter().any(|s| {
+        r.scenarios
+            .iter()
+            .any(|t| t.name == s.name && t.seed != s.seed)
+    })
+}
+
+/// A scenario's run in a table: its seed named where seeds differ.
+fn run_name(s: &ScenarioResult, several_seeds: bool) -> String {
+    if several_seeds {
+        format!("{} (seed {})", s.name, s.seed)
+    } else {
+        s.name.clone()
+    }
+}
+
 /// How fast the shared host ran during each policy's run, from the cloud's
 /// own inference times ([`host_pace`]): the policies of a seed run one after
 /// another, and a slow spell of the host falls on whichever runs then.
@@ -987,13 +997,9 @@ fn host_pace_section(o: &mut String, r: &BenchResult) {
         o,
         "| scenario | policy | cloud inference ms, median (tasks) | pace |\n|---|---|---|---|"
     );
-    let several_seeds = |name: &str| r.scenarios.iter().filter(|s| s.name == name).count() > 1;
+    let several_seeds = several_seeds(r);
     for s in &r.scenarios {
-        let name = if several_seeds(&s.name) {
-            format!("{} (seed {})", s.name, s.seed)
-        } else {
-            s.name.clone()
-        };
+        let name = run_name(s, several_seeds);
         let summaries: Vec<&Summary> = s.rows.iter().map(|rw| &rw.summary).collect();
         for (rw, pace) in s.rows.iter().zip(host_pace(&summaries)) {
             if rw.summary.cloud_server_ms.is_empty() {
