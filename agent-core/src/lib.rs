@@ -15,8 +15,9 @@ mod task;
 
 pub use balance::{endpoint_candidates, pick_endpoint};
 pub use decide::{
-    decide, priority_weight, tail_weight, CloudStatus, Decision, DecisionInput, LocalCost,
-    LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P, HEDGE_MIN_GAIN,
+    decide, predicted_to_queue, priority_weight, tail_weight, CloudStatus, Decision, DecisionInput,
+    LocalCost, LocalStatus, OffloadCost, Outlook, Policy, Reason, SplitInput, HEDGE_BELOW_P,
+    HEDGE_MIN_GAIN,
 };
 pub use estimate::{
     congestion_price_ms, quantile, wait_behind_higher, CpuMeter, ExecTimeModel, LinkConfig,

@@ -804,6 +804,68 @@ fn residuals_correct_the_prediction() {
     assert_eq!((o.mean_ms, o.p50_ms, o.correction_ms), (0.0, 0.0, -12.0));
 }
 
+#[test]
+fn queued_local_runs_take_their_residuals_spread() {
+    // The model says 4-6 ms of inference; a run queued 10 ms behind others
+    // has been taking the model's median plus -1..+39 ms (its residuals: a
+    // quarter of them 30 ms and more late). With the model's spread shifted
+    // by the median residual, every value is in time for a 30 ms deadline;
+    // with its own residuals' spread, the quarter that ran late is not.
+    let n = sampled_net(&[10.0; 20]);
+    let local = [4.0, 5.0, 6.0];
+    static LATE: [f64; 9] = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 30.0, 35.0, 39.0];
+    let (queued_late, few) = (&LATE[..], &LATE[..super::QUEUED_SPREAD_MIN - 1]);
+    let input = |queue_ms: u64, residuals: &'static [f64]| DecisionInput {
+        uplink_wait: std::time::Duration::ZERO,
+        edge_load: 0.0,
+        uplink_load: 0.0,
+        split: None,
+        task_type: TaskType::ImageClassification,
+        priority: Priority::Medium,
+        payload_bytes: 1000,
+        response_bytes: 0,
+        time_left: Some(d(30)),
+        net: &n,
+        local: LocalStatus {
+            queue_wait: d(queue_ms),
+            inference: d(5),
+            supported: true,
+            overtakes: 0,
+        },
+        cloud: CloudStatus { inference: d(1) },
+        local_dist_ms: &local,
+        cloud_dist_ms: &[],
+        previous: None,
+        local_residual_ms: residuals,
+        cloud_residual_ms: &[0.0; 4],
+    };
+    // (queue wait ms, residuals, p_meet, p50 ms)
+    let cases: [(u64, &'static [f64], f64, f64); 4] = [
+        // Queued, with enough residuals: 15 + each residual; 6 of 9 in
+        // time (14..19 ms), 45, 50 and 54 ms late.
+        (10, queued_late, 6.0 / 9.0, 18.0),
+        // Too few residuals yet: the model's spread moved by their median.
+        (10, few, 1.0, 15.0 + 2.0),
+        // Not queued (a worker idle): the model's spread, whatever the
+        // residuals.
+        (0, queued_late, 1.0, 5.0 + 3.0),
+        // Under the threshold of a queued run.
+        (0, few, 1.0, 5.0 + 2.0),
+    ];
+    for (queue_ms, residuals, p_meet, p50) in cases {
+        let dec = decide(&input(queue_ms, residuals), &Policy::default()).unwrap();
+        let l = dec.local_outlook.unwrap();
+        assert!(
+            (l.p_meet.unwrap() - p_meet).abs() < 1e-9 && (l.p50_ms - p50).abs() < 1e-9,
+            "queue {queue_ms} ms, {} residuals: {l:?}",
+            residuals.len()
+        );
+    }
+    // The tail shows in the score: the queued run's p95 is the late runs'.
+    let dec = decide(&input(10, queued_late), &Policy::default()).unwrap();
+    assert!(dec.local_outlook.unwrap().p95_ms > 45.0, "{dec}");
+}
+
 /// `n` values, sorted, each `value(r, i)` of the `i`-th draw `r` of a
 /// xorshift stream whose state is `x`.
 fn sorted_noise(x: &mut u64, n: usize, value: impl Fn(u64, usize) -> f64) -> Vec<f64> {

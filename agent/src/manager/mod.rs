@@ -457,16 +457,11 @@ fn variant_key(split: Option<PointIndex>) -> u8 {
 /// A local run in residual keys: 1 when the task was predicted to wait
 /// for a worker, else 0. A run that waits follows other runs, and under a
 /// CPU quota those leave it a debt that the model's run times (of mostly
-/// runs on an idle worker: most find one) leave out: in the scenario
-/// benchmark such tasks took 12-16 ms longer than predicted at the
-/// median, whatever the predicted wait, while those that found a worker
-/// idle took what was predicted.
-fn local_key(queue_wait_ms: f64) -> u8 {
-    u8::from(queue_wait_ms >= QUEUED_MS)
+/// runs on an idle worker: most find one) leave out; the decision reads a
+/// queued run's outlook from these residuals (`predicted_to_queue`).
+fn local_key(queue_wait: Duration) -> u8 {
+    u8::from(agent_core::predicted_to_queue(queue_wait))
 }
-
-/// A predicted wait (ms) from which a local run counts as queued.
-const QUEUED_MS: f64 = 1.0;
 
 /// How long a prediction's residual counts: a path (an endpoint) that gets
 /// no tasks sheds the penalty of its last bad moment and is tried again.
@@ -1358,15 +1353,7 @@ impl Inner {
         let (local_residual, cloud_residual) = {
             let r = self.residuals.lock().expect("residuals lock");
             (
-                r.sorted_ms_at(
-                    (
-                        ExecPath::Local,
-                        t,
-                        0,
-                        local_key(queue_wait.as_secs_f64() * 1e3),
-                    ),
-                    now,
-                ),
+                r.sorted_ms_at((ExecPath::Local, t, 0, local_key(queue_wait)), now),
                 endpoint.map_or_else(Vec::new, |i| {
                     r.sorted_ms_at((ExecPath::Cloud, t, i, variant_key(split)), now)
                 }),
@@ -1600,7 +1587,10 @@ impl Inner {
         let Some(o) = d.outlook() else { return };
         let actual_ms = task.created_at.elapsed().as_secs_f64() * 1e3;
         let (endpoint, variant) = match d.path {
-            ExecPath::Local => (0, local_key(d.local.queue_ms)),
+            ExecPath::Local => (
+                0,
+                local_key(Duration::try_from_secs_f64(d.local.queue_ms / 1e3).unwrap_or_default()),
+            ),
             ExecPath::Cloud => (d.endpoint, variant_key(d.split)),
         };
         self.residuals.lock().expect("residuals lock").observe_at(
