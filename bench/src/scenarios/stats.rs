@@ -53,6 +53,13 @@ pub struct Summary {
     /// tasks they are over.
     #[serde(default)]
     pub pred_err_local_by_type: BTreeMap<String, (f64, f64, usize)>,
+    /// `pred_err_local`'s reference: the error had each of those local
+    /// runs been predicted at the median actual of the runs of its task
+    /// type that were (or were not) predicted to queue, in the whole run;
+    /// known only in hindsight. What the runs' own spread leaves to any
+    /// prediction that knows no more of a task than its type and the queue.
+    #[serde(default)]
+    pub pred_err_local_hindsight: Option<(f64, f64)>,
     /// Tasks the agent ran on both paths.
     #[serde(default)]
     pub hedged: usize,
@@ -262,6 +269,7 @@ pub fn summarize(records: &[TaskRecord]) -> Summary {
                 })
                 .collect()
         },
+        pred_err_local_hindsight: hindsight_local_error(records),
         hedged: records
             .iter()
             .filter(|r| r.decision.as_ref().is_some_and(|d| d.hedged))
@@ -363,6 +371,56 @@ fn prediction_error(records: &[TaskRecord], path: &str, f: Forecast) -> Option<(
     Some((percentile(&errs, 0.5)?, percentile(&errs, 0.9)?))
 }
 
+/// See [`Summary::pred_err_local_hindsight`]: over the tasks that
+/// `pred_err_local` is over.
+fn hindsight_local_error(records: &[TaskRecord]) -> Option<(f64, f64)> {
+    /// The decision's predicted wait from which a run counts as queued
+    /// (the agent's own threshold).
+    const QUEUED_MS: f64 = 1.0;
+    let mut groups: BTreeMap<(&str, bool), Vec<f64>> = BTreeMap::new();
+    for r in records {
+        if !error_counted(r, "local") {
+            continue;
+        }
+        let (Some(d), Some(actual)) = (r.decision.as_ref(), measured_ms(r)) else {
+            continue;
+        };
+        let queued = d.local_queue_ms >= QUEUED_MS;
+        groups
+            .entry((r.task.as_str(), queued))
+            .or_default()
+            .push(actual);
+    }
+    let mut errs = Vec::new();
+    for v in groups.values_mut() {
+        v.sort_by(f64::total_cmp);
+        let Some(m) = percentile(v, 0.5) else {
+            continue;
+        };
+        errs.extend(v.iter().map(|a| (m - a).abs() / a));
+    }
+    errs.sort_by(f64::total_cmp);
+    Some((percentile(&errs, 0.5)?, percentile(&errs, 0.9)?))
+}
+
+/// Whether a task counts in the prediction error of `path`: completed
+/// where its decision sent it, neither fallen back nor hedged.
+fn error_counted(r: &TaskRecord, path: &str) -> bool {
+    r.completed()
+        && !r.fell_back
+        && r.path.as_deref() == Some(path)
+        && r.decision
+            .as_ref()
+            .is_some_and(|d| !d.hedged && d.path == path)
+}
+
+/// From the decision to the answer, as the agent measured it: what the
+/// decision could affect (the way to the agent's API has already happened
+/// when it decides; `outside_ms` reports it). `None` unless positive.
+fn measured_ms(r: &TaskRecord) -> Option<f64> {
+    Some(r.agent_ms.unwrap_or(r.latency_ms)).filter(|a| *a > 0.0)
+}
+
 /// |predicted - actual| / actual of the `keep` tasks that ran on `path`
 /// where their decision sent them, sorted.
 fn errors(
@@ -373,9 +431,7 @@ fn errors(
 ) -> Vec<f64> {
     let mut errs: Vec<f64> = records
         .iter()
-        .filter(|r| keep(r))
-        .filter(|r| r.completed() && !r.fell_back && r.path.as_deref() == Some(path))
-        .filter(|r| r.decision.as_ref().is_some_and(|d| !d.hedged))
+        .filter(|r| keep(r) && error_counted(r, path))
         .filter_map(|r| {
             let d = r.decision.as_ref()?;
             let expected = match d.path.as_str() {
@@ -387,11 +443,9 @@ fn errors(
                 (Forecast::Median, Some(p50)) => p50,
                 _ => expected,
             };
-            // From the decision to the answer, as the agent measured it:
-            // what the decision could affect (the way to the agent's API
-            // has already happened when it decides; `outside_ms` reports it).
-            let actual = r.agent_ms.unwrap_or(r.latency_ms);
-            (d.path == path && actual > 0.0 && predicted.is_finite())
+            let actual = measured_ms(r)?;
+            predicted
+                .is_finite()
                 .then(|| (predicted - actual).abs() / actual)
         })
         .collect();
@@ -457,6 +511,58 @@ mod tests {
     use super::*;
     use crate::scenarios::record::tests::rec;
     use crate::scenarios::record::Outcome;
+
+    #[test]
+    fn hindsight_error_predicts_each_group_at_its_median() {
+        use crate::scenarios::record::DecisionView;
+        // (task, predicted wait ms, predicted ms, actual ms)
+        let local = |task: &str, wait: f64, p50: f64, actual: f64| TaskRecord {
+            task: task.into(),
+            agent_ms: Some(actual),
+            decision: Some(DecisionView {
+                path: "local".into(),
+                local_queue_ms: wait,
+                p50_ms: Some(p50),
+                ..DecisionView::default()
+            }),
+            ..rec(0, Outcome::Ok, actual + 1.0, "local")
+        };
+        let records = [
+            // Idle-worker images, predicted 10 ms: 10, 20 and 30 ms.
+            local("image_classification", 0.0, 10.0, 10.0),
+            local("image_classification", 0.0, 10.0, 20.0),
+            local("image_classification", 0.0, 10.0, 30.0),
+            // Queued images, a group of their own: predicted at 40 ms,
+            // its median, both 40 ms.
+            local("image_classification", 5.0, 10.0, 40.0),
+            local("image_classification", 5.0, 10.0, 40.0),
+            // Text, predicted spot on.
+            local("nlp_analysis", 0.0, 2.0, 2.0),
+            // Not counted: hedged, fallen back, in the cloud.
+            TaskRecord {
+                decision: Some(DecisionView {
+                    path: "local".into(),
+                    hedged: true,
+                    ..DecisionView::default()
+                }),
+                ..local("nlp_analysis", 0.0, 2.0, 500.0)
+            },
+            TaskRecord {
+                fell_back: true,
+                ..local("nlp_analysis", 0.0, 2.0, 500.0)
+            },
+            rec(1, Outcome::Ok, 500.0, "cloud"),
+        ];
+        let s = summarize(&records);
+        // Predicted: 0, 0.5, 0.67 (images), 0.75, 0.75 (queued), 0 (text).
+        let (med, _) = s.pred_err_local.unwrap();
+        assert!((med - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12, "{med}");
+        // In hindsight: 1, 0, 0.33 (images at 20 ms), 0, 0, 0.
+        let (med, p90) = s.pred_err_local_hindsight.unwrap();
+        assert!((med - 0.0).abs() < 1e-12, "{med}");
+        assert!((p90 - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12, "{p90}");
+        assert_eq!(summarize(&records[6..]).pred_err_local_hindsight, None);
+    }
 
     #[test]
     fn calibration_compares_the_predicted_chance_with_what_happened() {
