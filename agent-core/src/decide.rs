@@ -310,31 +310,39 @@ impl Outlook {
             return Outlook::of_sorted(values, left_ms);
         }
         let all = Shifted::new(values, quantile(residuals, 0.5))?;
-        let n = all.len() as f64;
-        let p50_ms = all.quantile(0.5);
-        Some(Outlook {
-            mean_ms: all.sum(sum(values)) / n,
-            p50_ms,
-            p95_ms: all.quantile(0.95),
-            p_meet: left_ms.map(|l| all.count_at_most(l) as f64 / n),
-            // The shift where the clamp at 0 leaves the median alone.
-            correction_ms: p50_ms - quantile(values, 0.5),
-        })
+        Some(Outlook::of_shifted(
+            all,
+            sum(values),
+            quantile(values, 0.5),
+            left_ms,
+        ))
     }
 
     /// What has been seen of predictions like this one: the model's
     /// median plus each past residual (sorted; a latency stays >= 0).
     fn empirical(model_p50_ms: f64, residuals: &[f64], left_ms: Option<f64>) -> Option<Outlook> {
         let all = Shifted::new(residuals, model_p50_ms)?;
+        Some(Outlook::of_shifted(
+            all,
+            sum(residuals),
+            model_p50_ms,
+            left_ms,
+        ))
+    }
+
+    /// The outlook of `all`, whose unshifted values sum to `x_sum`, for a
+    /// model whose own median is `model_p50_ms`.
+    fn of_shifted(all: Shifted, x_sum: f64, model_p50_ms: f64, left_ms: Option<f64>) -> Outlook {
         let n = all.len() as f64;
         let p50_ms = all.quantile(0.5);
-        Some(Outlook {
-            mean_ms: all.sum(sum(residuals)) / n,
+        Outlook {
+            mean_ms: all.sum(x_sum) / n,
             p50_ms,
             p95_ms: all.quantile(0.95),
             p_meet: left_ms.map(|l| all.count_at_most(l) as f64 / n),
+            // The shift where the clamp at 0 leaves the median alone.
             correction_ms: p50_ms - model_p50_ms,
-        })
+        }
     }
 
     /// Mean and tail mixed by the task's priority.

@@ -548,14 +548,17 @@ fn loss_delays_an_evenly_spread_share_of_the_values() {
     );
 }
 
-#[test]
-fn outlooks_describe_the_distributions() {
-    // Fewer samples than the outlook's RTT grid: every one enters as is.
-    let mut rtts = vec![10.0; 9];
-    rtts.push(200.0);
-    let n = sampled_net(&rtts);
-    let local = [4.0, 6.0];
-    let input = DecisionInput {
+/// An image task of 1000 bytes whose answer is empty, medium priority,
+/// with no residuals, hedge or previous path: the decision's inputs that
+/// the distribution tests vary are the arguments.
+fn image_input<'a>(
+    net: &'a NetworkStatus,
+    local_dist_ms: &'a [f64],
+    queue_ms: u64,
+    cloud_ms: u64,
+    left_ms: u64,
+) -> DecisionInput<'a> {
+    DecisionInput {
         uplink_wait: std::time::Duration::ZERO,
         edge_load: 0.0,
         uplink_load: 0.0,
@@ -564,21 +567,33 @@ fn outlooks_describe_the_distributions() {
         priority: Priority::Medium,
         payload_bytes: 1000,
         response_bytes: 0,
-        time_left: Some(d(100)),
-        net: &n,
+        time_left: Some(d(left_ms)),
+        net,
         local: LocalStatus {
-            queue_wait: d(10),
+            queue_wait: d(queue_ms),
             inference: d(5),
             supported: true,
             overtakes: 0,
         },
-        cloud: CloudStatus { inference: d(2) },
-        local_dist_ms: &local,
+        cloud: CloudStatus {
+            inference: d(cloud_ms),
+        },
+        local_dist_ms,
         cloud_dist_ms: &[],
         previous: None,
         local_residual_ms: &[],
         cloud_residual_ms: &[],
-    };
+    }
+}
+
+#[test]
+fn outlooks_describe_the_distributions() {
+    // Fewer samples than the outlook's RTT grid: every one enters as is.
+    let mut rtts = vec![10.0; 9];
+    rtts.push(200.0);
+    let n = sampled_net(&rtts);
+    let local = [4.0, 6.0];
+    let input = image_input(&n, &local, 10, 2, 100);
     let dec = decide(&input, &Policy::default()).unwrap();
     let l = dec.local_outlook.unwrap();
     assert_eq!((l.mean_ms, l.p_meet), (15.0, Some(1.0)));
@@ -718,30 +733,7 @@ fn residuals_correct_the_prediction() {
     let n = sampled_net(&[10.0; 20]);
     let local = [4.0, 5.0, 6.0];
     let late = [10.0, 15.0, 20.0];
-    let input = DecisionInput {
-        uplink_wait: std::time::Duration::ZERO,
-        edge_load: 0.0,
-        uplink_load: 0.0,
-        split: None,
-        task_type: TaskType::ImageClassification,
-        priority: Priority::Medium,
-        payload_bytes: 1000,
-        response_bytes: 0,
-        time_left: Some(d(18)),
-        net: &n,
-        local: LocalStatus {
-            queue_wait: d(0),
-            inference: d(5),
-            supported: true,
-            overtakes: 0,
-        },
-        cloud: CloudStatus { inference: d(1) },
-        local_dist_ms: &local,
-        cloud_dist_ms: &[],
-        previous: None,
-        local_residual_ms: &[],
-        cloud_residual_ms: &[],
-    };
+    let input = image_input(&n, &local, 0, 1, 18);
     let plain = decide(&input, &Policy::default()).unwrap();
     assert_eq!(plain.path, ExecPath::Local);
     assert_eq!(plain.local_outlook.unwrap().correction_ms, 0.0);
@@ -816,28 +808,9 @@ fn queued_local_runs_take_their_residuals_spread() {
     static LATE: [f64; 9] = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 30.0, 35.0, 39.0];
     let (queued_late, few) = (&LATE[..], &LATE[..super::QUEUED_SPREAD_MIN - 1]);
     let input = |queue_ms: u64, residuals: &'static [f64]| DecisionInput {
-        uplink_wait: std::time::Duration::ZERO,
-        edge_load: 0.0,
-        uplink_load: 0.0,
-        split: None,
-        task_type: TaskType::ImageClassification,
-        priority: Priority::Medium,
-        payload_bytes: 1000,
-        response_bytes: 0,
-        time_left: Some(d(30)),
-        net: &n,
-        local: LocalStatus {
-            queue_wait: d(queue_ms),
-            inference: d(5),
-            supported: true,
-            overtakes: 0,
-        },
-        cloud: CloudStatus { inference: d(1) },
-        local_dist_ms: &local,
-        cloud_dist_ms: &[],
-        previous: None,
         local_residual_ms: residuals,
         cloud_residual_ms: &[0.0; 4],
+        ..image_input(&n, &local, queue_ms, 1, 30)
     };
     // (queue wait ms, residuals, p_meet, p50 ms)
     let cases: [(u64, &'static [f64], f64, f64); 4] = [
