@@ -374,9 +374,6 @@ fn prediction_error(records: &[TaskRecord], path: &str, f: Forecast) -> Option<(
 /// See [`Summary::pred_err_local_hindsight`]: over the tasks that
 /// `pred_err_local` is over.
 fn hindsight_local_error(records: &[TaskRecord]) -> Option<(f64, f64)> {
-    /// The decision's predicted wait from which a run counts as queued
-    /// (the agent's own threshold).
-    const QUEUED_MS: f64 = 1.0;
     let mut groups: BTreeMap<(&str, bool), Vec<f64>> = BTreeMap::new();
     for r in records {
         if !error_counted(r, "local") {
@@ -385,7 +382,10 @@ fn hindsight_local_error(records: &[TaskRecord]) -> Option<(f64, f64)> {
         let (Some(d), Some(actual)) = (r.decision.as_ref(), measured_ms(r)) else {
             continue;
         };
-        let queued = d.local_queue_ms >= QUEUED_MS;
+        // The agent's own test of a run that queued.
+        let queued = agent_core::predicted_to_queue(
+            std::time::Duration::try_from_secs_f64(d.local_queue_ms / 1e3).unwrap_or_default(),
+        );
         groups
             .entry((r.task.as_str(), queued))
             .or_default()
